@@ -1,0 +1,47 @@
+"""For every space: params, MACs, export time and onnxruntime batch-1 latency of the largest and
+smallest subnet (1 intra-op thread, median of RUNS runs after warm-up).
+
+    .venv/bin/python benchmarks/extract_export.py [--runs 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import write  # noqa: E402
+
+from nasprune.cli._common import table  # noqa: E402
+from nasprune.export import export_subnet  # noqa: E402
+from nasprune.latency.timing import measure_model  # noqa: E402
+from nasprune.registry import create_supernet, list_spaces  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=500, help="timed runs per model (default %(default)s)")
+    args = ap.parse_args()
+    out, rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in list_spaces():
+            net = create_supernet(name).eval()
+            for label, cfg in (("largest", net.space.largest()), ("smallest", net.space.smallest())):
+                res = export_subnet(net, cfg, Path(tmp) / f"{name}-{label}.onnx")
+                t = measure_model(res.path, threads=1, batch=1, runs=args.runs, warmup=50)
+                rec = {"space": name, "subnet": label, "key": cfg.key(), "params": net.num_params(cfg),
+                       "macs": net.macs(cfg), "export_s": round(res.export_seconds, 3),
+                       "parity_max_abs_diff": res.max_abs_diff, "latency_median_ms": round(t.median_ms, 4),
+                       "latency_p90_ms": round(t.p90_ms, 4), "runs": t.count}
+                out.append(rec)
+                rows.append([name, label, f"{rec['params']:,}", f"{rec['macs']:,}", f"{rec['export_s']:.2f}",
+                             f"{t.median_ms:.4f}", f"{t.p90_ms:.4f}"])
+    print(table(rows, ["space", "subnet", "params", "MACs", "export s", "median ms", "p90 ms"]))
+    write("extract_export", {"command": "benchmarks/extract_export.py", "runs": args.runs, "results": out})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The ``nasprune`` command line. Each command group lives in its own module with a ``register``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nasprune.errors import NasPruneError
+
+_GROUPS = ["spaces", "export", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="nasprune",
+        description=(
+            "Find the fastest, most accurate pruned subnetwork of a model for a latency budget. "
+            "A search space (YAML) defines a supernet; every subnet is a physical pruning of it."
+        ),
+        epilog="Run 'nasprune COMMAND --help' for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _GROUPS:
+        importlib.import_module(f"nasprune.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NasPruneError as e:
+        print(f"nasprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nasprune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

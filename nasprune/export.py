@@ -1,0 +1,155 @@
+"""ONNX export that checks itself: export, ``onnx.checker``, onnxruntime parity, metadata.
+
+The file is a single self-contained ``.onnx`` (no external-data sidecar) with a dynamic batch axis,
+input ``input`` and output ``logits``. Metadata (``metadata_props``) records the space, the subnet
+key and config, params and MACs, plus anything the caller adds (accuracy, latencies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from nasprune.elastic.supernet import Supernet, extract
+from nasprune.errors import ExportError
+from nasprune.latency.timing import make_session
+from nasprune.space import SubnetConfig
+
+OPSET = 18
+META_PREFIX = "nasprune."
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    max_abs_diff: float
+    export_seconds: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path) -> None:
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (sample,),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+        )
+
+
+def check_parity(
+    path: str | Path,
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_sizes: tuple[int, ...] = (1, 7),
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> float:
+    """Max |onnxruntime - torch| over random inputs at each batch size; raises above ``atol``."""
+    sess = make_session(path)
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    model = model.eval()
+    for b in batch_sizes:
+        x = torch.randn((b, *input_shape), generator=gen)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        (got,) = sess.run(None, {"input": x.numpy()})
+        if got.shape != ref.shape:
+            raise ExportError(f"{path}: onnxruntime output shape {got.shape} != torch {ref.shape} at batch {b}")
+        diff = float(np.max(np.abs(got - ref)))
+        worst = max(worst, diff)
+        if not diff <= atol:
+            raise ExportError(
+                f"{path}: onnxruntime and torch outputs differ by {diff:.3g} at batch {b} (tolerance {atol:g})"
+            )
+    return worst
+
+
+def export_model(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    path: str | Path,
+    metadata: dict[str, object] | None = None,
+    atol: float = 1e-4,
+) -> ExportResult:
+    """Export a plain torch model to ONNX, check it and stamp ``metadata`` into it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    t0 = time.perf_counter()
+    try:
+        _torch_export(model, torch.zeros((1, *input_shape)), path)
+    except Exception as e:  # the exporter raises many types; report them as one named error
+        raise ExportError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {e}") from e
+    seconds = time.perf_counter() - t0
+    proto = onnx.load(str(path))
+    meta = {f"{META_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    write_metadata(proto, meta)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"{path}: onnx.checker rejected the model: {e}") from None
+    onnx.save(proto, str(path))
+    diff = check_parity(path, model, input_shape, atol=atol)
+    return ExportResult(path, diff, seconds, meta)
+
+
+def write_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
+    existing = {p.key: p for p in proto.metadata_props}
+    for k, v in meta.items():
+        if k in existing:
+            existing[k].value = v
+        else:
+            proto.metadata_props.add(key=k, value=v)
+
+
+def subnet_metadata(supernet: Supernet, cfg: SubnetConfig) -> dict[str, object]:
+    return {
+        "space": supernet.space.name,
+        "space_digest": supernet.space.digest(),
+        "subnet_key": cfg.key(),
+        "config": cfg.to_json(),
+        "params": supernet.num_params(cfg),
+        "macs": supernet.macs(cfg),
+    }
+
+
+def export_subnet(
+    supernet: Supernet,
+    cfg: SubnetConfig | dict,
+    path: str | Path,
+    extra_metadata: dict[str, object] | None = None,
+    atol: float = 1e-4,
+) -> ExportResult:
+    """Extract the subnet ``cfg`` (physically smaller tensors) and export it with checks and metadata."""
+    cfg = supernet.space.parse_config(cfg)
+    model = extract(supernet, cfg).eval()
+    meta = {**subnet_metadata(supernet, cfg), **(extra_metadata or {})}
+    return export_model(model, tuple(supernet.space.input_shape), path, meta, atol=atol)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``nasprune.*`` metadata of an exported model, without the prefix."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key[len(META_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}

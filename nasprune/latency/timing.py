@@ -1,0 +1,64 @@
+"""Timing ONNX models with onnxruntime: sessions pinned to a thread count, robust statistics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def make_session(model: str | Path | bytes, threads: int = 1, provider: str = "CPUExecutionProvider"):
+    """An onnxruntime session with full graph optimisation and ``threads`` intra-op threads."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, sess_options=so, providers=[provider])
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p90_ms: float
+    count: int
+
+    @classmethod
+    def of(cls, samples_ms: list[float] | np.ndarray) -> Timing:
+        a = np.asarray(samples_ms, dtype=float)
+        return cls(float(np.median(a)), float(np.percentile(a, 90)), int(a.size))
+
+
+def feed_for(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 inputs for every graph input, with dynamic axes set to ``batch``."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for inp in session.get_inputs():
+        shape = [batch if not isinstance(d, int) else d for d in inp.shape]
+        feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    return feed
+
+
+def time_session(session, feed: dict[str, np.ndarray], runs: int = 200, warmup: int = 20) -> Timing:
+    """Median and p90 of ``runs`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        session.run(None, feed)
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        session.run(None, feed)
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return Timing.of(samples)
+
+
+def measure_model(
+    model: str | Path | bytes, threads: int = 1, batch: int = 1, runs: int = 200, warmup: int = 20
+) -> Timing:
+    """End-to-end latency of an ONNX model on this machine."""
+    sess = make_session(model, threads)
+    return time_session(sess, feed_for(sess, batch), runs=runs, warmup=warmup)

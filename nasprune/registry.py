@@ -1,0 +1,83 @@
+"""The registry of search spaces and model families: ``list_spaces``, ``load_space``, ``create_supernet``.
+
+Spaces are the YAML files in the project's ``search_spaces/`` folder, plus any folder listed in
+``NASPRUNE_SPACES_PATH`` (``os.pathsep``-separated). Adding a file adds a space everywhere,
+tests included.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from nasprune.elastic.supernet import Supernet
+from nasprune.errors import SpaceError
+from nasprune.models.base import Family
+from nasprune.models.mlp import MLPFamily
+from nasprune.models.resnet import ResNetFamily
+from nasprune.space import MLPSpace, ResNetSpace, parse_space
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (ResNetFamily(), MLPFamily())}
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+Space = ResNetSpace | MLPSpace
+
+
+def space_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("NASPRUNE_SPACES_PATH", "").split(os.pathsep) if p]
+    return [*extra, BUILTIN_DIR]
+
+
+def _space_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in space_dirs():
+        if d.is_dir():
+            for f in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def list_spaces() -> list[str]:
+    """Names of every registered space, sorted."""
+    return sorted(_space_files())
+
+
+def load_space_file(path: str | Path) -> Space:
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(f"search space file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpaceError(f"search space file '{path}' is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpaceError(f"search space file '{path}' must hold a mapping, not {type(data).__name__}")
+    space = parse_space(data, source=f"'{path}'")
+    if space.name != path.stem and path.parent.resolve() in {d.resolve() for d in space_dirs()}:
+        raise SpaceError(f"'{path}': name '{space.name}' must match the file name '{path.stem}'")
+    return space
+
+
+def load_space(name_or_path: str | Path) -> Space:
+    """A space by registered name (``resnet_mnist``) or by path to a YAML file."""
+    s = str(name_or_path)
+    if s.endswith((".yaml", ".yml")) or os.sep in s:
+        return load_space_file(s)
+    files = _space_files()
+    if s not in files:
+        raise SpaceError(f"unknown search space '{s}' (available: {', '.join(sorted(files)) or 'none'})")
+    return load_space_file(files[s])
+
+
+def family_of(space: Space) -> Family:
+    return FAMILIES[space.family]
+
+
+def create_supernet(space: Space | str) -> Supernet:
+    """The untrained supernet of a space (given as a space or its name/path)."""
+    if not isinstance(space, ResNetSpace | MLPSpace):
+        space = load_space(space)
+    return Supernet(space, family_of(space))

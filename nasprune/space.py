@@ -1,0 +1,331 @@
+"""Search spaces and subnet configurations.
+
+A search space (one YAML file under ``search_spaces/``) names a model family, a dataset, the input
+shape and, per stage, the allowed depths and per-layer widths. A :class:`SubnetConfig` picks one
+depth per stage and one width per *active* width layer; it describes one architecture, so two
+configs that differ only in layers that their depth switches off are the same config.
+
+Width layers are named after where they live: ``stem``, ``stage0.out`` (the residual stream of a
+ResNet stage, shared by its blocks), ``stage0.block1.mid`` (the inner width of one block) and
+``stage0.layer1`` (a hidden layer of an MLP stage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from functools import cached_property
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from nasprune.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _choices(values: list[int], what: str) -> list[int]:
+    if not values:
+        raise ValueError(f"{what} needs at least one choice")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} has duplicate choices: {values}")
+    return sorted(values)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResNetStage(_Strict):
+    """A stage of residual blocks; its first block downsamples by ``stride`` through a projection."""
+
+    depths: list[PositiveInt]
+    stride: Literal[1, 2] = 1
+    out_widths: list[PositiveInt]
+    mid_widths: list[PositiveInt]
+
+    @field_validator("depths", "out_widths", "mid_widths")
+    @classmethod
+    def _sorted_unique(cls, v: list[int], info) -> list[int]:
+        return _choices(v, info.field_name)
+
+
+class MLPStage(_Strict):
+    """A stack of Linear-BatchNorm-ReLU layers; each layer picks its own width."""
+
+    depths: list[PositiveInt]
+    widths: list[PositiveInt]
+
+    @field_validator("depths", "widths")
+    @classmethod
+    def _sorted_unique(cls, v: list[int], info) -> list[int]:
+        return _choices(v, info.field_name)
+
+
+class _SpaceBase(_Strict, ABC):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
+    description: str = ""
+    dataset: str
+    num_classes: Annotated[int, Field(ge=2)]
+    channel_divisor: PositiveInt = 8
+    """Every width must be a multiple of this (8 by default: other counts run slowly on CPUs)."""
+
+    def _check_divisible(self, widths: dict[str, tuple[int, ...]]) -> None:
+        for layer, ws in widths.items():
+            bad = [w for w in ws if w % self.channel_divisor]
+            if bad:
+                raise ValueError(
+                    f"{layer}: widths {bad} are not multiples of channel_divisor={self.channel_divisor} "
+                    "(round them, or set channel_divisor: 1 in the space file)"
+                )
+
+    # -- the width layers and their choices ------------------------------------------------------
+    @abstractmethod
+    def width_layers(self) -> dict[str, tuple[int, ...]]:
+        """Every width layer of the largest subnet, in network order, with its allowed widths."""
+
+    @abstractmethod
+    def active_layers(self, depths: dict[str, int]) -> list[str]:
+        """The width layers that run when the stages have ``depths``."""
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [f"stage{i}" for i in range(len(self.stages))]  # type: ignore[attr-defined]
+
+    def depth_choices(self) -> dict[str, tuple[int, ...]]:
+        return {f"stage{i}": tuple(s.depths) for i, s in enumerate(self.stages)}  # type: ignore[attr-defined]
+
+    # -- configs -----------------------------------------------------------------------------------
+    def config(self, depths: dict[str, int], widths: dict[str, int]) -> SubnetConfig:
+        """Validate a config against this space; widths of layers that the depths switch off are dropped.
+
+        Raises :class:`ConfigError` naming the offending field and the allowed values.
+        """
+        problems: list[str] = []
+        choices = self.depth_choices()
+        unknown = sorted(set(depths) - set(choices))
+        if unknown:
+            problems.append(f"depths.{unknown[0]}: no such stage (stages: {', '.join(choices)})")
+        for stage, allowed in choices.items():
+            if stage not in depths:
+                problems.append(f"depths.{stage}: missing (allowed: {list(allowed)})")
+            elif not _is_int(depths[stage]) or depths[stage] not in allowed:
+                problems.append(f"depths.{stage}: {depths[stage]!r} is not allowed (allowed: {list(allowed)})")
+        if problems:
+            raise ConfigError(f"invalid config for space '{self.name}': " + "; ".join(problems))
+        all_layers = self.width_layers()
+        unknown = sorted(set(widths) - set(all_layers))
+        if unknown:
+            problems.append(f"widths.{unknown[0]}: no such layer in space '{self.name}'")
+        active = self.active_layers(depths)
+        for layer in active:
+            allowed = all_layers[layer]
+            if layer not in widths:
+                problems.append(f"widths.{layer}: missing (allowed: {list(allowed)})")
+            elif not _is_int(widths[layer]) or widths[layer] not in allowed:
+                problems.append(f"widths.{layer}: {widths[layer]!r} is not allowed (allowed: {list(allowed)})")
+        for layer in set(widths) & set(all_layers) - set(active):
+            if widths[layer] not in all_layers[layer]:
+                problems.append(
+                    f"widths.{layer}: {widths[layer]!r} is not allowed (allowed: {list(all_layers[layer])})"
+                )
+        if problems:
+            raise ConfigError(f"invalid config for space '{self.name}': " + "; ".join(problems))
+        return SubnetConfig(
+            space=self.name,
+            depths={s: int(depths[s]) for s in choices},
+            widths={layer: int(widths[layer]) for layer in active},
+        )
+
+    def parse_config(self, data: object) -> SubnetConfig:
+        """Validate a config given as a mapping (e.g. loaded from JSON)."""
+        if isinstance(data, SubnetConfig):
+            data = data.model_dump()
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config is a mapping with 'depths' and 'widths', got {type(data).__name__}")
+        extra = sorted(set(data) - {"space", "depths", "widths"})
+        if extra:
+            raise ConfigError(f"{extra[0]}: unknown config field (allowed: space, depths, widths)")
+        if data.get("space", self.name) != self.name:
+            raise ConfigError(f"space: config is for space '{data['space']}', not '{self.name}'")
+        for part in ("depths", "widths"):
+            if not isinstance(data.get(part), dict):
+                raise ConfigError(f"{part}: expected a mapping of name -> integer")
+        return self.config(data["depths"], data["widths"])
+
+    def largest(self) -> SubnetConfig:
+        return self._extreme(max)
+
+    def smallest(self) -> SubnetConfig:
+        return self._extreme(min)
+
+    def _extreme(self, pick) -> SubnetConfig:
+        depths = {s: pick(c) for s, c in self.depth_choices().items()}
+        widths = {layer: pick(c) for layer, c in self.width_layers().items()}
+        return self.config(depths, widths)
+
+    def uniform(self, fraction: float) -> SubnetConfig:
+        """Max depth and, in every layer, the smallest allowed width >= ``fraction`` of its max width.
+
+        The classic "width multiplier" baseline.
+        """
+        depths = {s: max(c) for s, c in self.depth_choices().items()}
+        widths = {}
+        for layer, c in self.width_layers().items():
+            target = fraction * max(c)
+            widths[layer] = next((w for w in c if w >= target - 1e-9), max(c))
+        return self.config(depths, widths)
+
+    def sample(self, rng: np.random.Generator) -> SubnetConfig:
+        """A uniformly random config: each depth and each active width drawn uniformly from its choices."""
+        depths = {s: int(rng.choice(c)) for s, c in self.depth_choices().items()}
+        layers = self.width_layers()
+        widths = {layer: int(rng.choice(layers[layer])) for layer in self.active_layers(depths)}
+        return self.config(depths, widths)
+
+    @cached_property
+    def size(self) -> int:
+        """Number of distinct subnets (architectures) in the space."""
+        layers = self.width_layers()
+        total = 0
+        for depth_combo in _product(self.depth_choices()):
+            n = 1
+            for layer in self.active_layers(depth_combo):
+                n *= len(layers[layer])
+            total += n
+        return total
+
+    def digest(self) -> str:
+        """A short hash of the space definition; checkpoints and tables record it."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _product(choices: dict[str, tuple[int, ...]]) -> Iterator[dict[str, int]]:
+    names = list(choices)
+    idx = [0] * len(names)
+    while True:
+        yield {n: choices[n][i] for n, i in zip(names, idx, strict=True)}
+        for k in reversed(range(len(names))):
+            idx[k] += 1
+            if idx[k] < len(choices[names[k]]):
+                break
+            idx[k] = 0
+        else:
+            return
+
+
+class ResNetSpace(_SpaceBase):
+    """ResNet-style CNN: stem conv, stages of basic residual blocks, global pooling, linear head."""
+
+    family: Literal["resnet"]
+    input_shape: Annotated[tuple[PositiveInt, PositiveInt, PositiveInt], Field(description="C, H, W")]
+    stem_widths: list[PositiveInt]
+    stem_stride: Literal[1, 2] = 1
+    stages: Annotated[list[ResNetStage], Field(min_length=1)]
+
+    @field_validator("stem_widths")
+    @classmethod
+    def _sorted_unique(cls, v: list[int]) -> list[int]:
+        return _choices(v, "stem_widths")
+
+    def model_post_init(self, _ctx) -> None:
+        self._check_divisible(self.width_layers())
+
+    def width_layers(self) -> dict[str, tuple[int, ...]]:
+        out: dict[str, tuple[int, ...]] = {"stem": tuple(self.stem_widths)}
+        for i, st in enumerate(self.stages):
+            out[f"stage{i}.out"] = tuple(st.out_widths)
+            for j in range(max(st.depths)):
+                out[f"stage{i}.block{j}.mid"] = tuple(st.mid_widths)
+        return out
+
+    def active_layers(self, depths: dict[str, int]) -> list[str]:
+        out = ["stem"]
+        for i, _ in enumerate(self.stages):
+            out.append(f"stage{i}.out")
+            out.extend(f"stage{i}.block{j}.mid" for j in range(depths[f"stage{i}"]))
+        return out
+
+
+class MLPSpace(_SpaceBase):
+    """MLP over flat features: stages of Linear-BatchNorm-ReLU layers, linear head."""
+
+    family: Literal["mlp"]
+    input_shape: Annotated[tuple[PositiveInt], Field(description="number of input features")]
+    stages: Annotated[list[MLPStage], Field(min_length=1)]
+
+    def model_post_init(self, _ctx) -> None:
+        self._check_divisible(self.width_layers())
+
+    def width_layers(self) -> dict[str, tuple[int, ...]]:
+        out: dict[str, tuple[int, ...]] = {}
+        for i, st in enumerate(self.stages):
+            for j in range(max(st.depths)):
+                out[f"stage{i}.layer{j}"] = tuple(st.widths)
+        return out
+
+    def active_layers(self, depths: dict[str, int]) -> list[str]:
+        return [f"stage{i}.layer{j}" for i, _ in enumerate(self.stages) for j in range(depths[f"stage{i}"])]
+
+
+SearchSpace = Annotated[ResNetSpace | MLPSpace, Field(discriminator="family")]
+"""Any search space; ``family`` picks the schema."""
+
+_SPACE_ADAPTER: TypeAdapter[ResNetSpace | MLPSpace] = TypeAdapter(SearchSpace)
+
+
+def parse_space(data: object, source: str = "<data>") -> ResNetSpace | MLPSpace:
+    """Validate a space from a mapping. Raises :class:`~nasprune.errors.SpaceError` naming the field."""
+    from nasprune.errors import SpaceError
+
+    try:
+        return _SPACE_ADAPTER.validate_python(data)
+    except ValidationError as e:
+        raise SpaceError(f"invalid search space {source}: {format_validation_error(e)}") from None
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """One line per problem: ``field.path: message``."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; unknown fields are not ignored)"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+class SubnetConfig(BaseModel):
+    """One architecture of a space: a depth per stage and a width per active width layer.
+
+    Build it through ``space.config(...)``/``space.parse_config(...)``, which validate it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    space: str
+    depths: dict[str, int]
+    widths: dict[str, int]
+
+    def key(self) -> str:
+        """A stable 16-hex-digit hash of the architecture (same config, same key, any process)."""
+        blob = json.dumps({"space": self.space, "depths": self.depths, "widths": self.widths}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(), sort_keys=True)
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SubnetConfig) and self.key() == other.key()

@@ -1,0 +1,92 @@
+"""The conformance suite: every registered space, automatically (add a YAML, get these tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from nasprune.elastic.importance import reorder_channels
+from nasprune.elastic.modules import ElasticModule
+from nasprune.elastic.supernet import extract
+from nasprune.export import export_subnet, read_metadata
+from nasprune.registry import create_supernet, list_spaces, load_space
+from tests.conftest import randomize
+
+SPACES = list_spaces()
+N_RANDOM = 20
+
+
+def configs(space):
+    rng = np.random.default_rng(1234)
+    return [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(N_RANDOM))]
+
+
+@pytest.fixture(scope="module", params=SPACES)
+def net(request):
+    torch.manual_seed(0)
+    return randomize(create_supernet(load_space(request.param))).eval()
+
+
+def _x(space, batch=5, seed=0):
+    return torch.randn((batch, *space.input_shape), generator=torch.Generator().manual_seed(seed))
+
+
+def test_extract_matches_select_and_counts_params(net):
+    x = _x(net.space)
+    for cfg in configs(net.space):
+        with torch.no_grad(), net.select(cfg):
+            ref = net(x)
+        plain = extract(net, cfg)
+        assert not any(isinstance(m, ElasticModule) for m in plain.modules())
+        with torch.no_grad():
+            got = plain(x)
+        assert (got - ref).abs().max().item() <= 1e-5, cfg
+        assert sum(p.numel() for p in plain.parameters()) == net.num_params(cfg)
+
+
+def test_select_restores_full_network(net):
+    x = _x(net.space)
+    with torch.no_grad():
+        before = net(x)
+        with pytest.raises(RuntimeError, match="boom"), net.select(net.space.smallest()):
+            raise RuntimeError("boom")
+        after = net(x)
+    assert torch.equal(before, after)
+
+
+def test_reordering_keeps_full_network_function(net):
+    x = _x(net.space)
+    with torch.no_grad():
+        before = net(x)
+        perms = reorder_channels(net)
+        after = net(x)
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in perms.values())
+    assert (after - before).abs().max().item() <= 1e-5
+
+
+def test_reordering_puts_important_channels_first(net):
+    reorder_channels(net)
+    first = net.family.channel_groups(net.space)[0]
+    w = net.body.get_submodule(first.producers[0]).weight.detach()
+    norms = w.abs().flatten(1).sum(1)
+    assert torch.all(norms[:-1] >= norms[1:] - 1e-6)
+
+
+def test_macs_shrink_with_smaller_configs(net):
+    sp = net.space
+    assert net.macs(sp.smallest()) < net.macs(sp.largest())
+    assert net.num_params(sp.smallest()) < net.num_params(sp.largest())
+
+
+def test_onnx_export_checker_and_parity(net, tmp_path):
+    for i, cfg in enumerate(configs(net.space)):
+        path = tmp_path / f"{i}.onnx"
+        res = export_subnet(net, cfg, path)  # raises ExportError above 1e-4 at batch 1 and 7
+        assert res.max_abs_diff <= 1e-4
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        meta = read_metadata(path)
+        assert meta["subnet_key"] == cfg.key()
+        assert int(meta["params"]) == net.num_params(cfg)
+        assert not (tmp_path / f"{i}.onnx.data").exists()
