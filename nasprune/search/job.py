@@ -1,0 +1,68 @@
+"""What a search job asks for (``SearchJob``) and what it returns (``Candidate``, ``SearchResult``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Sampler = Literal["nsga2", "tpe", "random"]
+Backend = Literal["optuna", "ray"]
+
+
+class Constraints(BaseModel):
+    """Optional limits on top of the latency budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_params: Annotated[int, Field(gt=0)] | None = None
+    max_macs: Annotated[int, Field(gt=0)] | None = None
+
+
+class SearchJob(BaseModel):
+    """A search for the most accurate subnets of ``space`` within ``latency_budget_ms`` on ``device``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    space: str = Field(description="registered search space name, e.g. resnet_mnist")
+    device: str = Field("local-cpu", description="device whose latency table predicts latency")
+    latency_budget_ms: float = Field(gt=0, le=60_000, description="latency budget in milliseconds (batch 1)")
+    n_trials: Annotated[int, Field(ge=1, le=100_000)] = 100
+    sampler: Sampler = "nsga2"
+    backend: Backend = "optuna"
+    seed: int = 0
+    constraints: Constraints = Field(default_factory=Constraints)
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    verify_top_k: Annotated[int, Field(ge=1, le=20)] = 3
+
+    @field_validator("latency_budget_ms")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number of milliseconds")
+        return v
+
+
+class Candidate(BaseModel):
+    """One Pareto-optimal subnet."""
+
+    candidate_id: str = Field(description="the subnet key (16 hex digits)")
+    trial_number: int
+    config: dict
+    accuracy: float
+    latency_ms: float = Field(description="predicted by the device's latency table")
+    params: int
+    macs: int
+    feasible: bool
+    verified: bool = False
+    measured_latency_ms: float | None = None
+
+
+class SearchResult(BaseModel):
+    job: SearchJob
+    n_trials: int
+    pareto: list[Candidate]
+    recommended: Candidate | None = Field(description="most accurate candidate whose measured latency is in budget")
+    table_error: dict | None = None
+    tracking_error: str | None = None
