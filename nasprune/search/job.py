@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -66,3 +69,32 @@ class SearchResult(BaseModel):
     recommended: Candidate | None = Field(description="most accurate candidate whose measured latency is in budget")
     table_error: dict | None = None
     tracking_error: str | None = None
+
+
+class Progress(BaseModel):
+    """What a running job reports: the stage it is in and, while searching, trials done and best so far."""
+
+    stage: Literal["queued", "preparing supernet", "building latency table", "searching", "verifying", "done"]
+    n_done: int = 0
+    n_total: int = 0
+    best_accuracy: float | None = None
+    best_latency_ms: float | None = None
+    message: str = ""
+
+
+@dataclass
+class JobContext:
+    """Where a job keeps its state, and how it talks back to whoever runs it.
+
+    ``storage_url`` is the Optuna RDB storage (SQLite file or PostgreSQL URL) holding the trials:
+    running the same job id again resumes it without losing or repeating finished trials.
+    """
+
+    job_id: str
+    storage_url: str
+    output_dir: Path
+    data_dir: Path | None = None
+    tracking_uri: str | None = None
+    ray_address: str | None = None
+    on_progress: Callable[[Progress], None] = field(default=lambda _p: None)
+    should_stop: Callable[[], bool] = field(default=lambda: False)
