@@ -32,13 +32,30 @@ def main() -> None:
             for label, cfg in (("largest", net.space.largest()), ("smallest", net.space.smallest())):
                 res = export_subnet(net, cfg, Path(tmp) / f"{name}-{label}.onnx")
                 t = measure_model(res.path, threads=1, batch=1, runs=args.runs, warmup=50)
-                rec = {"space": name, "subnet": label, "key": cfg.key(), "params": net.num_params(cfg),
-                       "macs": net.macs(cfg), "export_s": round(res.export_seconds, 3),
-                       "parity_max_abs_diff": res.max_abs_diff, "latency_median_ms": round(t.median_ms, 4),
-                       "latency_p90_ms": round(t.p90_ms, 4), "runs": t.count}
+                rec = {
+                    "space": name,
+                    "subnet": label,
+                    "key": cfg.key(),
+                    "params": net.num_params(cfg),
+                    "macs": net.macs(cfg),
+                    "export_s": round(res.export_seconds, 3),
+                    "parity_max_abs_diff": res.max_abs_diff,
+                    "latency_median_ms": round(t.median_ms, 4),
+                    "latency_p90_ms": round(t.p90_ms, 4),
+                    "runs": t.count,
+                }
                 out.append(rec)
-                rows.append([name, label, f"{rec['params']:,}", f"{rec['macs']:,}", f"{rec['export_s']:.2f}",
-                             f"{t.median_ms:.4f}", f"{t.p90_ms:.4f}"])
+                rows.append(
+                    [
+                        name,
+                        label,
+                        f"{rec['params']:,}",
+                        f"{rec['macs']:,}",
+                        f"{rec['export_s']:.2f}",
+                        f"{t.median_ms:.4f}",
+                        f"{t.p90_ms:.4f}",
+                    ]
+                )
     print(table(rows, ["space", "subnet", "params", "MACs", "export s", "median ms", "p90 ms"]))
     write("extract_export", {"command": "benchmarks/extract_export.py", "runs": args.runs, "results": out})
 

@@ -6,9 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nasprune.errors import NasPruneError
+from pydantic import ValidationError
 
-_GROUPS = ["spaces", "export", "demo"]
+from nasprune.errors import NasPruneError
+from nasprune.space import format_validation_error
+
+_GROUPS = ["spaces", "export", "train", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except NasPruneError as e:
         print(f"nasprune: error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        print(f"nasprune: error: {format_validation_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nasprune: interrupted", file=sys.stderr)

@@ -1,0 +1,63 @@
+"""``nasprune train``: weight-sharing supernet training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a supernet once (sandwich rule + in-place distillation)",
+        description=(
+            "Train the supernet of a space with weight sharing: each step trains the largest subnet on "
+            "labels and the smallest plus N random subnets on the largest one's soft outputs. Without "
+            "--output the checkpoint goes to the data dir, where searches find it."
+        ),
+    )
+    p.add_argument("--space", required=True, help="space name or YAML path")
+    p.add_argument("--epochs", type=int, help="epochs (default: the space's recipe)")
+    p.add_argument("--warmup-epochs", type=int, help="largest-only epochs before importance ordering")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--n-random", type=int, help="random subnets per step besides largest and smallest")
+    p.add_argument("--seed", type=int)
+    p.add_argument("-o", "--output", type=Path, help="checkpoint path (default: the data dir's cache)")
+    p.add_argument("--data-dir", type=Path, help="data dir (default: $NASPRUNE_DATA_DIR or ./.nasprune)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI to log the run to (default: none)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from nasprune.cli._common import table
+    from nasprune.data import load_dataset
+    from nasprune.evaluate import Evaluator
+    from nasprune.registry import load_space
+    from nasprune.train import default_recipe, supernet_path, train_supernet
+
+    space = load_space(args.space)
+    overrides = {
+        k: getattr(args, k)
+        for k in ("epochs", "warmup_epochs", "batch_size", "lr", "n_random", "seed")
+        if getattr(args, k) is not None
+    }
+    recipe = default_recipe(space.name).model_copy(update=overrides)
+    recipe = type(recipe).model_validate(recipe.model_dump())
+    tracker = None
+    if args.tracking_uri:
+        from nasprune.tracking import MlflowTracker
+
+        tracker = MlflowTracker(args.tracking_uri)
+    out = args.output or supernet_path(space, args.data_dir)
+    res = train_supernet(space, recipe, tracker=tracker, checkpoint=out)
+    ds = load_dataset(space.dataset)
+    ev = Evaluator(res.supernet, ds)
+    rows = [
+        [label, f"{ev.accuracy(cfg, 'val'):.2%}", f"{ev.accuracy(cfg, 'test'):.2%}"]
+        for label, cfg in (("largest", space.largest()), ("smallest", space.smallest()))
+    ]
+    print(table(rows, ["subnet", "val acc", "test acc"]))
+    print(f"checkpoint: {res.checkpoint} ({res.seconds:.0f} s)")
+    if tracker and tracker.error:
+        print(f"warning: {tracker.error}")
+    return 0

@@ -1,0 +1,92 @@
+"""Accuracy of subnets read from a supernet's shared weights, after BatchNorm recalibration.
+
+Shared BatchNorm statistics are a mix over every subnet trained; a subnet's own statistics are
+re-estimated on a calibration subset (cumulative average) before it is scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from nasprune.data import Dataset
+from nasprune.elastic.modules import _ElasticBatchNorm
+from nasprune.elastic.supernet import Supernet, extract
+from nasprune.space import SubnetConfig
+
+
+def _norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm | _ElasticBatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor | tuple]) -> nn.Module:
+    """Re-estimate every BatchNorm's running stats as the exact average over ``batches``.
+
+    Resets the stats, runs the batches in train mode with ``momentum=None`` (cumulative average),
+    then puts back each norm's momentum and the model's train/eval mode.
+    """
+    norms = _norms(model)
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for batch in batches:
+            x = batch[0] if isinstance(batch, tuple | list) else batch
+            model(x)
+    finally:
+        for m, mom in zip(norms, momenta, strict=True):
+            m.momentum = mom
+        model.train(was_training)
+    return model
+
+
+@torch.no_grad()
+def accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (fraction) of ``model`` in eval mode."""
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        correct += (model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item()
+    model.train(was)
+    return correct / len(y)
+
+
+class Evaluator:
+    """Scores subnets of one trained supernet on one dataset; results are cached per config key.
+
+    ``checkpoint_id`` (the checkpoint's hash) is part of the cache key, so a retrained supernet
+    never reuses stale scores.
+    """
+
+    def __init__(self, supernet: Supernet, dataset: Dataset, checkpoint_id: str = "untrained", calib_batch: int = 250):
+        self.supernet = supernet.eval()
+        self.dataset = dataset
+        self.checkpoint_id = checkpoint_id
+        self.calib_batch = calib_batch
+        self._cache: dict[tuple[str, str, str], float] = {}
+
+    def subnet(self, cfg: SubnetConfig) -> nn.Module:
+        """The extracted subnet with BatchNorm recalibrated on the calibration split, in eval mode."""
+        model = extract(self.supernet, cfg)
+        x, _ = self.dataset.tensors("calib")
+        recalibrate_bn(model, (x[i : i + self.calib_batch] for i in range(0, len(x), self.calib_batch)))
+        return model.eval()
+
+    def accuracy(self, cfg: SubnetConfig, split: str = "val") -> float:
+        key = (cfg.key(), self.checkpoint_id, split)
+        if key not in self._cache:
+            x, y = self.dataset.tensors(split)
+            self._cache[key] = accuracy_of(self.subnet(cfg), x, y)
+        return self._cache[key]
+
+
+def accuracy(supernet: Supernet, cfg: SubnetConfig, dataset: Dataset, split: str = "val") -> float:
+    """One-off accuracy of a subnet after BN recalibration (use :class:`Evaluator` to cache)."""
+    return Evaluator(supernet, dataset).accuracy(cfg, split)
