@@ -1,0 +1,1 @@
+"""The nasprune service: an HTTP API (``services.api``) over a durable job queue (``services.jobs``)."""

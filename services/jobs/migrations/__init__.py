@@ -1,0 +1,1 @@
+"""Versioned schema of the job store (Alembic scripts, run programmatically by ``JobStore.migrate``)."""

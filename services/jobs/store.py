@@ -1,0 +1,429 @@
+"""The durable job store: one SQLAlchemy table, the same code on SQLite and PostgreSQL.
+
+The table is also the queue: workers claim the oldest queued job with a compare-and-set update
+(``... WHERE status = 'queued'``), so any number of worker threads or processes can share it and
+jobs start in submission order. The schema is versioned with Alembic (``migrations/``), applied by
+``JobStore.migrate()`` at start-up under a lock, so upgrading nasprune upgrades an existing database.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from nasprune.search.job import Progress, SearchJob, SearchResult
+from services.jobs.errors import JobAlreadyFinished, JobNotFound, QueueFull, SchemaError
+from services.jobs.status import JobStatus
+
+VERSION_TABLE = "nasprune_schema_version"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_PG_MIGRATION_LOCK = 0x6E617370  # "nasp": one advisory lock id for every nasprune process
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Stored as naive UTC (portable across SQLite and PostgreSQL), returned timezone-aware."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "nasprune_jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("spec", sa.Text(), nullable=False),
+    sa.Column("progress", sa.Text()),
+    sa.Column("result", sa.Text()),
+    sa.Column("error", sa.Text()),
+    sa.Column("tracking_error", sa.Text()),
+    sa.Column("mlflow_run_id", sa.String(64)),
+    sa.Column("mlflow_run_url", sa.Text()),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime()),
+    sa.Column("finished_at", UTCDateTime()),
+    sa.Column("owner", sa.String(128)),
+    sa.Column("heartbeat_at", UTCDateTime()),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", UTCDateTime()),
+    sa.Index("ix_nasprune_jobs_status_created", "status", "created_at"),
+)
+
+_SUMMARY_COLS = [c for c in jobs.c if c.name != "result"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return uuid4().hex
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as stored. ``result_json`` is loaded only when asked for (``get(..., with_result=True)``)."""
+
+    id: str
+    status: JobStatus
+    spec: SearchJob
+    progress: Progress | None
+    error: str | None
+    tracking_error: str | None
+    mlflow_run_id: str | None
+    mlflow_run_url: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime | None
+    owner: str | None
+    heartbeat_at: datetime | None
+    attempts: int
+    cancel_requested: bool
+    has_result: bool
+    result_json: str | None = None
+
+    @property
+    def result(self) -> SearchResult | None:
+        return None if self.result_json is None else SearchResult.model_validate_json(self.result_json)
+
+    @classmethod
+    def from_row(cls, row: sa.Row, has_result: bool | None = None) -> JobRecord:
+        m = row._mapping
+        result_json = m.get("result")
+        return cls(
+            id=m["id"],
+            status=JobStatus(m["status"]),
+            spec=SearchJob.model_validate_json(m["spec"]),
+            progress=Progress.model_validate_json(m["progress"]) if m["progress"] else None,
+            error=m["error"],
+            tracking_error=m["tracking_error"],
+            mlflow_run_id=m["mlflow_run_id"],
+            mlflow_run_url=m["mlflow_run_url"],
+            created_at=m["created_at"],
+            started_at=m["started_at"],
+            finished_at=m["finished_at"],
+            updated_at=m["updated_at"],
+            owner=m["owner"],
+            heartbeat_at=m["heartbeat_at"],
+            attempts=m["attempts"],
+            cancel_requested=bool(m["cancel_requested"]),
+            has_result=bool(m["has_result"]) if has_result is None else has_result,
+            result_json=result_json,
+        )
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: readers never block the writer and the writer never blocks readers (status polls stay fast).
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get WAL mode and wait on a busy lock (``?timeout=`` in the URL)."""
+    kw: dict[str, Any] = {"future": True}
+    if url.startswith("sqlite"):
+        kw["connect_args"] = {"check_same_thread": False}
+        engine = sa.create_engine(url, **kw)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    kw.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return sa.create_engine(url, **kw)
+
+
+class JobStore:
+    """Jobs in a database. Thread-safe; every method is one short transaction.
+
+    Changes of state are guarded updates (``WHERE status = <expected>``), so two processes racing
+    for the same job cannot both win, and a worker that lost its job (it was re-queued after a
+    missed heartbeat) cannot overwrite the new owner's state.
+    """
+
+    def __init__(self, url: str, *, engine: Engine | None = None):
+        self.url = url
+        self.engine = engine or make_engine(url)
+        self._submit_lock = threading.Lock()
+        if url.startswith("sqlite"):
+            db = sa.engine.make_url(url).database
+            if db and db != ":memory:":
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+
+    # schema --------------------------------------------------------------------------------------
+
+    def migrate(self, revision: str = "head") -> None:
+        """Create or upgrade the schema to ``revision``; refuses a database newer than this code."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                conn.commit()
+            try:
+                current = self._current_revision(conn)
+                if current is not None and current not in known:
+                    raise SchemaError(
+                        f"the job database is at schema version '{current}', which this nasprune does not "
+                        f"know (it knows {', '.join(sorted(known))}); upgrade nasprune or use another database"
+                    )
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                conn.commit()
+            finally:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                    conn.commit()
+
+    def schema_version(self) -> str | None:
+        with self.engine.connect() as conn:
+            return self._current_revision(conn)
+
+    @staticmethod
+    def _current_revision(conn: Connection) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return ctx.get_current_revision()
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # reading -------------------------------------------------------------------------------------
+
+    def get(self, job_id: str, *, with_result: bool = False) -> JobRecord:
+        cols = [*jobs.c] if with_result else [*_SUMMARY_COLS, jobs.c.result.isnot(None).label("has_result")]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(*cols).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return JobRecord.from_row(row, has_result=row._mapping["result"] is not None if with_result else None)
+
+    def list(
+        self, status: JobStatus | Iterable[JobStatus] | None = None, *, limit: int = 50, offset: int = 0
+    ) -> tuple[int, list[JobRecord]]:
+        """``(total, page)``: jobs newest first, optionally only those with the given status(es)."""
+        cond = sa.true()
+        if status is not None:
+            wanted = [status] if isinstance(status, JobStatus) else list(status)
+            cond = jobs.c.status.in_([s.value for s in wanted])
+        cols = [*_SUMMARY_COLS, jobs.c.result.isnot(None).label("has_result")]
+        with self.engine.connect() as conn:
+            total = conn.scalar(sa.select(sa.func.count()).select_from(jobs).where(cond))
+            rows = conn.execute(
+                sa.select(*cols)
+                .where(cond)
+                .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return int(total or 0), [JobRecord.from_row(r) for r in rows]
+
+    def count(self, status: JobStatus) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.scalar(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == status)) or 0)
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return bool(conn.scalar(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)))
+
+    # writing -------------------------------------------------------------------------------------
+
+    def create(self, spec: SearchJob, *, max_queued: int | None = None, job_id: str | None = None) -> JobRecord:
+        """Persist a new queued job; ``QueueFull`` when ``max_queued`` jobs are already waiting.
+
+        The count and the insert are serialised within this process; several API processes on one
+        database may overshoot the limit by at most one job each.
+        """
+        now = utcnow()
+        row = {
+            "id": job_id or new_job_id(),
+            "status": JobStatus.QUEUED.value,
+            "spec": spec.model_dump_json(),
+            "progress": Progress(stage="queued", n_total=spec.n_trials).model_dump_json(),
+            "created_at": now,
+            "updated_at": now,
+            "attempts": 0,
+            "cancel_requested": False,
+        }
+        with self._submit_lock:
+            if max_queued is not None:
+                queued = self.count(JobStatus.QUEUED)
+                if queued >= max_queued:
+                    raise QueueFull(queued, max_queued)
+            with self.engine.begin() as conn:
+                conn.execute(jobs.insert().values(**row))
+        return self.get(row["id"])
+
+    def claim_next(self, owner: str) -> JobRecord | None:
+        """Take the oldest queued job for ``owner`` (queued -> running); None when nothing is queued."""
+        for _ in range(20):
+            with self.engine.begin() as conn:
+                job_id = conn.scalar(
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.status == JobStatus.QUEUED)
+                    .order_by(jobs.c.created_at, jobs.c.id)
+                    .limit(1)
+                )
+                if job_id is None:
+                    return None
+                now = utcnow()
+                won = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED)
+                    .values(
+                        status=JobStatus.RUNNING.value,
+                        owner=owner,
+                        started_at=sa.func.coalesce(jobs.c.started_at, now),
+                        heartbeat_at=now,
+                        updated_at=now,
+                        attempts=jobs.c.attempts + 1,
+                    )
+                ).rowcount
+            if won:
+                return self.get(job_id)
+        return None
+
+    def set_progress(self, job_id: str, progress: Progress, owner: str | None = None) -> bool:
+        now = utcnow()
+        cond = [jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING]
+        if owner is not None:
+            cond.append(jobs.c.owner == owner)
+        values = {"progress": progress.model_dump_json(), "heartbeat_at": now, "updated_at": now}
+        with self.engine.begin() as conn:
+            return bool(conn.execute(jobs.update().where(*cond).values(**values)).rowcount)
+
+    def set_tracking(self, job_id: str, run_id: str, url: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(mlflow_run_id=run_id, mlflow_run_url=url))
+
+    def heartbeat(self, owner: str, job_ids: Iterable[str]) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id.in_(ids), jobs.c.owner == owner, jobs.c.status == JobStatus.RUNNING)
+                .values(heartbeat_at=utcnow())
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        owner: str | None = None,
+        result: SearchResult | None = None,
+        error: str | None = None,
+        progress: Progress | None = None,
+    ) -> bool:
+        """running -> ``status`` (succeeded, failed or cancelled). False if the job is no longer ours."""
+        if not status.is_finalized:
+            raise ValueError(f"finish() needs a final status, not {status}")
+        now = utcnow()
+        values: dict[str, Any] = {"status": status.value, "finished_at": now, "updated_at": now, "error": error}
+        if result is not None:
+            values["result"] = result.model_dump_json()
+            values["tracking_error"] = result.tracking_error
+        if progress is not None:
+            values["progress"] = progress.model_dump_json()
+        cond = [jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING]
+        if owner is not None:
+            cond.append(jobs.c.owner == owner)
+        with self.engine.begin() as conn:
+            return bool(conn.execute(jobs.update().where(*cond).values(**values)).rowcount)
+
+    def requeue(self, job_id: str, *, owner: str | None = None, count_attempt: bool = True) -> bool:
+        """running -> queued: the job resumes from its stored trials when a worker takes it again.
+
+        ``count_attempt=False`` for an orderly stop (shutdown), so only crashes count toward giving up.
+        """
+        cond = [jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING]
+        if owner is not None:
+            cond.append(jobs.c.owner == owner)
+        values: dict[str, Any] = {"status": JobStatus.QUEUED.value, "owner": None, "updated_at": utcnow()}
+        if not count_attempt:
+            values["attempts"] = sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0)
+        with self.engine.begin() as conn:
+            return bool(conn.execute(jobs.update().where(*cond).values(**values)).rowcount)
+
+    def requeue_stale(self, older_than: timedelta) -> list[str]:
+        """Re-queue running jobs whose worker has not sent a heartbeat for ``older_than`` (it crashed)."""
+        cutoff = utcnow() - older_than
+        with self.engine.connect() as conn:
+            ids = conn.scalars(
+                sa.select(jobs.c.id).where(
+                    jobs.c.status == JobStatus.RUNNING,
+                    sa.or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at <= cutoff),
+                )
+            ).all()
+        requeued = []
+        for job_id in ids:
+            with self.engine.begin() as conn:
+                n = conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.status == JobStatus.RUNNING,
+                        sa.or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at <= cutoff),
+                    )
+                    .values(status=JobStatus.QUEUED.value, owner=None, updated_at=utcnow())
+                ).rowcount
+            if n:
+                requeued.append(job_id)
+        return requeued
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """Queued jobs are cancelled at once; running ones are flagged and stop at the next trial."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED)
+                .values(
+                    status=JobStatus.CANCELLED.value,
+                    cancel_requested=True,
+                    finished_at=now,
+                    updated_at=now,
+                    progress=Progress(stage="done", message="cancelled before it started").model_dump_json(),
+                )
+            )
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING)
+                .values(cancel_requested=True, updated_at=now)
+            )
+        rec = self.get(job_id)
+        if rec.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            raise JobAlreadyFinished(f"job '{job_id}' has already {rec.status.value}; there is nothing to cancel")
+        return rec

@@ -1,0 +1,62 @@
+"""Finding a job's MLflow run, so the API can link to it.
+
+The search tags the parent run of a job with ``nasprune.job_id = <job id>`` (child runs, one per
+trial, carry ``mlflow.parentRunId``). Only a tracking *server* has a UI to link to; for other
+tracking URIs the service does not look.
+"""
+
+from __future__ import annotations
+
+import logging
+
+JOB_ID_TAG = "nasprune.job_id"
+
+log = logging.getLogger(__name__)
+
+
+def is_server(tracking_uri: str | None) -> bool:
+    return bool(tracking_uri) and tracking_uri.startswith(("http://", "https://"))
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def find_job_run(tracking_uri: str, job_id: str) -> tuple[str, str] | None:
+    """``(run_id, ui_url)`` of the job's parent run on an MLflow server, or None if there is none (yet)."""
+    if not is_server(tracking_uri):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    runs = client.search_runs(
+        experiment_ids=experiments,
+        filter_string=f"tags.`{JOB_ID_TAG}` = '{job_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=50,
+    )
+    for run in runs:
+        if "mlflow.parentRunId" not in run.data.tags:
+            return run.info.run_id, run_url(tracking_uri, run.info.experiment_id, run.info.run_id)
+    return None
+
+
+def check_tracking(tracking_uri: str, timeout_s: float = 2.0) -> str | None:
+    """None when the tracking store answers, else what is wrong (for ``/readyz``)."""
+    if is_server(tracking_uri):
+        import httpx
+
+        try:
+            r = httpx.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s)
+        except httpx.HTTPError as e:
+            return f"MLflow server at {tracking_uri} is unreachable: {e}"
+        return None if r.status_code == 200 else f"MLflow server at {tracking_uri} answered {r.status_code}"
+    if tracking_uri.startswith("sqlite:///"):
+        from pathlib import Path
+
+        parent = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        return None if parent.is_dir() else f"MLflow store folder {parent} does not exist"
+    return None
