@@ -147,3 +147,106 @@ class MlflowTracker:
         if result.checkpoint:
             self.log_artifact(run_id, result.checkpoint, "checkpoint")
         self.end_run(run_id)
+
+
+class JobTracker:
+    """MLflow records of one search job: a parent run, a child run per trial, artifacts at the end.
+
+    Trials are logged from a background thread so the search never waits on the tracking server;
+    ``close()`` drains the queue. On a resumed job the parent run is reused and any finished trial
+    that has no child run yet (the process died between the two) gets one in ``reconcile``.
+    """
+
+    def __init__(self, tracker: MlflowTracker, experiment: str):
+        import queue
+        import threading
+
+        self.tracker = tracker
+        self.experiment = experiment
+        self.parent: str | None = None
+        self.children: dict[int, str] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._drain, name="mlflow-trials", daemon=True)
+        self._thread.start()
+
+    @property
+    def error(self) -> str | None:
+        return self.tracker.error
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                fn, args = item
+                fn(*args)
+            finally:
+                self._queue.task_done()
+
+    def start(self, job_id: str, run_name: str, params: dict, existing_run_id: str | None = None) -> str | None:
+        if existing_run_id:
+            run = self.tracker._safe(self.tracker.client.get_run, existing_run_id)
+            if run is not None:
+                self.parent = existing_run_id
+                self.tracker._safe(self.tracker.client.update_run, existing_run_id, "RUNNING")
+                self.children = self._existing_children()
+                return self.parent
+        self.parent = self.tracker.start_run(
+            self.experiment, run_name, params=params, tags={"nasprune.kind": "search-job", "nasprune.job_id": job_id}
+        )
+        return self.parent
+
+    def _existing_children(self) -> dict[int, str]:
+        runs = self.tracker._safe(
+            self.tracker.client.search_runs,
+            [self.tracker.experiment_id(self.experiment)],
+            f"tags.mlflow.parentRunId = '{self.parent}'",
+            max_results=50000,
+        )
+        return {
+            int(r.data.tags["nasprune.trial"]): r.info.run_id for r in runs or [] if "nasprune.trial" in r.data.tags
+        }
+
+    def log_trial(self, rec) -> None:
+        """Queue a child run for a finished trial (``TrialRecord``)."""
+        if self.parent is None or rec.number in self.children:
+            return
+        self.children[rec.number] = ""  # reserved; the worker fills in the id
+        self._queue.put((self._log_trial_now, (rec,)))
+
+    def _log_trial_now(self, rec) -> None:
+        params = {f"depth.{k}": v for k, v in rec.config["depths"].items()}
+        params.update({f"width.{k}": v for k, v in rec.config["widths"].items()})
+        run_id = self.tracker.start_run(
+            self.experiment,
+            f"trial-{rec.number}",
+            params=params,
+            parent_run_id=self.parent,
+            tags={
+                "nasprune.trial": rec.number,
+                "nasprune.subnet_key": rec.subnet_key,
+                "feasible": str(rec.feasible).lower(),
+                "pareto": "false",
+                "verified": "false",
+            },
+        )
+        metrics = {"accuracy": rec.accuracy, "latency_ms": rec.latency_ms, "params": rec.params, "macs": rec.macs}
+        self.tracker.log_metrics(run_id, metrics)
+        self.tracker.end_run(run_id)
+        if run_id:
+            self.children[rec.number] = run_id
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def tag_trial(self, number: int, tags: dict) -> None:
+        run_id = self.children.get(number)
+        if run_id:
+            self.tracker.set_tags(run_id, tags)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.flush()
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        self.tracker.end_run(self.parent, status)

@@ -1,0 +1,114 @@
+"""``nasprune search``: one search job in this process, with a live progress bar."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "search",
+        help="search the Pareto front of accuracy vs latency under a latency budget",
+        description=(
+            "Sample subnets of the trained supernet, score accuracy (after BatchNorm recalibration) and "
+            "predicted latency on the device, and keep the Pareto front. The most accurate candidates are "
+            "exported and measured; the recommended model is the most accurate one whose measured latency "
+            "is within the budget. Trials are stored durably: rerun with the same --job-id to resume."
+        ),
+    )
+    p.add_argument("--space", required=True, help="space name (see 'nasprune spaces list')")
+    p.add_argument("--device", default="local-cpu", help="device whose latency table is used (%(default)s)")
+    p.add_argument("--budget-ms", type=float, required=True, help="latency budget in ms at batch 1")
+    p.add_argument("--trials", type=int, default=100, help="number of trials (%(default)s)")
+    p.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
+    p.add_argument("--backend", choices=["optuna", "ray"], default="optuna")
+    p.add_argument("--ray-address", help="existing Ray cluster (default: a local Ray for the job)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-params", type=int, help="extra constraint: at most this many parameters")
+    p.add_argument("--max-macs", type=int, help="extra constraint: at most this many MACs")
+    p.add_argument("--timeout", type=float, help="stop sampling after this many seconds")
+    p.add_argument("--job-id", help="resume this job (default: a new id)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite file in the data dir)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: none)")
+    p.add_argument("--data-dir", type=Path, help="data dir (default: $NASPRUNE_DATA_DIR or ./.nasprune)")
+    p.add_argument("--output", type=Path, help="write pareto.json, pareto.png and model.onnx here")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from nasprune.cli._common import table
+    from nasprune.paths import data_dir
+    from nasprune.search.job import Constraints, JobContext, SearchJob
+    from nasprune.search.runner import run_job
+
+    job = SearchJob(
+        space=args.space,
+        device=args.device,
+        latency_budget_ms=args.budget_ms,
+        n_trials=args.trials,
+        sampler=args.sampler,
+        backend=args.backend,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        constraints=Constraints(max_params=args.max_params, max_macs=args.max_macs),
+    )
+    root = data_dir(args.data_dir)
+    job_id = args.job_id or uuid.uuid4().hex[:12]
+    out = args.output or root / "jobs" / job_id
+    storage = args.storage or f"sqlite:///{(root / 'trials.db').resolve()}"
+    bar = tqdm(total=job.n_trials, desc="search", unit="trial")
+    t0 = time.perf_counter()
+
+    def on_progress(p):
+        if p.stage == "searching":
+            bar.n = p.n_done
+            best = f"{p.best_accuracy:.2%}@{p.best_latency_ms:.3f}ms" if p.best_accuracy is not None else "none yet"
+            bar.set_postfix_str(f"best in budget {best}")
+            bar.refresh()
+        else:
+            bar.set_description(p.stage)
+
+    ctx = JobContext(
+        job_id=job_id,
+        storage_url=storage,
+        output_dir=out,
+        data_dir=root,
+        tracking_uri=args.tracking_uri,
+        ray_address=args.ray_address,
+        on_progress=on_progress,
+    )
+    print(f"job {job_id}: {job.space} on {job.device}, budget {job.latency_budget_ms:g} ms, {job.n_trials} trials")
+    try:
+        res = run_job(job, ctx, progress_bar=True)
+    finally:
+        bar.close()
+    rows = [
+        [
+            c.candidate_id,
+            c.trial_number,
+            f"{c.accuracy:.2%}",
+            f"{c.latency_ms:.4f}",
+            "" if c.measured_latency_ms is None else f"{c.measured_latency_ms:.4f}",
+            f"{c.params:,}",
+            f"{c.macs:,}",
+            "yes" if c.verified else "",
+        ]
+        for c in res.pareto
+    ]
+    print(table(rows, ["candidate", "trial", "val acc", "pred ms", "measured ms", "params", "MACs", "verified"]))
+    if res.recommended:
+        r = res.recommended
+        print(
+            f"recommended: {r.candidate_id} (trial {r.trial_number}) accuracy {r.accuracy:.2%}, "
+            f"measured {r.measured_latency_ms:.4f} ms <= {job.latency_budget_ms:g} ms"
+        )
+    else:
+        print("no candidate's measured latency is within the budget; try a larger budget")
+    print(f"{res.n_trials} trials in {time.perf_counter() - t0:.0f} s; outputs in {out}")
+    if res.tracking_error:
+        print(f"warning: {res.tracking_error}")
+    return 0 if res.recommended else 1

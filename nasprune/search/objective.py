@@ -1,0 +1,93 @@
+"""From a trial to a subnet and its metrics: accuracy (BN-recalibrated) and table latency.
+
+Every backend samples the same fixed-dimension parameters (``depth.<stage>``, ``width.<layer>``,
+inactive widths included, so NSGA-II crossover stays well defined) and sets the same constraints
+on the trial before evaluation: ``latency_ms`` (predicted - budget) and, when asked, ``params``
+and ``macs``. A value <= 0 is feasible. Infeasible trials are still evaluated and kept.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from nasprune.elastic.supernet import Supernet
+from nasprune.evaluate import Evaluator
+from nasprune.search.job import SearchJob
+from nasprune.space import SubnetConfig
+
+
+class Metrics(BaseModel):
+    accuracy: float
+    latency_ms: float
+    params: int
+    macs: int
+    feasible: bool
+
+
+class Objective:
+    """Scores configs for one job: ``suggest(trial) -> cfg``, ``evaluate(cfg) -> Metrics``."""
+
+    def __init__(self, supernet: Supernet, evaluator: Evaluator, table, job: SearchJob):
+        self.supernet, self.evaluator, self.table, self.job = supernet, evaluator, table, job
+        self.space = supernet.space
+
+    # -- parameters ------------------------------------------------------------------------------
+    def suggest(self, trial) -> SubnetConfig:
+        """Draw a config from an Optuna trial (or anything with ``suggest_categorical``) and constrain it."""
+        depths = {s: trial.suggest_categorical(f"depth.{s}", list(c)) for s, c in self.space.depth_choices().items()}
+        widths = {w: trial.suggest_categorical(f"width.{w}", list(c)) for w, c in self.space.width_layers().items()}
+        cfg = self.space.config(depths, widths)
+        for name, value in self.constraints(cfg).items():
+            trial.set_constraint(name, value)
+        trial.set_user_attr("subnet_key", cfg.key())
+        trial.set_user_attr("config", cfg.model_dump())
+        return cfg
+
+    def params_of(self, cfg: SubnetConfig) -> dict[str, int]:
+        """Trial parameters for ``cfg`` (for enqueueing); widths of inactive layers take their largest value."""
+        p = {f"depth.{s}": d for s, d in cfg.depths.items()}
+        for layer, choices in self.space.width_layers().items():
+            p[f"width.{layer}"] = cfg.widths.get(layer, max(choices))
+        return p
+
+    def config_of(self, params: dict) -> SubnetConfig:
+        depths = {k.removeprefix("depth."): v for k, v in params.items() if k.startswith("depth.")}
+        widths = {k.removeprefix("width."): v for k, v in params.items() if k.startswith("width.")}
+        return self.space.config(depths, widths)
+
+    # -- scores ----------------------------------------------------------------------------------
+    def constraints(self, cfg: SubnetConfig) -> dict[str, float]:
+        c = {"latency_ms": self.table.predict(cfg) - self.job.latency_budget_ms}
+        if self.job.constraints.max_params is not None:
+            c["params"] = float(self.supernet.num_params(cfg) - self.job.constraints.max_params)
+        if self.job.constraints.max_macs is not None:
+            c["macs"] = float(self.supernet.macs(cfg) - self.job.constraints.max_macs)
+        return c
+
+    def feasible(self, cfg: SubnetConfig) -> bool:
+        return all(v <= 0 for v in self.constraints(cfg).values())
+
+    def evaluate(self, cfg: SubnetConfig) -> Metrics:
+        return Metrics(
+            accuracy=self.evaluator.accuracy(cfg, "val"),
+            latency_ms=self.table.predict(cfg),
+            params=self.supernet.num_params(cfg),
+            macs=self.supernet.macs(cfg),
+            feasible=self.feasible(cfg),
+        )
+
+    def seeds(self) -> list[SubnetConfig]:
+        """Uniform-width configs (full depth and min depth) that are the largest within the budget."""
+        out: list[SubnetConfig] = []
+        fractions = sorted({w / max(c) for c in self.space.width_layers().values() for w in c}, reverse=True)
+        min_depths = {s: min(c) for s, c in self.space.depth_choices().items()}
+        for shallow in (False, True):
+            for f in fractions:
+                cfg = self.space.uniform(f)
+                if shallow:
+                    cfg = self.space.config(min_depths, cfg.widths)
+                if self.feasible(cfg):
+                    if cfg not in out:
+                        out.append(cfg)
+                    break
+        return out

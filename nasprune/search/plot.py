@@ -1,0 +1,66 @@
+"""The picture people look at first: every trial, the front, the budget and the chosen model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def pareto_plot(
+    trials, front_numbers: set[int], budget_ms: float, chosen: int | None, path: str | Path, title: str = ""
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    feas = [t for t in trials if t.feasible]
+    infeas = [t for t in trials if not t.feasible]
+    ax.scatter(
+        [t.latency_ms for t in infeas],
+        [100 * t.accuracy for t in infeas],
+        s=12,
+        c="#bbbbbb",
+        label=f"over budget ({len(infeas)})",
+    )
+    ax.scatter(
+        [t.latency_ms for t in feas],
+        [100 * t.accuracy for t in feas],
+        s=14,
+        c="#5b8fd9",
+        label=f"within budget ({len(feas)})",
+    )
+    front = sorted((t for t in trials if t.number in front_numbers), key=lambda t: t.latency_ms)
+    if front:
+        ax.step(
+            [t.latency_ms for t in front],
+            [100 * t.accuracy for t in front],
+            where="post",
+            c="#d9534f",
+            lw=1.5,
+            label=f"Pareto front ({len(front)})",
+        )
+        ax.scatter([t.latency_ms for t in front], [100 * t.accuracy for t in front], s=22, c="#d9534f")
+    ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"budget {budget_ms:g} ms")
+    if chosen is not None:
+        best = next(t for t in trials if t.number == chosen)
+        ax.scatter(
+            [best.latency_ms],
+            [100 * best.accuracy],
+            marker="*",
+            s=220,
+            c="#f0ad4e",
+            edgecolors="k",
+            zorder=5,
+            label=f"recommended (trial {chosen})",
+        )
+    ax.set_xlabel("predicted latency (ms, batch 1)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,191 @@
+"""Ray Tune backend: trials run as Ray tasks (locally or across a cluster), suggested by OptunaSearch
+over the same durable study as the Optuna backend.
+
+Workers never read paths from the driver's disk: the supernet weights and the latency table go
+through Ray's object store (``tune.with_parameters``), so trials can land on any node.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nasprune.search.job import JobContext, SearchJob
+from nasprune.search.objective import Objective
+from nasprune.search.study import TrialRecord, make_sampler, make_storage, n_complete, open_study
+
+_WORKER_CACHE: dict[str, Objective] = {}
+
+
+def _worker_objective(payload: dict) -> Objective:
+    """Rebuild the objective once per worker process (actors are reused across trials)."""
+    key = payload["cache_key"]
+    if key not in _WORKER_CACHE:
+        import io
+
+        import torch
+
+        from nasprune.data import load_dataset
+        from nasprune.evaluate import Evaluator
+        from nasprune.latency.table import LatencyTable
+        from nasprune.registry import create_supernet
+        from nasprune.space import parse_space
+
+        torch.set_num_threads(1)
+        space = parse_space(payload["space"])
+        net = create_supernet(space)
+        net.load_state_dict(torch.load(io.BytesIO(payload["weights"]), weights_only=True))
+        table = LatencyTable.model_validate_json(payload["table"])
+        job = SearchJob.model_validate(payload["job"])
+        ev = Evaluator(net.eval(), load_dataset(space.dataset), payload["checkpoint_id"])
+        _WORKER_CACHE.clear()
+        _WORKER_CACHE[key] = Objective(net, ev, table, job)
+    return _WORKER_CACHE[key]
+
+
+def _trainable(config: dict, payload: dict) -> dict:
+    objective = _worker_objective(payload)
+    params = {k: v for k, v in config.items() if k.startswith(("depth.", "width."))}
+    t0 = time.perf_counter()
+    metrics = objective.evaluate(objective.config_of(params))
+    import ray
+
+    return {
+        **metrics.model_dump(),
+        "feasible": int(metrics.feasible),
+        "optuna_number": config["optuna_number"],
+        "node_ip": ray.util.get_node_ip_address(),
+        "eval_s": time.perf_counter() - t0,
+    }
+
+
+def _payload(objective: Objective, job: SearchJob, checkpoint_id: str) -> dict:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(objective.supernet.state_dict(), buf)
+    return {
+        "cache_key": f"{checkpoint_id}:{objective.table.digest()}:{job.model_dump_json()}",
+        "space": objective.space.model_dump(mode="json"),
+        "weights": buf.getvalue(),
+        "table": objective.table.model_dump_json(),
+        "job": job.model_dump(mode="json"),
+        "checkpoint_id": checkpoint_id,
+    }
+
+
+def run(
+    objective: Objective,
+    job: SearchJob,
+    ctx: JobContext,
+    on_trial: Callable[[TrialRecord], None],
+    checkpoint_id: str = "",
+) -> dict:
+    """Run the remaining trials with Ray Tune; returns {'nodes': {ip: n_trials}, ...} for reporting."""
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    started_ray = False
+    if not ray.is_initialized():
+        if ctx.ray_address:
+            ray.init(address=ctx.ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        started_ray = True
+    try:
+        study = open_study(job, ctx.job_id, ctx.storage_url)  # fails trials left running, seeds once
+        remaining = job.n_trials - n_complete(study)
+        if not study.user_attrs.get("seeded"):
+            for cfg in objective.seeds():
+                study.enqueue_trial(objective.params_of(cfg), skip_if_exists=True)
+            study.set_user_attr("seeded", True)
+        if remaining <= 0:
+            return {"nodes": {}}
+
+        def define(trial):
+            objective.suggest(trial)
+            return {"optuna_number": trial.number}
+
+        class _Search(OptunaSearch):
+            """Stores the trial's metrics in the study (same schema as the Optuna backend) before telling."""
+
+            def on_trial_complete(self, trial_id, result=None, error=False):
+                if result and not error and trial_id in self._ot_trials:
+                    keys = ("accuracy", "latency_ms", "params", "macs")
+                    metrics = {k: result[k] for k in keys}
+                    metrics["feasible"] = bool(result["feasible"])
+                    self._ot_trials[trial_id].set_user_attr("metrics", metrics)
+                super().on_trial_complete(trial_id, result, error)
+
+        searcher = _Search(
+            space=define,
+            metric=["accuracy", "latency_ms"],
+            mode=["max", "min"],
+            sampler=make_sampler(job),
+            study_name=ctx.job_id,
+            storage=make_storage(ctx.storage_url),
+        )
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=cpus)
+        nodes: dict[str, int] = {}
+        stop = {"flag": False}
+        deadline = time.monotonic() + job.timeout_s if job.timeout_s else None
+
+        class _Report(tune.Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                nodes[result["node_ip"]] = nodes.get(result["node_ip"], 0) + 1
+                cfg = objective.config_of({k: v for k, v in trial.config.items() if k.startswith(("depth.", "width."))})
+                on_trial(
+                    TrialRecord(
+                        number=result["optuna_number"],
+                        subnet_key=cfg.key(),
+                        config=cfg.model_dump(),
+                        accuracy=result["accuracy"],
+                        latency_ms=result["latency_ms"],
+                        params=result["params"],
+                        macs=result["macs"],
+                        feasible=bool(result["feasible"]),
+                        duration_s=result["eval_s"],
+                    )
+                )
+
+            def on_step_begin(self, iteration, trials, **info):
+                if ctx.should_stop() or (deadline is not None and time.monotonic() > deadline):
+                    stop["flag"] = True
+
+        class _JobStopper(tune.Stopper):
+            def __call__(self, trial_id, result):
+                return True
+
+            def stop_all(self):
+                return stop["flag"]
+
+        storage_path = Path(ctx.output_dir).resolve() / "ray"
+        tuner = tune.Tuner(
+            tune.with_resources(
+                tune.with_parameters(_trainable, payload=_payload(objective, job, checkpoint_id)), {"cpu": 1}
+            ),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=f"job-{ctx.job_id}",
+                storage_path=str(storage_path),
+                stop=_JobStopper(),
+                callbacks=[_Report()],
+                verbose=0,
+                log_to_file=False,
+            ),
+        )
+        tuner.fit()
+        return {"nodes": nodes}
+    finally:
+        if started_ray:
+            ray.shutdown()

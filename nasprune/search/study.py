@@ -1,0 +1,98 @@
+"""The Optuna study behind a job: durable trial storage shared by every backend.
+
+A job's trials live in an Optuna RDB storage (SQLite file or PostgreSQL) under the study name
+``job_id``. Both backends write the same schema: two objectives (accuracy up, predicted latency
+down), constraints set by :class:`~nasprune.search.objective.Objective`, and user attributes
+``subnet_key`` and ``metrics``. Reopening a study resumes it: trials left running by a crash are
+marked failed, finished ones are kept and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel
+
+from nasprune.search.job import SearchJob
+
+DIRECTIONS = ["maximize", "minimize"]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+log = logging.getLogger(__name__)
+
+
+class TrialRecord(BaseModel):
+    """One finished trial, as every backend reports it."""
+
+    number: int
+    subnet_key: str
+    config: dict
+    accuracy: float
+    latency_ms: float
+    params: int
+    macs: int
+    feasible: bool
+    duration_s: float | None = None
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def make_sampler(job: SearchJob) -> optuna.samplers.BaseSampler:
+    if job.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=job.seed, population_size=20)
+    if job.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=job.seed, multivariate=True, n_startup_trials=10)
+    return optuna.samplers.RandomSampler(seed=job.seed)
+
+
+def open_study(job: SearchJob, job_id: str, storage_url: str, sampler=None) -> optuna.Study:
+    """Create or reopen the study of ``job_id``; fail trials a crashed run left running."""
+    study = optuna.create_study(
+        study_name=job_id,
+        storage=make_storage(storage_url),
+        directions=DIRECTIONS,
+        sampler=sampler or make_sampler(job),
+        load_if_exists=True,
+    )
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        log.info("job %s: trial %d was running when the last run stopped; marking it failed", job_id, t.number)
+        study.tell(t.number, state=TrialState.FAIL)
+    return study
+
+
+def n_complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def record_of(t: FrozenTrial) -> TrialRecord:
+    m = t.user_attrs["metrics"]
+    return TrialRecord(
+        number=t.number,
+        subnet_key=t.user_attrs["subnet_key"],
+        config=t.user_attrs["config"],
+        duration_s=t.duration.total_seconds() if t.duration else None,
+        **m,
+    )
+
+
+def trial_records(study: optuna.Study) -> list[TrialRecord]:
+    """Every complete trial, by number."""
+    return [record_of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
+def load_trials(storage_url: str, job_id: str) -> list[TrialRecord]:
+    """The complete trials of a job, read straight from storage (for the service and the CLI)."""
+    try:
+        study = optuna.load_study(study_name=job_id, storage=make_storage(storage_url))
+    except KeyError:
+        return []
+    return trial_records(study)
+
+
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Feasible, non-dominated trials (Optuna's ``best_trials``), sorted by latency."""
+    return sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0]))
