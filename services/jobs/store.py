@@ -17,6 +17,7 @@ from typing import Any
 from uuid import uuid4
 
 import sqlalchemy as sa
+import sqlalchemy.orm  # imported here: SQLAlchemy's lazy import of it from worker threads can race
 from sqlalchemy.engine import Connection, Engine
 
 from nasprune.search.job import Progress, SearchJob, SearchResult
@@ -250,7 +251,8 @@ class JobStore:
 
     def count(self, status: JobStatus) -> int:
         with self.engine.connect() as conn:
-            return int(conn.scalar(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == status)) or 0)
+            query = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == JobStatus(status).value)
+            return int(conn.scalar(query) or 0)
 
     def is_cancel_requested(self, job_id: str) -> bool:
         with self.engine.connect() as conn:
@@ -290,7 +292,7 @@ class JobStore:
             with self.engine.begin() as conn:
                 job_id = conn.scalar(
                     sa.select(jobs.c.id)
-                    .where(jobs.c.status == JobStatus.QUEUED)
+                    .where(jobs.c.status == JobStatus.QUEUED.value)
                     .order_by(jobs.c.created_at, jobs.c.id)
                     .limit(1)
                 )
@@ -299,7 +301,7 @@ class JobStore:
                 now = utcnow()
                 won = conn.execute(
                     jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED)
+                    .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
                     .values(
                         status=JobStatus.RUNNING.value,
                         owner=owner,
@@ -315,7 +317,7 @@ class JobStore:
 
     def set_progress(self, job_id: str, progress: Progress, owner: str | None = None) -> bool:
         now = utcnow()
-        cond = [jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING]
+        cond = [jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value]
         if owner is not None:
             cond.append(jobs.c.owner == owner)
         values = {"progress": progress.model_dump_json(), "heartbeat_at": now, "updated_at": now}
@@ -333,7 +335,7 @@ class JobStore:
         with self.engine.begin() as conn:
             conn.execute(
                 jobs.update()
-                .where(jobs.c.id.in_(ids), jobs.c.owner == owner, jobs.c.status == JobStatus.RUNNING)
+                .where(jobs.c.id.in_(ids), jobs.c.owner == owner, jobs.c.status == JobStatus.RUNNING.value)
                 .values(heartbeat_at=utcnow())
             )
 
@@ -357,7 +359,7 @@ class JobStore:
             values["tracking_error"] = result.tracking_error
         if progress is not None:
             values["progress"] = progress.model_dump_json()
-        cond = [jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING]
+        cond = [jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value]
         if owner is not None:
             cond.append(jobs.c.owner == owner)
         with self.engine.begin() as conn:
@@ -368,7 +370,7 @@ class JobStore:
 
         ``count_attempt=False`` for an orderly stop (shutdown), so only crashes count toward giving up.
         """
-        cond = [jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING]
+        cond = [jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value]
         if owner is not None:
             cond.append(jobs.c.owner == owner)
         values: dict[str, Any] = {"status": JobStatus.QUEUED.value, "owner": None, "updated_at": utcnow()}
@@ -383,7 +385,7 @@ class JobStore:
         with self.engine.connect() as conn:
             ids = conn.scalars(
                 sa.select(jobs.c.id).where(
-                    jobs.c.status == JobStatus.RUNNING,
+                    jobs.c.status == JobStatus.RUNNING.value,
                     sa.or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at <= cutoff),
                 )
             ).all()
@@ -394,7 +396,7 @@ class JobStore:
                     jobs.update()
                     .where(
                         jobs.c.id == job_id,
-                        jobs.c.status == JobStatus.RUNNING,
+                        jobs.c.status == JobStatus.RUNNING.value,
                         sa.or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at <= cutoff),
                     )
                     .values(status=JobStatus.QUEUED.value, owner=None, updated_at=utcnow())
@@ -409,7 +411,7 @@ class JobStore:
         with self.engine.begin() as conn:
             conn.execute(
                 jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
                 .values(
                     status=JobStatus.CANCELLED.value,
                     cancel_requested=True,
@@ -420,7 +422,7 @@ class JobStore:
             )
             conn.execute(
                 jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
                 .values(cancel_requested=True, updated_at=now)
             )
         rec = self.get(job_id)

@@ -1,0 +1,103 @@
+"""``create_app(settings)``: the API, its job store, worker pool and catalog, built per call (no globals)."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from nasprune.settings import Settings
+from services.api import errors
+from services.api.catalog import Catalog
+from services.api.deps import Services, require_token
+from services.api.routes import catalog, health, jobs, results
+from services.api.service import JobService
+from services.jobs.store import JobStore
+from services.jobs.worker import Runner, WorkerPool
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+DESCRIPTION = """
+Find the fastest, most accurate pruned subnetwork of a model for a latency budget.
+
+Submit a job (`POST /v1/jobs`), watch it (`GET /v1/jobs/{id}`, or the MLflow run it links to),
+read the Pareto front (`GET /v1/jobs/{id}/pareto`) and download the recommended ONNX model
+(`GET /v1/jobs/{id}/model`). When the server has an API token, send it as `Authorization: Bearer`.
+"""
+
+
+class BodyLimit:
+    """Refuse request bodies announced larger than ``limit`` bytes (413) before reading them."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for key, value in scope["headers"]:
+                if key == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    response = errors._error(
+                        413, "payload_too_large", f"the request body is larger than {self.limit // 2**20} MiB"
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nasprune")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def create_app(
+    settings: Settings | None = None, runner: Runner | None = None, *, start_workers: bool = True
+) -> FastAPI:
+    """The service for ``settings`` (default: from ``NASPRUNE_*``).
+
+    Migrates the job database. With ``start_workers`` the app runs jobs in its own worker pool
+    (``runner`` replaces the real search, for tests); without, it only queues them for workers
+    elsewhere on the same database.
+    """
+    settings = (settings or Settings()).prepare()
+    store = JobStore(settings.db_url)
+    store.migrate()
+    tracking_uri = settings.effective_tracking_uri
+    pool = WorkerPool(store, settings, runner, tracking_uri=tracking_uri) if start_workers else None
+    cat = Catalog(settings)
+    services = Services(
+        settings=settings,
+        store=store,
+        pool=pool,
+        catalog=cat,
+        jobs=JobService(settings, store, pool, cat),
+        tracking_uri=tracking_uri,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if pool is not None:
+            await run_in_threadpool(pool.start)
+        try:
+            yield
+        finally:
+            if pool is not None:
+                await run_in_threadpool(pool.stop)
+            services.jobs.close()
+            store.close()
+
+    app = FastAPI(title="nasprune", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    app.state.services = services
+    errors.install(app)
+    app.add_middleware(BodyLimit)
+    app.include_router(health.router)
+    auth = [Depends(require_token)]
+    for router in (jobs.router, results.router, catalog.router):
+        app.include_router(router, prefix="/v1", dependencies=auth)
+    return app

@@ -1,0 +1,180 @@
+"""What a job can ask for: registered search spaces, devices (built-in and uploaded), reachable budgets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from nasprune.errors import LatencyTableError, NasPruneError
+from nasprune.settings import Settings
+from services.api.errors import NotImplementedYet
+from services.api.schemas import DEVICE_NAME_PATTERN, DevicePublic, SpacePublic
+from services.jobs.errors import InvalidRequest, UnknownDevice, UnknownSpace
+
+BUILTIN_DEVICE = "local-cpu"
+BUILTIN_DESCRIPTION = (
+    "this server's CPU: onnxruntime CPU provider, 1 intra-op thread, batch 1 (table built on first use)"
+)
+TABLE_FILE = "table.json"
+
+log = logging.getLogger(__name__)
+
+
+class TableValidationUnavailable(NotImplementedYet):
+    """This build cannot validate latency tables (``nasprune.latency.table`` is missing)."""
+
+
+def cached_min_latency_ms(space: str, device: str, data_dir: Path) -> float | None:
+    """The smallest latency any subnet of ``space`` reaches on ``device``, if its table is already built.
+
+    Never builds a table (that takes minutes): None when the table is not there yet, in which case
+    the job checks the budget itself once its table exists. Relies on
+    ``nasprune.latency.get_table(space, device, data_dir, build=False)`` returning the table, or
+    None / raising ``LatencyTableError`` when it is not built.
+    """
+    try:
+        from nasprune.latency import get_table
+    except ImportError:
+        return None
+    try:
+        table = get_table(space, device, data_dir, build=False)
+    except LatencyTableError:
+        return None
+    return None if table is None else float(table.min_latency())
+
+
+def validate_table(payload: Any) -> Any:
+    """A latency table parsed and checked by ``nasprune.latency.table.LatencyTable``."""
+    try:
+        from nasprune.latency.table import LatencyTable
+    except ImportError:
+        raise TableValidationUnavailable(
+            "this server cannot validate uploaded latency tables yet (nasprune.latency.table is not installed)"
+        ) from None
+    try:
+        return LatencyTable.model_validate(payload)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "table"
+        raise LatencyTableError(
+            f"not a valid latency table ({e.error_count()} problem(s)); first: {where}: {first['msg']}"
+        ) from None
+
+
+class Catalog:
+    """Spaces from the registry; devices are ``local-cpu`` plus tables uploaded under ``settings.devices_dir``.
+
+    Minimum latencies of built tables are remembered (tables of a device change only by upload,
+    which forgets that device's entries).
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._min_latency: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    # spaces ---------------------------------------------------------------------------------------
+
+    def space_names(self) -> list[str]:
+        from nasprune.registry import list_spaces
+
+        return list_spaces()
+
+    def spaces(self) -> list[SpacePublic]:
+        from nasprune.registry import load_space
+
+        out = []
+        for name in self.space_names():
+            sp = load_space(name)
+            out.append(
+                SpacePublic(
+                    name=name,
+                    family=sp.family,
+                    dataset=sp.dataset,
+                    input_shape=list(sp.input_shape),
+                    num_classes=sp.num_classes,
+                    size=sp.size,
+                    description=sp.description,
+                )
+            )
+        return out
+
+    def check_space(self, name: str) -> None:
+        names = self.space_names()
+        if name not in names:
+            raise UnknownSpace("space", f"unknown search space '{name}'; available: {', '.join(names) or 'none'}")
+
+    # devices --------------------------------------------------------------------------------------
+
+    def device_names(self) -> list[str]:
+        d = self.settings.devices_dir
+        uploaded = sorted(p.name for p in d.iterdir() if (p / TABLE_FILE).is_file()) if d.is_dir() else []
+        return [BUILTIN_DEVICE, *uploaded]
+
+    def devices(self) -> list[DevicePublic]:
+        out = [DevicePublic(name=BUILTIN_DEVICE, builtin=True, description=BUILTIN_DESCRIPTION)]
+        for name in self.device_names()[1:]:
+            path = self.settings.devices_dir / name / TABLE_FILE
+            out.append(
+                DevicePublic(
+                    name=name,
+                    builtin=False,
+                    description="uploaded latency table",
+                    uploaded_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
+                )
+            )
+        return out
+
+    def check_device(self, name: str) -> None:
+        names = self.device_names()
+        if name not in names:
+            raise UnknownDevice(
+                "device",
+                f"unknown device '{name}'; available: {', '.join(names)} (upload a table with POST /v1/devices)",
+            )
+
+    def save_device(self, name: str, payload: Any) -> DevicePublic:
+        """Validate an uploaded latency table and store it as device ``name`` (replacing an older one)."""
+        if not re.fullmatch(DEVICE_NAME_PATTERN, name):
+            raise InvalidRequest("name", f"'{name}' is not a device name: use lowercase letters, digits, '_', '.', '-'")
+        if name == BUILTIN_DEVICE:
+            raise InvalidRequest("name", f"'{BUILTIN_DEVICE}' is the built-in device; choose another name")
+        if not isinstance(payload, dict):
+            raise LatencyTableError(f"a latency table is a JSON object, not {type(payload).__name__}")
+        table = validate_table(payload)
+        folder = self.settings.devices_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{TABLE_FILE}.tmp"
+        data = table.model_dump_json() if hasattr(table, "model_dump_json") else json.dumps(payload)
+        tmp.write_text(data)
+        os.replace(tmp, folder / TABLE_FILE)
+        with self._lock:
+            for key in [k for k in self._min_latency if k[1] == name]:
+                del self._min_latency[key]
+        return next(d for d in self.devices() if d.name == name)
+
+    # budgets --------------------------------------------------------------------------------------
+
+    def min_latency_ms(self, space: str, device: str) -> float | None:
+        """The smallest achievable latency when the table is built, else None (the job checks later)."""
+        key = (space, device)
+        with self._lock:
+            if key in self._min_latency:
+                return self._min_latency[key]
+        try:
+            value = cached_min_latency_ms(space, device, self.settings.data_dir)
+        except NasPruneError as e:
+            log.warning("min latency of %s on %s unavailable: %s", space, device, e)
+            return None
+        if value is not None:
+            with self._lock:
+                self._min_latency[key] = value
+        return value

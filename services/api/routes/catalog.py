@@ -1,0 +1,47 @@
+"""``/v1/spaces`` and ``/v1/devices``: what a job can ask for."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+
+from services.api.deps import ServicesDep
+from services.api.routes.jobs import ERRORS
+from services.api.schemas import DEVICE_NAME_PATTERN, DevicePublic, ErrorBody, SpacePublic
+
+router = APIRouter(tags=["catalog"])
+
+
+@router.get(
+    "/spaces", response_model=list[SpacePublic], summary="registered search spaces", responses={401: ERRORS[401]}
+)
+def spaces(services: ServicesDep) -> list[SpacePublic]:
+    return services.catalog.spaces()
+
+
+@router.get(
+    "/devices", response_model=list[DevicePublic], summary="devices with a latency table", responses={401: ERRORS[401]}
+)
+def devices(services: ServicesDep) -> list[DevicePublic]:
+    return services.catalog.devices()
+
+
+@router.post(
+    "/devices",
+    status_code=201,
+    response_model=DevicePublic,
+    summary="upload a latency table measured on your own device",
+    responses={
+        401: ERRORS[401],
+        413: {"model": ErrorBody, "description": "the table is too large"},
+        422: {"model": ErrorBody, "description": "not a valid latency table, or a bad device name"},
+        501: {"model": ErrorBody, "description": "this server cannot validate latency tables yet"},
+    },
+)
+def upload_device(
+    services: ServicesDep,
+    name: Annotated[str, Query(pattern=DEVICE_NAME_PATTERN, description="the device's name in job requests")],
+    table: Annotated[Any, Body(description="the latency table JSON, as written by 'nasprune lut build'")],
+) -> DevicePublic:
+    return services.catalog.save_device(name, table)

@@ -1,0 +1,91 @@
+"""``/v1/jobs/{id}/trials``, ``/pareto``, ``/model`` and ``/models/{candidate_id}``: what a job found."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import FileResponse
+
+from services.api.deps import JobsDep
+from services.api.routes.jobs import ERRORS, Limit, Offset, next_page
+from services.api.schemas import CANDIDATE_ID_PATTERN, CandidatePublic, ErrorBody, ParetoFront, TrialList
+from services.api.service import ModelFile
+
+router = APIRouter(prefix="/jobs", tags=["results"])
+
+NOT_FINISHED = {409: {"model": ErrorBody, "description": "the job has not finished (or finished without a result)"}}
+ONNX = {
+    200: {"content": {"application/octet-stream": {}}, "description": "the ONNX file"},
+    304: {"description": "not modified (If-None-Match matched the ETag)"},
+}
+CandidateId = Annotated[str, Path(pattern=CANDIDATE_ID_PATTERN, description="16 hex digits (a subnet key)")]
+
+
+@router.get("/{job_id}/trials", response_model=TrialList, summary="the job's trials, in order", responses=ERRORS)
+def trials(job_id: str, jobs: JobsDep, limit: Limit = 100, offset: Offset = 0) -> TrialList:
+    total, items = jobs.trials(job_id, limit, offset)
+    return TrialList(
+        items=items,
+        total=total,
+        limit=limit,
+        offset=offset,
+        next=next_page(f"/v1/jobs/{job_id}/trials", total, limit, offset),
+    )
+
+
+@router.get(
+    "/{job_id}/pareto",
+    response_model=ParetoFront,
+    summary="the Pareto front: accuracy vs latency, with params, MACs and measured latency",
+    responses={**ERRORS, **NOT_FINISHED},
+)
+def pareto(job_id: str, jobs: JobsDep) -> ParetoFront:
+    record, result = jobs.result(job_id)
+    budget = record.spec.latency_budget_ms
+    candidates = [
+        CandidatePublic(
+            **c.model_dump(),
+            within_budget=(c.measured_latency_ms if c.measured_latency_ms is not None else c.latency_ms) <= budget,
+            model_url=f"/v1/jobs/{job_id}/models/{c.candidate_id}",
+        )
+        for c in result.pareto
+    ]
+    return ParetoFront(
+        job_id=job_id,
+        status=record.status,
+        latency_budget_ms=budget,
+        n_trials=result.n_trials,
+        recommended_id=result.recommended.candidate_id if result.recommended else None,
+        candidates=candidates,
+        table_error=result.table_error,
+        tracking_error=result.tracking_error,
+    )
+
+
+def _send(model: ModelFile, request: Request) -> Response:
+    if model.etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+        return Response(status_code=304, headers={"ETag": model.etag})
+    return FileResponse(
+        model.path, media_type="application/octet-stream", filename=model.filename, headers={"ETag": model.etag}
+    )
+
+
+@router.get(
+    "/{job_id}/model",
+    response_class=Response,
+    summary="the recommended model: most accurate with measured latency within budget",
+    responses={**ONNX, **ERRORS, **NOT_FINISHED},
+)
+def recommended_model(job_id: str, jobs: JobsDep, request: Request) -> Response:
+    return _send(jobs.model_file(job_id), request)
+
+
+@router.get(
+    "/{job_id}/models/{candidate_id}",
+    response_class=Response,
+    summary="the ONNX model of one Pareto candidate",
+    responses={**ONNX, **ERRORS, **NOT_FINISHED},
+)
+def candidate_model(job_id: str, candidate_id: CandidateId, jobs: JobsDep, request: Request) -> Response:
+    return _send(jobs.model_file(job_id, candidate_id), request)

@@ -1,0 +1,210 @@
+"""What the API accepts and returns: one schema family per resource. Database rows are never returned."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from nasprune.search.job import Candidate, Progress, SearchJob
+from services.jobs.status import JobStatus
+
+CANDIDATE_ID_PATTERN = r"^[0-9a-f]{16}$"
+DEVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+def finite_or_none(value: Any) -> Any:
+    """NaN and infinities become null (JSON has neither); containers are cleaned recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+# jobs ---------------------------------------------------------------------------------------------
+
+
+class JobCreate(SearchJob):
+    """A search request. ``n_trials`` is also capped by the server's ``max_trials_per_job``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"space": "mlp_digits", "device": "local-cpu", "latency_budget_ms": 0.05, "n_trials": 50}]
+        },
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(cls.model_fields)}"
+                )
+        return data
+
+    @field_validator("latency_budget_ms", mode="before")
+    @classmethod
+    def _finite_budget(cls, v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"must be a finite number of milliseconds, not {v}")
+        return v
+
+    def to_search_job(self) -> SearchJob:
+        return SearchJob.model_validate(self.model_dump())
+
+
+class JobLinks(BaseModel):
+    self: str
+    cancel: str
+    trials: str
+    pareto: str
+    model: str
+    mlflow: str | None = None
+
+
+class JobSubmitted(BaseModel):
+    id: str
+    status: JobStatus
+    links: JobLinks
+
+
+class Best(BaseModel):
+    """Best so far while running (from the search's progress), the recommended candidate once done."""
+
+    accuracy: float | None
+    latency_ms: float | None
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    spec: SearchJob
+    progress: Progress
+    best: Best | None
+    cancel_requested: bool
+    attempts: int = Field(description="times a worker has started this job (more than 1 after a resume)")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    tracking_error: str | None
+    mlflow_run_id: str | None
+    mlflow_run_url: str | None
+    links: JobLinks
+
+    @field_serializer("progress")
+    def _progress(self, p: Progress) -> dict:
+        return finite_or_none(p.model_dump())
+
+
+class Page(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    next: str | None = Field(description="URL of the next page, null on the last one")
+
+
+class JobList(Page):
+    items: list[JobPublic]
+
+
+class Cancelled(BaseModel):
+    id: str
+    status: JobStatus
+    cancel_requested: bool
+    message: str
+
+
+# trials and results -------------------------------------------------------------------------------
+
+
+class TrialPublic(BaseModel):
+    """One Optuna trial of the job (objectives: accuracy up, predicted latency down)."""
+
+    number: int
+    state: str
+    values: list[float | None] | None
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
+    constraints: list[float | None] | None
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class TrialList(Page):
+    items: list[TrialPublic]
+
+
+class CandidatePublic(Candidate):
+    within_budget: bool = Field(description="measured latency (or predicted, if not measured) within the budget")
+    model_url: str
+
+
+class ParetoFront(BaseModel):
+    job_id: str
+    status: JobStatus
+    latency_budget_ms: float
+    n_trials: int
+    recommended_id: str | None
+    candidates: list[CandidatePublic]
+    table_error: dict | None
+    tracking_error: str | None
+
+    @field_serializer("candidates")
+    def _clean(self, cs: list[CandidatePublic]) -> list[dict]:
+        return [finite_or_none(c.model_dump()) for c in cs]
+
+
+# catalog ------------------------------------------------------------------------------------------
+
+
+class SpacePublic(BaseModel):
+    name: str
+    family: str
+    dataset: str
+    input_shape: list[int]
+    num_classes: int
+    size: int = Field(description="number of distinct subnets")
+    description: str
+
+
+class DevicePublic(BaseModel):
+    name: str
+    builtin: bool
+    description: str
+    uploaded_at: datetime | None = None
+
+
+# service ------------------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``detail`` is a sentence for people, ``code`` a stable name for programs."""
+
+    detail: str
+    code: str
+    errors: list[FieldError] | None = None
+    min_latency_ms: float | None = None
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
