@@ -284,7 +284,25 @@ class JobStore:
                     raise QueueFull(queued, max_queued)
             with self.engine.begin() as conn:
                 conn.execute(jobs.insert().values(**row))
-        return self.get(row["id"])
+        return JobRecord(
+            id=row["id"],
+            status=JobStatus.QUEUED,
+            spec=spec,
+            progress=Progress.model_validate_json(row["progress"]),
+            error=None,
+            tracking_error=None,
+            mlflow_run_id=None,
+            mlflow_run_url=None,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            updated_at=now,
+            owner=None,
+            heartbeat_at=None,
+            attempts=0,
+            cancel_requested=False,
+            has_result=False,
+        )
 
     def claim_next(self, owner: str) -> JobRecord | None:
         """Take the oldest queued job for ``owner`` (queued -> running); None when nothing is queued."""

@@ -1,13 +1,14 @@
 """Finding a job's MLflow run, so the API can link to it.
 
-The search tags the parent run of a job with ``nasprune.job_id = <job id>`` (child runs, one per
-trial, carry ``mlflow.parentRunId``). Only a tracking *server* has a UI to link to; for other
-tracking URIs the service does not look.
+The search records the parent run id of a job in ``<job dir>/mlflow_run_id`` and tags the run
+with ``nasprune.job_id = <job id>`` (child runs, one per trial, carry ``mlflow.parentRunId``).
+Only a tracking *server* has a UI to link to; for other tracking URIs the service does not look.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 JOB_ID_TAG = "nasprune.job_id"
 
@@ -22,13 +23,24 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def find_job_run(tracking_uri: str, job_id: str) -> tuple[str, str] | None:
-    """``(run_id, ui_url)`` of the job's parent run on an MLflow server, or None if there is none (yet)."""
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def find_job_run(tracking_uri: str, job_id: str, output_dir: Path | None = None) -> tuple[str, str] | None:
+    """``(run_id, ui_url)`` of the job's parent run on an MLflow server, or None if there is none (yet).
+
+    The search writes the run id to ``<output_dir>/mlflow_run_id``; without that file, the run is
+    looked up by its ``nasprune.job_id`` tag.
+    """
     if not is_server(tracking_uri):
         return None
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
+    marker = output_dir / RUN_ID_FILE if output_dir is not None else None
+    if marker is not None and marker.is_file():
+        run = client.get_run(marker.read_text().strip())
+        return run.info.run_id, run_url(tracking_uri, run.info.experiment_id, run.info.run_id)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return None
@@ -55,8 +67,6 @@ def check_tracking(tracking_uri: str, timeout_s: float = 2.0) -> str | None:
             return f"MLflow server at {tracking_uri} is unreachable: {e}"
         return None if r.status_code == 200 else f"MLflow server at {tracking_uri} answered {r.status_code}"
     if tracking_uri.startswith("sqlite:///"):
-        from pathlib import Path
-
         parent = Path(tracking_uri.removeprefix("sqlite:///")).parent
         return None if parent.is_dir() else f"MLflow store folder {parent} does not exist"
     return None

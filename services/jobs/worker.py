@@ -281,7 +281,7 @@ class WorkerPool:
         if active.has_run_link or not is_server(self.tracking_uri):
             return
         try:
-            found = find_job_run(self.tracking_uri, active.record.id)
+            found = find_job_run(self.tracking_uri, active.record.id, self.settings.job_dir(active.record.id))
         except Exception as e:
             log.debug("job %s: MLflow run lookup failed: %s", active.record.id, e)
             return

@@ -27,3 +27,18 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'jobs.db'}?timeout=30"
     return request.getfixturevalue("pg_server").create_database()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    """Tests set every setting explicitly: no NASPRUNE_* from the caller's environment."""
+    for key in list(os.environ):
+        if key.startswith("NASPRUNE_") and key != "NASPRUNE_SPACES_PATH":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from nasprune.settings import Settings
+
+    return Settings(data_dir=tmp_path / "data", poll_s=0.05, heartbeat_s=0.5)
