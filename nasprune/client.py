@@ -124,9 +124,7 @@ class Client:
     def cancel(self, job_id: str) -> dict:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def wait(
-        self, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None, progress: bool = True
-    ) -> dict:
+    def wait(self, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None, progress: bool = True) -> dict:
         """Poll until the job has finished; returns its final state. ``JobFailed`` if it failed.
 
         With ``progress``, shows a bar (trials done of the total) and the stage on stderr.
