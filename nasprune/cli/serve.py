@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 
@@ -53,5 +54,23 @@ def _run(args) -> int:
         print(f"nasprune API:  {base}  (API docs: {base}/docs)", flush=True)
         print(f"MLflow UI:     {settings.tracking_uri}", flush=True)
         print(f"data dir:      {settings.data_dir.resolve()}", flush=True)
-        make_server(app, settings.host, settings.port, access_log=not args.no_access_log).run()
+        server = make_server(app, settings.host, settings.port, access_log=not args.no_access_log)
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: turn it into a
+        # normal exit so the MLflow server above is stopped too.
+        previous = signal.signal(signal.SIGTERM, _exit_quietly)
+        try:
+            server.run()
+        except (KeyboardInterrupt, _Stop):
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        print("nasprune serve stopped", flush=True)
     return 0
+
+
+class _Stop(Exception):
+    pass
+
+
+def _exit_quietly(signum, frame) -> None:
+    raise _Stop()

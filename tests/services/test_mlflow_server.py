@@ -1,0 +1,43 @@
+"""The lean MLflow server ``nasprune serve`` starts, and the job -> MLflow run link through it."""
+
+from __future__ import annotations
+
+import httpx
+
+from nasprune.mlflow_server import mlflow_server
+from services.jobs.tracking import JOB_ID_TAG, RUN_ID_FILE, check_tracking, find_job_run
+from tests.services.fakes import instant_runner
+from tests.services.server import running, wait_for
+
+
+def test_mlflow_server_runs_and_links_job_runs(tmp_path, settings):
+    from mlflow.tracking import MlflowClient
+
+    with mlflow_server(tmp_path / "mlflow") as srv:
+        assert srv.url.startswith("http://127.0.0.1:") and srv.alive()
+        assert httpx.get(f"{srv.url}/health", timeout=5).status_code == 200
+        assert check_tracking(srv.url) is None
+        client = MlflowClient(srv.url)
+
+        def runner(job, ctx):
+            exp = client.create_experiment(f"nasprune/{ctx.job_id}")
+            run = client.create_run(exp, tags={JOB_ID_TAG: ctx.job_id})
+            (ctx.output_dir / RUN_ID_FILE).write_text(run.info.run_id)
+            return instant_runner(job, ctx)
+
+        with running(settings.model_copy(update={"tracking_uri": srv.url}), runner) as (api, _):
+            assert api.get("/readyz").json()["checks"]["mlflow"] == "ok"
+            job_id = api.post("/v1/jobs", json={"space": "mlp_digits", "latency_budget_ms": 1.0}).json()["id"]
+            job = wait_for(api, job_id, ("succeeded",))
+            assert job["mlflow_run_id"] and job["links"]["mlflow"] == job["mlflow_run_url"]
+            assert job["mlflow_run_url"].startswith(f"{srv.url}/#/experiments/")
+            assert job["mlflow_run_url"].endswith(f"/runs/{job['mlflow_run_id']}")
+            # without the marker file the run is found by its tag
+            assert find_job_run(srv.url, job_id)[0] == job["mlflow_run_id"]
+        assert (tmp_path / "mlflow" / "mlflow.db").is_file()
+    assert not srv.alive()
+    try:
+        httpx.get(f"{srv.url}/health", timeout=2)
+        raise AssertionError("the MLflow server still answers after stop")
+    except httpx.HTTPError:
+        pass
