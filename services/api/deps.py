@@ -1,4 +1,8 @@
-"""Dependencies of the routes: the per-app services and the optional bearer-token check."""
+"""Dependencies of the routes: the per-app services and the optional bearer-token check.
+
+They never block, so they are ``async``: FastAPI runs sync dependencies in its thread pool, one
+hop each, which costs more than they do.
+"""
 
 from __future__ import annotations
 
@@ -29,14 +33,14 @@ class Services:
     tracking_uri: str
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_jobs(services: ServicesDep) -> JobService:
+async def get_jobs(services: ServicesDep) -> JobService:
     return services.jobs
 
 
@@ -45,7 +49,7 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
 _bearer = HTTPBearer(auto_error=False, description="the server's NASPRUNE_API_TOKEN, when one is set")
 
 
-def require_token(
+async def require_token(
     services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """When the server has an API token, the request must carry it as ``Authorization: Bearer <token>``."""
