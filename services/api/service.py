@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from services.jobs.store import JobRecord, JobStore
 from services.jobs.worker import WorkerPool
 
 MODELS_DIR = "models"
+STATUS_CACHE_S = 0.2
 
 
 def model_path(output_dir: Path, candidate_id: str) -> Path:
@@ -94,6 +96,7 @@ class JobService:
         self.trials_reader = TrialReader(settings.trial_storage_url)
         self._results: OrderedDict[str, SearchResult] = OrderedDict()
         self._etags: dict[tuple[str, int, int], str] = {}
+        self._recent: dict[str, tuple[float, JobRecord]] = {}
         self._lock = threading.Lock()
 
     # jobs -----------------------------------------------------------------------------------------
@@ -115,13 +118,28 @@ class JobService:
         return record
 
     def get(self, job_id: str) -> JobRecord:
-        return self.store.get(job_id)
+        record = self.store.get(job_id)
+        with self._lock:
+            if len(self._recent) >= 10_000:
+                self._recent.clear()
+            self._recent[job_id] = (time.monotonic(), record)
+        return record
+
+    def recent(self, job_id: str) -> JobRecord | None:
+        """The job as read less than ``STATUS_CACHE_S`` ago, if it was: status polls stay cheap under load."""
+        with self._lock:
+            hit = self._recent.get(job_id)
+        if hit is None or time.monotonic() - hit[0] > STATUS_CACHE_S:
+            return None
+        return hit[1]
 
     def list(self, status: JobStatus | None, limit: int, offset: int) -> tuple[int, list[JobRecord]]:
         return self.store.list(status, limit=limit, offset=offset)
 
     def cancel(self, job_id: str) -> JobRecord:
         record = self.store.request_cancel(job_id)
+        with self._lock:
+            self._recent.pop(job_id, None)
         if record.status is JobStatus.RUNNING and self.pool is not None:
             self.pool.cancel(job_id)
         return record
