@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ from services.api.schemas import DEVICE_NAME_PATTERN, DevicePublic, SpacePublic
 from services.jobs.errors import InvalidRequest, UnknownDevice, UnknownSpace
 
 BUILTIN_DEVICE = "local-cpu"
+MIN_LATENCY_CACHE_S = 600.0  # a rebuilt local table changes the minimum a little
 BUILTIN_DESCRIPTION = (
     "this server's CPU: onnxruntime CPU provider, 1 intra-op thread, batch 1 (table built on first use)"
 )
-TABLE_FILE = "table.json"
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def cached_min_latency_ms(space: str, device: str, data_dir: Path) -> float | No
     except ImportError:
         return None
     try:
-        table = get_table(space, device, data_dir, build=False)
+        table = get_table(space, device, data_dir, build=False)  # raises LatencyTableError if not built
     except LatencyTableError:
         return None
     return None if table is None else float(table.min_latency())
@@ -72,13 +73,13 @@ def validate_table(payload: Any) -> Any:
 class Catalog:
     """Spaces from the registry; devices are ``local-cpu`` plus tables uploaded under ``settings.devices_dir``.
 
-    Minimum latencies of built tables are remembered (tables of a device change only by upload,
-    which forgets that device's entries).
+    Minimum latencies of built tables are remembered for ``MIN_LATENCY_CACHE_S`` (an upload forgets
+    that device's entries at once).
     """
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._min_latency: dict[tuple[str, str], float] = {}
+        self._min_latency: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     # spaces ---------------------------------------------------------------------------------------
@@ -114,21 +115,26 @@ class Catalog:
 
     # devices --------------------------------------------------------------------------------------
 
+    def _tables(self, device: str) -> list[Path]:
+        folder = self.settings.devices_dir / device
+        return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
     def device_names(self) -> list[str]:
         d = self.settings.devices_dir
-        uploaded = sorted(p.name for p in d.iterdir() if (p / TABLE_FILE).is_file()) if d.is_dir() else []
+        uploaded = sorted(p.name for p in d.iterdir() if p.is_dir() and self._tables(p.name)) if d.is_dir() else []
         return [BUILTIN_DEVICE, *uploaded]
 
     def devices(self) -> list[DevicePublic]:
-        out = [DevicePublic(name=BUILTIN_DEVICE, builtin=True, description=BUILTIN_DESCRIPTION)]
+        out = [DevicePublic(name=BUILTIN_DEVICE, builtin=True, description=BUILTIN_DESCRIPTION, spaces=[])]
         for name in self.device_names()[1:]:
-            path = self.settings.devices_dir / name / TABLE_FILE
+            tables = self._tables(name)
             out.append(
                 DevicePublic(
                     name=name,
                     builtin=False,
-                    description="uploaded latency table",
-                    uploaded_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
+                    description="uploaded latency tables",
+                    spaces=[p.stem for p in tables],
+                    uploaded_at=datetime.fromtimestamp(max(p.stat().st_mtime for p in tables), UTC),
                 )
             )
         return out
@@ -142,7 +148,11 @@ class Catalog:
             )
 
     def save_device(self, name: str, payload: Any) -> DevicePublic:
-        """Validate an uploaded latency table and store it as device ``name`` (replacing an older one)."""
+        """Validate an uploaded latency table and store it for device ``name``.
+
+        A table covers one space on one device: it is kept as ``<devices_dir>/<name>/<space>.json``
+        (where ``nasprune.latency.get_table`` finds it), replacing an older table of that space.
+        """
         if not re.fullmatch(DEVICE_NAME_PATTERN, name):
             raise InvalidRequest("name", f"'{name}' is not a device name: use lowercase letters, digits, '_', '.', '-'")
         if name == BUILTIN_DEVICE:
@@ -150,12 +160,13 @@ class Catalog:
         if not isinstance(payload, dict):
             raise LatencyTableError(f"a latency table is a JSON object, not {type(payload).__name__}")
         table = validate_table(payload)
+        space = getattr(getattr(table, "space", None), "name", None) or "table"
         folder = self.settings.devices_dir / name
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{TABLE_FILE}.tmp"
+        tmp = folder / f".{space}.json.tmp"
         data = table.model_dump_json() if hasattr(table, "model_dump_json") else json.dumps(payload)
         tmp.write_text(data)
-        os.replace(tmp, folder / TABLE_FILE)
+        os.replace(tmp, folder / f"{space}.json")
         with self._lock:
             for key in [k for k in self._min_latency if k[1] == name]:
                 del self._min_latency[key]
@@ -167,8 +178,9 @@ class Catalog:
         """The smallest achievable latency when the table is built, else None (the job checks later)."""
         key = (space, device)
         with self._lock:
-            if key in self._min_latency:
-                return self._min_latency[key]
+            hit = self._min_latency.get(key)
+        if hit is not None and time.monotonic() - hit[1] < MIN_LATENCY_CACHE_S:
+            return hit[0]
         try:
             value = cached_min_latency_ms(space, device, self.settings.data_dir)
         except NasPruneError as e:
@@ -176,5 +188,5 @@ class Catalog:
             return None
         if value is not None:
             with self._lock:
-                self._min_latency[key] = value
+                self._min_latency[key] = (value, time.monotonic())
         return value

@@ -180,6 +180,7 @@ class DevicePublic(BaseModel):
     name: str
     builtin: bool
     description: str
+    spaces: list[str] = Field(description="spaces with an uploaded table (the built-in device builds its own)")
     uploaded_at: datetime | None = None
 
 

@@ -190,14 +190,21 @@ def test_device_upload_is_validated(api):
     assert "phone" not in [d["name"] for d in client.get("/v1/devices").json()]
 
 
-def test_unreachable_budget_names_the_minimum(api):
-    client, app = api
-    app.state.services.catalog._min_latency[("resnet_mnist", "local-cpu")] = 0.75
+def test_unreachable_budget_names_the_minimum(api, monkeypatch):
+    client, _ = api
+    calls = []
+
+    def built_table_minimum(space, device, data_dir):  # as if the table of resnet_mnist were built
+        calls.append((space, device))
+        return 0.75 if space == "resnet_mnist" else None
+
+    monkeypatch.setattr("services.api.catalog.cached_min_latency_ms", built_table_minimum)
     r = client.post("/v1/jobs", json={**GOOD, "space": "resnet_mnist", "latency_budget_ms": 0.5})
     assert r.status_code == 422
     err = r.json()
     assert err["code"] == "budget_unreachable" and err["min_latency_ms"] == 0.75 and "0.75 ms" in err["detail"]
     assert client.post("/v1/jobs", json={**GOOD, "space": "resnet_mnist", "latency_budget_ms": 0.8}).status_code == 202
+    assert calls == [("resnet_mnist", "local-cpu")]  # the minimum is remembered
 
 
 def test_request_body_limit(api):
