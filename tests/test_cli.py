@@ -19,7 +19,7 @@ def test_spaces_list_and_show():
     assert "resnet_mnist" in r.stdout and "mlp_digits" in r.stdout
     r = run("spaces", "show", "resnet_mnist")
     assert r.returncode == 0, r.stderr
-    assert "stage2.block2.mid" in r.stdout and "largest" in r.stdout and "3,203,226" in r.stdout
+    assert "stage2.block2.mid" in r.stdout and "largest" in r.stdout and "75,866,112" in r.stdout
 
 
 def test_export_config_file(tmp_path):

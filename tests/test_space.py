@@ -76,7 +76,7 @@ def test_missing_space_file_and_unknown_name():
 def test_config_validation_names_field_and_allowed_values():
     sp = load_space("resnet_mnist")
     good = sp.largest()
-    with pytest.raises(ConfigError, match=r"widths\.stage1\.out: 40 is not allowed \(allowed: \[32, 48, 64\]\)"):
+    with pytest.raises(ConfigError, match=r"widths\.stage1\.out: 40 is not allowed \(allowed: \[16, 32, 48, 64\]\)"):
         sp.config(good.depths, {**good.widths, "stage1.out": 40})
     with pytest.raises(ConfigError, match=r"depths\.stage2: 4 is not allowed \(allowed: \[1, 2, 3\]\)"):
         sp.config({**good.depths, "stage2": 4}, good.widths)

@@ -1,0 +1,26 @@
+import numpy as np
+
+from nasprune.search.pareto import dominates, hypervolume, pareto_indices
+
+
+def test_front_is_exactly_the_non_dominated_set():
+    rng = np.random.default_rng(0)
+    pts = [(float(a), float(lat)) for a, lat in zip(rng.random(200), rng.random(200), strict=True)]
+    front = set(pareto_indices(pts))
+    for i, p in enumerate(pts):
+        dominated = any(dominates(q, p) for q in pts)
+        assert (i in front) == (not dominated)
+
+
+def test_front_sorted_by_latency_with_rising_accuracy():
+    pts = [(0.9, 2.0), (0.95, 3.0), (0.8, 1.0), (0.85, 2.5), (0.99, 5.0)]
+    front = pareto_indices(pts)
+    assert front == [2, 0, 1, 4]
+
+
+def test_hypervolume_of_known_fronts():
+    assert hypervolume([(0.5, 1.0)], ref_latency=3.0) == 0.5 * 2.0
+    # two steps: 0.5 over [1,2) plus 0.8 over [2,3)
+    assert abs(hypervolume([(0.5, 1.0), (0.8, 2.0)], ref_latency=3.0) - (0.5 + 0.8)) < 1e-12
+    # a dominated point adds nothing; a point beyond the reference adds nothing
+    assert hypervolume([(0.5, 1.0), (0.4, 1.5), (0.9, 4.0)], ref_latency=3.0) == 1.0
