@@ -62,3 +62,38 @@ def measure_model(
     """End-to-end latency of an ONNX model on this machine."""
     sess = make_session(model, threads)
     return time_session(sess, feed_for(sess, batch), runs=runs, warmup=warmup)
+
+
+def time_interleaved(
+    sessions: list,
+    feeds: list[dict[str, np.ndarray]],
+    rounds: int,
+    burst: int = 1,
+    settle: int = 0,
+    warmup: int = 10,
+    seed: int = 0,
+    on_round=None,
+) -> list[Timing]:
+    """Time several sessions against each other: every round visits them all in a fresh random order.
+
+    Each visit makes ``settle`` untimed then ``burst`` timed calls. Interleaving spreads machine
+    drift and bursts of load evenly over the sessions, so none of them is biased by when it ran.
+    ``on_round()`` is called after each round (for progress bars).
+    """
+    rng = np.random.default_rng(seed)
+    for sess, feed in zip(sessions, feeds, strict=True):
+        for _ in range(warmup):
+            sess.run(None, feed)
+    samples: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for i in rng.permutation(len(sessions)):
+            sess, feed, out = sessions[i], feeds[i], samples[i]
+            for _ in range(settle):
+                sess.run(None, feed)
+            for _ in range(burst):
+                t0 = time.perf_counter_ns()
+                sess.run(None, feed)
+                out.append((time.perf_counter_ns() - t0) / 1e6)
+        if on_round is not None:
+            on_round()
+    return [Timing.of(s) for s in samples]

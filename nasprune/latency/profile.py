@@ -1,0 +1,233 @@
+"""Building a latency table: time every op key, measure full subnets, fit the correction.
+
+1. Every distinct :class:`~nasprune.latency.ops.OpKey` of the space gets a minimal ONNX graph
+   (:mod:`nasprune.latency.graphs`) and an onnxruntime session under the device profile. All
+   sessions, plus an empty "null" graph that gives the fixed cost of a call, are timed against each
+   other in rounds of random order (:func:`~nasprune.latency.timing.time_interleaved`), so drift and
+   load bursts spread over all ops alike.
+2. ``n_fit`` subnets (the smallest, the largest and random ones) go through the real deployment
+   path (``export_subnet`` -> onnxruntime session) and are timed end to end, again interleaved.
+3. :func:`fit_correction` maps the summed op latencies to those end-to-end latencies (see
+   :class:`~nasprune.latency.table.Correction`).
+4. ``n_validate`` held-out random subnets (exported and timed in the same session as the fit ones,
+   but not fitted on) measure the table's error (:mod:`nasprune.latency.validate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from nasprune.errors import LatencyTableError
+from nasprune.latency.device import DeviceProfile
+from nasprune.latency.graphs import null_model, op_model
+from nasprune.latency.ops import OpKey, all_ops
+from nasprune.latency.timing import Timing, feed_for, make_session, time_interleaved, time_session
+from nasprune.space import SubnetConfig
+
+
+class ProfileSettings(BaseModel):
+    """How hard to measure. Defaults give stable tables in well under a minute of timing per space."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op_rounds: int = Field(40, ge=1, description="rounds over all op sessions")
+    op_burst: int = Field(10, ge=1, description="timed calls per op per round")
+    e2e_rounds: int = Field(30, ge=1, description="rounds over all subnet sessions")
+    e2e_burst: int = Field(20, ge=1, description="timed calls per subnet per round")
+    settle: int = Field(2, ge=0, description="untimed calls before each burst")
+    warmup: int = Field(20, ge=0, description="untimed calls per session before the first round")
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return contextlib.nullcontext(None)
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", leave=False)
+
+
+def profile_ops(
+    keys: Sequence[OpKey], device: DeviceProfile, settings: ProfileSettings, progress: bool = False, seed: int = 0
+) -> tuple[dict[OpKey, Timing], Timing]:
+    """Median/p90 latency of every key's minimal graph, and of the null graph (the cost of a call)."""
+    check_runs_here(device)
+    sessions = [make_session(op_model(k), device.threads, device.provider) for k in keys]
+    sessions.append(make_session(null_model(), device.threads, device.provider))
+    feeds = [feed_for(s, device.batch_size) for s in sessions]
+    with _bar(progress, settings.op_rounds, f"timing {len(keys)} ops") as bar:
+        timings = time_interleaved(
+            sessions,
+            feeds,
+            rounds=settings.op_rounds,
+            burst=settings.op_burst,
+            settle=settings.settle,
+            warmup=settings.warmup,
+            seed=seed,
+            on_round=bar.update if bar is not None else None,
+        )
+    return dict(zip(keys, timings[:-1], strict=True)), timings[-1]
+
+
+def deployable_supernet(space):
+    """An untrained supernet whose BatchNorms hold non-trivial statistics.
+
+    Latency does not depend on weight values, but the exporter drops all-zero biases, which a
+    freshly initialised BatchNorm would fold into; a trained network always has them.
+    """
+    from nasprune.registry import create_supernet
+
+    net = create_supernet(space)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return net.eval()
+
+
+def export_all(supernet, cfgs: Sequence[SubnetConfig], folder: Path, progress: bool = False) -> list[Path]:
+    """Export each config through the checked deployment path (``nasprune.export.export_subnet``)."""
+    from nasprune.export import export_subnet
+
+    paths = []
+    with _bar(progress, len(cfgs), "exporting subnets") as bar:
+        for cfg in cfgs:
+            path = folder / f"{cfg.key()}.onnx"
+            if not path.exists():
+                export_subnet(supernet, cfg, path)
+            paths.append(path)
+            if bar is not None:
+                bar.update()
+    return paths
+
+
+def measure_models(
+    paths: Sequence[Path], device: DeviceProfile, settings: ProfileSettings, progress: bool = False, seed: int = 1
+) -> list[Timing]:
+    """End-to-end latency of exported models, timed interleaved in sessions made as for deployment."""
+    check_runs_here(device)
+    sessions = [make_session(p, device.threads, device.provider) for p in paths]
+    feeds = [feed_for(s, device.batch_size) for s in sessions]
+    with _bar(progress, settings.e2e_rounds, f"timing {len(paths)} subnets") as bar:
+        return time_interleaved(
+            sessions,
+            feeds,
+            rounds=settings.e2e_rounds,
+            burst=settings.e2e_burst,
+            settle=settings.settle,
+            warmup=settings.warmup,
+            seed=seed,
+            on_round=bar.update if bar is not None else None,
+        )
+
+
+@contextlib.contextmanager
+def workdir(folder: str | Path | None) -> Iterator[Path]:
+    """``folder`` (created) or a temporary folder removed afterwards."""
+    if folder is not None:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+    else:
+        with tempfile.TemporaryDirectory(prefix="nasprune-lut-") as tmp:
+            yield Path(tmp)
+
+
+def check_runs_here(device: DeviceProfile) -> None:
+    """Refuse to measure for a device profile that is not this machine (under its own settings)."""
+    here = DeviceProfile.this_machine(device.name, device.threads, device.batch_size, device.provider)
+    if here.fingerprint() != device.fingerprint():
+        raise LatencyTableError(
+            f"device '{device.name}' is not this machine ({'; '.join(device.differences(here))}); "
+            f"build and validate its table on that device ('nasprune lut build --device {device.name}' run there) "
+            "and copy the file back"
+        )
+
+
+def sample_configs(space, n: int, rng: np.random.Generator, exclude: set[str] = frozenset()) -> list[SubnetConfig]:
+    """``n`` distinct random configs whose keys are not in ``exclude`` (fewer if the space is smaller)."""
+    out: dict[str, SubnetConfig] = {}
+    for _ in range(50 * n + 100):
+        if len(out) >= n:
+            break
+        cfg = space.sample(rng)
+        if cfg.key() not in exclude:
+            out.setdefault(cfg.key(), cfg)
+    return list(out.values())
+
+
+def fit_configs(space, n: int, rng: np.random.Generator) -> list[SubnetConfig]:
+    """Configs for the correction fit: the extremes of the space, then random ones."""
+    if n <= 0:
+        return []
+    fixed = {c.key(): c for c in (space.smallest(), space.largest())}
+    picked = list(fixed.values())[:n]
+    return picked + sample_configs(space, n - len(picked), rng, exclude=set(fixed))
+
+
+def build_table(
+    space,
+    device: DeviceProfile | None = None,
+    *,
+    n_fit: int = 20,
+    n_validate: int = 20,
+    settings: ProfileSettings | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    folder: str | Path | None = None,
+):
+    """Measure a latency table for ``space`` on this machine under ``device`` (default ``local-cpu``).
+
+    ``n_fit`` subnets fit the correction (0: no fit, raw op sums), ``n_validate`` held-out subnets
+    measure its error (0: unvalidated). Exported models go to ``folder`` (default: a temporary one).
+    """
+    from nasprune.latency.table import LatencyTable, Sample
+    from nasprune.latency.validate import compare
+
+    device = device or DeviceProfile.local()
+    settings = settings or ProfileSettings()
+    check_runs_here(device)
+    t0 = time.perf_counter()
+    keys = all_ops(space)
+    entries, overhead = profile_ops(keys, device, settings, progress=progress, seed=seed)
+    table = LatencyTable.from_measurements(space, device, entries, overhead, settings)
+    fit = fit_configs(space, n_fit, np.random.default_rng(seed))
+    held = sample_configs(space, n_validate, np.random.default_rng(seed + 1), exclude={c.key() for c in fit})
+    if fit or held:
+        with workdir(folder) as tmp:
+            paths = export_all(deployable_supernet(space), [*fit, *held], tmp, progress)
+            # one interleaved session for both sets: drift between them cannot pose as prediction error
+            timings = measure_models(paths, device, settings, progress, seed=seed + 2)
+        if fit:
+            table = table.refit([Sample.of(space, c, t) for c, t in zip(fit, timings, strict=False)])
+        if held:
+            table = table.with_error(compare(table, held, timings[len(fit) :]))
+    return table.with_build_seconds(time.perf_counter() - t0)
+
+
+def measure_subnet(
+    supernet, cfg: SubnetConfig | dict, device: DeviceProfile | None = None, runs: int = 500, warmup: int = 50
+) -> Timing:
+    """Export ``cfg`` through the checked deployment path and time it on this machine under ``device``.
+
+    ``device`` (default ``local-cpu``) must describe this machine; its threads, batch size and
+    execution provider are used.
+    """
+    from nasprune.export import export_subnet
+
+    device = device or DeviceProfile.local()
+    check_runs_here(device)
+    with tempfile.TemporaryDirectory(prefix="nasprune-measure-") as tmp:
+        res = export_subnet(supernet, cfg, Path(tmp) / "subnet.onnx")
+        sess = make_session(res.path, device.threads, device.provider)
+        return time_session(sess, feed_for(sess, device.batch_size), runs=runs, warmup=warmup)

@@ -1,0 +1,494 @@
+"""The latency table: a versioned JSON file that predicts a subnet's latency on one device.
+
+A table holds, for one space and one :class:`~nasprune.latency.device.DeviceProfile`, the median
+and p90 latency of every op key's minimal graph, the fixed cost of an onnxruntime call, a fitted
+:class:`Correction` from summed op latencies to end-to-end latency, the subnets it was fitted on and
+its measured error on held-out subnets (:class:`ErrorReport`). ``predict(cfg)`` needs only the
+config; ``min_latency()``/``max_latency()`` are exact over the whole space.
+
+Files live in ``nasprune.paths.tables_dir()`` as ``<space>__<device>.json``; :func:`get_table`
+loads the table of a space and device, building the ``local-cpu`` one on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from nasprune.errors import LatencyTableError
+from nasprune.latency.device import LOCAL_CPU, DeviceProfile
+from nasprune.latency.ops import OpKey, all_ops, block_ops, extreme_config, ops_for
+from nasprune.latency.profile import ProfileSettings, measure_subnet
+from nasprune.latency.timing import Timing
+from nasprune.space import SearchSpace, SubnetConfig, format_validation_error
+
+__all__ = [
+    "Correction",
+    "Entry",
+    "ErrorReport",
+    "LatencyTable",
+    "Sample",
+    "fit_correction",
+    "get_table",
+    "measure_subnet",
+    "table_path",
+]
+
+SCHEMA_VERSION = 1
+
+NonNeg = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Entry(_Strict):
+    """The measured latency of one op key's minimal graph (including the fixed cost of a call)."""
+
+    op: OpKey
+    median_ms: NonNeg
+    p90_ms: NonNeg
+    count: Annotated[int, Field(ge=1)]
+
+
+class Sample(_Strict):
+    """One subnet measured end to end through the deployment path (export, onnxruntime session)."""
+
+    config: SubnetConfig
+    measured_ms: NonNeg
+    p90_ms: NonNeg
+    count: Annotated[int, Field(ge=1)]
+    macs: int
+    weights: int
+    predicted_ms: float | None = None
+
+    @classmethod
+    def of(cls, space, cfg: SubnetConfig, timing: Timing, predicted_ms: float | None = None) -> Sample:
+        ops = ops_for(space, cfg)
+        return cls(
+            config=cfg,
+            measured_ms=timing.median_ms,
+            p90_ms=timing.p90_ms,
+            count=timing.count,
+            macs=sum(k.macs for k in ops),
+            weights=sum(k.weights for k in ops),
+            predicted_ms=predicted_ms,
+        )
+
+
+class Correction(_Strict):
+    """From op latencies to end-to-end latency.
+
+    ``ms = intercept_ms + scale * T + cache_ms_per_mweight * max(0, W - cache_free_weights) / 1e6``
+
+    where ``T`` is the sum over the subnet's ops of ``max(0, entry median - overhead_ms)`` (an op's
+    own time, without the fixed cost of a call that every minimal graph pays) and ``W`` the weights
+    of the whole subnet. The last term is the cost of streaming weights that no longer fit the
+    caches: minimal graphs are timed warm, a large network evicts its own weights between runs.
+    """
+
+    overhead_ms: NonNeg
+    intercept_ms: float = 0.0
+    scale: Annotated[float, Field(gt=0)] = 1.0
+    cache_ms_per_mweight: NonNeg = 0.0
+    cache_free_weights: Annotated[int, Field(ge=0)] = 0
+    fit_subnets: Annotated[int, Field(ge=0)] = 0
+    fit_median_ape: float | None = None
+
+    def apply(self, ops_ms: float, weights: int) -> float:
+        spill = max(0, weights - self.cache_free_weights) / 1e6
+        return self.intercept_ms + self.scale * ops_ms + self.cache_ms_per_mweight * spill
+
+
+class ErrorReport(_Strict):
+    """A table's error on held-out subnets; APEs in percent, ``within_10`` a fraction."""
+
+    n: Annotated[int, Field(ge=0)]
+    median_ape: NonNeg
+    p90_ape: NonNeg
+    max_ape: NonNeg
+    within_10: Annotated[float, Field(ge=0, le=1)]
+    spearman: float | None
+    validated_at: str
+    samples: list[Sample] = []
+
+    def summary(self) -> str:
+        rho = "n/a" if self.spearman is None else f"{self.spearman:.3f}"
+        return (
+            f"median APE {self.median_ape:.2f}%, p90 APE {self.p90_ape:.2f}%, "
+            f"{100 * self.within_10:.0f}% within +-10%, Spearman {rho} (n={self.n})"
+        )
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _build_hint(space: str, device: str) -> str:
+    return f"nasprune lut build --space {space} --device {device}"
+
+
+class LatencyTable(_Strict):
+    """Predicts subnet latency (ms) on one device from the config alone.
+
+    A pydantic model: ``model_dump_json()`` is the file format and ``model_validate(_json)`` checks a
+    file (schema version, device fingerprint, space digest, no duplicate entries). The table carries
+    its space definition, so it predicts without the space registry. Immutable: updates return copies.
+    """
+
+    schema_version: int
+    space: SearchSpace
+    space_digest: str
+    device: DeviceProfile
+    device_fingerprint: str
+    built_at: str
+    build_seconds: NonNeg = 0.0
+    settings: ProfileSettings
+    correction: Correction
+    entries: list[Entry]
+    fit_samples: list[Sample] = []
+    error: ErrorReport | None = None
+    """The stored validation result (None until validated)."""
+
+    _ms: dict[OpKey, float] = PrivateAttr(default_factory=dict)
+    _extremes: dict = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_version(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema version {data['schema_version']!r}, but this nasprune reads version {SCHEMA_VERSION}; "
+                "rebuild the table with 'nasprune lut build' (for another device: on that device)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> LatencyTable:
+        if self.device.fingerprint() != self.device_fingerprint:
+            raise ValueError(
+                f"the device profile does not match its fingerprint ({self.device.fingerprint()} != "
+                f"{self.device_fingerprint}): the file was edited or is corrupt"
+            )
+        if self.space.digest() != self.space_digest:
+            raise ValueError(
+                f"the space definition does not match its digest ({self.space.digest()} != {self.space_digest}): "
+                "the file was edited or is corrupt"
+            )
+        seen: set[OpKey] = set()
+        for e in self.entries:
+            if e.op in seen:
+                raise ValueError(f"{e.op.describe()} is listed twice: the file is corrupt")
+            seen.add(e.op)
+        return self
+
+    def model_post_init(self, _ctx: Any) -> None:
+        over = self.correction.overhead_ms
+        self._ms = {e.op: max(0.0, e.median_ms - over) for e in self.entries}
+
+    # -- construction --------------------------------------------------------------------------------------
+    @classmethod
+    def from_measurements(
+        cls, space, device: DeviceProfile, entries: dict[OpKey, Timing], overhead: Timing, settings: ProfileSettings
+    ) -> LatencyTable:
+        """An unfitted table: prediction = fixed call cost + sum of op times."""
+        return cls(
+            schema_version=SCHEMA_VERSION,
+            space=space,
+            space_digest=space.digest(),
+            device=device,
+            device_fingerprint=device.fingerprint(),
+            built_at=_now(),
+            settings=settings,
+            correction=Correction(overhead_ms=overhead.median_ms, intercept_ms=overhead.median_ms),
+            entries=[Entry(op=k, median_ms=t.median_ms, p90_ms=t.p90_ms, count=t.count) for k, t in entries.items()],
+        )
+
+    def _update(self, **changes) -> LatencyTable:
+        return type(self)(**{**dict(self), **changes})
+
+    def refit(self, samples: list[Sample]) -> LatencyTable:
+        """The table with its correction fitted to ``samples`` (end-to-end measurements)."""
+        return self._update(correction=fit_correction(self, samples), fit_samples=samples, error=None)
+
+    def with_error(self, report: ErrorReport) -> LatencyTable:
+        return self._update(error=report)
+
+    def with_build_seconds(self, seconds: float) -> LatencyTable:
+        return self._update(build_seconds=seconds)
+
+    def with_entries(self, entries: dict[OpKey, Timing], space=None) -> LatencyTable:
+        """The table with more measured entries, e.g. for a space that gained choices (its error is reset)."""
+        new = [Entry(op=k, median_ms=t.median_ms, p90_ms=t.p90_ms, count=t.count) for k, t in entries.items()]
+        space = space or self.space
+        return self._update(entries=[*self.entries, *new], space=space, space_digest=space.digest(), error=None)
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def digest(self) -> str:
+        """A short hash of the whole table (changes whenever any measurement or setting does)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LatencyTable) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __contains__(self, key: OpKey) -> bool:
+        return key in self._ms
+
+    def __len__(self) -> int:
+        return len(self._ms)
+
+    def op_ms(self, key: OpKey) -> float:
+        """An op's own latency (entry median minus the fixed cost of a call, floored at 0)."""
+        try:
+            return self._ms[key]
+        except KeyError:
+            raise LatencyTableError(
+                f"latency table for space '{self.space.name}' on device '{self.device.name}' has no entry for "
+                f"{key.describe()}; measure the missing ops on that device with "
+                f"'{_build_hint(self.space.name, self.device.name)} --extend' (or rebuild without --extend)"
+            ) from None
+
+    def missing(self, space=None) -> list[OpKey]:
+        """Keys of ``space`` (default: the table's) that the table lacks."""
+        return [k for k in all_ops(space or self.space) if k not in self._ms]
+
+    def predict_ops(self, ops: Iterable[OpKey]) -> float:
+        ops = list(ops)
+        return self.correction.apply(sum(self.op_ms(k) for k in ops), sum(k.weights for k in ops))
+
+    def predict(self, cfg: SubnetConfig | dict) -> float:
+        """Predicted end-to-end latency of ``cfg`` in milliseconds on the table's device."""
+        return self.predict_ops(ops_for(self.space, self.space.parse_config(cfg)))
+
+    def breakdown(self, cfg: SubnetConfig | dict) -> list[tuple[str, OpKey, float]]:
+        """``(block, key, own ms)`` per unit: where the time goes (before the correction)."""
+        return [(b, k, self.op_ms(k)) for b, k in block_ops(self.space, self.space.parse_config(cfg))]
+
+    # -- extremes ------------------------------------------------------------------------------------------
+    def _extreme(self, pick) -> tuple[SubnetConfig, float]:
+        if pick.__name__ not in self._extremes:
+            c = self.correction
+            self._extremes[pick.__name__] = extreme_config(
+                self.space, lambda k: (self.op_ms(k), k.weights), pick, lambda v: c.apply(v[0], round(v[1]))
+            )
+        return self._extremes[pick.__name__]
+
+    def min_latency(self) -> float:
+        """The smallest predicted latency of any subnet of the space (exact; no enumeration)."""
+        return self._extreme(min)[1]
+
+    def max_latency(self) -> float:
+        """The largest predicted latency of any subnet of the space (exact)."""
+        return self._extreme(max)[1]
+
+    def min_config(self) -> SubnetConfig:
+        """The subnet with the smallest predicted latency."""
+        return self._extreme(min)[0]
+
+    def max_config(self) -> SubnetConfig:
+        """The subnet with the largest predicted latency."""
+        return self._extreme(max)[0]
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table as JSON (atomically: readers never see a half-written file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.to_json() + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<text>") -> LatencyTable:
+        """Parse and check a table; every problem raises :class:`LatencyTableError` saying what to do."""
+        hint = "delete it and rebuild it with 'nasprune lut build'"
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LatencyTableError(f"latency table '{source}' is not valid JSON ({e}); {hint}") from None
+        if not isinstance(raw, dict) or "schema_version" not in raw:
+            raise LatencyTableError(f"'{source}' is not a nasprune latency table (it has no schema_version)")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            what = format_validation_error(e)
+            if "schema version" in what:
+                raise LatencyTableError(f"latency table '{source}' has {what.split('error, ', 1)[-1]}") from None
+            raise LatencyTableError(f"latency table '{source}' is corrupt: {what}; {hint}") from None
+
+    @classmethod
+    def load(cls, path: str | Path, space=None, device: DeviceProfile | None = None) -> LatencyTable:
+        """Read a table file.
+
+        With ``space``, the table must have been built for that definition of it (same digest); with
+        ``device``, under that device profile (same fingerprint).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise LatencyTableError(f"latency table file '{path}' does not exist")
+        table = cls.from_json(path.read_text(), str(path))
+        if space is not None and (table.space.name, table.space_digest) != (space.name, space.digest()):
+            other = "another version of " if table.space.name == space.name else ""
+            raise LatencyTableError(
+                f"latency table '{path}' was built for {other}space '{table.space.name}' (digest "
+                f"{table.space_digest}), not for '{space.name}' as it is now (digest {space.digest()}); "
+                f"rebuild it with '{_build_hint(space.name, table.device.name)}' "
+                "(add --extend to measure only the new ops)"
+            )
+        if device is not None and table.device_fingerprint != device.fingerprint():
+            raise LatencyTableError(
+                f"latency table '{path}' was measured on a different device or runtime than '{device.name}' "
+                f"({'; '.join(table.device.differences(device))}); rebuild it with "
+                f"'{_build_hint(table.space.name, device.name)}'"
+            )
+        return table
+
+
+# -- the correction fit ------------------------------------------------------------------------------------
+
+
+def _design(ops_ms: np.ndarray, weights: np.ndarray, free: float | None) -> np.ndarray:
+    cols = [np.ones_like(ops_ms), ops_ms]
+    if free is not None:
+        cols.append(np.maximum(0.0, weights - free) / 1e6)
+    return np.column_stack(cols)
+
+
+def _solve(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares on relative error (rows weighted by 1/y), slope and cache term kept >= 0."""
+    from scipy.optimize import lsq_linear
+
+    w = 1.0 / y
+    lower = [-np.inf, 1e-6] + [0.0] * (x.shape[1] - 2)
+    return lsq_linear(x * w[:, None], y * w, bounds=(lower, np.inf)).x
+
+
+def fit_correction(table: LatencyTable, samples: list[Sample]) -> Correction:
+    """Fit :class:`Correction` to end-to-end measurements.
+
+    Constant + scale by least squares on relative error; the cache term's threshold is chosen among
+    the sampled weight counts (or dropped) by leave-one-out error, so it is used only when it
+    predicts held-out subnets better.
+    """
+    over = table.correction.overhead_ms
+    if len(samples) < 3:
+        return Correction(overhead_ms=over, intercept_ms=over, fit_subnets=len(samples))
+    ops_ms = np.array([sum(table.op_ms(k) for k in ops_for(table.space, s.config)) for s in samples])
+    weights = np.array([s.weights for s in samples], dtype=float)
+    y = np.array([s.measured_ms for s in samples])
+    candidates: list[float | None] = [None]
+    if len(samples) >= 6:
+        candidates += sorted({0.0, *np.quantile(weights, np.linspace(0.0, 0.8, 9)).round()})
+    best: tuple[float, float | None] | None = None
+    for free in candidates:
+        x = _design(ops_ms, weights, free)
+        errs = []
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            coef = _solve(x[keep], y[keep])
+            errs.append(abs(x[i] @ coef - y[i]) / y[i])
+        loo = float(np.mean(errs))
+        if best is None or loo < best[0] - 1e-9:
+            best = (loo, free)
+    free = best[1]
+    x = _design(ops_ms, weights, free)
+    coef = _solve(x, y)
+    ape = np.abs(x @ coef - y) / y * 100
+    return Correction(
+        overhead_ms=over,
+        intercept_ms=float(coef[0]),
+        scale=float(max(coef[1], 1e-6)),
+        cache_ms_per_mweight=float(coef[2]) if free is not None else 0.0,
+        cache_free_weights=int(free) if free is not None else 0,
+        fit_subnets=len(samples),
+        fit_median_ape=float(np.median(ape)),
+    )
+
+
+# -- finding tables ----------------------------------------------------------------------------------------
+
+
+def table_path(space: str, device: str, data_dir: str | Path | None = None) -> Path:
+    """Where the table of ``space`` on ``device`` is kept: ``<tables_dir>/<space>__<device>.json``."""
+    from nasprune.paths import tables_dir
+
+    return tables_dir(data_dir) / f"{space}__{device}.json"
+
+
+def _uploaded(space: str, device: str, data_dir: str | Path | None) -> Path | None:
+    """A table for ``space`` among the files uploaded for ``device`` (``<data_dir>/devices/<device>/*.json``)."""
+    from nasprune.paths import data_dir as root
+
+    folder = root(data_dir) / "devices" / device
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(raw, dict) and isinstance(raw.get("space"), dict) and raw["space"].get("name") == space:
+            return path
+    return None
+
+
+def get_table(
+    space,
+    device: str | DeviceProfile = LOCAL_CPU,
+    data_dir: str | Path | None = None,
+    build: bool = True,
+    progress: bool = False,
+    **build_options,
+) -> LatencyTable:
+    """The latency table of ``space`` (a space or its name) on ``device``.
+
+    ``local-cpu`` (this machine) is checked against this machine's fingerprint; a missing or stale
+    table is built (``build=True``; takes a few minutes, ``build_options`` go to ``build_table``)
+    or refused. Other devices are files built on that hardware and copied to :func:`table_path` (or
+    uploaded to ``<data_dir>/devices/<device>/``); they are loaded as they are, not checked against
+    this machine.
+    """
+    from nasprune.latency.profile import build_table
+    from nasprune.registry import load_space
+
+    if not hasattr(space, "digest"):
+        space = load_space(space)
+    name = device.name if isinstance(device, DeviceProfile) else device
+    if name != LOCAL_CPU:
+        path = table_path(space.name, name, data_dir)
+        found = path if path.is_file() else _uploaded(space.name, name, data_dir)
+        if found is None:
+            raise LatencyTableError(
+                f"no latency table for space '{space.name}' on device '{name}' (looked for '{path}'); build it on "
+                f"that device with '{_build_hint(space.name, name)}' and copy the file there"
+            )
+        return LatencyTable.load(found, space, device if isinstance(device, DeviceProfile) else None)
+    here = DeviceProfile.local()
+    path = table_path(space.name, LOCAL_CPU, data_dir)
+    problem = "it has not been built yet"
+    if path.is_file():
+        try:
+            return LatencyTable.load(path, space, here)
+        except LatencyTableError as e:
+            problem = str(e)
+    if not build:
+        raise LatencyTableError(
+            f"no usable latency table for space '{space.name}' on '{LOCAL_CPU}' ({problem}); "
+            f"build it with '{_build_hint(space.name, LOCAL_CPU)}'"
+        )
+    table = build_table(space, here, progress=progress, **build_options)
+    table.save(path)
+    return table
