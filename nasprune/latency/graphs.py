@@ -4,11 +4,14 @@
 ``Conv``/``Gemm`` as a bias, ``Relu`` as its own node, the residual as ``Add`` and the CNN head as
 ``ReduceMean`` (axes ``[-1, -2]``, keepdims) + ``Reshape`` + ``Gemm`` (``transB=1``). The graphs
 here use the same nodes, opset and a symbolic batch axis, so onnxruntime applies the same fusions
-(Conv+ReLU, Conv+Add+ReLU, Gemm+ReLU, NCHWc layout) to both. Weights are random: values do not
-change the latency of dense kernels.
+(Conv+ReLU, Conv+Add+ReLU, Gemm+ReLU, NCHWc layout) to both. Units that read a feature map are
+built behind a :class:`Producer`, so their input arrives as it does inside a network. Weights are
+random: values do not change the latency of dense kernels.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -70,10 +73,46 @@ class _Builder:
         return model.SerializeToString()
 
 
-def op_model(key: OpKey, seed: int = 0) -> bytes:
-    """The serialised ONNX model running exactly ``key`` (input ``x``, output ``y``, batch axis ``batch``)."""
+@dataclass(frozen=True, order=True)
+class Producer:
+    """A 1x1 Conv+ReLU writing a ``c`` x ``h`` x ``w`` feature map: what feeds a unit inside a network.
+
+    A unit that reads a feature map is timed behind one, so onnxruntime lays out and fuses it as it
+    would mid-network (e.g. the residual ``Add`` fuses into the conv only when its input comes from an
+    NCHWc conv, never from a graph input); the producer's own time is measured alone and subtracted.
+    """
+
+    c: int
+    h: int
+    w: int
+
+
+def producer_of(key: OpKey) -> Producer | None:
+    """The producer a key is timed behind (None: the key reads the graph input, as in a network)."""
+    if key.kind == "residual_block" or key.kind == "pool_linear":
+        return Producer(key.c_in, key.h_in, key.w_in)
+    return None
+
+
+def _produce(g: _Builder, x: str, p: Producer) -> str:
+    return g.node("Relu", [g.conv(x, p.c, p.c, 1, 1)])
+
+
+def producer_model(p: Producer, seed: int = 1) -> bytes:
+    """The producer alone (its time is subtracted from the units timed behind it)."""
     g = _Builder(seed)
-    x = "x"
+    y = _produce(g, "x", p)
+    return g.model("x", ["batch", p.c, p.h, p.w], y, ["batch", p.c, p.h, p.w])
+
+
+def op_model(key: OpKey, seed: int = 0) -> bytes:
+    """The serialised ONNX model running ``key`` (behind its producer, if it has one).
+
+    Input ``x``, output ``y``, symbolic batch axis ``batch``.
+    """
+    g = _Builder(seed)
+    p = producer_of(key)
+    x = _produce(g, "x", p) if p is not None else "x"
     if key.kind == "conv":
         y = g.conv(x, key.c_in, key.c_out, key.kernel, key.stride, key.groups)
         if key.activation == "relu":
@@ -98,7 +137,7 @@ def op_model(key: OpKey, seed: int = 0) -> bytes:
     else:
         x_shape = ["batch", key.c_in]
     y_shape = ["batch", key.c_out, key.h_out, key.w_out] if key.spatial else ["batch", key.c_out]
-    return g.model(x, x_shape, y, y_shape)
+    return g.model("x", x_shape, y, y_shape)
 
 
 def null_model() -> bytes:

@@ -2,9 +2,10 @@
 
 1. Every distinct :class:`~nasprune.latency.ops.OpKey` of the space gets a minimal ONNX graph
    (:mod:`nasprune.latency.graphs`) and an onnxruntime session under the device profile. All
-   sessions, plus an empty "null" graph that gives the fixed cost of a call, are timed against each
-   other in rounds of random order (:func:`~nasprune.latency.timing.time_interleaved`), so drift and
-   load bursts spread over all ops alike.
+   sessions, their baselines (the producers that feed feature maps, and an empty "null" graph that
+   gives the fixed cost of a call) are timed against each other in rounds of random order
+   (:func:`~nasprune.latency.timing.time_interleaved`), so drift and load bursts spread over all
+   ops alike. An entry is a key's time minus its baseline's.
 2. ``n_fit`` subnets (the smallest, the largest and random ones) go through the real deployment
    path (``export_subnet`` -> onnxruntime session) and are timed end to end, again interleaved.
 3. :func:`fit_correction` maps the summed op latencies to those end-to-end latencies (see
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nasprune.errors import LatencyTableError
 from nasprune.latency.device import DeviceProfile
-from nasprune.latency.graphs import null_model, op_model
+from nasprune.latency.graphs import null_model, op_model, producer_model, producer_of
 from nasprune.latency.ops import OpKey, all_ops
 from nasprune.latency.timing import Timing, feed_for, make_session, time_interleaved, time_session
 from nasprune.space import SubnetConfig
@@ -57,10 +58,16 @@ def _bar(progress: bool, total: int, desc: str):
 def profile_ops(
     keys: Sequence[OpKey], device: DeviceProfile, settings: ProfileSettings, progress: bool = False, seed: int = 0
 ) -> tuple[dict[OpKey, Timing], Timing]:
-    """Median/p90 latency of every key's minimal graph, and of the null graph (the cost of a call)."""
+    """Every key's own latency, and the fixed cost of one onnxruntime call (the null graph).
+
+    A key's minimal graph is timed against its baseline (its :class:`~nasprune.latency.graphs.Producer`
+    alone, or the null graph) in the same interleaved rounds; its entry is the difference, so the
+    cost of the call, of the producer and of reading the graph input cancel out.
+    """
     check_runs_here(device)
-    sessions = [make_session(op_model(k), device.threads, device.provider) for k in keys]
-    sessions.append(make_session(null_model(), device.threads, device.provider))
+    producers = sorted({p for k in keys if (p := producer_of(k)) is not None})
+    models = [op_model(k) for k in keys] + [producer_model(p) for p in producers] + [null_model()]
+    sessions = [make_session(m, device.threads, device.provider) for m in models]
     feeds = [feed_for(s, device.batch_size) for s in sessions]
     with _bar(progress, settings.op_rounds, f"timing {len(keys)} ops") as bar:
         timings = time_interleaved(
@@ -73,7 +80,14 @@ def profile_ops(
             seed=seed,
             on_round=bar.update if bar is not None else None,
         )
-    return dict(zip(keys, timings[:-1], strict=True)), timings[-1]
+    null = timings[-1]
+    base = dict(zip(producers, timings[len(keys) : -1], strict=True))
+    entries = {}
+    for key, t in zip(keys, timings, strict=False):
+        p = producer_of(key)
+        b = base[p] if p is not None else null
+        entries[key] = Timing(t.median_ms - b.median_ms, t.p90_ms - b.median_ms, t.count)
+    return entries, null
 
 
 def deployable_supernet(space):
@@ -213,6 +227,22 @@ def build_table(
         if held:
             table = table.with_error(compare(table, held, timings[len(fit) :]))
     return table.with_build_seconds(time.perf_counter() - t0)
+
+
+def extend_table(table, space=None, settings: ProfileSettings | None = None, progress: bool = False):
+    """``table`` with entries for the ops of ``space`` (default: its own) that it lacks, measured here.
+
+    For a space that gained width or depth choices: only the new ops are timed (entries are
+    differences against a baseline timed alongside, so they line up with the old ones). The
+    correction is kept; the error report is cleared (validate again).
+    """
+    space = space or table.space
+    check_runs_here(table.device)
+    missing = table.missing(space)
+    if not missing:
+        return table if space.digest() == table.space_digest else table.with_entries({}, space)
+    entries, _ = profile_ops(missing, table.device, settings or table.settings, progress=progress)
+    return table.with_entries(entries, space)
 
 
 def measure_subnet(

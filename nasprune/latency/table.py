@@ -52,11 +52,15 @@ class _Strict(BaseModel):
 
 
 class Entry(_Strict):
-    """The measured latency of one op key's minimal graph (including the fixed cost of a call)."""
+    """One op key's own latency: its minimal graph's time minus its baseline's (see ``profile``).
+
+    ``p90_ms`` is the graph's p90 minus the baseline's median. Noise can make a tiny op's time
+    slightly negative; predictions floor it at 0.
+    """
 
     op: OpKey
-    median_ms: NonNeg
-    p90_ms: NonNeg
+    median_ms: float
+    p90_ms: float
     count: Annotated[int, Field(ge=1)]
 
 
@@ -90,10 +94,11 @@ class Correction(_Strict):
 
     ``ms = intercept_ms + scale * T + cache_ms_per_mweight * max(0, W - cache_free_weights) / 1e6``
 
-    where ``T`` is the sum over the subnet's ops of ``max(0, entry median - overhead_ms)`` (an op's
-    own time, without the fixed cost of a call that every minimal graph pays) and ``W`` the weights
-    of the whole subnet. The last term is the cost of streaming weights that no longer fit the
-    caches: minimal graphs are timed warm, a large network evicts its own weights between runs.
+    where ``T`` is the sum over the subnet's ops of ``max(0, entry median)`` (each op's own time)
+    and ``W`` the weights of the whole subnet; ``overhead_ms`` is the measured fixed cost of one
+    onnxruntime call, which the intercept replaces after a fit. The last term is the cost of
+    streaming weights that no longer fit the caches: minimal graphs are timed warm, a large network
+    evicts its own weights between runs.
     """
 
     overhead_ms: NonNeg
@@ -192,8 +197,7 @@ class LatencyTable(_Strict):
         return self
 
     def model_post_init(self, _ctx: Any) -> None:
-        over = self.correction.overhead_ms
-        self._ms = {e.op: max(0.0, e.median_ms - over) for e in self.entries}
+        self._ms = {e.op: max(0.0, e.median_ms) for e in self.entries}
 
     # -- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -249,7 +253,7 @@ class LatencyTable(_Strict):
         return len(self._ms)
 
     def op_ms(self, key: OpKey) -> float:
-        """An op's own latency (entry median minus the fixed cost of a call, floored at 0)."""
+        """An op's own latency in ms (its entry's median, floored at 0)."""
         try:
             return self._ms[key]
         except KeyError:

@@ -1,0 +1,126 @@
+"""Op keys: read from the one shape trace, matching what onnxruntime runs, exact extremes."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from pydantic import TypeAdapter
+
+from nasprune.export import export_subnet
+from nasprune.latency.graphs import op_model, producer_model, producer_of
+from nasprune.latency.ops import OpKey, all_ops, block_ops, extreme_config, ops_for
+from nasprune.latency.profile import deployable_supernet
+from nasprune.registry import create_supernet, list_spaces, load_space
+from tests.latency.conftest import every_config
+
+SPACES = list_spaces()
+
+
+def _random(space, n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(n))]
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_keys_count_macs_like_the_trace_and_are_all_enumerated(name):
+    space = load_space(name)
+    net = create_supernet(space)
+    keys = set(all_ops(space))
+    for cfg in _random(space):
+        ops = ops_for(space, cfg)
+        assert sum(k.macs for k in ops) == net.macs(cfg)
+        assert set(ops) <= keys
+    assert len(keys) == len(all_ops(space))
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_one_unit_per_block_of_the_trace(name):
+    space = load_space(name)
+    for cfg in _random(space, n=5):
+        blocks = [b for b, _ in block_ops(space, cfg)]
+        trace_blocks = list(dict.fromkeys(layer.block for layer in create_supernet(space).trace(cfg)))
+        assert blocks == trace_blocks
+
+
+def test_keys_are_typed_hashable_and_serialisable():
+    key = OpKey("residual_block", 16, 32, mid=24, kernel=3, stride=2, h_in=14, w_in=14, activation="relu")
+    assert {key: 1}[OpKey("residual_block", 16, 32, 24, 3, 2, 1, 14, 14, "relu")] == 1
+    adapter = TypeAdapter(OpKey)
+    assert adapter.validate_json(adapter.dump_json(key)) == key
+    with pytest.raises(ValueError):
+        adapter.validate_python({"kind": "attention", "c_in": 1, "c_out": 1})
+
+
+def _kernels(model: bytes | str) -> list[str]:
+    """The nodes onnxruntime runs after its graph optimisations (fusions and layout reorders)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with tempfile.TemporaryDirectory() as tmp:
+        so.optimized_model_filepath = f"{tmp}/opt.onnx"
+        ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        graph = onnx.load(f"{tmp}/opt.onnx").graph
+    nodes = []
+    for n in graph.node:
+        act = {a.name: a.s for a in n.attribute}.get("activation", b"").decode()
+        nodes.append(f"{n.op_type}{'+' + act if act else ''}{'+sum' if len(n.input) == 4 else ''}")
+    return nodes
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_keys_describe_the_graph_onnxruntime_runs(name, tmp_path):
+    """The fused kernels of a whole exported subnet are exactly those of its keys' minimal graphs."""
+    space = load_space(name)
+    net = deployable_supernet(space)
+    for i, cfg in enumerate([space.smallest(), *_random(space, n=2, seed=3)]):
+        path = tmp_path / f"{i}.onnx"
+        export_subnet(net, cfg, path)
+        parts = Counter()
+        for key in ops_for(space, cfg):
+            parts.update(_kernels(op_model(key)))
+            if (p := producer_of(key)) is not None:
+                parts.subtract(_kernels(producer_model(p)))
+        assert Counter(_kernels(str(path))) == +parts, cfg
+
+
+def _brute(space, cost, score):
+    vals = []
+    for cfg in every_config(space):
+        total = tuple(map(sum, zip(*(cost(k) for k in ops_for(space, cfg)), strict=True)))
+        vals.append(score(total))
+    return min(vals), max(vals)
+
+
+@pytest.mark.parametrize("which", ["tiny_resnet", "tiny_mlp"])
+def test_extremes_are_exact(which, request):
+    space = request.getfixturevalue(which)
+    keys = all_ops(space)
+    rng = np.random.default_rng(7)
+    t = {k: float(rng.random()) for k in keys}
+    scores = [lambda v: v[0], lambda v: v[0] + 0.002 * max(0.0, v[1] - 1500)]
+    for score in scores:
+
+        def cost(k):
+            return (t[k], float(k.weights))
+
+        lo, hi = _brute(space, cost, score)
+        cfg_lo, got_lo = extreme_config(space, cost, min, score)
+        cfg_hi, got_hi = extreme_config(space, cost, max, score)
+        assert got_lo == pytest.approx(lo) and got_hi == pytest.approx(hi)
+        assert cfg_lo.space == space.name and cfg_hi.space == space.name
+
+
+def test_extremes_of_macs_are_the_smallest_and_largest_subnets():
+    for name in SPACES:
+        space = load_space(name)
+        net = create_supernet(space)
+        cfg, macs = extreme_config(space, lambda k: k.macs, min)
+        assert macs == net.macs(space.smallest()) and cfg == space.smallest()
+        cfg, macs = extreme_config(space, lambda k: k.macs, max)
+        assert macs == net.macs(space.largest()) and cfg == space.largest()
