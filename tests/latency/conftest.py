@@ -24,7 +24,7 @@ TINY_RESNET = {
     "stem_widths": [8, 16],
     "stages": [
         {"depths": [1, 2], "stride": 2, "out_widths": [8, 16], "mid_widths": [8, 16]},
-        {"depths": [1, 2, 3], "stride": 2, "out_widths": [16, 24], "mid_widths": [8, 24]},
+        {"depths": [1, 2, 3], "stride": 2, "out_widths": [16, 24], "mid_widths": [8, 16, 24]},
     ],
 }
 
@@ -63,12 +63,12 @@ def tiny_mlp():
 
 @pytest.fixture(scope="session")
 def resnet_table(tiny_resnet):
-    return build_table(tiny_resnet, n_fit=8, n_validate=4, settings=FAST)
+    return build_table(tiny_resnet, n_fit=6, n_validate=3, settings=FAST)
 
 
 @pytest.fixture(scope="session")
 def mlp_table(tiny_mlp):
-    return build_table(tiny_mlp, n_fit=8, n_validate=4, settings=FAST)
+    return build_table(tiny_mlp, n_fit=6, n_validate=3, settings=FAST)
 
 
 @pytest.fixture(scope="session", params=["resnet", "mlp"])

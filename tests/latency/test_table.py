@@ -1,0 +1,239 @@
+"""Latency tables measured on this machine: coverage, sanity of predictions, files and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nasprune.errors import LatencyTableError
+from nasprune.latency import DeviceProfile, LatencyTable, ProfileSettings, build_table, get_table, table_path
+from nasprune.latency.ops import all_ops, ops_for
+from nasprune.latency.profile import deployable_supernet, extend_table, measure_subnet, profile_ops
+from nasprune.registry import list_spaces, load_space
+from nasprune.space import parse_space
+from tests.latency.conftest import FAST, TINY_RESNET, every_config
+
+# -- coverage ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list_spaces())
+def test_every_key_of_random_configs_is_in_the_table(name):
+    """Profile-only tables (no end-to-end fit) of every registered space cover all sampled configs."""
+    space = load_space(name)
+    settings = ProfileSettings(op_rounds=1, op_burst=1, settle=0, warmup=1)
+    table = build_table(space, n_fit=0, n_validate=0, settings=settings)
+    assert len(table) == len(all_ops(space)) and not table.missing()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        cfg = space.sample(rng)
+        assert all(k in table for k in ops_for(space, cfg))
+        assert table.predict(cfg) > 0
+
+
+def test_tiny_tables_cover_their_spaces(table):
+    for cfg in every_config(table.space):
+        assert all(k in table for k in ops_for(table.space, cfg))
+
+
+# -- predictions -------------------------------------------------------------------------------------
+
+
+def _noise(table, a, b) -> float:
+    """How much two predictions may differ by measurement noise: the p90-median spread of the ops
+    in which they differ, through the correction's scale."""
+    ops_a, ops_b = ops_for(table.space, a), ops_for(table.space, b)
+    differ = set(ops_a) ^ set(ops_b)
+    entries = {e.op: e for e in table.entries}
+    return table.correction.scale * sum(max(0.0, entries[k].p90_ms - entries[k].median_ms) for k in differ)
+
+
+def _wider_and_deeper(space, cfg, min_width: int):
+    layers, choices = space.width_layers(), space.depth_choices()
+    for layer, w in cfg.widths.items():
+        bigger = [c for c in layers[layer] if c > w and w >= min_width]
+        if bigger:
+            yield space.config(cfg.depths, {**cfg.widths, layer: bigger[0]}), "wider"
+    for stage, d in cfg.depths.items():
+        deeper = [c for c in choices[stage] if c > d]
+        if deeper:
+            depths = {**cfg.depths, stage: deeper[0]}
+            widths = {layer: cfg.widths.get(layer, min(layers[layer])) for layer in space.active_layers(depths)}
+            yield space.config(depths, widths), "deeper"
+
+
+def test_wider_or_deeper_is_never_predicted_faster_beyond_noise(table):
+    """In the obvious cases. Not obvious: CNN widths below the NCHWc block (16 floats with AVX-512)
+    run in plain NCHW and really are slower than the next width up; the table must say so."""
+    min_width = 16 if table.space.family == "resnet" else 0
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        cfg = table.space.sample(rng)
+        base = table.predict(cfg)
+        for other, how in _wider_and_deeper(table.space, cfg, min_width):
+            got, noise = table.predict(other), _noise(table, cfg, other)
+            assert got >= base - noise - 1e-9, (how, base, got, noise, cfg, other)
+
+
+def test_min_and_max_latency_bound_every_prediction(table):
+    preds = [table.predict(cfg) for cfg in every_config(table.space)]
+    assert table.min_latency() == pytest.approx(min(preds))
+    assert table.max_latency() == pytest.approx(max(preds))
+    assert table.predict(table.min_config()) == pytest.approx(table.min_latency())
+    assert table.predict(table.max_config()) == pytest.approx(table.max_latency())
+    assert 0 < table.min_latency() <= table.max_latency()
+
+
+def test_min_and_max_on_real_spaces_without_enumeration():
+    space = load_space("resnet_mnist")  # 75M subnets: the extremes come from a dynamic programme
+    table = build_table(space, n_fit=0, n_validate=0, settings=ProfileSettings(op_rounds=1, op_burst=1, warmup=1))
+    rng = np.random.default_rng(2)
+    lo, hi = table.min_latency(), table.max_latency()
+    for _ in range(300):
+        assert lo - 1e-12 <= table.predict(space.sample(rng)) <= hi + 1e-12
+    assert table.predict(table.max_config()) == pytest.approx(hi)
+
+
+def test_table_knows_its_fit_and_error(table):
+    c = table.correction
+    assert c.fit_subnets == 6 and c.scale > 0 and c.cache_ms_per_mweight >= 0
+    assert table.error is not None and table.error.n == 3
+    fitted = {s.config.key() for s in table.fit_samples}
+    held_out = {s.config.key() for s in table.error.samples}
+    assert len(held_out) == 3 and not fitted & held_out
+    for s in table.error.samples:
+        assert s.predicted_ms == pytest.approx(table.predict(s.config)) and s.measured_ms > 0
+
+
+def test_prediction_follows_measurement(mlp_table):
+    """Even measured quickly, the table ranks held-out subnets roughly like the clock does."""
+    e = mlp_table.error
+    assert e.median_ape < 25, e.summary()
+
+
+def test_measure_subnet_exports_and_times(tiny_mlp):
+    t = measure_subnet(deployable_supernet(tiny_mlp), tiny_mlp.largest(), runs=50, warmup=5)
+    assert t.count == 50 and 0 < t.median_ms <= t.p90_ms
+
+
+# -- files -------------------------------------------------------------------------------------------
+
+
+def test_json_round_trip(table, tmp_path):
+    path = table.save(tmp_path / "t.json")
+    back = LatencyTable.load(path)
+    assert back == table
+    assert LatencyTable.model_validate_json(table.model_dump_json()) == table
+    assert back.digest() == table.digest()
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        cfg = table.space.sample(rng)
+        assert back.predict(cfg) == table.predict(cfg)
+    assert back.min_latency() == table.min_latency()
+
+
+def _edit(table, tmp_path, change) -> str:
+    raw = json.loads(table.model_dump_json())
+    change(raw)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+def test_schema_version_mismatch_is_a_clear_error(resnet_table, tmp_path):
+    path = _edit(resnet_table, tmp_path, lambda raw: raw.update(schema_version=99))
+    with pytest.raises(LatencyTableError, match=r"schema version 99.*reads version 1.*nasprune lut build"):
+        LatencyTable.load(path)
+
+
+def test_device_fingerprint_mismatch_is_a_clear_error(resnet_table, tmp_path):
+    path = _edit(resnet_table, tmp_path, lambda raw: raw["device"].update(cpu_model="Apple M9"))
+    with pytest.raises(LatencyTableError, match="does not match its fingerprint"):
+        LatencyTable.load(path)
+    other = resnet_table.device.model_copy(update={"runtime_version": "0.1.0"})
+    with pytest.raises(LatencyTableError, match=r"different device or runtime.*runtime_version: '.*' != '0.1.0'"):
+        LatencyTable.load(resnet_table.save(tmp_path / "t.json"), device=other)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda raw: raw["entries"][0].update(median_ms="fast"), r"corrupt: entries\.0\.median_ms"),
+        (lambda raw: raw.pop("correction"), r"corrupt: correction: Field required"),
+        (lambda raw: raw["entries"].append(raw["entries"][0]), "listed twice"),
+        (lambda raw: raw["entries"][0]["op"].update(kind="attention"), r"corrupt: entries\.0\.op\.kind"),
+        (lambda raw: raw["space"]["stem_widths"].append(64), "space definition does not match its digest"),
+        (lambda raw: raw["correction"].update(scale=-1), r"corrupt: correction\.scale"),
+    ],
+)
+def test_hand_corrupted_tables_are_clear_errors(resnet_table, tmp_path, change, message):
+    with pytest.raises(LatencyTableError, match=message):
+        LatencyTable.load(_edit(resnet_table, tmp_path, change))
+
+
+def test_truncated_and_foreign_files_are_clear_errors(resnet_table, tmp_path):
+    path = tmp_path / "cut.json"
+    path.write_text(resnet_table.model_dump_json()[:500])
+    with pytest.raises(LatencyTableError, match="is not valid JSON"):
+        LatencyTable.load(path)
+    path.write_text('{"hello": 1}')
+    with pytest.raises(LatencyTableError, match="not a nasprune latency table"):
+        LatencyTable.load(path)
+    with pytest.raises(LatencyTableError, match="does not exist"):
+        LatencyTable.load(tmp_path / "nope.json")
+
+
+# -- missing entries, changed spaces, devices ----------------------------------------------------------
+
+
+def _grown():
+    spec = json.loads(json.dumps(TINY_RESNET))
+    spec["stages"][1]["mid_widths"].append(32)
+    return parse_space(spec)
+
+
+def test_missing_entry_names_the_op_and_how_to_extend(resnet_table, tmp_path):
+    grown = _grown()
+    with pytest.raises(LatencyTableError, match="another version of space 'tiny_resnet'.*--extend"):
+        LatencyTable.load(resnet_table.save(tmp_path / "t.json"), space=grown)
+    stale = resnet_table.model_copy(update={"space": grown})  # bypasses validation on purpose
+    wide = grown.largest()
+    with pytest.raises(LatencyTableError, match=r"no entry for residual_block\(c_in=.*mid=32.*--extend"):
+        stale.predict(wide)
+    extended = extend_table(resnet_table, grown, settings=FAST)
+    assert not extended.missing() and extended.space_digest == grown.digest() and extended.error is None
+    assert len(extended) == len(resnet_table) + len(resnet_table.missing(grown))
+    assert extended.predict(wide) > extended.predict(grown.smallest())
+
+
+def test_get_table_builds_local_once_and_refuses_stale(tiny_mlp, tmp_path):
+    with pytest.raises(LatencyTableError, match=r"not been built yet.*nasprune lut build --space tiny_mlp"):
+        get_table(tiny_mlp, data_dir=tmp_path, build=False)
+    built = get_table(tiny_mlp, data_dir=tmp_path, n_fit=3, n_validate=0, settings=FAST)
+    path = table_path("tiny_mlp", "local-cpu", tmp_path)
+    assert path.is_file() and get_table(tiny_mlp, data_dir=tmp_path, build=False) == built
+    # a table measured on another machine is not this machine's local-cpu table
+    elsewhere = built.device.model_copy(update={"cpu_model": "Some Other CPU"})
+    moved = built.model_copy(update={"device": elsewhere, "device_fingerprint": elsewhere.fingerprint()})
+    moved.save(path)
+    with pytest.raises(LatencyTableError, match=r"different device or runtime.*cpu_model.*nasprune lut build"):
+        get_table(tiny_mlp, data_dir=tmp_path, build=False)
+
+
+def test_tables_of_other_devices_are_files_from_that_device(mlp_table, tiny_mlp, tmp_path):
+    with pytest.raises(LatencyTableError, match=r"no latency table .* device 'edge-box'.*build it on that device"):
+        get_table(tiny_mlp, "edge-box", tmp_path)
+    edge = DeviceProfile(
+        name="edge-box", runtime_version="1.20.0", threads=4, cpu_model="Cortex-A76", cpu_cores=4, cpu_arch="aarch64"
+    )
+    foreign = mlp_table.model_copy(update={"device": edge, "device_fingerprint": edge.fingerprint()})
+    foreign.save(table_path("tiny_mlp", "edge-box", tmp_path))
+    got = get_table(tiny_mlp, "edge-box", tmp_path)
+    assert got.device == edge and got.predict(tiny_mlp.largest()) == mlp_table.predict(tiny_mlp.largest())
+    # uploaded through the service: <data_dir>/devices/<device>/<any>.json
+    foreign.save(tmp_path / "devices" / "pi5" / "table.json")
+    assert get_table(tiny_mlp, "pi5", tmp_path).device == edge
+    # but nothing can be measured for it here
+    with pytest.raises(LatencyTableError, match="'edge-box' is not this machine.*run there"):
+        profile_ops(all_ops(tiny_mlp)[:1], edge, FAST)
