@@ -110,13 +110,16 @@ def deployable_supernet(space):
 
 
 def export_all(supernet, cfgs: Sequence[SubnetConfig], folder: Path, progress: bool = False) -> list[Path]:
-    """Export each config through the checked deployment path (``nasprune.export.export_subnet``)."""
+    """Export each config through the checked deployment path (``nasprune.export.export_subnet``).
+
+    A file already in ``folder`` for the same space definition and subnet is reused.
+    """
     from nasprune.export import export_subnet
 
     paths = []
     with _bar(progress, len(cfgs), "exporting subnets") as bar:
         for cfg in cfgs:
-            path = folder / f"{cfg.key()}.onnx"
+            path = folder / f"{supernet.space.digest()}-{cfg.key()}.onnx"
             if not path.exists():
                 export_subnet(supernet, cfg, path)
             paths.append(path)
