@@ -74,7 +74,7 @@ class MlflowTracker:
         exp_id = self.experiment_id(experiment)
         if exp_id is None:
             return None
-        all_tags = {"mlflow.runName": run_name, **(tags or {})}
+        all_tags = {"mlflow.runName": run_name, **{k: str(v) for k, v in (tags or {}).items()}}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
 

@@ -68,8 +68,12 @@ class Objective:
         return all(v <= 0 for v in self.constraints(cfg).values())
 
     def evaluate(self, cfg: SubnetConfig) -> Metrics:
+        return self.metrics(cfg, self.evaluator.accuracy(cfg, "val"))
+
+    def metrics(self, cfg: SubnetConfig, accuracy: float) -> Metrics:
+        """Everything but accuracy comes from the config alone (table, trace)."""
         return Metrics(
-            accuracy=self.evaluator.accuracy(cfg, "val"),
+            accuracy=accuracy,
             latency_ms=self.table.predict(cfg),
             params=self.supernet.num_params(cfg),
             macs=self.supernet.macs(cfg),

@@ -8,6 +8,7 @@ through Ray's object store (``tune.with_parameters``), so trials can land on any
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,12 +50,13 @@ def _trainable(config: dict, payload: dict) -> dict:
     objective = _worker_objective(payload)
     params = {k: v for k, v in config.items() if k.startswith(("depth.", "width."))}
     t0 = time.perf_counter()
-    metrics = objective.evaluate(objective.config_of(params))
+    cfg = objective.config_of(params)
+    accuracy = objective.evaluator.accuracy(cfg, "val")
     import ray
 
     return {
-        **metrics.model_dump(),
-        "feasible": int(metrics.feasible),
+        "accuracy": accuracy,
+        "latency_ms": objective.table.predict(cfg),  # Tune checks every metric is reported
         "optuna_number": config["optuna_number"],
         "node_ip": ray.util.get_node_ip_address(),
         "eval_s": time.perf_counter() - t0,
@@ -119,12 +121,34 @@ def run(
             """Stores the trial's metrics in the study (same schema as the Optuna backend) before telling."""
 
             def on_trial_complete(self, trial_id, result=None, error=False):
+                record = None
                 if result and not error and trial_id in self._ot_trials:
-                    keys = ("accuracy", "latency_ms", "params", "macs")
-                    metrics = {k: result[k] for k in keys}
-                    metrics["feasible"] = bool(result["feasible"])
-                    self._ot_trials[trial_id].set_user_attr("metrics", metrics)
+                    # Workers measure accuracy only; everything else comes from the config, here,
+                    # exactly as in the Optuna backend.
+                    ot_trial = self._ot_trials[trial_id]
+                    cfg = objective.config_of(dict(ot_trial.params))
+                    metrics = objective.metrics(cfg, result["accuracy"])
+                    result = {**result, **metrics.model_dump()}
+                    ot_trial.set_user_attr("metrics", metrics.model_dump())
+                    record = TrialRecord(
+                        number=ot_trial.number,
+                        subnet_key=cfg.key(),
+                        config=cfg.model_dump(),
+                        duration_s=result.get("eval_s"),
+                        **metrics.model_dump(),
+                    )
                 super().on_trial_complete(trial_id, result, error)
+                if record is not None:
+                    on_trial(record)
+
+            def save(self, checkpoint_path: str) -> None:
+                # Trials are durable in the study's RDB storage; nothing else needs checkpointing
+                # (and the define-by-run closure holds the whole objective).
+                with open(checkpoint_path, "wb") as f:
+                    pickle.dump({}, f)
+
+            def restore(self, checkpoint_path: str) -> None:
+                return None
 
         searcher = _Search(
             space=define,
@@ -143,20 +167,6 @@ def run(
         class _Report(tune.Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 nodes[result["node_ip"]] = nodes.get(result["node_ip"], 0) + 1
-                cfg = objective.config_of({k: v for k, v in trial.config.items() if k.startswith(("depth.", "width."))})
-                on_trial(
-                    TrialRecord(
-                        number=result["optuna_number"],
-                        subnet_key=cfg.key(),
-                        config=cfg.model_dump(),
-                        accuracy=result["accuracy"],
-                        latency_ms=result["latency_ms"],
-                        params=result["params"],
-                        macs=result["macs"],
-                        feasible=bool(result["feasible"]),
-                        duration_s=result["eval_s"],
-                    )
-                )
 
             def on_step_begin(self, iteration, trials, **info):
                 if ctx.should_stop() or (deadline is not None and time.monotonic() > deadline):

@@ -1,0 +1,34 @@
+"""A prepared data dir for search tests: a trained mlp_digits supernet and a measured latency table.
+
+Built once per session (training ~10 s, table ~20 s) so every search test runs real trials on real
+accuracies and real onnxruntime latencies, without the full default recipes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nasprune.latency import ProfileSettings, build_table, table_path
+from nasprune.registry import load_space
+from nasprune.train import TrainConfig, save_checkpoint, supernet_path, train_supernet
+
+SPACE = "mlp_digits"
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nasprune-data")
+    space = load_space(SPACE)
+    res = train_supernet(space, TrainConfig(epochs=8, warmup_epochs=2, batch_size=64, max_shift=0), progress=False)
+    save_checkpoint(res.supernet, supernet_path(space, root))
+    settings = ProfileSettings(op_rounds=10, op_burst=5, e2e_rounds=8, e2e_burst=10, warmup=5)
+    table = build_table(space, n_fit=8, n_validate=6, settings=settings)
+    table.save(table_path(SPACE, "local-cpu", root))
+    return root, table
+
+
+@pytest.fixture
+def budget(prepared):
+    """A budget that cuts the space roughly in half."""
+    _, table = prepared
+    return table.min_latency() + 0.5 * (table.max_latency() - table.min_latency())

@@ -1,0 +1,137 @@
+"""Search conformance: every backend, one suite, real trials, real onnxruntime measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import onnx
+import optuna
+import pytest
+
+from nasprune.errors import BudgetError
+from nasprune.export import read_metadata
+from nasprune.search.job import JobContext, SearchJob
+from nasprune.search.pareto import dominates
+from nasprune.search.runner import run_job
+from nasprune.search.study import load_trials, make_storage
+from tests.search.conftest import SPACE
+
+BACKENDS = ["optuna", "ray"]
+
+
+def _ctx(root, job_id, tmp_path, **kw):
+    return JobContext(
+        job_id=job_id,
+        storage_url=f"sqlite:///{tmp_path / 'trials.db'}",
+        output_dir=tmp_path / job_id,
+        data_dir=root,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_conformance(backend, prepared, budget, tmp_path):
+    root, table = prepared
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=16, backend=backend, seed=1)
+    stages = []
+    res = run_job(job, _ctx(root, f"conf-{backend}", tmp_path, on_progress=lambda p: stages.append(p.stage)))
+
+    assert res.n_trials == 16
+    trials = load_trials(f"sqlite:///{tmp_path / 'trials.db'}", f"conf-{backend}")
+    assert len(trials) == 16 and len({t.number for t in trials}) == 16
+    assert {"accuracy", "latency_ms", "params", "macs", "feasible", "config", "subnet_key"} <= set(
+        trials[0].model_dump()
+    )
+    assert any(not t.feasible for t in trials) and any(t.feasible for t in trials), [(t.number, t.latency_ms, t.feasible, budget) for t in trials]
+    for t in trials:
+        assert t.feasible == (t.latency_ms <= budget)
+        assert t.latency_ms == pytest.approx(table.predict(table.space.parse_config(t.config)))
+
+    front = [(c.accuracy, c.latency_ms) for c in res.pareto]
+    assert front and all(c.feasible and c.latency_ms <= budget for c in res.pareto)
+    assert not any(dominates(a, b) for a in front for b in front if a != b)
+    # every feasible trial is dominated by (or equal to) a front member
+    for t in trials:
+        if t.feasible:
+            assert any(dominates(f, (t.accuracy, t.latency_ms)) or f == (t.accuracy, t.latency_ms) for f in front)
+
+    rec = res.recommended
+    assert rec is not None and rec.verified and rec.measured_latency_ms <= budget
+    assert rec.accuracy == max(c.accuracy for c in res.pareto if c.verified)
+    out = tmp_path / f"conf-{backend}"
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    meta = read_metadata(out / "model.onnx")
+    assert meta["subnet_key"] == rec.candidate_id and float(meta["measured_latency_ms"]) == rec.measured_latency_ms
+    assert json.loads((out / "pareto.json").read_text())["recommended"]["candidate_id"] == rec.candidate_id
+    assert (out / "pareto.png").stat().st_size > 5000
+    assert stages[0] == "preparing supernet" and "searching" in stages and stages[-1] == "done"
+
+
+def test_impossible_budget_is_refused_with_the_minimum(prepared, tmp_path):
+    root, table = prepared
+    job = SearchJob(space=SPACE, latency_budget_ms=table.min_latency() * 0.5, n_trials=5)
+    with pytest.raises(BudgetError, match=rf"smallest achievable budget is {table.min_latency():.4f} ms"):
+        run_job(job, _ctx(root, "impossible", tmp_path))
+    study_names = (
+        [s.study_name for s in optuna.get_all_study_summaries(make_storage(f"sqlite:///{tmp_path / 'trials.db'}"))]
+        if (tmp_path / "trials.db").exists()
+        else []
+    )
+    assert "impossible" not in study_names  # refused before any trial
+
+
+def test_resume_after_sigkill_loses_and_repeats_nothing(prepared, budget, tmp_path):
+    root, _ = prepared
+    storage = f"sqlite:///{tmp_path / 'trials.db'}"
+    n = 400
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasprune",
+        "search",
+        "--space",
+        SPACE,
+        "--budget-ms",
+        str(budget),
+        "--trials",
+        str(n),
+        "--sampler",
+        "tpe",
+        "--job-id",
+        "killme",
+        "--storage",
+        storage,
+        "--data-dir",
+        str(root),
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = len(load_trials(storage, "killme")) if (tmp_path / "trials.db").exists() else 0
+        if done >= 20:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = load_trials(storage, "killme")
+    assert 20 <= len(before) < n, "the search must be killed mid-run"
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = load_trials(storage, "killme")
+    numbers = [t.number for t in after]
+    assert len(after) == n and len(set(numbers)) == n
+    kept = {t.number: t for t in after}
+    for t in before:  # finished trials survived unchanged
+        assert kept[t.number] == t
+    states = [t.state for t in optuna.load_study(study_name="killme", storage=make_storage(storage)).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == n
