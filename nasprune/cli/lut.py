@@ -27,7 +27,7 @@ def register(sub) -> None:
             "the error on held-out ones. Writes <data dir>/latency_tables/<space>__<device>.json (or --output)."
         ),
     )
-    _where(b)
+    _where(b, table=False)
     b.add_argument("--threads", type=int, default=1, help="intra-op threads (%(default)s; local-cpu: 1)")
     b.add_argument("--batch", type=int, default=1, help="batch size (%(default)s; local-cpu: 1)")
     b.add_argument("--fit", type=int, default=20, help="subnets to fit the correction on (%(default)s)")
@@ -68,10 +68,11 @@ def register(sub) -> None:
     pr.set_defaults(func=_predict)
 
 
-def _where(p) -> None:
+def _where(p, table: bool = True) -> None:
     p.add_argument("--space", help="space name or YAML path")
     p.add_argument("--device", default="local-cpu", help="device name (%(default)s)")
-    p.add_argument("--table", type=Path, help="table file (instead of --space/--device)")
+    if table:
+        p.add_argument("--table", type=Path, help="table file (instead of --space/--device)")
     p.add_argument("--data-dir", type=Path, help="data dir (default: $NASPRUNE_DATA_DIR or ./.nasprune)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
