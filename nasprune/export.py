@@ -104,7 +104,7 @@ def export_model(
         raise ExportError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0
     proto = onnx.load(str(path))
-    meta = {f"{META_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    meta = _prefixed(metadata or {})
     write_metadata(proto, meta)
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -115,6 +115,10 @@ def export_model(
     return ExportResult(path, diff, seconds, meta)
 
 
+def _prefixed(metadata: dict[str, object]) -> dict[str, str]:
+    return {f"{META_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+
+
 def write_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
     existing = {p.key: p for p in proto.metadata_props}
     for k, v in meta.items():
@@ -122,6 +126,13 @@ def write_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
             existing[k].value = v
         else:
             proto.metadata_props.add(key=k, value=v)
+
+
+def stamp_metadata(path: str | Path, metadata: dict[str, object]) -> None:
+    """Add ``nasprune.*`` metadata to an exported file in place (e.g. a latency measured later)."""
+    proto = onnx.load(str(path))
+    write_metadata(proto, _prefixed(metadata))
+    onnx.save(proto, str(path))
 
 
 def subnet_metadata(supernet: Supernet, cfg: SubnetConfig) -> dict[str, object]:
@@ -141,10 +152,15 @@ def export_subnet(
     path: str | Path,
     extra_metadata: dict[str, object] | None = None,
     atol: float = 1e-4,
+    model: nn.Module | None = None,
 ) -> ExportResult:
-    """Extract the subnet ``cfg`` (physically smaller tensors) and export it with checks and metadata."""
+    """Extract the subnet ``cfg`` (physically smaller tensors) and export it with checks and metadata.
+
+    ``model`` is the already extracted subnet when the caller has one (e.g. with BatchNorm
+    recalibrated by :class:`nasprune.evaluate.Evaluator`); by default it is extracted here.
+    """
     cfg = supernet.space.parse_config(cfg)
-    model = extract(supernet, cfg).eval()
+    model = (model if model is not None else extract(supernet, cfg)).eval()
     meta = {**subnet_metadata(supernet, cfg), **(extra_metadata or {})}
     return export_model(model, tuple(supernet.space.input_shape), path, meta, atol=atol)
 

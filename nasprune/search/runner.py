@@ -120,7 +120,7 @@ def run_job(job: SearchJob, ctx: JobContext, progress_bar: bool = False) -> Sear
         )
     )
     front = [record_of(t) for t in pareto_trials(study)]
-    candidates, recommended = _verify(front, job, supernet, table, out)
+    candidates, recommended = _verify(front, job, supernet, evaluator, table, out)
     if tracking:
         for rec in trials:
             if rec.number not in tracking.children:
@@ -162,35 +162,44 @@ def _table_error(table) -> dict | None:
     return err.model_dump() if hasattr(err, "model_dump") else dict(err)
 
 
-def _verify(front: list[TrialRecord], job: SearchJob, supernet, table, out: Path):
+def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table, out: Path):
     """Export and measure front candidates, most accurate first, until ``verify_top_k`` are measured
-    and one of them is within budget (or the front runs out)."""
-    from nasprune.export import export_subnet
-    from nasprune.latency.table import measure_subnet
+    and one of them is within budget (or the front runs out).
 
+    On a device that is not this machine (an uploaded table) nothing can be measured: the most
+    accurate candidate within the *predicted* budget is exported and recommended, unverified.
+    """
+    from nasprune.errors import LatencyTableError
+    from nasprune.export import export_subnet, stamp_metadata
+    from nasprune.latency.profile import check_runs_here
+    from nasprune.latency.timing import measure_model
+
+    try:
+        check_runs_here(table.device)
+        here = True
+    except LatencyTableError:
+        here = False
     models = out / "models"
-    by_acc = sorted(front, key=lambda r: (-r.accuracy, r.latency_ms))
     measured: dict[int, float] = {}
     recommended_number = None
-    for rec in by_acc:
-        if len(measured) >= job.verify_top_k and recommended_number is not None:
+    for rec in sorted(front, key=lambda r: (-r.accuracy, r.latency_ms)):
+        if recommended_number is not None and (len(measured) >= job.verify_top_k or not here):
             break
+        meta = {
+            "accuracy": rec.accuracy,
+            "predicted_latency_ms": rec.latency_ms,
+            "device": job.device,
+            "trial": rec.number,
+        }
         cfg = supernet.space.parse_config(rec.config)
-        timing = measure_subnet(supernet, cfg, table.device)
-        measured[rec.number] = timing.median_ms
-        export_subnet(
-            supernet,
-            cfg,
-            models / f"{rec.subnet_key}.onnx",
-            extra_metadata={
-                "accuracy": rec.accuracy,
-                "predicted_latency_ms": rec.latency_ms,
-                "measured_latency_ms": timing.median_ms,
-                "device": job.device,
-                "trial": rec.number,
-            },
-        )
-        if recommended_number is None and timing.median_ms <= job.latency_budget_ms:
+        # the model that scored ``rec.accuracy``: extracted, BatchNorm recalibrated
+        path = export_subnet(supernet, cfg, models / f"{rec.subnet_key}.onnx", meta, model=evaluator.subnet(cfg)).path
+        if here:
+            dev = table.device
+            timing = measure_model(path, threads=dev.threads, batch=dev.batch_size, runs=300, warmup=30)
+            measured[rec.number] = timing.median_ms
+            stamp_metadata(path, {"measured_latency_ms": timing.median_ms})
+        if recommended_number is None and (not here or measured[rec.number] <= job.latency_budget_ms):
             recommended_number = rec.number
     candidates = [
         Candidate(

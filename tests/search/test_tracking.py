@@ -1,0 +1,87 @@
+"""MLflow tracking against a real `mlflow server` on loopback, checked through its REST API."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from nasprune.mlflow_server import free_port, mlflow_server
+from nasprune.search.job import JobContext, SearchJob
+from nasprune.search.runner import run_job
+from tests.search.conftest import SPACE
+
+N = 10
+
+
+def _ctx(root, job_id, tmp_path, tracking_uri):
+    return JobContext(
+        job_id=job_id,
+        storage_url=f"sqlite:///{tmp_path / 'trials.db'}",
+        output_dir=tmp_path / job_id,
+        data_dir=root,
+        tracking_uri=tracking_uri,
+    )
+
+
+def _api(url: str, path: str, **kw):
+    r = (
+        httpx.post(f"{url}/api/2.0/mlflow/{path}", json=kw, timeout=10)
+        if kw
+        else httpx.get(f"{url}/api/2.0/mlflow/{path}", timeout=10)
+    )
+    r.raise_for_status()
+    return r.json()
+
+
+def test_job_and_trials_land_in_mlflow(prepared, budget, tmp_path):
+    root, _ = prepared
+    with mlflow_server(tmp_path / "mlflow") as srv:
+        res = run_job(
+            SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=N, seed=3),
+            _ctx(root, "tracked", tmp_path, srv.url),
+        )
+        assert res.tracking_error is None
+        exp = httpx.get(
+            f"{srv.url}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": f"nasprune/{SPACE}"},
+            timeout=10,
+        ).json()["experiment"]
+        runs = _api(srv.url, "runs/search", experiment_ids=[exp["experiment_id"]], max_results=1000)["runs"]
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+        parents = [r for r, t in zip(runs, tags, strict=True) if t.get("nasprune.job_id") == "tracked"]
+        assert len(parents) == 1
+        parent = parents[0]
+        assert parent["info"]["status"] == "FINISHED"
+        pid = parent["info"]["run_id"]
+        children = [(r, t) for r, t in zip(runs, tags, strict=True) if t.get("mlflow.parentRunId") == pid]
+        assert len(children) == N
+        assert sorted(int(t["nasprune.trial"]) for _, t in children) == list(range(N))
+        pareto_ids = {c.trial_number for c in res.pareto}
+        for run, t in children:
+            metrics = {m["key"] for m in run["data"]["metrics"]}
+            params = {p["key"] for p in run["data"]["params"]}
+            assert {"accuracy", "latency_ms", "params", "macs"} <= metrics
+            assert "depth.stage0" in params and "width.stage0.layer0" in params
+            assert t["pareto"] == str(int(t["nasprune.trial"]) in pareto_ids).lower()
+            assert t["feasible"] in ("true", "false")
+        verified = [t for _, t in children if t["verified"] == "true"]
+        assert verified and all(t["pareto"] == "true" for t in verified)
+        arts = _api(srv.url, f"artifacts/list?run_id={pid}")["files"]
+        names = {a["path"] for a in arts}
+        assert {"pareto.json", "pareto.png", "model"} <= names
+        model = _api(srv.url, f"artifacts/list?run_id={pid}&path=model")["files"]
+        assert [a["path"] for a in model] == ["model/model.onnx"] and int(model[0]["file_size"]) > 1000
+        parent_metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+        assert parent_metrics["n_trials"] == N
+        assert parent_metrics["best_accuracy"] == pytest.approx(res.recommended.accuracy)
+
+
+def test_search_completes_when_tracking_server_is_down(prepared, budget, tmp_path):
+    root, _ = prepared
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    res = run_job(
+        SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=6, seed=4), _ctx(root, "untracked", tmp_path, dead)
+    )
+    assert res.n_trials == 6 and res.recommended is not None
+    assert res.tracking_error and "MLflow tracking at" in res.tracking_error and dead in res.tracking_error
+    assert (tmp_path / "untracked" / "model.onnx").is_file()
