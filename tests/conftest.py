@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from tests.pg import pg_server  # noqa: F401  (the shared PostgreSQL fixture)
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 torch.set_num_threads(1)
 

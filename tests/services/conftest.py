@@ -1,24 +1,11 @@
-"""Fixtures of the service tests: database URLs for SQLite and a real PostgreSQL, settings, fake runners."""
+"""Fixtures of the service tests: database URLs for SQLite and a real PostgreSQL (``pg_server``, from
+``tests/pg.py``), settings."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-
-from tests.services.pg import PostgresUnavailable, postgres_server
-
-
-@pytest.fixture(scope="session")
-def pg_server():
-    """A PostgreSQL server for the whole session (installed from the OS packages if missing)."""
-    try:
-        with postgres_server() as pg:
-            yield pg
-    except PostgresUnavailable as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {e}")
-        pytest.skip(f"PostgreSQL unavailable: {e}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
