@@ -59,6 +59,7 @@ def _trainable(config: dict, payload: dict) -> dict:
         "latency_ms": objective.table.predict(cfg),  # Tune checks every metric is reported
         "optuna_number": config["optuna_number"],
         "node_ip": ray.util.get_node_ip_address(),
+        "node_id": ray.get_runtime_context().get_node_id(),  # tells apart nodes that share an IP
         "eval_s": time.perf_counter() - t0,
     }
 
@@ -87,7 +88,11 @@ def run(
     on_trial: Callable[[TrialRecord], None],
     checkpoint_id: str = "",
 ) -> dict:
-    """Run the remaining trials with Ray Tune; returns {'nodes': {ip: n_trials}, ...} for reporting."""
+    """Run the remaining trials with Ray Tune.
+
+    Returns ``{'nodes': {ip: n_trials}, 'node_ids': {ray_node_id: n_trials}}`` for reporting; each
+    trial also keeps the id of the Ray node it ran on as the user attribute ``ray_node_id``.
+    """
     import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -111,7 +116,7 @@ def run(
                 study.enqueue_trial(objective.params_of(cfg), skip_if_exists=True)
             study.set_user_attr("seeded", True)
         if remaining <= 0:
-            return {"nodes": {}}
+            return {"nodes": {}, "node_ids": {}}
 
         def define(trial):
             objective.suggest(trial)
@@ -130,6 +135,7 @@ def run(
                     metrics = objective.metrics(cfg, result["accuracy"])
                     result = {**result, **metrics.model_dump()}
                     ot_trial.set_user_attr("metrics", metrics.model_dump())
+                    ot_trial.set_user_attr("ray_node_id", result["node_id"])
                     record = TrialRecord(
                         number=ot_trial.number,
                         subnet_key=cfg.key(),
@@ -161,12 +167,14 @@ def run(
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         searcher = ConcurrencyLimiter(searcher, max_concurrent=cpus)
         nodes: dict[str, int] = {}
+        node_ids: dict[str, int] = {}
         stop = {"flag": False}
         deadline = time.monotonic() + job.timeout_s if job.timeout_s else None
 
         class _Report(tune.Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 nodes[result["node_ip"]] = nodes.get(result["node_ip"], 0) + 1
+                node_ids[result["node_id"]] = node_ids.get(result["node_id"], 0) + 1
 
             def on_step_begin(self, iteration, trials, **info):
                 if ctx.should_stop() or (deadline is not None and time.monotonic() > deadline):
@@ -195,7 +203,7 @@ def run(
             ),
         )
         tuner.fit()
-        return {"nodes": nodes}
+        return {"nodes": nodes, "node_ids": node_ids}
     finally:
         if started_ray:
             ray.shutdown()
