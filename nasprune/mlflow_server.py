@@ -32,6 +32,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server when the process that started it dies, even by SIGKILL (no orphans)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _mlflow_executable() -> list[str]:
     exe = Path(sys.executable).with_name("mlflow")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "mlflow"]
@@ -98,6 +107,7 @@ def start_mlflow_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     server = MlflowServer(url, proc, log_path)
     deadline = time.monotonic() + timeout_s

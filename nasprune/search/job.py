@@ -60,6 +60,9 @@ class Candidate(BaseModel):
     feasible: bool
     verified: bool = False
     measured_latency_ms: float | None = None
+    test_accuracy: float | None = Field(
+        None, description="accuracy on the held-out test split, for exported candidates (selection used val)"
+    )
 
 
 class SearchResult(BaseModel):

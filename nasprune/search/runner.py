@@ -181,6 +181,7 @@ def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table
         here = False
     models = out / "models"
     measured: dict[int, float] = {}
+    tested: dict[int, float] = {}
     recommended_number = None
     for rec in sorted(front, key=lambda r: (-r.accuracy, r.latency_ms)):
         if recommended_number is not None and (len(measured) >= job.verify_top_k or not here):
@@ -194,6 +195,7 @@ def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table
         cfg = supernet.space.parse_config(rec.config)
         # the model that scored ``rec.accuracy``: extracted, BatchNorm recalibrated
         path = export_subnet(supernet, cfg, models / f"{rec.subnet_key}.onnx", meta, model=evaluator.subnet(cfg)).path
+        tested[rec.number] = evaluator.accuracy(cfg, "test")
         if here:
             dev = table.device
             timing = measure_model(path, threads=dev.threads, batch=dev.batch_size, runs=300, warmup=30)
@@ -213,6 +215,7 @@ def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table
             feasible=r.feasible,
             verified=r.number in measured and measured[r.number] <= job.latency_budget_ms,
             measured_latency_ms=measured.get(r.number),
+            test_accuracy=tested.get(r.number),
         )
         for r in front
     ]
