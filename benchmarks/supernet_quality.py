@@ -34,6 +34,8 @@ def spread(space, k: int, seed: int = 0):
     net = create_supernet(space)
     rng = np.random.default_rng(seed)
     pool = sorted({space.sample(rng) for _ in range(400)}, key=net.macs)
+    ends = {space.largest(), space.smallest()}
+    pool = [c for c in pool if c not in ends]
     picks = [pool[int(q)] for q in np.linspace(0, len(pool) - 1, k - 2)]
     return [space.largest(), *picks, space.smallest()]
 

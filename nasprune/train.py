@@ -38,7 +38,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(15, ge=1)
     warmup_epochs: int = Field(2, ge=0, description="largest-only epochs before importance ordering")
     batch_size: int = Field(128, ge=2)
     lr: float = Field(0.05, gt=0)
