@@ -13,12 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import write  # noqa: E402
+from _util import write
 
-from nasprune.cli._common import table  # noqa: E402
-from nasprune.export import export_subnet  # noqa: E402
-from nasprune.latency.timing import measure_model  # noqa: E402
-from nasprune.registry import create_supernet, list_spaces  # noqa: E402
+from nasprune.cli._common import table
+from nasprune.export import export_subnet
+from nasprune.latency.timing import measure_model
+from nasprune.registry import create_supernet, list_spaces
 
 
 def main() -> None:
