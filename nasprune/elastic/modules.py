@@ -31,28 +31,23 @@ class ElasticModule(nn.Module, ABC):
     def set_elastic_state(self, state: tuple) -> None: ...
 
 
-class ElasticConv2d(ElasticModule):
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, bias: bool = False):
-        super().__init__()
-        self.kernel, self.stride, self.padding = kernel, stride, kernel // 2
-        self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel, kernel))
-        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
-        self.active_in, self.active_out = c_in, c_out
+class _ElasticWeighted(ElasticModule):
+    """A layer with ``weight[out, in, ...]`` and optional ``bias[out]``, run as their leading slices."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight[: self.active_out, : self.active_in]
-        b = None if self.bias is None else self.bias[: self.active_out]
-        return F.conv2d(x, w, b, self.stride, self.padding)
+    weight: nn.Parameter
+    bias: nn.Parameter | None
 
-    def export(self) -> nn.Conv2d:
-        m = nn.Conv2d(
-            self.active_in, self.active_out, self.kernel, self.stride, self.padding, bias=self.bias is not None
-        )
+    def active_weight(self) -> torch.Tensor:
+        return self.weight[: self.active_out, : self.active_in]
+
+    def active_bias(self) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias[: self.active_out]
+
+    def _filled(self, m: nn.Module) -> nn.Module:
         with torch.no_grad():
-            m.weight.copy_(self.weight[: self.active_out, : self.active_in])
+            m.weight.copy_(self.active_weight())
             if self.bias is not None:
-                m.bias.copy_(self.bias[: self.active_out])
+                m.bias.copy_(self.active_bias())
         return m
 
     def elastic_state(self) -> tuple:
@@ -63,10 +58,32 @@ class ElasticConv2d(ElasticModule):
 
     def extra_repr(self) -> str:
         c_out, c_in = self.weight.shape[:2]
-        return f"{c_in}->{c_out} (active {self.active_in}->{self.active_out}), k={self.kernel}, s={self.stride}"
+        return f"{c_in}->{c_out} (active {self.active_in}->{self.active_out})"
 
 
-class ElasticLinear(ElasticModule):
+class ElasticConv2d(_ElasticWeighted):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, bias: bool = False):
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, kernel // 2
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.active_in, self.active_out = c_in, c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.active_weight(), self.active_bias(), self.stride, self.padding)
+
+    def export(self) -> nn.Conv2d:
+        has_bias = self.bias is not None
+        return self._filled(
+            nn.Conv2d(self.active_in, self.active_out, self.kernel, self.stride, self.padding, bias=has_bias)
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, k={self.kernel}, s={self.stride}"
+
+
+class ElasticLinear(_ElasticWeighted):
     def __init__(self, c_in: int, c_out: int, bias: bool = True):
         super().__init__()
         ref = nn.Linear(c_in, c_out, bias=bias)
@@ -75,26 +92,10 @@ class ElasticLinear(ElasticModule):
         self.active_in, self.active_out = c_in, c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = None if self.bias is None else self.bias[: self.active_out]
-        return F.linear(x, self.weight[: self.active_out, : self.active_in], b)
+        return F.linear(x, self.active_weight(), self.active_bias())
 
     def export(self) -> nn.Linear:
-        m = nn.Linear(self.active_in, self.active_out, bias=self.bias is not None)
-        with torch.no_grad():
-            m.weight.copy_(self.weight[: self.active_out, : self.active_in])
-            if self.bias is not None:
-                m.bias.copy_(self.bias[: self.active_out])
-        return m
-
-    def elastic_state(self) -> tuple:
-        return (self.active_in, self.active_out)
-
-    def set_elastic_state(self, state: tuple) -> None:
-        self.active_in, self.active_out = state
-
-    def extra_repr(self) -> str:
-        c_out, c_in = self.weight.shape
-        return f"{c_in}->{c_out} (active {self.active_in}->{self.active_out})"
+        return self._filled(nn.Linear(self.active_in, self.active_out, bias=self.bias is not None))
 
 
 class _ElasticBatchNorm(ElasticModule):

@@ -73,30 +73,26 @@ def run_job(job: SearchJob, ctx: JobContext, progress_bar: bool = False) -> Sear
     for r in trial_records(study):
         _update_best(best, r)
 
+    def report(stage: str, message: str = "") -> None:
+        ctx.on_progress(
+            Progress(
+                stage=stage,
+                n_done=len(done),
+                n_total=job.n_trials,
+                best_accuracy=best["acc"],
+                best_latency_ms=best["lat"],
+                message=message,
+            )
+        )
+
     def on_trial(rec: TrialRecord) -> None:
         done.add(rec.number)
         _update_best(best, rec)
         if tracking:
             tracking.log_trial(rec)
-        ctx.on_progress(
-            Progress(
-                stage="searching",
-                n_done=len(done),
-                n_total=job.n_trials,
-                best_accuracy=best["acc"],
-                best_latency_ms=best["lat"],
-            )
-        )
+        report("searching")
 
-    ctx.on_progress(
-        Progress(
-            stage="searching",
-            n_done=len(done),
-            n_total=job.n_trials,
-            best_accuracy=best["acc"],
-            best_latency_ms=best["lat"],
-        )
-    )
+    report("searching")
     extra: dict = {}
     if job.backend == "ray":
         from nasprune.search import ray_backend
@@ -109,16 +105,19 @@ def run_job(job: SearchJob, ctx: JobContext, progress_bar: bool = False) -> Sear
 
     study = open_study(job, ctx.job_id, ctx.storage_url)
     trials = trial_records(study)
-    ctx.on_progress(
-        Progress(
-            stage="verifying",
-            n_done=len(trials),
-            n_total=job.n_trials,
-            best_accuracy=best["acc"],
-            best_latency_ms=best["lat"],
-            message="exporting and measuring the best candidates",
+    if ctx.should_stop() and len(trials) < job.n_trials:
+        # cancelled or shutting down: the trials are kept in storage; verification is for finished jobs
+        if tracking:
+            tracking.close("KILLED")
+        return SearchResult(
+            job=job,
+            n_trials=len(trials),
+            pareto=[],
+            recommended=None,
+            table_error=_table_error(table),
+            tracking_error=tracking.error if tracking else None,
         )
-    )
+    report("verifying", "exporting and measuring the best candidates")
     front = [record_of(t) for t in pareto_trials(study)]
     candidates, recommended = _verify(front, job, supernet, evaluator, table, out)
     if tracking:
