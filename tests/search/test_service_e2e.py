@@ -102,9 +102,22 @@ def _submit(svc: Service, budget: float, n: int, **kw) -> str:
     return r.json()["id"]
 
 
-def test_submit_search_fetch_run(data_dir, budget, tmp_path):
+def test_submit_search_fetch_run(prepared, data_dir, budget, tmp_path):
+    _, table = prepared
     svc = Service(data_dir)
     try:
+        # an impossible budget is refused at once, with the real table's minimum in the answer
+        r = svc.http.post("/v1/jobs", json={"space": SPACE, "latency_budget_ms": table.min_latency() / 2})
+        assert r.status_code == 422 and r.json()["min_latency_ms"] == pytest.approx(table.min_latency())
+        # a table built "on another device" uploads and is listed
+        r = svc.http.post(
+            "/v1/devices",
+            params={"name": "edge-box"},
+            content=table.model_dump_json(),
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code in (200, 201), r.text
+        assert "edge-box" in [d["name"] for d in svc.http.get("/v1/devices").json()]
         job_id = _submit(svc, budget, 24, seed=5)
         state = svc.wait(job_id, lambda s: s["status"] == "succeeded")
         assert state["progress"]["n_done"] == 24 and state["tracking_error"] is None
