@@ -64,6 +64,10 @@ def _trainable(config: dict, payload: dict) -> dict:
     }
 
 
+def _not_restorable():
+    raise RuntimeError("a nasprune job resumes from its Optuna study, not from Ray Tune's experiment state")
+
+
 def _payload(objective: Objective, job: SearchJob, checkpoint_id: str) -> dict:
     import io
 
@@ -155,6 +159,11 @@ def run(
 
             def restore(self, checkpoint_path: str) -> None:
                 return None
+
+            def __reduce__(self):
+                # Tuner pickles its config (search_alg included) for Tuner.restore, which jobs never
+                # use; by value, this class would drag in the job's callbacks (locks, clients).
+                return (_not_restorable, ())
 
         searcher = _Search(
             space=define,

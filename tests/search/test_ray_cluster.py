@@ -1,0 +1,67 @@
+"""A search job with ``backend=ray`` on an existing two-node Ray cluster, given by address only.
+
+The cluster is started with the ``ray`` CLI (``ray start --head`` and ``ray start --address``), each
+node with one CPU and a resource naming it; trials go into a real PostgreSQL study. The nodes run
+as if on other machines: the test's folders (the data dir with the supernet checkpoint and the
+latency table, the job's output dir) do not exist for them, so trials can only get the weights and
+the table through Ray's object store.
+
+A trial of the test space takes milliseconds; on the nodes it is made to last 0.5 s, as a real
+space's trial does (see ``tests.cluster.ray_cluster``): with trials shorter than a Ray actor's start,
+Ray Tune's actor reuse gives every trial to the first actor up.
+"""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from nasprune.search.job import JobContext, SearchJob
+from nasprune.search.runner import run_job
+from nasprune.search.study import make_storage
+from tests.cluster import can_hide_paths, ray_cluster
+from tests.search.conftest import SPACE
+
+N_TRIALS = 12
+
+
+@pytest.mark.slow
+def test_trials_run_on_both_nodes_of_a_ray_cluster(prepared, budget, pg_server, tmp_path, tmp_path_factory):
+    root, _ = prepared
+    storage = pg_server.create_database()
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    hide = (tmp_path_factory.getbasetemp(),) if can_hide_paths() else ()
+
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=N_TRIALS, backend="ray", seed=4, verify_top_k=1)
+    with ray_cluster(worker_cpus=[1], head_cpus=1, hide=hide, trial_floor_s=0.5) as cluster:
+        if hide:
+            assert cluster.path_exists_on_nodes(root) == {"head": False, "worker1": False}
+        ctx = JobContext(
+            job_id="on-cluster",
+            storage_url=storage,
+            output_dir=tmp_path / "out",
+            data_dir=root,
+            tracking_uri=tracking,
+            ray_address=cluster.address,
+        )
+        result = run_job(job, ctx)
+        node_ids = cluster.node_ids
+
+    assert result.n_trials == N_TRIALS and result.recommended is not None and result.recommended.verified
+
+    study = optuna.load_study(study_name="on-cluster", storage=make_storage(storage))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == N_TRIALS
+    placed = [t.user_attrs["ray_node_id"] for t in complete]
+    per_node = {name: placed.count(node_id) for name, node_id in node_ids.items()}
+    assert set(placed) == set(node_ids.values()), per_node  # trials landed on the head *and* the worker node
+
+    client = MlflowClient(tracking)
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name(f"nasprune/{SPACE}").experiment_id],
+        filter_string="tags.`nasprune.job_id` = 'on-cluster'",
+    )
+    assert sum(json.loads(parent.data.tags["nasprune.ray_nodes"]).values()) == N_TRIALS
