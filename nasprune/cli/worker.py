@@ -93,9 +93,52 @@ def _run_api(args) -> int:
 
     settings = _settings(args)
     app = create_app(settings, start_workers=False)
+    prepare_trial_storage(settings.trial_storage_url)
     _print_settings("API", settings)
     make_server(app, settings.host, settings.port, access_log=not args.no_access_log).run()
     return 0
+
+
+_PG_TRIALS_LOCK = 0x6E617374  # "nast": one advisory lock id for creating the Optuna schema
+
+
+def prepare_trial_storage(url: str) -> None:
+    """Create the Optuna schema of the trial storage once, before any job opens it.
+
+    Optuna creates its tables (and PostgreSQL enum types) on first use without a lock: two workers
+    starting their first jobs at once on a fresh database collide (``duplicate key ... studydirection``)
+    and one job fails. Here every process takes the same advisory lock first.
+    """
+    import sqlalchemy as sa
+
+    from nasprune.search.study import make_storage
+    from nasprune.settings import is_sqlite
+
+    if is_sqlite(url):
+        make_storage(url)
+        return
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _PG_TRIALS_LOCK})
+            conn.commit()
+            try:
+                make_storage(url).engine.dispose()
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_TRIALS_LOCK})
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+def _import_search_stack() -> None:
+    """Import what a job needs now, not when the first job starts: a cold import of torch, onnx and
+    the search takes seconds, long enough to hold up this worker's heartbeats."""
+    import nasprune.export
+    import nasprune.latency.table
+    import nasprune.search.optuna_backend
+    import nasprune.search.runner
+    import nasprune.train  # noqa: F401
 
 
 @dataclass
@@ -121,6 +164,7 @@ def worker_app(settings, runner=None):
 
     store = JobStore(settings.db_url)
     store.migrate()
+    prepare_trial_storage(settings.trial_storage_url)
     tracking_uri = settings.effective_tracking_uri
     pool = WorkerPool(store, settings, runner, tracking_uri=tracking_uri)
     if is_sqlite(settings.db_url):
@@ -150,6 +194,7 @@ def _run_worker(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = _settings(args, ray_address=args.ray_address, workers=args.workers)
+    _import_search_stack()
     app = worker_app(settings)
     _print_settings("worker", settings)
     print(f"Ray cluster:   {settings.ray_address or 'none (ray jobs start a local Ray)'}", flush=True)

@@ -1,0 +1,202 @@
+"""Jobs and trials on a real PostgreSQL server, through the same code as SQLite (a URL setting only).
+
+- The search killed with SIGKILL mid-run resumes from its Optuna study on PostgreSQL, losing and
+  repeating no trial.
+- The deployed layout, configured by ``NASPRUNE_*`` alone: ``nasprune api`` and two ``nasprune
+  worker`` processes share one PostgreSQL job database; MLflow is a tracking server on PostgreSQL
+  with its artifacts in an S3-compatible store. Two jobs run at once, one per worker; the worker of
+  one is SIGKILLed mid-search and the other takes the job over and finishes it without losing or
+  repeating trials.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import onnx
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from nasprune.mlflow_server import free_port
+from nasprune.search.study import load_trials, make_storage
+from services.jobs import JobStore
+from tests.cluster import mlflow_server, s3_server
+from tests.search.conftest import SPACE
+
+
+def _search_cmd(storage: str, root: Path, out: Path, budget: float, n: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "nasprune",
+        "search",
+        "--space",
+        SPACE,
+        "--budget-ms",
+        str(budget),
+        "--trials",
+        str(n),
+        "--sampler",
+        "tpe",
+        "--job-id",
+        "killme",
+        "--storage",
+        storage,
+        "--data-dir",
+        str(root),
+        "--output",
+        str(out),
+    ]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_on_postgresql(prepared, budget, pg_server, tmp_path):
+    root, _ = prepared
+    storage = pg_server.create_database()
+    n = 150
+    cmd = _search_cmd(storage, root, tmp_path / "out", budget, n)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(load_trials(storage, "killme")) < 20:
+            assert proc.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    before = load_trials(storage, "killme")
+    assert 20 <= len(before) < n, "the search must be killed mid-run"
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = load_trials(storage, "killme")
+    assert len(after) == n and len({t.number for t in after}) == n
+    kept = {t.number: t for t in after}
+    for t in before:  # finished trials survived unchanged
+        assert kept[t.number] == t
+    states = [t.state for t in optuna.load_study(study_name="killme", storage=make_storage(storage)).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == n
+
+
+class Role:
+    """``python -m nasprune <role>`` configured by environment variables only; waits for ``/readyz``."""
+
+    def __init__(self, role: str, env: dict[str, str], log_dir: Path, timeout_s: float = 120.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / f"{role}-{self.port}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("NASPRUNE_")}
+        full_env.update(env, NASPRUNE_HOST="127.0.0.1", NASPRUNE_PORT=str(self.port), PYTHONUNBUFFERED="1")
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nasprune", role, "--no-access-log"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+            )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{role} not ready: {self.log.read_text()[-3000:]}"
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def _wait(http: httpx.Client, job_id: str, done, timeout_s: float = 300.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        if done(job):
+            return job
+        assert job["status"] not in ("failed", "cancelled"), job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_api_and_workers_share_postgresql_and_an_mlflow_server(prepared, budget, pg_server, tmp_path):
+    root, _ = prepared
+    data = tmp_path / "data"  # the volume the API and the workers share
+    shutil.copytree(root, data)
+    db = pg_server.create_database()
+    roles: list[Role] = []
+    with s3_server() as s3, mlflow_server(pg_server.create_database(), s3, tmp_path) as mlflow:
+        env = {
+            "NASPRUNE_DATA_DIR": str(data),
+            "NASPRUNE_DATABASE_URL": db,
+            "NASPRUNE_TRACKING_URI": mlflow.url,
+            "NASPRUNE_HEARTBEAT_S": "2",
+            "NASPRUNE_POLL_S": "0.2",
+        }
+        try:
+            roles = [Role("api", env, tmp_path), Role("worker", env, tmp_path), Role("worker", env, tmp_path)]
+            api, workers = roles[0], roles[1:]
+            http = httpx.Client(base_url=api.url, timeout=30)
+            spec = {"space": SPACE, "latency_budget_ms": budget, "sampler": "tpe", "verify_top_k": 1}
+            long_id = http.post("/v1/jobs", json={**spec, "n_trials": 150, "seed": 1}).json()["id"]
+            short_id = http.post("/v1/jobs", json={**spec, "n_trials": 20, "seed": 2}).json()["id"]
+
+            _wait(http, long_id, lambda j: j["progress"]["n_done"] >= 10)
+            store = JobStore(db)
+            owners = {store.get(long_id).owner, store.get(short_id).owner}
+            pid_of_long = int(store.get(long_id).owner.split(":")[1])
+            assert len(owners) == 2, "two queued jobs run at once, one per worker"
+            victim = next(w for w in workers if w.proc.pid == pid_of_long)
+            victim.proc.send_signal(signal.SIGKILL)  # a worker pod dies mid-job
+            victim.proc.wait(30)
+            before = load_trials(db, long_id)
+
+            long_job = _wait(http, long_id, lambda j: j["status"] == "succeeded")
+            short_job = _wait(http, short_id, lambda j: j["status"] == "succeeded")
+            survivor = next(w for w in workers if w is not victim)
+            assert int(store.get(long_id).owner.split(":")[1]) == survivor.proc.pid
+            store.close()
+            r = http.get(f"/v1/jobs/{long_id}/model")  # served by the API from the shared data dir
+            assert r.status_code == 200, r.text
+            onnx.checker.check_model(onnx.load_from_string(r.content))
+        finally:
+            for role in roles:
+                role.stop()
+
+        assert long_job["attempts"] == 2 and short_job["attempts"] == 1
+        after = load_trials(db, long_id)
+        assert len(after) == 150 and len({t.number for t in after}) == 150
+        kept = {t.number: t for t in after}
+        assert all(kept[t.number] == t for t in before)
+
+        # Tracked on the MLflow server: runs in PostgreSQL, artifacts in the object store.
+        client = MlflowClient(mlflow.url)
+        experiment = client.get_experiment_by_name(f"nasprune/{SPACE}")
+        parent = client.get_run(long_job["mlflow_run_id"])
+        assert parent.data.tags["nasprune.job_id"] == long_id
+        children = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
+        assert len(children) == 150 and len({c.data.tags["nasprune.trial"] for c in children}) == 150
+        keys = s3.keys()
+        assert any(k.endswith(f"{parent.info.run_id}/artifacts/model/model.onnx") for k in keys), keys[:20]
+        local = client.download_artifacts(parent.info.run_id, "model/model.onnx", str(tmp_path))
+        onnx.checker.check_model(onnx.load(local))
