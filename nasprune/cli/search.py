@@ -30,7 +30,11 @@ def register(sub) -> None:
     p.add_argument("--max-macs", type=int, help="extra constraint: at most this many MACs")
     p.add_argument("--timeout", type=float, help="stop sampling after this many seconds")
     p.add_argument("--job-id", help="resume this job (default: a new id)")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite file in the data dir)")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage: journal:///file, sqlite:///file or a database URL "
+        "(default: a journal file in the data dir)",
+    )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: none)")
     p.add_argument("--data-dir", type=Path, help="data dir (default: $NASPRUNE_DATA_DIR or ./.nasprune)")
     p.add_argument("--output", type=Path, help="write pareto.json, pareto.png and model.onnx here")
@@ -44,6 +48,7 @@ def _run(args) -> int:
     from nasprune.paths import data_dir
     from nasprune.search.job import Constraints, JobContext, SearchJob
     from nasprune.search.runner import run_job
+    from nasprune.search.study import journal_url
 
     job = SearchJob(
         space=args.space,
@@ -59,7 +64,7 @@ def _run(args) -> int:
     root = data_dir(args.data_dir)
     job_id = args.job_id or uuid.uuid4().hex[:12]
     out = args.output or root / "jobs" / job_id
-    storage = args.storage or f"sqlite:///{(root / 'trials.db').resolve()}"
+    storage = args.storage or journal_url(root / "trials.journal")
     bar = tqdm(total=job.n_trials, desc="search", unit="trial")
     t0 = time.perf_counter()
 

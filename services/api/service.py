@@ -51,10 +51,9 @@ class TrialReader:
     def _open(self):
         with self._lock:
             if self._storage is None:
-                import optuna
+                from nasprune.search.study import make_storage
 
-                kw = {"connect_args": {"timeout": 30}} if self.storage_url.startswith("sqlite") else {}
-                self._storage = optuna.storages.RDBStorage(self.storage_url, engine_kwargs=kw)
+                self._storage = make_storage(self.storage_url)
             return self._storage
 
     def page(self, job_id: str, limit: int, offset: int) -> tuple[int, list[TrialPublic]]:

@@ -334,9 +334,14 @@ def test_readyz_reports_an_unreachable_mlflow(settings):
 def test_trials_come_from_the_optuna_storage(settings):
     import optuna
 
+    from nasprune.search.study import make_storage
+
     def runner(job, ctx):
         study = optuna.create_study(
-            study_name=ctx.job_id, storage=ctx.storage_url, directions=["maximize", "minimize"], load_if_exists=True
+            study_name=ctx.job_id,
+            storage=make_storage(ctx.storage_url),
+            directions=["maximize", "minimize"],
+            load_if_exists=True,
         )
         for i in range(3):
             t = study.ask()
