@@ -81,17 +81,15 @@ class Objective:
         )
 
     def seeds(self) -> list[SubnetConfig]:
-        """Uniform-width configs (full depth and min depth) that are the largest within the budget."""
-        out: list[SubnetConfig] = []
+        """Every uniform-width config ("width multiplier" baseline, at full and at minimum depth) that
+        fits the budget, largest first, capped at a fifth of the trials: the front then starts at least
+        as good as uniform scaling."""
         fractions = sorted({w / max(c) for c in self.space.width_layers().values() for w in c}, reverse=True)
         min_depths = {s: min(c) for s, c in self.space.depth_choices().items()}
-        for shallow in (False, True):
-            for f in fractions:
-                cfg = self.space.uniform(f)
-                if shallow:
-                    cfg = self.space.config(min_depths, cfg.widths)
-                if self.feasible(cfg):
-                    if cfg not in out:
-                        out.append(cfg)
-                    break
-        return out
+        out: list[SubnetConfig] = []
+        for f in fractions:
+            full = self.space.uniform(f)
+            for cfg in (full, self.space.config(min_depths, full.widths)):
+                if self.feasible(cfg) and cfg not in out:
+                    out.append(cfg)
+        return out[: max(2, self.job.n_trials // 5)]  # at most a fifth of the trials

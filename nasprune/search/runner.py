@@ -118,7 +118,10 @@ def run_job(job: SearchJob, ctx: JobContext, progress_bar: bool = False) -> Sear
             tracking_error=tracking.error if tracking else None,
         )
     report("verifying", "exporting and measuring the best candidates")
-    front = [record_of(t) for t in pareto_trials(study)]
+    unique: dict[str, TrialRecord] = {}
+    for t in pareto_trials(study):  # a seeded config may also be drawn by the sampler: one entry each
+        unique.setdefault(t.user_attrs["subnet_key"], record_of(t))
+    front = list(unique.values())
     candidates, recommended = _verify(front, job, supernet, evaluator, table, out)
     if tracking:
         for rec in trials:
