@@ -24,8 +24,12 @@ def register(sub) -> None:
     p.add_argument("--space", default="resnet_mnist", help="search space (%(default)s)")
     p.add_argument("--budget-ms", type=float, help="latency budget (default: 40%% into the space's latency range)")
     p.add_argument("--trials", type=int, default=60, help="search trials (%(default)s)")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("NASPRUNE_DATA_DIR", ".nasprune")),
-                   help="data dir (%(default)s)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("NASPRUNE_DATA_DIR", ".nasprune")),
+        help="data dir (%(default)s)",
+    )
     p.add_argument("--output", type=Path, default=Path("runs/demo"), help="where the model goes (%(default)s)")
     p.add_argument("--keep-serving", action="store_true", help="leave the service running at the end")
     p.set_defaults(func=_run)
@@ -34,8 +38,12 @@ def register(sub) -> None:
 def _start_service(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "NASPRUNE_DATA_DIR": str(data_dir)}
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "nasprune", "serve", "--port", str(port), "--no-access-log"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "nasprune", "serve", "--port", str(port), "--no-access-log"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
 
 def _run(args) -> int:
@@ -57,8 +65,12 @@ def _run(args) -> int:
     lut = get_table(space, data_dir=data_dir, progress=True)
     lo, hi = lut.min_latency(), lut.max_latency()
     budget = args.budget_ms or round(lo + 0.4 * (hi - lo), 4)
-    print(f"      subnets run in {lo:.4f}-{hi:.4f} ms on this CPU (predicted; table error: median "
-          f"{lut.error.median_ape:.1f}% on {lut.error.n} held-out subnets)" if lut.error else "")
+    print(
+        f"      subnets run in {lo:.4f}-{hi:.4f} ms on this CPU (predicted; table error: median "
+        f"{lut.error.median_ape:.1f}% on {lut.error.n} held-out subnets)"
+        if lut.error
+        else ""
+    )
 
     port = free_port()
     log = data_dir / "demo-serve.log"
@@ -87,10 +99,17 @@ def _run(args) -> int:
 
         front = client.pareto(job_id)
         print("[4/5] Pareto front (validation accuracy vs predicted latency):")
-        rows = [[c["candidate_id"], f"{c['accuracy']:.2%}", f"{c['latency_ms']:.4f}",
-                 "" if c["measured_latency_ms"] is None else f"{c['measured_latency_ms']:.4f}",
-                 f"{c['params']:,}", "*" if c["candidate_id"] == front["recommended_id"] else ""]
-                for c in front["candidates"]]
+        rows = [
+            [
+                c["candidate_id"],
+                f"{c['accuracy']:.2%}",
+                f"{c['latency_ms']:.4f}",
+                "" if c["measured_latency_ms"] is None else f"{c['measured_latency_ms']:.4f}",
+                f"{c['params']:,}",
+                "*" if c["candidate_id"] == front["recommended_id"] else "",
+            ]
+            for c in front["candidates"]
+        ]
         print(table(rows, ["candidate", "val acc", "pred ms", "measured ms", "params", "chosen"]))
 
         path = client.download_model(job_id, args.output / f"{space.name}-{job_id}.onnx")
@@ -98,8 +117,10 @@ def _run(args) -> int:
         (logits,) = make_session(path).run(None, {"input": x.numpy()})
         acc = float(np.mean(logits.argmax(1) == y.numpy()))
         t = measure_model(path, threads=1, batch=1)
-        print(f"[5/5] {path}: onnxruntime test accuracy {acc:.2%} on {len(y)} images, "
-              f"{t.median_ms:.4f} ms per image (batch 1, 1 thread; budget {budget} ms)")
+        print(
+            f"[5/5] {path}: onnxruntime test accuracy {acc:.2%} on {len(y)} images, "
+            f"{t.median_ms:.4f} ms per image (batch 1, 1 thread; budget {budget} ms)"
+        )
         if args.keep_serving:
             print(f"the service keeps running at http://127.0.0.1:{port} (pid {proc.pid}); Ctrl-C to stop")
             proc.wait()
