@@ -112,10 +112,9 @@ def prepare_trial_storage(url: str) -> None:
     import sqlalchemy as sa
 
     from nasprune.search.study import make_storage
-    from nasprune.settings import is_sqlite
 
-    if is_sqlite(url):
-        make_storage(url)
+    if not url.startswith("postgresql"):
+        make_storage(url)  # a journal or SQLite file: one machine, one server
         return
     engine = sa.create_engine(url)
     try:
