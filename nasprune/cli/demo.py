@@ -121,7 +121,9 @@ def _run(args) -> int:
             f"[5/5] {path}: onnxruntime test accuracy {acc:.2%} on {len(y)} images, "
             f"{t.median_ms:.4f} ms per image (batch 1, 1 thread; budget {budget} ms)"
         )
-        if args.keep_serving:
+        if not args.keep_serving:
+            print("(the service and its MLflow UI stop now; 'nasprune demo --keep-serving' leaves them up)")
+        else:
             print(f"the service keeps running at http://127.0.0.1:{port} (pid {proc.pid}); Ctrl-C to stop")
             proc.wait()
         return 0
