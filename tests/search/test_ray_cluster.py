@@ -6,7 +6,7 @@ as if on other machines: the test's folders (the data dir with the supernet chec
 latency table, the job's output dir) do not exist for them, so trials can only get the weights and
 the table through Ray's object store.
 
-A trial of the test space takes milliseconds; on the nodes it is made to last 0.5 s, as a real
+A trial of the test space takes milliseconds; on the nodes it is made to last 1 s, as a real
 space's trial does (see ``tests.cluster.ray_cluster``): with trials shorter than a Ray actor's start,
 Ray Tune's actor reuse gives every trial to the first actor up.
 """
@@ -36,7 +36,7 @@ def test_trials_run_on_both_nodes_of_a_ray_cluster(prepared, budget, pg_server, 
     hide = (tmp_path_factory.getbasetemp(),) if can_hide_paths() else ()
 
     job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=N_TRIALS, backend="ray", seed=4, verify_top_k=1)
-    with ray_cluster(worker_cpus=[1], head_cpus=1, hide=hide, trial_floor_s=0.5) as cluster:
+    with ray_cluster(worker_cpus=[1], head_cpus=1, hide=hide, trial_floor_s=1.0) as cluster:
         if hide:
             assert cluster.path_exists_on_nodes(root) == {"head": False, "worker1": False}
         ctx = JobContext(
