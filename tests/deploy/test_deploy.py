@@ -336,6 +336,7 @@ def test_dockerfile_installs_like_make_and_runs_the_package_entrypoint():
     assert env["NASPRUNE_SPACES_PATH"] == "/app/search_spaces"
     assert ("COPY", "search_spaces ./search_spaces") in steps and ("WORKDIR", "/app") in steps
     assert ("EXPOSE", env["NASPRUNE_PORT"]) in steps
+    assert any(ins == "RUN" and "install" in rest and " wget" in rest for ins, rest in steps)  # KubeRay's probes
     # The build context sends nothing but what the image copies (not the 2 GB .venv).
     ignore = [ln for ln in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines() if ln and ln[0] != "#"]
     kept = {ln[1:].rstrip("/") for ln in ignore if ln.startswith("!")}
