@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,31 @@ def _payload(objective: Objective, job: SearchJob, checkpoint_id: str) -> dict:
     }
 
 
+_RAY_LOCK = threading.Lock()
+_RAY_USERS = {"jobs": 0, "ours": False}
+
+
+def _connect(ray, address: str | None) -> None:
+    """Join the cluster at ``address`` (or start a local Ray) once per process; jobs share the connection."""
+    with _RAY_LOCK:
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            _RAY_USERS["ours"] = True
+        _RAY_USERS["jobs"] += 1
+
+
+def _disconnect(ray) -> None:
+    """The last job of this process to finish disconnects (only from a Ray it connected itself)."""
+    with _RAY_LOCK:
+        _RAY_USERS["jobs"] -= 1
+        if _RAY_USERS["jobs"] == 0 and _RAY_USERS["ours"]:
+            ray.shutdown()
+            _RAY_USERS["ours"] = False
+
+
 def run(
     objective: Objective,
     job: SearchJob,
@@ -105,13 +131,7 @@ def run(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    started_ray = False
-    if not ray.is_initialized():
-        if ctx.ray_address:
-            ray.init(address=ctx.ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
-        started_ray = True
+    _connect(ray, ctx.ray_address)
     try:
         study = open_study(job, ctx.job_id, ctx.storage_url)  # fails trials left running, seeds once
         remaining = job.n_trials - n_complete(study)
@@ -214,5 +234,4 @@ def run(
         tuner.fit()
         return {"nodes": nodes, "node_ids": node_ids}
     finally:
-        if started_ray:
-            ray.shutdown()
+        _disconnect(ray)

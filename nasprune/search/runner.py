@@ -291,7 +291,13 @@ def _finish_tracking(tracking, result: SearchResult, out: Path, extra: dict) -> 
         t.set_tags(parent, {"nasprune.recommended": r.candidate_id})
     t.log_metrics(parent, summary)
     if extra.get("nodes"):
-        t.set_tags(parent, {"nasprune.ray_nodes": json.dumps(extra["nodes"])})
+        t.set_tags(
+            parent,
+            {
+                "nasprune.ray_nodes": json.dumps(extra["nodes"]),
+                "nasprune.ray_node_ids": json.dumps(extra.get("node_ids", {})),
+            },
+        )
     for name in ("pareto.json", "pareto.png"):
         t.log_artifact(parent, out / name)
     if (out / "model.onnx").is_file():
