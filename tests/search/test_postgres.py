@@ -21,70 +21,14 @@ from pathlib import Path
 
 import httpx
 import onnx
-import optuna
 import pytest
 from mlflow import MlflowClient
 
 from nasprune.mlflow_server import free_port
-from nasprune.search.study import load_trials, make_storage
+from nasprune.search.study import load_trials
 from services.jobs import JobStore
 from tests.cluster import mlflow_server, s3_server
 from tests.search.conftest import SPACE
-
-
-def _search_cmd(storage: str, root: Path, out: Path, budget: float, n: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "nasprune",
-        "search",
-        "--space",
-        SPACE,
-        "--budget-ms",
-        str(budget),
-        "--trials",
-        str(n),
-        "--sampler",
-        "tpe",
-        "--job-id",
-        "killme",
-        "--storage",
-        storage,
-        "--data-dir",
-        str(root),
-        "--output",
-        str(out),
-    ]
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill_on_postgresql(prepared, budget, pg_server, tmp_path):
-    root, _ = prepared
-    storage = pg_server.create_database()
-    n = 150
-    cmd = _search_cmd(storage, root, tmp_path / "out", budget, n)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(load_trials(storage, "killme")) < 20:
-            assert proc.poll() is None, "the search ended before it could be killed"
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    before = load_trials(storage, "killme")
-    assert 20 <= len(before) < n, "the search must be killed mid-run"
-
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
-    after = load_trials(storage, "killme")
-    assert len(after) == n and len({t.number for t in after}) == n
-    kept = {t.number: t for t in after}
-    for t in before:  # finished trials survived unchanged
-        assert kept[t.number] == t
-    states = [t.state for t in optuna.load_study(study_name="killme", storage=make_storage(storage)).trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == n
 
 
 class Role:

@@ -20,7 +20,7 @@ from nasprune.latency.timing import make_session
 from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.pareto import dominates
 from nasprune.search.runner import run_job
-from nasprune.search.study import load_trials, make_storage
+from nasprune.search.study import journal_url, load_trials, make_storage
 from tests.search.conftest import SPACE
 
 BACKENDS = ["optuna", "ray"]
@@ -93,10 +93,17 @@ def test_impossible_budget_is_refused_with_the_minimum(prepared, tmp_path):
     assert "impossible" not in study_names  # refused before any trial
 
 
-def test_resume_after_sigkill_loses_and_repeats_nothing(prepared, budget, tmp_path):
+@pytest.mark.parametrize("storage_kind", ["journal", "sqlite", "postgresql"])
+def test_resume_after_sigkill_loses_and_repeats_nothing(storage_kind, prepared, budget, tmp_path, request):
+    """A real `nasprune search` process is SIGKILLed mid-run and rerun: exactly N trials, none lost or repeated,
+    on every kind of trial storage (the journal file is the one-machine default, PostgreSQL the shared one)."""
     root, _ = prepared
-    storage = f"sqlite:///{tmp_path / 'trials.db'}"
-    n = 400
+    storage = {
+        "journal": lambda: journal_url(tmp_path / "trials.journal"),
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'trials.db'}",
+        "postgresql": lambda: request.getfixturevalue("pg_server").create_database(),
+    }[storage_kind]()
+    n = 200
     cmd = [
         sys.executable,
         "-m",
@@ -121,22 +128,21 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(prepared, budget, tmp_pa
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        done = len(load_trials(storage, "killme")) if (tmp_path / "trials.db").exists() else 0
-        if done >= 20:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(load_trials(storage, "killme")) < 20:
+            assert proc.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
     before = load_trials(storage, "killme")
     assert 20 <= len(before) < n, "the search must be killed mid-run"
 
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     after = load_trials(storage, "killme")
-    numbers = [t.number for t in after]
-    assert len(after) == n and len(set(numbers)) == n
+    assert len(after) == n and len({t.number for t in after}) == n
     kept = {t.number: t for t in after}
     for t in before:  # finished trials survived unchanged
         assert kept[t.number] == t
