@@ -30,6 +30,7 @@ class Objective:
     def __init__(self, supernet: Supernet, evaluator: Evaluator, table, job: SearchJob):
         self.supernet, self.evaluator, self.table, self.job = supernet, evaluator, table, job
         self.space = supernet.space
+        self._static_cache: dict[str, tuple[float, int, int]] = {}
 
     # -- parameters ------------------------------------------------------------------------------
     def suggest(self, trial) -> SubnetConfig:
@@ -57,12 +58,20 @@ class Objective:
 
     # -- scores ----------------------------------------------------------------------------------
     def constraints(self, cfg: SubnetConfig) -> dict[str, float]:
-        c = {"latency_ms": self.table.predict(cfg) - self.job.latency_budget_ms}
+        latency, params, macs = self._static(cfg)
+        c = {"latency_ms": latency - self.job.latency_budget_ms}
         if self.job.constraints.max_params is not None:
-            c["params"] = float(self.supernet.num_params(cfg) - self.job.constraints.max_params)
+            c["params"] = float(params - self.job.constraints.max_params)
         if self.job.constraints.max_macs is not None:
-            c["macs"] = float(self.supernet.macs(cfg) - self.job.constraints.max_macs)
+            c["macs"] = float(macs - self.job.constraints.max_macs)
         return c
+
+    def _static(self, cfg: SubnetConfig) -> tuple[float, int, int]:
+        """Predicted latency, params and MACs: from the config alone, so computed once per architecture."""
+        key = cfg.key()
+        if key not in self._static_cache:
+            self._static_cache[key] = (self.table.predict(cfg), self.supernet.num_params(cfg), self.supernet.macs(cfg))
+        return self._static_cache[key]
 
     def feasible(self, cfg: SubnetConfig) -> bool:
         return all(v <= 0 for v in self.constraints(cfg).values())
@@ -72,13 +81,8 @@ class Objective:
 
     def metrics(self, cfg: SubnetConfig, accuracy: float) -> Metrics:
         """Everything but accuracy comes from the config alone (table, trace)."""
-        return Metrics(
-            accuracy=accuracy,
-            latency_ms=self.table.predict(cfg),
-            params=self.supernet.num_params(cfg),
-            macs=self.supernet.macs(cfg),
-            feasible=self.feasible(cfg),
-        )
+        latency, params, macs = self._static(cfg)
+        return Metrics(accuracy=accuracy, latency_ms=latency, params=params, macs=macs, feasible=self.feasible(cfg))
 
     def seeds(self) -> list[SubnetConfig]:
         """Every uniform-width config ("width multiplier" baseline, at full and at minimum depth) that

@@ -18,7 +18,8 @@ def run(objective: Objective, job: SearchJob, ctx: JobContext, on_trial: Callabl
             study.enqueue_trial(objective.params_of(cfg), skip_if_exists=True)
         study.set_user_attr("seeded", True)
     deadline = time.monotonic() + job.timeout_s if job.timeout_s else None
-    while n_complete(study) < job.n_trials:
+    done = n_complete(study)  # one process runs a job at a time, so counting locally is exact
+    while done < job.n_trials:
         if ctx.should_stop() or (deadline is not None and time.monotonic() > deadline):
             break
         t0 = time.perf_counter()
@@ -27,6 +28,7 @@ def run(objective: Objective, job: SearchJob, ctx: JobContext, on_trial: Callabl
         metrics = objective.evaluate(cfg)
         trial.set_user_attr("metrics", metrics.model_dump())
         study.tell(trial, [metrics.accuracy, metrics.latency_ms])
+        done += 1
         on_trial(
             TrialRecord(
                 number=trial.number,
