@@ -20,7 +20,7 @@ def register(sub) -> None:
     s.add_argument("--space", required=True, help="search space name (GET /v1/spaces)")
     s.add_argument("--budget-ms", type=float, required=True, help="latency budget in milliseconds (batch 1)")
     s.add_argument("--device", default="local-cpu", help="device whose latency table is used (%(default)s)")
-    s.add_argument("--n-trials", type=int, default=100, help="trials to run (%(default)s)")
+    s.add_argument("--trials", "--n-trials", dest="n_trials", type=int, default=100, help="trials to run (%(default)s)")
     s.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
     s.add_argument("--backend", choices=["optuna", "ray"], default="optuna")
     s.add_argument("--seed", type=int, default=0)
