@@ -72,31 +72,54 @@ class MlflowServer:
             self.process.wait(5)
 
 
+def server_command(
+    backend_store_uri: str, artifacts_destination: str, host: str, port: int, serve_artifacts: bool = False
+) -> list[str]:
+    """The ``mlflow server`` command line: one worker; ``deploy/`` runs the same one."""
+    cmd = [
+        *_mlflow_executable(),
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+    ]
+    if serve_artifacts:
+        cmd.append("--serve-artifacts")
+    return [*cmd, "--host", host, "--port", str(port), "--workers", "1"]
+
+
 def start_mlflow_server(
-    root: str | Path, *, port: int | None = None, host: str = "127.0.0.1", timeout_s: float = 60.0
+    root: str | Path,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    timeout_s: float = 60.0,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> MlflowServer:
-    """Start ``mlflow server`` with its store in ``root`` (``mlflow.db``, ``artifacts/``); wait until it answers."""
+    """Start ``mlflow server`` and wait until it answers.
+
+    By default its store lives in ``root`` (``mlflow.db``, ``artifacts/``); a database URL and an
+    artifact URI (e.g. PostgreSQL and ``s3://...``, with ``env`` for the credentials) put it elsewhere.
+    The log is ``root/server.log``.
+    """
     import httpx
 
     root = Path(root).resolve()
     (root / "artifacts").mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     url = f"http://{host}:{port}"
-    cmd = [
-        *_mlflow_executable(),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
+    remote = artifacts_destination is not None
+    cmd = server_command(
+        backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+        artifacts_destination or str(root / "artifacts"),
         host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        port,
+        serve_artifacts=remote,
+    )
+    env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log_path = root / "server.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(

@@ -25,9 +25,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from nasprune.mlflow_server import free_port
+from nasprune.mlflow_server import MlflowServer, free_port, server_command, start_mlflow_server
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 S3_KEY, S3_SECRET, S3_REGION = "nasprune-test", "nasprune-test-secret", "us-east-1"
@@ -324,55 +322,22 @@ def s3_server(bucket: str = "mlflow") -> Iterator[S3Server]:
         server.stop()
 
 
-@dataclass
-class MlflowServer:
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-
 def mlflow_server_command(backend_store_uri: str, artifacts: str, host: str, port: int) -> list[str]:
     """``mlflow server`` as ``deploy/compose.yaml`` runs it: database store, proxied artifacts, one worker."""
-    return [
-        _bin("mlflow"),
-        "server",
-        "--backend-store-uri",
-        backend_store_uri,
-        "--artifacts-destination",
-        artifacts,
-        "--serve-artifacts",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    return server_command(backend_store_uri, artifacts, host, port, serve_artifacts=True)
 
 
 @contextmanager
 def mlflow_server(backend_store_uri: str, s3: S3Server, root: Path, timeout_s: float = 90.0) -> Iterator[MlflowServer]:
     """An MLflow tracking server on PostgreSQL with its artifacts in ``s3`` (clients never see S3)."""
-    port = free_port()
-    log = root / "mlflow-server.log"
-    cmd = mlflow_server_command(backend_store_uri, f"s3://{s3.bucket}/artifacts", "127.0.0.1", port)
-    env = {**os.environ, **s3.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(
+        root / "mlflow-server",
+        backend_store_uri=backend_store_uri,
+        artifacts_destination=f"s3://{s3.bucket}/artifacts",
+        env=s3.env,
+        timeout_s=timeout_s,
+    )
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start; its log ends:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        yield MlflowServer(url=url, process=proc, log=log)
+        yield server
     finally:
-        _kill_session(proc, timeout_s=15)
+        server.stop()
