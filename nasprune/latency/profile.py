@@ -67,19 +67,9 @@ def profile_ops(
     check_runs_here(device)
     producers = sorted({p for k in keys if (p := producer_of(k)) is not None})
     models = [op_model(k) for k in keys] + [producer_model(p) for p in producers] + [null_model()]
-    sessions = [make_session(m, device.threads, device.provider) for m in models]
-    feeds = [feed_for(s, device.batch_size) for s in sessions]
-    with _bar(progress, settings.op_rounds, f"timing {len(keys)} ops") as bar:
-        timings = time_interleaved(
-            sessions,
-            feeds,
-            rounds=settings.op_rounds,
-            burst=settings.op_burst,
-            settle=settings.settle,
-            warmup=settings.warmup,
-            seed=seed,
-            on_round=bar.update if bar is not None else None,
-        )
+    timings = _time_all(
+        models, device, settings, settings.op_rounds, settings.op_burst, seed, progress, f"timing {len(keys)} ops"
+    )
     null = timings[-1]
     base = dict(zip(producers, timings[len(keys) : -1], strict=True))
     entries = {}
@@ -133,14 +123,30 @@ def measure_models(
 ) -> list[Timing]:
     """End-to-end latency of exported models, timed interleaved in sessions made as for deployment."""
     check_runs_here(device)
-    sessions = [make_session(p, device.threads, device.provider) for p in paths]
+    return _time_all(
+        paths, device, settings, settings.e2e_rounds, settings.e2e_burst, seed, progress, f"timing {len(paths)} subnets"
+    )
+
+
+def _time_all(
+    models: Sequence,
+    device: DeviceProfile,
+    settings: ProfileSettings,
+    rounds: int,
+    burst: int,
+    seed: int,
+    progress: bool,
+    desc: str,
+) -> list[Timing]:
+    """Sessions made as for deployment on ``device``, timed interleaved (see ``time_interleaved``)."""
+    sessions = [make_session(m, device.threads, device.provider) for m in models]
     feeds = [feed_for(s, device.batch_size) for s in sessions]
-    with _bar(progress, settings.e2e_rounds, f"timing {len(paths)} subnets") as bar:
+    with _bar(progress, rounds, desc) as bar:
         return time_interleaved(
             sessions,
             feeds,
-            rounds=settings.e2e_rounds,
-            burst=settings.e2e_burst,
+            rounds=rounds,
+            burst=burst,
             settle=settings.settle,
             warmup=settings.warmup,
             seed=seed,
