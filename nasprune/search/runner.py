@@ -165,16 +165,18 @@ def _table_error(table) -> dict | None:
 
 
 def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table, out: Path):
-    """Export and measure front candidates, most accurate first, until ``verify_top_k`` are measured
-    and one of them is within budget (or the front runs out).
+    """Export and measure front candidates, most accurate first, ``verify_top_k`` at a time, until one
+    of them is within budget (or the front runs out).
 
-    On a device that is not this machine (an uploaded table) nothing can be measured: the most
-    accurate candidate within the *predicted* budget is exported and recommended, unverified.
+    Each batch is timed like the table's own validation (interleaved rounds in sessions made for the
+    device: ``measure_models``), so measured and predicted latency are comparable even for models
+    that run in microseconds. On a device that is not this machine (an uploaded table) nothing can be
+    measured: the most accurate candidate within the *predicted* budget is exported and recommended,
+    unverified.
     """
     from nasprune.errors import LatencyTableError
     from nasprune.export import export_subnet, stamp_metadata
-    from nasprune.latency.profile import check_runs_here
-    from nasprune.latency.timing import measure_model
+    from nasprune.latency.profile import ProfileSettings, check_runs_here, measure_models
 
     try:
         check_runs_here(table.device)
@@ -185,26 +187,29 @@ def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table
     measured: dict[int, float] = {}
     tested: dict[int, float] = {}
     recommended_number = None
-    for rec in sorted(front, key=lambda r: (-r.accuracy, r.latency_ms)):
-        if recommended_number is not None and (len(measured) >= job.verify_top_k or not here):
-            break
-        meta = {
-            "accuracy": rec.accuracy,
-            "predicted_latency_ms": rec.latency_ms,
-            "device": job.device,
-            "trial": rec.number,
-        }
-        cfg = supernet.space.parse_config(rec.config)
-        # the model that scored ``rec.accuracy``: extracted, BatchNorm recalibrated
-        path = export_subnet(supernet, cfg, models / f"{rec.subnet_key}.onnx", meta, model=evaluator.subnet(cfg)).path
-        tested[rec.number] = evaluator.accuracy(cfg, "test")
+    queue = sorted(front, key=lambda r: (-r.accuracy, r.latency_ms))
+    while queue and recommended_number is None:
+        batch, queue = (queue[: job.verify_top_k], queue[job.verify_top_k :]) if here else (queue[:1], [])
+        paths = []
+        for rec in batch:
+            meta = {
+                "accuracy": rec.accuracy,
+                "predicted_latency_ms": rec.latency_ms,
+                "device": job.device,
+                "trial": rec.number,
+            }
+            cfg = supernet.space.parse_config(rec.config)
+            # the model that scored ``rec.accuracy``: extracted, BatchNorm recalibrated
+            res = export_subnet(supernet, cfg, models / f"{rec.subnet_key}.onnx", meta, model=evaluator.subnet(cfg))
+            paths.append(res.path)
+            tested[rec.number] = evaluator.accuracy(cfg, "test")
         if here:
-            dev = table.device
-            timing = measure_model(path, threads=dev.threads, batch=dev.batch_size, runs=300, warmup=30)
-            measured[rec.number] = timing.median_ms
-            stamp_metadata(path, {"measured_latency_ms": timing.median_ms})
-        if recommended_number is None and (not here or measured[rec.number] <= job.latency_budget_ms):
-            recommended_number = rec.number
+            for rec, path, t in zip(batch, paths, measure_models(paths, table.device, ProfileSettings()), strict=True):
+                measured[rec.number] = t.median_ms
+                stamp_metadata(path, {"measured_latency_ms": t.median_ms})
+        recommended_number = next(
+            (r.number for r in batch if not here or measured[r.number] <= job.latency_budget_ms), None
+        )
     candidates = [
         Candidate(
             candidate_id=r.subnet_key,
