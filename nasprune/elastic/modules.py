@@ -16,6 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _copy(t: torch.Tensor) -> nn.Parameter:
+    """A contiguous copy of a (sliced) tensor as a new parameter."""
+    return nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format))
+
+
 class ElasticModule(nn.Module, ABC):
     """A layer whose active size is set from outside (by ``Supernet.select``), never by ``forward``."""
 
@@ -44,10 +49,10 @@ class _ElasticWeighted(ElasticModule):
         return None if self.bias is None else self.bias[: self.active_out]
 
     def _filled(self, m: nn.Module) -> nn.Module:
-        with torch.no_grad():
-            m.weight.copy_(self.active_weight())
-            if self.bias is not None:
-                m.bias.copy_(self.active_bias())
+        """``m`` (built on the meta device: no storage, no initialisation) given copies of the active slices."""
+        m.weight = _copy(self.active_weight())
+        if self.bias is not None:
+            m.bias = _copy(self.active_bias())
         return m
 
     def elastic_state(self) -> tuple:
@@ -76,7 +81,9 @@ class ElasticConv2d(_ElasticWeighted):
     def export(self) -> nn.Conv2d:
         has_bias = self.bias is not None
         return self._filled(
-            nn.Conv2d(self.active_in, self.active_out, self.kernel, self.stride, self.padding, bias=has_bias)
+            nn.Conv2d(
+                self.active_in, self.active_out, self.kernel, self.stride, self.padding, bias=has_bias, device="meta"
+            )
         )
 
     def extra_repr(self) -> str:
@@ -95,7 +102,7 @@ class ElasticLinear(_ElasticWeighted):
         return F.linear(x, self.active_weight(), self.active_bias())
 
     def export(self) -> nn.Linear:
-        return self._filled(nn.Linear(self.active_in, self.active_out, bias=self.bias is not None))
+        return self._filled(nn.Linear(self.active_in, self.active_out, bias=self.bias is not None, device="meta"))
 
 
 class _ElasticBatchNorm(ElasticModule):
