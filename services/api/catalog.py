@@ -22,6 +22,7 @@ from services.jobs.errors import InvalidRequest, UnknownDevice, UnknownSpace
 
 BUILTIN_DEVICE = "local-cpu"
 MIN_LATENCY_CACHE_S = 600.0  # a rebuilt local table changes the minimum a little
+NO_TABLE_CACHE_S = 10.0  # learning "not built yet" loads the space; a job checks its budget itself later
 BUILTIN_DESCRIPTION = (
     "this server's CPU: onnxruntime CPU provider, 1 intra-op thread, batch 1 (table built on first use)"
 )
@@ -73,13 +74,13 @@ def validate_table(payload: Any) -> Any:
 class Catalog:
     """Spaces from the registry; devices are ``local-cpu`` plus tables uploaded under ``settings.devices_dir``.
 
-    Minimum latencies of built tables are remembered for ``MIN_LATENCY_CACHE_S`` (an upload forgets
-    that device's entries at once).
+    Minimum latencies of built tables are remembered for ``MIN_LATENCY_CACHE_S``, that a table is not
+    built yet for ``NO_TABLE_CACHE_S`` (an upload forgets that device's entries at once).
     """
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._min_latency: dict[tuple[str, str], tuple[float, float]] = {}
+        self._min_latency: dict[tuple[str, str], tuple[float | None, float]] = {}
         self._lock = threading.Lock()
 
     # spaces ---------------------------------------------------------------------------------------
@@ -179,14 +180,15 @@ class Catalog:
         key = (space, device)
         with self._lock:
             hit = self._min_latency.get(key)
-        if hit is not None and time.monotonic() - hit[1] < MIN_LATENCY_CACHE_S:
-            return hit[0]
+        if hit is not None:
+            value, read_at = hit
+            if time.monotonic() - read_at < (MIN_LATENCY_CACHE_S if value is not None else NO_TABLE_CACHE_S):
+                return value
         try:
             value = cached_min_latency_ms(space, device, self.settings.data_dir)
         except NasPruneError as e:
             log.warning("min latency of %s on %s unavailable: %s", space, device, e)
             return None
-        if value is not None:
-            with self._lock:
-                self._min_latency[key] = (value, time.monotonic())
+        with self._lock:
+            self._min_latency[key] = (value, time.monotonic())
         return value

@@ -40,8 +40,8 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_jobs(services: ServicesDep) -> JobService:
-    return services.jobs
+async def get_jobs(request: Request) -> JobService:
+    return request.app.state.services.jobs
 
 
 JobsDep = Annotated[JobService, Depends(get_jobs)]
@@ -50,10 +50,10 @@ _bearer = HTTPBearer(auto_error=False, description="the server's NASPRUNE_API_TO
 
 
 async def require_token(
-    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """When the server has an API token, the request must carry it as ``Authorization: Bearer <token>``."""
-    token = services.settings.api_token
+    token = request.app.state.services.settings.api_token
     if token is None:
         return
     if credentials is None:

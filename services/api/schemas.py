@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 
 from nasprune.search.job import Candidate, Progress, SearchJob
 from services.jobs.status import JobStatus
+from services.jobs.store import JobRecord
 
 CANDIDATE_ID_PATTERN = r"^[0-9a-f]{16}$"
 DEVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -69,6 +70,18 @@ class JobLinks(BaseModel):
     model: str
     mlflow: str | None = None
 
+    @classmethod
+    def of(cls, record: JobRecord) -> JobLinks:
+        base = f"/v1/jobs/{record.id}"
+        return cls(
+            self=base,
+            cancel=f"{base}/cancel",
+            trials=f"{base}/trials",
+            pareto=f"{base}/pareto",
+            model=f"{base}/model",
+            mlflow=record.mlflow_run_url,
+        )
+
 
 class JobSubmitted(BaseModel):
     id: str
@@ -103,6 +116,30 @@ class JobPublic(BaseModel):
     @field_serializer("progress")
     def _progress(self, p: Progress) -> dict:
         return finite_or_none(p.model_dump())
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobPublic:
+        p = record.progress
+        best = None
+        if p is not None and (p.best_accuracy is not None or p.best_latency_ms is not None):
+            best = Best(accuracy=p.best_accuracy, latency_ms=p.best_latency_ms)
+        return cls(
+            id=record.id,
+            status=record.status,
+            spec=record.spec,
+            progress=p,
+            best=best,
+            cancel_requested=record.cancel_requested,
+            attempts=record.attempts,
+            created_at=record.created_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            error=record.error,
+            tracking_error=record.tracking_error,
+            mlflow_run_id=record.mlflow_run_id,
+            mlflow_run_url=record.mlflow_run_url,
+            links=JobLinks.of(record),
+        )
 
 
 class Page(BaseModel):

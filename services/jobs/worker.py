@@ -82,6 +82,7 @@ class WorkerPool:
         self._wake = threading.Condition()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._listeners: list[Callable[[str], None]] = []
 
     @property
     def stale_after(self) -> timedelta:
@@ -117,6 +118,7 @@ class WorkerPool:
         for active in stuck:
             active.lost = True
             self.store.requeue(active.record.id, owner=self.owner, count_attempt=False)
+        self._changed([a.record.id for a in stuck])
         if stuck:
             log.warning(
                 "jobs still inside a trial after %.0f s were re-queued (they resume on the next start): %s",
@@ -124,6 +126,19 @@ class WorkerPool:
                 [a.record.id for a in stuck],
             )
         self._threads = []
+
+    def on_change(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(job_id)`` after this pool changes a job's status in the store.
+
+        That is when a job starts, finishes or is re-queued (not on progress), from a worker thread:
+        readers that cache jobs drop them. The callback must be quick and must not raise.
+        """
+        self._listeners.append(callback)
+
+    def _changed(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            for callback in self._listeners:
+                callback(job_id)
 
     def notify(self) -> None:
         """Wake idle workers (called after a submit)."""
@@ -164,6 +179,7 @@ class WorkerPool:
         active = _Active(record)
         with self._lock:
             self._active[job_id] = active
+        self._changed([job_id])
         try:
             if record.attempts > MAX_ATTEMPTS:
                 self.store.finish(
@@ -196,6 +212,7 @@ class WorkerPool:
                 error = f"internal error: {type(e).__name__}: {e}"
             self._conclude(active, result, error)
         finally:
+            self._changed([job_id])
             with self._lock:
                 self._active.pop(job_id, None)
 
@@ -267,6 +284,7 @@ class WorkerPool:
             try:
                 self.store.heartbeat(self.owner, self.running())
                 requeued = self.store.requeue_stale(self.stale_after)
+                self._changed(requeued)
                 if requeued:
                     log.info("re-queued job(s) of a worker that stopped answering: %s", requeued)
                     self.notify()

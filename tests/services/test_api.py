@@ -175,6 +175,8 @@ def test_catalog_health_and_docs(api):
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert "/v1/jobs/{job_id}/models/{candidate_id}" in schema["paths"]
+    ok = schema["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"]["$ref"] == "#/components/schemas/JobPublic"
 
 
 def test_device_upload_is_validated(api):
@@ -272,6 +274,25 @@ def test_cancel_running_job_keeps_its_trials(settings):
         front = client.get(f"/v1/jobs/{job_id}/pareto").json()
         assert front["status"] == "cancelled" and 0 < front["n_trials"] < 1000
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+
+
+def test_status_changes_at_once_when_the_job_does(settings, monkeypatch):
+    # With a cache that would otherwise answer for a minute, only its invalidation shows the changes.
+    monkeypatch.setattr("services.api.service.STATUS_CACHE_S", 60.0)
+    monkeypatch.setattr("services.api.service.STATUS_REFRESH_S", 60.0)
+    runner = GatedRunner(step_s=0.01)
+    with running(settings, runner) as (client, app):
+        ids = [client.post("/v1/jobs", json={**GOOD, "seed": i}).json()["id"] for i in range(2)]
+        assert runner.running.acquire(timeout=10)
+        assert [client.get(f"/v1/jobs/{i}").json()["status"] for i in ids] == ["running", "queued"]
+        assert client.post(f"/v1/jobs/{ids[1]}/cancel").status_code == 200
+        assert client.get(f"/v1/jobs/{ids[1]}").json()["status"] == "cancelled"
+        runner.release.set()
+        pool = app.state.services.pool
+        deadline = time.monotonic() + 10
+        while pool.running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.get(f"/v1/jobs/{ids[0]}").json()["status"] == "succeeded"
 
 
 def test_failed_job_reports_its_error(settings):
