@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nasprune.data import Dataset
-from nasprune.elastic.modules import _ElasticBatchNorm
+from nasprune.elastic.modules import SliceCache, _ElasticBatchNorm
 from nasprune.elastic.supernet import Supernet, extract
 from nasprune.space import SubnetConfig
 
@@ -71,10 +71,15 @@ class Evaluator:
         self.checkpoint_id = checkpoint_id
         self.calib_batch = calib_batch
         self._cache: dict[tuple[str, str, str], float] = {}
+        self._slices: SliceCache = {}
 
     def subnet(self, cfg: SubnetConfig) -> nn.Module:
-        """The extracted subnet with BatchNorm recalibrated on the calibration split, in eval mode."""
-        model = extract(self.supernet, cfg)
+        """The extracted subnet with BatchNorm recalibrated on the calibration split, in eval mode.
+
+        Its conv/linear weights are shared with the other subnets of this evaluator (copied once per
+        layer and size): use it for inference and export, train a fresh ``extract`` instead.
+        """
+        model = extract(self.supernet, cfg, self._slices)
         x, _ = self.dataset.tensors("calib")
         recalibrate_bn(model, (x[i : i + self.calib_batch] for i in range(0, len(x), self.calib_batch)))
         return model.eval()

@@ -46,6 +46,25 @@ def test_extract_matches_select_and_counts_params(net):
         assert sum(p.numel() for p in plain.parameters()) == net.num_params(cfg)
 
 
+def test_extract_with_a_slice_cache_shares_weights_not_statistics(net):
+    """Cached extraction (what the evaluator does) gives the same models, copies each slice once,
+    and never shares BatchNorm statistics (recalibrating one subnet must not touch another)."""
+    x, cache = _x(net.space), {}
+    cfgs = configs(net.space)
+    first = [extract(net, cfg, cache) for cfg in cfgs]
+    n_slices = len(cache)
+    again = [extract(net, cfg, cache) for cfg in cfgs]
+    assert len(cache) == n_slices  # nothing copied the second time
+    for cfg, a, b in zip(cfgs, first, again, strict=True):
+        with torch.no_grad():
+            assert (a(x) - extract(net, cfg)(x)).abs().max().item() <= 1e-6, cfg
+        shared = {p.data_ptr() for p in a.parameters() if not p.requires_grad}
+        assert shared and shared <= {p.data_ptr() for p in b.parameters()}
+        stats_a = {t.data_ptr() for n, t in a.named_buffers() if "running" in n}
+        stats_b = {t.data_ptr() for n, t in b.named_buffers() if "running" in n}
+        assert not stats_a & stats_b
+
+
 def test_select_restores_full_network(net):
     x = _x(net.space)
     with torch.no_grad():

@@ -15,18 +15,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+SliceCache = dict[tuple, torch.Tensor]
+"""Contiguous copies of active weight slices, keyed by (layer, tensor, sizes); see :func:`export_module`."""
 
-def _copy(t: torch.Tensor) -> nn.Parameter:
-    """A contiguous copy of a (sliced) tensor as a new parameter."""
-    return nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format))
+
+def _copy(t: torch.Tensor, cache: SliceCache | None = None, key: tuple = ()) -> nn.Parameter:
+    """A contiguous copy of a (sliced) tensor as a new parameter; with ``cache``, one copy per ``key``
+    shared by every module exported with that cache (read-only: ``requires_grad`` is off)."""
+    if cache is None:
+        return nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format))
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = t.detach().clone(memory_format=torch.contiguous_format)
+    return nn.Parameter(hit, requires_grad=False)
 
 
 class ElasticModule(nn.Module, ABC):
     """A layer whose active size is set from outside (by ``Supernet.select``), never by ``forward``."""
 
     @abstractmethod
-    def export(self) -> nn.Module:
-        """A plain torch module equal to this layer at its active size."""
+    def export(self, cache: SliceCache | None = None) -> nn.Module:
+        """A plain torch module equal to this layer at its active size (``cache``: see :func:`export_module`)."""
 
     @abstractmethod
     def elastic_state(self) -> tuple:
@@ -48,11 +57,12 @@ class _ElasticWeighted(ElasticModule):
     def active_bias(self) -> torch.Tensor | None:
         return None if self.bias is None else self.bias[: self.active_out]
 
-    def _filled(self, m: nn.Module) -> nn.Module:
+    def _filled(self, m: nn.Module, cache: SliceCache | None) -> nn.Module:
         """``m`` (built on the meta device: no storage, no initialisation) given copies of the active slices."""
-        m.weight = _copy(self.active_weight())
+        sizes = (self.active_in, self.active_out)
+        m.weight = _copy(self.active_weight(), cache, (id(self), "weight", *sizes))
         if self.bias is not None:
-            m.bias = _copy(self.active_bias())
+            m.bias = _copy(self.active_bias(), cache, (id(self), "bias", *sizes))
         return m
 
     def elastic_state(self) -> tuple:
@@ -78,12 +88,13 @@ class ElasticConv2d(_ElasticWeighted):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.active_weight(), self.active_bias(), self.stride, self.padding)
 
-    def export(self) -> nn.Conv2d:
+    def export(self, cache: SliceCache | None = None) -> nn.Conv2d:
         has_bias = self.bias is not None
         return self._filled(
             nn.Conv2d(
                 self.active_in, self.active_out, self.kernel, self.stride, self.padding, bias=has_bias, device="meta"
-            )
+            ),
+            cache,
         )
 
     def extra_repr(self) -> str:
@@ -101,8 +112,10 @@ class ElasticLinear(_ElasticWeighted):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.active_weight(), self.active_bias())
 
-    def export(self) -> nn.Linear:
-        return self._filled(nn.Linear(self.active_in, self.active_out, bias=self.bias is not None, device="meta"))
+    def export(self, cache: SliceCache | None = None) -> nn.Linear:
+        return self._filled(
+            nn.Linear(self.active_in, self.active_out, bias=self.bias is not None, device="meta"), cache
+        )
 
 
 class _ElasticBatchNorm(ElasticModule):
@@ -144,7 +157,8 @@ class _ElasticBatchNorm(ElasticModule):
             self.eps,
         )
 
-    def export(self) -> nn.Module:
+    def export(self, cache: SliceCache | None = None) -> nn.Module:
+        """Always fresh copies, even with ``cache``: recalibration writes the running statistics."""
         c = self.active
         m = self._plain(c, eps=self.eps, momentum=self.momentum)
         with torch.no_grad():
@@ -188,7 +202,7 @@ class ElasticLayerNorm(ElasticModule):
         c = self.active
         return F.layer_norm(x, (c,), self.weight[:c], self.bias[:c], self.eps)
 
-    def export(self) -> nn.LayerNorm:
+    def export(self, cache: SliceCache | None = None) -> nn.LayerNorm:
         m = nn.LayerNorm(self.active, eps=self.eps)
         with torch.no_grad():
             m.weight.copy_(self.weight[: self.active])
@@ -215,8 +229,8 @@ class ElasticDepth(ElasticModule):
             x = block(x)
         return x
 
-    def export(self) -> nn.Sequential:
-        return nn.Sequential(*[export_module(b) for b in self.blocks[: self.active_depth]])
+    def export(self, cache: SliceCache | None = None) -> nn.Sequential:
+        return nn.Sequential(*[export_module(b, cache) for b in self.blocks[: self.active_depth]])
 
     def elastic_state(self) -> tuple:
         return (self.active_depth,)
@@ -225,12 +239,18 @@ class ElasticDepth(ElasticModule):
         (self.active_depth,) = state
 
 
-def export_module(module: nn.Module) -> nn.Module:
-    """Replace, in a copy, every elastic layer by its plain active-size equivalent."""
+def export_module(module: nn.Module, cache: SliceCache | None = None) -> nn.Module:
+    """Replace, in a copy, every elastic layer by its plain active-size equivalent.
+
+    With a ``cache`` (a dict kept by the caller for one unchanging supernet), conv and linear
+    weights are copied once per (layer, sizes) and shared, read-only, by every module exported with
+    it: scoring many subnets then copies each slice once instead of once per subnet. BatchNorm
+    statistics are always fresh copies.
+    """
     if isinstance(module, ElasticModule):
-        return module.export()
+        return module.export(cache)
     out = copy.copy(module)
-    out._modules = {name: export_module(child) for name, child in module._modules.items()}
+    out._modules = {name: export_module(child, cache) for name, child in module._modules.items()}
     out._parameters = {
         k: (None if v is None else nn.Parameter(v.detach().clone())) for k, v in module._parameters.items()
     }

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from nasprune.elastic.modules import ElasticModule, export_module
+from nasprune.elastic.modules import ElasticModule, SliceCache, export_module
 from nasprune.models.base import Family, LayerShape
 from nasprune.space import SubnetConfig
 
@@ -61,11 +61,13 @@ class Supernet(nn.Module):
         return sum(layer.macs for layer in self.trace(cfg))
 
 
-def extract(supernet: Supernet, cfg: SubnetConfig | dict) -> nn.Module:
+def extract(supernet: Supernet, cfg: SubnetConfig | dict, cache: SliceCache | None = None) -> nn.Module:
     """A plain torch model of the subnet ``cfg``: physically smaller tensors, no elastic layers.
 
     Its output equals ``supernet`` under ``select(cfg)`` to float tolerance; train/eval mode is kept.
+    ``cache`` shares weight copies between extractions of a supernet that no longer changes (the
+    models are then read-only; see :func:`~nasprune.elastic.modules.export_module`).
     """
     with supernet.select(cfg):
-        model = export_module(supernet.body)
+        model = export_module(supernet.body, cache)
     return model.train(supernet.training)
