@@ -29,66 +29,111 @@ from nasprune.registry import create_supernet, load_space
 from nasprune.train import default_recipe, standalone_accuracy, train_standalone, train_supernet
 
 
-def spread(space, k: int, seed: int = 0):
-    """Largest, smallest and k-2 random subnets at evenly spaced MAC quantiles."""
+def spread(space, k: int, seed: int = 0, how: str = "log-macs"):
+    """Largest, smallest and k-2 random subnets in between.
+
+    ``log-macs``: the random subnets closest to k-2 evenly spaced points of log(MACs) between the
+    smallest and the largest subnet (so small subnets, where accuracy moves fastest, are not
+    crowded out by the many mid-sized ones); ``quantile``: evenly spaced MAC quantiles of the pool.
+    """
     net = create_supernet(space)
     rng = np.random.default_rng(seed)
-    pool = sorted({space.sample(rng) for _ in range(400)}, key=net.macs)
     ends = {space.largest(), space.smallest()}
-    pool = [c for c in pool if c not in ends]
-    picks = [pool[int(q)] for q in np.linspace(0, len(pool) - 1, k - 2)]
+    # sorted by MACs, then key: a set's order changes from run to run (string hashing)
+    pool = sorted({space.sample(rng) for _ in range(2000)} - ends, key=lambda c: (net.macs(c), c.key()))
+    if how == "quantile":
+        picks = [pool[int(q)] for q in np.linspace(0, len(pool) - 1, k - 2)]
+    else:
+        logs = np.log([net.macs(c) for c in pool])
+        targets = np.linspace(np.log(net.macs(space.smallest())), np.log(net.macs(space.largest())), k)[1:-1]
+        picks = []
+        for t in targets:
+            order = np.argsort(np.abs(logs - t))
+            picks.append(next(pool[i] for i in order if pool[i] not in picks))
     return [space.largest(), *picks, space.smallest()]
 
 
-def run_space(name: str, k: int, epochs: int | None, split: str) -> dict:
+def heldout(acc: dict[str, float], sizes: dict[str, int]) -> float:
+    """Accuracy over val + test together (both held out from training): more images, less noise."""
+    return (acc["val"] * sizes["val"] + acc["test"] * sizes["test"]) / (sizes["val"] + sizes["test"])
+
+
+def run_space(name: str, k: int, overrides: dict, split: str, seeds: int, how: str) -> dict:
     space = load_space(name)
-    recipe = default_recipe(name)
-    if epochs:
-        recipe = recipe.model_copy(update={"epochs": epochs})
+    recipe = default_recipe(space.name).model_copy(update=overrides)
+    recipe = type(recipe).model_validate(recipe.model_dump())
     ds = load_dataset(space.dataset)
-    print(f"\n== {name}: recipe {recipe.model_dump()}")
+    sizes = ds.sizes()
+    print(f"\n== {space.name}: recipe {recipe.model_dump()}")
     res = train_supernet(space, recipe)
     ev = Evaluator(res.supernet, ds)
     net = res.supernet
     summary = {
+        "recipe": recipe.model_dump(),
         "train_seconds": round(res.seconds, 1),
         "largest": {"val": ev.accuracy(space.largest(), "val"), "test": ev.accuracy(space.largest(), "test")},
         "smallest": {"val": ev.accuracy(space.smallest(), "val"), "test": ev.accuracy(space.smallest(), "test")},
     }
     pairs, rows = [], []
     t0 = time.perf_counter()
-    for cfg in spread(space, k):
-        model = train_standalone(space, cfg, recipe, ds)
-        inh, alone = ev.accuracy(cfg, split), standalone_accuracy(model, ds, split)
+    for cfg in spread(space, k, how=how):
+        inh = {s: ev.accuracy(cfg, s) for s in ("val", "test")}
+        runs = []
+        for seed in range(seeds):
+            model = train_standalone(space, cfg, recipe.model_copy(update={"seed": recipe.seed + seed}), ds)
+            runs.append({s: standalone_accuracy(model, ds, s) for s in ("val", "test")})
+        alone = {s: float(np.mean([r[s] for r in runs])) for s in ("val", "test")}
+        inh["heldout"], alone["heldout"] = heldout(inh, sizes), heldout(alone, sizes)
         pairs.append(
             {
                 "key": cfg.key(),
                 "macs": net.macs(cfg),
                 "params": net.num_params(cfg),
-                "inherited": inh,
-                "standalone": alone,
+                "inherited": inh[split],
+                "standalone": alone[split],
+                "inherited_by_split": inh,
+                "standalone_by_split": alone,
+                "standalone_runs": runs,
                 "config": cfg.model_dump(),
             }
         )
-        rows.append([cfg.key(), f"{net.macs(cfg):,}", f"{inh:.2%}", f"{alone:.2%}", f"{(alone - inh) * 100:+.2f}"])
-        print(rows[-1])
+        rows.append(
+            [
+                cfg.key(),
+                f"{net.macs(cfg):,}",
+                f"{inh[split]:.2%}",
+                f"{alone[split]:.2%}",
+                f"{(alone[split] - inh[split]) * 100:+.2f}",
+            ]
+        )
+        print(rows[-1], flush=True)
+    taus = {}
+    for s in ("val", "test", "heldout"):
+        a = np.array([p["inherited_by_split"][s] for p in pairs])
+        b = np.array([p["standalone_by_split"][s] for p in pairs])
+        taus[s] = float(kendalltau(a, b).statistic)
     inh = np.array([p["inherited"] for p in pairs])
     alone = np.array([p["standalone"] for p in pairs])
-    tau = kendalltau(inh, alone).statistic
+    tau = taus[split]
     summary.update(
         {
             "split": split,
+            "split_sizes": sizes,
+            "standalone_seeds": seeds,
+            "pick": how,
             "pairs": pairs,
-            "kendall_tau": float(tau),
+            "kendall_tau": tau,
+            "kendall_tau_by_split": taus,
             "mean_gap_pts": float((alone - inh).mean() * 100),
             "standalone_seconds": round(time.perf_counter() - t0, 1),
         }
     )
     print(table(rows, ["subnet", "MACs", f"inherited ({split})", f"standalone ({split})", "gap pts"]))
     print(
-        f"{name}: largest val {summary['largest']['val']:.2%} test {summary['largest']['test']:.2%}; "
+        f"{space.name}: largest val {summary['largest']['val']:.2%} test {summary['largest']['test']:.2%}; "
         f"smallest val {summary['smallest']['val']:.2%} test {summary['smallest']['test']:.2%}; "
-        f"Kendall tau {tau:.3f}; mean gap {summary['mean_gap_pts']:+.2f} pts; "
+        f"Kendall tau {tau:.3f} ({split}; " + ", ".join(f"{s} {t:.3f}" for s, t in taus.items()) + "); "
+        f"mean gap {summary['mean_gap_pts']:+.2f} pts; "
         f"supernet {res.seconds:.0f} s, standalone {summary['standalone_seconds']:.0f} s"
     )
     return summary
@@ -99,10 +144,29 @@ def main() -> None:
     ap.add_argument("--spaces", nargs="+", default=["resnet_mnist", "mlp_digits"])
     ap.add_argument("--k", type=int, default=8, help="subnets compared per space (default %(default)s)")
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs (all spaces)")
-    ap.add_argument("--split", default="test", choices=["val", "test"], help="split for the pairs")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override recipe fields (all spaces), e.g. n_random=3",
+    )
+    ap.add_argument(
+        "--split",
+        default="test",
+        choices=["val", "test", "heldout"],
+        help="split for the pairs and the headline tau (heldout = val + test); all three are written",
+    )
+    ap.add_argument(
+        "--seeds", type=int, default=1, help="standalone trainings per subnet, averaged (default %(default)s)"
+    )
+    ap.add_argument("--pick", default="log-macs", choices=["log-macs", "quantile"], help="how the k subnets are spread")
     args = ap.parse_args()
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    if args.epochs:
+        overrides["epochs"] = args.epochs
     t0 = time.perf_counter()
-    out = {name: run_space(name, args.k, args.epochs, args.split) for name in args.spaces}
+    out = {name: run_space(name, args.k, overrides, args.split, args.seeds, args.pick) for name in args.spaces}
     total = time.perf_counter() - t0
     print(f"\ntotal {total:.0f} s")
     write(
