@@ -2,7 +2,8 @@
 
 Prints and writes JSON:
 - Optuna backend: trials/s and the share of search time spent outside the forward passes
-  (BN recalibration + validation inference) — the "machinery";
+  (BN recalibration + validation inference) — the "machinery" — also in ms per trial, with the
+  number of distinct architectures scored (a sampler proposing one again costs no forward pass);
 - hypervolume of the front after N trials for nsga2, tpe and random (3 seeds each) against the
   uniform width-scaling baseline ("width multiplier", every width fraction at full and at minimum
   depth), and how many baseline points the searched front dominates;
@@ -128,6 +129,8 @@ def main() -> None:
                     "trials": len(trials),
                     "trials_per_s": len(trials) / t["search_s"],
                     "machinery_share": 1 - t["forward_s"] / t["search_s"],
+                    "machinery_ms_per_trial": 1000 * (t["search_s"] - t["forward_s"]) / len(trials),
+                    "architectures": len({r.subnet_key for r in trials}),
                     "hypervolume": hypervolume(pts, ref),
                     "hypervolume_in_budget": hypervolume(feasible, budget),
                     "uniform_points_dominated": covered,
@@ -143,6 +146,8 @@ def main() -> None:
                         seed,
                         f"{rec['trials_per_s']:.2f}",
                         f"{rec['machinery_share']:.1%}",
+                        f"{rec['machinery_ms_per_trial']:.1f}",
+                        rec["architectures"],
                         f"{rec['hypervolume']:.4f}",
                         f"{rec['hypervolume_in_budget']:.4f}",
                         f"{covered}/{len(in_budget)}",
@@ -171,6 +176,8 @@ def main() -> None:
                 "seed",
                 "trials/s",
                 "machinery",
+                "machinery ms/trial",
+                "architectures",
                 "HV (all)",
                 "HV (in budget)",
                 "uniform dominated",
@@ -183,13 +190,21 @@ def main() -> None:
         rs = [r for r in runs if r["sampler"] == sampler]
         summary[sampler] = {
             k: float(np.mean([r[k] for r in rs]))
-            for k in ("trials_per_s", "machinery_share", "hypervolume", "hypervolume_in_budget")
+            for k in (
+                "trials_per_s",
+                "machinery_share",
+                "machinery_ms_per_trial",
+                "architectures",
+                "hypervolume",
+                "hypervolume_in_budget",
+            )
         }
+        m = summary[sampler]
         print(
-            f"{sampler:7s} mean: {summary[sampler]['trials_per_s']:.2f} trials/s, machinery "
-            f"{summary[sampler]['machinery_share']:.1%}, HV {summary[sampler]['hypervolume']:.4f} "
-            f"(uniform scaling {hv_uniform:.4f}), HV in budget {summary[sampler]['hypervolume_in_budget']:.4f} "
-            f"(uniform {hv_uniform_budget:.4f})"
+            f"{sampler:7s} mean: {m['trials_per_s']:.2f} trials/s, machinery {m['machinery_share']:.1%} "
+            f"({m['machinery_ms_per_trial']:.1f} ms/trial, {m['architectures']:.0f} distinct architectures), "
+            f"HV {m['hypervolume']:.4f} (uniform scaling {hv_uniform:.4f}), "
+            f"HV in budget {m['hypervolume_in_budget']:.4f} (uniform {hv_uniform_budget:.4f})"
         )
     if ray:
         print(

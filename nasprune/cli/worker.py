@@ -92,42 +92,10 @@ def _run_api(args) -> int:
     from services.api.server import make_server
 
     settings = _settings(args)
-    app = create_app(settings, start_workers=False)
-    prepare_trial_storage(settings.trial_storage_url)
+    app = create_app(settings, start_workers=False)  # also prepares the trial storage
     _print_settings("API", settings)
     make_server(app, settings.host, settings.port, access_log=not args.no_access_log).run()
     return 0
-
-
-_PG_TRIALS_LOCK = 0x6E617374  # "nast": one advisory lock id for creating the Optuna schema
-
-
-def prepare_trial_storage(url: str) -> None:
-    """Create the Optuna schema of the trial storage once, before any job opens it.
-
-    Optuna creates its tables (and PostgreSQL enum types) on first use without a lock: two workers
-    starting their first jobs at once on a fresh database collide (``duplicate key ... studydirection``)
-    and one job fails. Here every process takes the same advisory lock first.
-    """
-    import sqlalchemy as sa
-
-    from nasprune.search.study import make_storage
-
-    if not url.startswith("postgresql"):
-        make_storage(url)  # a journal or SQLite file: one machine, one server
-        return
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _PG_TRIALS_LOCK})
-            conn.commit()
-            try:
-                make_storage(url).engine.dispose()
-            finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_TRIALS_LOCK})
-                conn.commit()
-    finally:
-        engine.dispose()
 
 
 def _import_search_stack() -> None:
@@ -156,6 +124,7 @@ def worker_app(settings, runner=None):
     from fastapi import FastAPI
     from starlette.concurrency import run_in_threadpool
 
+    from nasprune.search.study import prepare_storage
     from nasprune.settings import is_sqlite
     from services.api.routes import health
     from services.jobs.store import JobStore
@@ -163,7 +132,7 @@ def worker_app(settings, runner=None):
 
     store = JobStore(settings.db_url)
     store.migrate()
-    prepare_trial_storage(settings.trial_storage_url)
+    prepare_storage(settings.trial_storage_url)
     tracking_uri = settings.effective_tracking_uri
     pool = WorkerPool(store, settings, runner, tracking_uri=tracking_uri)
     if is_sqlite(settings.db_url):

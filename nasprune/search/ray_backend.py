@@ -7,6 +7,7 @@ through Ray's object store (``tune.with_parameters``), so trials can land on any
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import threading
@@ -231,7 +232,16 @@ def run(
                 log_to_file=False,
             ),
         )
-        tuner.fit()
+        # Tune's auto loggers are off (they write result.json/progress.csv per trial, which nothing
+        # here reads: trials are read from the Optuna storage), so the ResultGrid that fit() builds
+        # would warn once per trial that it found no metrics files.
+        analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        level = analysis_log.level
+        analysis_log.setLevel(logging.ERROR)
+        try:
+            tuner.fit()
+        finally:
+            analysis_log.setLevel(level)
         return {"nodes": nodes, "node_ids": node_ids}
     finally:
         _disconnect(ray)

@@ -10,6 +10,7 @@ marked failed, finished ones are kept and counted.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import optuna
@@ -49,6 +50,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
         path = url[len(JOURNAL_SCHEME) :]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        repair_journal(path)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if url.startswith("sqlite"):
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
@@ -59,6 +61,83 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
 def journal_url(path: str | Path) -> str:
     return f"{JOURNAL_SCHEME}{Path(path).resolve()}"
+
+
+def repair_journal(path: str | Path) -> int:
+    """Cut a partial last line off a journal file; return the number of bytes cut.
+
+    Optuna appends each write as whole lines under a lock file. A process killed in the middle of
+    an append leaves a line without its newline: Optuna skips it while it is last, but the next
+    append would join onto it and make every later read of the study fail. Under the same lock the
+    writers take (so no append is in flight; a lock left by a killed process is broken after
+    Optuna's 30 s grace period), the partial line is dropped: it never was a finished write.
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0 or _ends_with_newline(path):
+        return 0
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with open(path, "r+b") as f:
+            size = f.seek(0, 2)
+            keep, chunk = size, 1 << 16
+            while keep > 0:  # search backwards for the last newline
+                start = max(0, keep - chunk)
+                f.seek(start)
+                block = f.read(keep - start)
+                at = block.rfind(b"\n")
+                if at >= 0:
+                    keep = start + at + 1
+                    break
+                keep = start
+            if keep == size:  # completed by a writer while we waited for the lock
+                return 0
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    log.warning("trial journal %s: dropped %d bytes of a write that a crash left unfinished", path, size - keep)
+    return size - keep
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
+PG_SCHEMA_LOCK = 0x6E617374  # "nast": one PostgreSQL advisory lock id for creating Optuna's schema
+
+
+def prepare_storage(url: str) -> None:
+    """Create the trial storage's schema once, before any job opens it (idempotent).
+
+    Optuna creates its tables (and PostgreSQL enum types) on first use without a lock: two processes
+    starting their first jobs at once on a fresh database collide (``duplicate key ...
+    studydirection``) and one job fails. On PostgreSQL every nasprune process (``serve``, ``api``,
+    ``worker``) takes the same advisory lock first. A journal or SQLite file is opened once (which
+    also repairs a journal that a crash left with a partial line).
+    """
+    if not url.startswith("postgresql"):
+        make_storage(url)
+        return
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": PG_SCHEMA_LOCK})
+            conn.commit()
+            try:
+                make_storage(url).engine.dispose()
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": PG_SCHEMA_LOCK})
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 def _sqlite_pragmas(engine) -> None:

@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from nasprune.search.study import prepare_storage
 from nasprune.settings import Settings
 from services.api import errors
 from services.api.catalog import Catalog
@@ -63,13 +64,14 @@ def create_app(
 ) -> FastAPI:
     """The service for ``settings`` (default: from ``NASPRUNE_*``).
 
-    Migrates the job database. With ``start_workers`` the app runs jobs in its own worker pool
-    (``runner`` replaces the real search, for tests); without, it only queues them for workers
-    elsewhere on the same database.
+    Migrates the job database and creates the trial storage's schema. With ``start_workers`` the
+    app runs jobs in its own worker pool (``runner`` replaces the real search, for tests); without,
+    it only queues them for workers elsewhere on the same database.
     """
     settings = (settings or Settings()).prepare()
     store = JobStore(settings.db_url)
     store.migrate()
+    prepare_storage(settings.trial_storage_url)  # Optuna's schema, once, under a lock on PostgreSQL
     tracking_uri = settings.effective_tracking_uri
     pool = WorkerPool(store, settings, runner, tracking_uri=tracking_uri) if start_workers else None
     cat = Catalog(settings)
