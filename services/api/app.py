@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
@@ -12,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from nasprune.search.study import prepare_storage
 from nasprune.settings import Settings
 from services.api import errors
-from services.api.catalog import Catalog
+from services.api.catalog import Catalog, warm_imports
 from services.api.deps import Services, require_token
 from services.api.routes import catalog, health, jobs, results
 from services.api.service import JobService
@@ -89,6 +90,7 @@ def create_app(
         # Few request threads: routes are short, and many runnable threads contending for the GIL
         # turn 1 ms requests into tens of ms at the tail.
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+        threading.Thread(target=warm_imports, name="warm-up", daemon=True).start()
         if pool is not None:
             await run_in_threadpool(pool.start)
         try:

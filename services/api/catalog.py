@@ -192,3 +192,12 @@ class Catalog:
         with self._lock:
             self._min_latency[key] = (value, time.monotonic())
         return value
+
+
+def warm_imports() -> None:
+    """Import the latency stack (torch, onnx; ~1.4 s cold) in a start-up thread, so the first job
+    submission, which checks its budget against a latency table, does not wait for it."""
+    try:
+        import nasprune.latency  # noqa: F401  (get_table, as the budget check uses it)
+    except Exception:  # a warm-up must never take the service down
+        log.exception("warm-up import failed; the first submission will import what it needs itself")
