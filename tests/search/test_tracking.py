@@ -85,3 +85,32 @@ def test_search_completes_when_tracking_server_is_down(prepared, budget, tmp_pat
     assert res.n_trials == 6 and res.recommended is not None
     assert res.tracking_error and "MLflow tracking at" in res.tracking_error and dead in res.tracking_error
     assert (tmp_path / "untracked" / "model.onnx").is_file()
+
+
+def test_supernet_training_lands_in_mlflow(tmp_path):
+    """`train_supernet` with a tracker: params, one metric point per epoch, the checkpoint artifact."""
+    from nasprune.tracking import MlflowTracker
+    from nasprune.train import TrainConfig, train_supernet
+
+    recipe = TrainConfig(epochs=3, warmup_epochs=1, batch_size=64, max_shift=0, n_random=1)
+    with mlflow_server(tmp_path / "mlflow") as srv:
+        tracker = MlflowTracker(srv.url)
+        res = train_supernet("mlp_digits", recipe, tracker=tracker, progress=False, checkpoint=tmp_path / "sn.pt")
+        assert tracker.error is None
+        exp = httpx.get(
+            f"{srv.url}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": "nasprune/mlp_digits/train"},
+            timeout=10,
+        ).json()["experiment"]
+        (run,) = _api(srv.url, "runs/search", experiment_ids=[exp["experiment_id"]])["runs"]
+        assert run["info"]["status"] == "FINISHED"
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert params["space"] == "mlp_digits" and params["epochs"] == "3" and params["n_random"] == "1"
+        run_id = run["info"]["run_id"]
+        history = _api(srv.url, f"metrics/get-history?run_id={run_id}&metric_key=train_loss")["metrics"]
+        assert sorted(m["step"] for m in history) == [1, 2, 3]
+        assert [m["value"] for m in sorted(history, key=lambda m: m["step"])] == pytest.approx(
+            [h["train_loss"] for h in res.history]
+        )
+        (art,) = _api(srv.url, f"artifacts/list?run_id={run_id}&path=checkpoint")["files"]
+        assert art["path"] == "checkpoint/sn.pt" and int(art["file_size"]) == (tmp_path / "sn.pt").stat().st_size
