@@ -6,6 +6,7 @@ accuracies and real onnxruntime latencies, without the full default recipes.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from nasprune.latency import ProfileSettings, build_table, table_path
@@ -29,6 +30,12 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture
 def budget(prepared):
-    """A budget that cuts the space roughly in half."""
+    """A budget that about 60% of random subnets exceed: the 40th percentile of their predicted latency.
+
+    So a few sampled trials already include infeasible ones. (The middle of the latency range was
+    used before: ~77% of random mlp_digits subnets fit there, and a 10-trial Ray search, whose 8
+    sampled trials are random, came out all feasible in about one run in eight.)
+    """
     _, table = prepared
-    return table.min_latency() + 0.5 * (table.max_latency() - table.min_latency())
+    rng = np.random.default_rng(0)
+    return float(np.quantile([table.predict(table.space.sample(rng)) for _ in range(400)], 0.4))
