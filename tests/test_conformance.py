@@ -10,6 +10,7 @@ import torch
 from nasprune.elastic.importance import reorder_channels
 from nasprune.elastic.modules import ElasticModule
 from nasprune.elastic.supernet import extract
+from nasprune.evaluate import recalibrate_bn
 from nasprune.export import export_subnet, read_metadata
 from nasprune.registry import create_supernet, list_spaces, load_space
 from tests.conftest import randomize
@@ -63,6 +64,14 @@ def test_extract_with_a_slice_cache_shares_weights_not_statistics(net):
         stats_a = {t.data_ptr() for n, t in a.named_buffers() if "running" in n}
         stats_b = {t.data_ptr() for n, t in b.named_buffers() if "running" in n}
         assert not stats_a & stats_b
+    # and behaviourally: recalibrating every model of the first batch leaves the second one's outputs alone
+    with torch.no_grad():
+        before = [b.eval()(x) for b in again]
+        for a in first:
+            recalibrate_bn(a, [x * 3 + 1])
+        after = [b.eval()(x) for b in again]
+    assert all(torch.equal(u, v) for u, v in zip(before, after, strict=True))
+    assert any(not torch.equal(a.eval()(x), u) for a, u in zip(first, before, strict=True))
 
 
 def test_select_restores_full_network(net):

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SliceCache = dict[tuple, torch.Tensor]
-"""Contiguous copies of active weight slices, keyed by (layer, tensor, sizes); see :func:`export_module`."""
+SliceCache = dict[tuple, torch.Tensor | nn.Module]
+"""Contiguous copies of active weight slices and the exported conv/linear layers (and BatchNorm
+prototypes) holding them, keyed by (layer, what, sizes); see :func:`export_module`."""
 
 
 def _copy(t: torch.Tensor, cache: SliceCache | None = None, key: tuple = ()) -> nn.Parameter:
@@ -57,12 +58,23 @@ class _ElasticWeighted(ElasticModule):
     def active_bias(self) -> torch.Tensor | None:
         return None if self.bias is None else self.bias[: self.active_out]
 
-    def _filled(self, m: nn.Module, cache: SliceCache | None) -> nn.Module:
-        """``m`` (built on the meta device: no storage, no initialisation) given copies of the active slices."""
+    def _plain(self) -> nn.Module:
+        """The plain layer at the active sizes, on the meta device (no storage, no initialisation)."""
+        raise NotImplementedError
+
+    def export(self, cache: SliceCache | None = None) -> nn.Module:
+        """The plain layer holding copies of the active slices. With ``cache``, the layer itself is
+        built once per sizes and shared (read-only) by every subnet exported with that cache: it has
+        no state but its weights, and building modules was most of what extraction cost."""
         sizes = (self.active_in, self.active_out)
+        if cache is not None and (hit := cache.get((id(self), "module", *sizes))) is not None:
+            return hit
+        m = self._plain()
         m.weight = _copy(self.active_weight(), cache, (id(self), "weight", *sizes))
         if self.bias is not None:
             m.bias = _copy(self.active_bias(), cache, (id(self), "bias", *sizes))
+        if cache is not None:
+            cache[(id(self), "module", *sizes)] = m
         return m
 
     def elastic_state(self) -> tuple:
@@ -88,13 +100,10 @@ class ElasticConv2d(_ElasticWeighted):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.active_weight(), self.active_bias(), self.stride, self.padding)
 
-    def export(self, cache: SliceCache | None = None) -> nn.Conv2d:
+    def _plain(self) -> nn.Conv2d:
         has_bias = self.bias is not None
-        return self._filled(
-            nn.Conv2d(
-                self.active_in, self.active_out, self.kernel, self.stride, self.padding, bias=has_bias, device="meta"
-            ),
-            cache,
+        return nn.Conv2d(
+            self.active_in, self.active_out, self.kernel, self.stride, self.padding, bias=has_bias, device="meta"
         )
 
     def extra_repr(self) -> str:
@@ -112,10 +121,8 @@ class ElasticLinear(_ElasticWeighted):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.active_weight(), self.active_bias())
 
-    def export(self, cache: SliceCache | None = None) -> nn.Linear:
-        return self._filled(
-            nn.Linear(self.active_in, self.active_out, bias=self.bias is not None, device="meta"), cache
-        )
+    def _plain(self) -> nn.Linear:
+        return nn.Linear(self.active_in, self.active_out, bias=self.bias is not None, device="meta")
 
 
 class _ElasticBatchNorm(ElasticModule):
@@ -158,8 +165,27 @@ class _ElasticBatchNorm(ElasticModule):
         )
 
     def export(self, cache: SliceCache | None = None) -> nn.Module:
-        """Always fresh copies, even with ``cache``: recalibration writes the running statistics."""
+        """Running statistics are always fresh copies, even with ``cache``: recalibration writes them.
+        With ``cache``, the affine weight and bias are shared read-only and the module is a shallow
+        copy of a prototype (cheaper than building one)."""
         c = self.active
+        if cache is not None:
+            proto = cache.get((id(self), "norm", c))
+            if proto is None:
+                proto = self._plain(c, eps=self.eps, momentum=self.momentum, device="meta")
+                proto.weight = _copy(self.weight[:c], cache, (id(self), "weight", c))
+                proto.bias = _copy(self.bias[:c], cache, (id(self), "bias", c))
+                cache[(id(self), "norm", c)] = proto
+            m = copy.copy(proto)  # own __dict__; the dicts below are made its own too
+            m._parameters = dict(proto._parameters)
+            m._buffers = {
+                "running_mean": self.running_mean[:c].clone(),
+                "running_var": self.running_var[:c].clone(),
+                "num_batches_tracked": self.num_batches_tracked.clone(),
+            }
+            m._modules = {}
+            m.train(self.training)
+            return m
         m = self._plain(c, eps=self.eps, momentum=self.momentum)
         with torch.no_grad():
             m.weight.copy_(self.weight[:c])

@@ -30,12 +30,15 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture
 def budget(prepared):
-    """A budget that about 60% of random subnets exceed: the 40th percentile of their predicted latency.
+    """A budget that about 40% of random subnets exceed: the 60th percentile of their predicted latency.
 
-    So a few sampled trials already include infeasible ones. (The middle of the latency range was
-    used before: ~77% of random mlp_digits subnets fit there, and a 10-trial Ray search, whose 8
-    sampled trials are random, came out all feasible in about one run in eight.)
+    So a dozen sampled trials include infeasible ones all but ~0.1% of the time (0.6 ** 13), and
+    the fastest subnets stay ~20% under it, beyond the few percent by which measured latency can
+    exceed predicted on a busy machine (verification must find one within budget). The middle of
+    the latency range was used before: ~77% of random mlp_digits subnets fit there, and a 10-trial
+    Ray search came out all feasible about one run in eight. The 40th percentile left the fastest
+    subnets only ~3% under the budget once measured, and verification then sometimes found none.
     """
     _, table = prepared
     rng = np.random.default_rng(0)
-    return float(np.quantile([table.predict(table.space.sample(rng)) for _ in range(400)], 0.4))
+    return float(np.quantile([table.predict(table.space.sample(rng)) for _ in range(400)], 0.6))
