@@ -58,9 +58,9 @@ class _ElasticWeighted(ElasticModule):
     def active_bias(self) -> torch.Tensor | None:
         return None if self.bias is None else self.bias[: self.active_out]
 
+    @abstractmethod
     def _plain(self) -> nn.Module:
         """The plain layer at the active sizes, on the meta device (no storage, no initialisation)."""
-        raise NotImplementedError
 
     def export(self, cache: SliceCache | None = None) -> nn.Module:
         """The plain layer holding copies of the active slices. With ``cache``, the layer itself is

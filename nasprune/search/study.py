@@ -126,16 +126,12 @@ def prepare_storage(url: str) -> None:
         return
     import sqlalchemy as sa
 
+    from nasprune.db import advisory_lock
+
     engine = sa.create_engine(url)
     try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": PG_SCHEMA_LOCK})
-            conn.commit()
-            try:
-                make_storage(url).engine.dispose()
-            finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": PG_SCHEMA_LOCK})
-                conn.commit()
+        with engine.connect() as conn, advisory_lock(conn, PG_SCHEMA_LOCK):
+            make_storage(url).engine.dispose()
     finally:
         engine.dispose()
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm  # imported here: SQLAlchemy's lazy import of it from worker threads can race
 from sqlalchemy.engine import Connection, Engine
 
+from nasprune.db import advisory_lock
 from nasprune.search.job import Progress, SearchJob, SearchResult
 from services.jobs.errors import JobAlreadyFinished, JobNotFound, QueueFull, SchemaError
 from services.jobs.status import JobStatus
@@ -182,24 +183,16 @@ class JobStore:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
-        with self.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-                conn.commit()
-            try:
-                current = self._current_revision(conn)
-                if current is not None and current not in known:
-                    raise SchemaError(
-                        f"the job database is at schema version '{current}', which this nasprune does not "
-                        f"know (it knows {', '.join(sorted(known))}); upgrade nasprune or use another database"
-                    )
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, revision)
-                conn.commit()
-            finally:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
-                    conn.commit()
+        with self.engine.connect() as conn, advisory_lock(conn, _PG_MIGRATION_LOCK):
+            current = self._current_revision(conn)
+            if current is not None and current not in known:
+                raise SchemaError(
+                    f"the job database is at schema version '{current}', which this nasprune does not "
+                    f"know (it knows {', '.join(sorted(known))}); upgrade nasprune or use another database"
+                )
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            conn.commit()
 
     def schema_version(self) -> str | None:
         with self.engine.connect() as conn:
