@@ -33,3 +33,7 @@ class LatencyTableError(NasPruneError):
 
 class BudgetError(NasPruneError):
     """A latency budget cannot be met by any subnet of the space on the device."""
+
+
+class GraphError(NasPruneError):
+    """A model cannot be traced or analysed, or its weights do not fit its architecture."""

@@ -18,7 +18,10 @@ from nasprune.space import SubnetConfig
 
 
 def _norms(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm | _ElasticBatchNorm)]
+    from nasprune.graph.elastic import ElasticBatchNorm
+
+    kinds = nn.modules.batchnorm._BatchNorm | _ElasticBatchNorm | ElasticBatchNorm
+    return [m for m in model.modules() if isinstance(m, kinds)]
 
 
 @torch.no_grad()

@@ -276,13 +276,84 @@ class MLPSpace(_SpaceBase):
         return [f"stage{i}.layer{j}" for i, _ in enumerate(self.stages) for j in range(depths[f"stage{i}"])]
 
 
-SearchSpace = Annotated[ResNetSpace | MLPSpace, Field(discriminator="family")]
+class WidthGroup(_Strict):
+    """A channel group of a graph-derived space: its width choices and, when all its layers live in
+    one skippable block, that block (the group does not run when the block is skipped)."""
+
+    widths: list[PositiveInt]
+    within: str | None = None
+
+    @field_validator("widths")
+    @classmethod
+    def _sorted_unique(cls, v: list[int]) -> list[int]:
+        return _choices(v, "widths")
+
+
+class DepthSequence(_Strict):
+    """Consecutive skippable residual blocks; a subnet keeps the first ``d`` of them."""
+
+    blocks: Annotated[list[str], Field(min_length=1)]
+    depths: list[Annotated[int, Field(ge=0)]]
+
+    @field_validator("depths")
+    @classmethod
+    def _sorted_unique(cls, v: list[int]) -> list[int]:
+        return _choices(v, "depths")
+
+    def model_post_init(self, _ctx) -> None:
+        if max(self.depths) > len(self.blocks):
+            raise ValueError(f"depths {self.depths} exceed the {len(self.blocks)} blocks of the sequence")
+
+
+class GraphSpace(_SpaceBase):
+    """A space derived from a model's graph (``nasprune.derive_space``): per channel group the widths,
+    per sequence of skippable residual blocks the depths. ``model`` says how to build the model:
+    ``torchvision:NAME`` or ``PKG.MODULE:FACTORY`` (local, trusted code), called with ``model_kwargs``.
+    ``graph_digest`` is the hash of the traced graph: a model whose graph changed no longer fits."""
+
+    family: Literal["graph"]
+    dataset: str = ""
+    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+:[A-Za-z0-9_]+$")]
+    model_kwargs: dict[str, int | float | str | bool] = {}
+    input_shape: Annotated[tuple[PositiveInt, ...], Field(min_length=1, max_length=3)]
+    graph_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    groups: dict[str, WidthGroup]
+    sequences: dict[str, DepthSequence] = {}
+
+    def model_post_init(self, _ctx) -> None:
+        if not self.groups and not self.sequences:
+            raise ValueError("a space needs at least one width group or depth sequence to choose from")
+        blocks = {b for seq in self.sequences.values() for b in seq.blocks}
+        for name, g in self.groups.items():
+            if g.within is not None and g.within not in blocks:
+                raise ValueError(f"groups.{name}.within: '{g.within}' is not a block of any sequence")
+
+    def width_layers(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(g.widths) for name, g in self.groups.items()}
+
+    def depth_choices(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(seq.depths) for name, seq in self.sequences.items()}
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.sequences)
+
+    def skipped_blocks(self, depths: dict[str, int]) -> set[str]:
+        """The blocks a subnet with ``depths`` does not run."""
+        return {b for name, seq in self.sequences.items() for b in seq.blocks[depths[name] :]}
+
+    def active_layers(self, depths: dict[str, int]) -> list[str]:
+        skipped = self.skipped_blocks(depths)
+        return [name for name, g in self.groups.items() if g.within not in skipped]
+
+
+SearchSpace = Annotated[ResNetSpace | MLPSpace | GraphSpace, Field(discriminator="family")]
 """Any search space; ``family`` picks the schema."""
 
-_SPACE_ADAPTER: TypeAdapter[ResNetSpace | MLPSpace] = TypeAdapter(SearchSpace)
+_SPACE_ADAPTER: TypeAdapter[ResNetSpace | MLPSpace | GraphSpace] = TypeAdapter(SearchSpace)
 
 
-def parse_space(data: object, source: str = "<data>") -> ResNetSpace | MLPSpace:
+def parse_space(data: object, source: str = "<data>") -> ResNetSpace | MLPSpace | GraphSpace:
     """Validate a space from a mapping. Raises :class:`~nasprune.errors.SpaceError` naming the field."""
     from nasprune.errors import SpaceError
 

@@ -1,0 +1,713 @@
+"""Graph analysis: which channels of a model must be pruned together, which blocks can be skipped,
+and what cannot be analysed (frozen at full width, each with its reason).
+
+The model is traced once with ``torch.fx`` (see docs/graph.md for why fx and not torch.export) and
+its shapes propagated with one example input. Every tensor's channel dimension (dim 1) is described
+by a *layout*: a tuple of :class:`Segment`, each a run of channels of one *channel variable*. A
+conv/linear output starts a new variable; norms, activations, pooling and dropout pass the layout
+through; a residual add or a squeeze-excite multiply *unifies* the variables of its operands; a
+concatenation concatenates layouts (index offsets); a depthwise conv passes its input layout to its
+output (its input and output channels are the same channels); ``flatten -> linear`` repeats each
+channel over its spatial positions. After the walk, every set of unified variables is one *channel
+group*: the channels a subnet keeps the leading ``w`` of.
+
+Anything the walk does not know (a module or function outside its tables, a grouped conv that is
+not depthwise, a reshape to a fixed size, a transpose, a module whose forward fx cannot trace because
+of data-dependent control flow or a custom autograd function) *freezes* every channel variable that
+flows into or out of it, with the reason. An unknown op is never assumed elementwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import operator
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from nasprune.errors import GraphError
+
+# -- what the walk knows ------------------------------------------------------------------------------
+
+_PASS_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.Upsample,
+)  # fmt: skip
+"""Leaf modules that act per channel and accept any channel count (PReLU only with one parameter)."""
+
+_PASS_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
+    F.hardtanh, F.sigmoid, F.tanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d,
+    torch.relu, torch.sigmoid, torch.tanh, torch.nn.functional.relu_,
+    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate,
+    torch.clone, torch.clamp, torch.abs, torch.exp, operator.neg, operator.pos, torch.neg,
+}  # fmt: skip
+_PASS_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clone", "contiguous",
+    "abs", "exp", "neg", "float", "detach",
+}  # fmt: skip
+_BINARY_FUNCTIONS = {
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+    operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
+}  # fmt: skip
+_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+_ADD_TARGETS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+_SHAPE_METHODS = {"size", "dim"}
+_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax}
+_REDUCE_METHODS = {"mean", "sum", "amax"}
+_RESHAPE_METHODS = {"view", "reshape", "flatten"}
+_CONCAT_FUNCTIONS = {torch.cat, torch.concat}
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+WEIGHTED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+# -- layouts ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``size`` channels of channel variable ``var``; each spans ``repeat`` consecutive features
+    (1, except after a flatten, where a channel becomes its H*W positions)."""
+
+    var: int
+    size: int
+    repeat: int = 1
+
+    @property
+    def features(self) -> int:
+        return self.size * self.repeat
+
+
+Layout = tuple[Segment, ...]
+
+
+class _Vars:
+    """Union-find over channel variables; a root knows its size and, if frozen, why."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.frozen: dict[int, str] = {}
+        self.block: dict[int, int] = {}  # root -> channels per GroupNorm group (widths must be multiples)
+
+    def new(self, size: int) -> int:
+        self.parent.append(len(self.parent))
+        self.size.append(size)
+        return len(self.parent) - 1
+
+    def find(self, v: int) -> int:
+        while self.parent[v] != v:
+            self.parent[v] = self.parent[self.parent[v]]
+            v = self.parent[v]
+        return v
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if ra > rb:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        if rb in self.frozen:
+            self.frozen.setdefault(ra, self.frozen.pop(rb))
+        if rb in self.block:
+            self.block[ra] = math.lcm(self.block.get(ra, 1), self.block.pop(rb))
+
+    def freeze(self, v: int, reason: str) -> None:
+        self.frozen.setdefault(self.find(v), reason)
+
+
+# -- what the analysis returns ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerUse:
+    """How one module takes part in the graph: the layouts of its input and output channels."""
+
+    path: str
+    kind: str  # conv1d | conv2d | linear | batchnorm | layernorm | groupnorm
+    in_layout: Layout
+    out_layout: Layout
+    depthwise: bool = False
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """Something the analysis could not prune through: the node, what it is, and why."""
+
+    node: str
+    op: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Block:
+    """A residual block whose input and output shapes match: the network still runs without it."""
+
+    path: str
+    input_node: str
+    output_node: str
+
+
+@dataclass
+class Analysis:
+    """The result of :func:`analyze_model`."""
+
+    layers: dict[str, LayerUse]
+    groups: dict[str, list[int]]
+    """group name -> the channel-variable roots it covers (one root; a list for future merges)."""
+    group_size: dict[str, int]
+    group_block: dict[str, int]
+    group_within: dict[str, str | None]
+    frozen: list[Frozen]
+    frozen_groups: dict[str, str]
+    """Channel sets that stay at full width: first producer (or node) -> reason."""
+    sequences: dict[str, list[str]]
+    """depth-sequence name -> the block paths in it, in order."""
+    digest: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    var_root: dict[int, int] = field(default_factory=dict)
+    var_group: dict[int, str] = field(default_factory=dict)
+    node_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def group_of(self, var: int) -> str | None:
+        return self.var_group.get(self.var_root[var])
+
+
+_FUNCTION_APPLY = torch.autograd.Function.apply.__func__.__code__
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that turns a submodule it cannot trace into a leaf, recording why, and marks the nodes
+    fx records from inside a custom ``torch.autograd.Function`` (fx traces its forward and loses its
+    backward, so the analysis must not treat those ops as ordinary ones)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.untraceable: dict[str, str] = {}
+
+    def create_node(self, *args, **kwargs) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code is _FUNCTION_APPLY:
+                node.meta["autograd_function"] = getattr(frame.f_locals.get("cls"), "__name__", "?")
+                break
+            frame = frame.f_back
+        return node
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.untraceable or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        qualname = self.path_of_module(m)
+        if qualname in self.untraceable or self.is_leaf_module(m, qualname):
+            return super().call_module(m, forward, args, kwargs)
+        mark = len(self.graph.nodes)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as e:  # data-dependent control flow, custom autograd functions, ...
+            for node in reversed(list(self.graph.nodes)[mark:]):
+                if not node.users:
+                    self.graph.erase_node(node)
+            self.untraceable[qualname] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            return self.create_proxy("call_module", qualname, args, kwargs)
+
+
+def trace_model(model: nn.Module) -> tuple[fx.GraphModule, dict[str, str]]:
+    """An fx graph of ``model`` (its modules are not changed) and the submodules fx could not trace."""
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:
+        raise GraphError(
+            f"torch.fx cannot trace {type(model).__name__}.forward itself ({type(e).__name__}: {e}); "
+            "data-dependent control flow must live inside submodules, which are then frozen"
+        ) from None
+    return fx.GraphModule(model, graph), tracer.untraceable
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    if isinstance(t, str):
+        return t
+    return f"{getattr(t, '__module__', '') or ''}.{getattr(t, '__name__', repr(t))}".lstrip(".")
+
+
+class _Walker:
+    def __init__(self, gm: fx.GraphModule, untraceable: dict[str, str]):
+        self.gm = gm
+        self.untraceable = untraceable
+        self.vars = _Vars()
+        self.layout: dict[str, Layout | None] = {}
+        self.layers: dict[str, LayerUse] = {}
+        self.frozen: list[Frozen] = []
+        self.modules = dict(gm.named_modules())
+        self.calls: dict[str, int] = {}
+        self.owner: dict[int, str] = {}  # variable -> the module or node that writes it
+
+    # layouts
+    def new(self, size: int) -> Layout:
+        return (Segment(self.vars.new(size), size),)
+
+    def freeze(self, node: fx.Node, op: str, reason: str, layouts: Iterable[Layout | None]) -> None:
+        self.frozen.append(Frozen(node.name, op, reason))
+        for lay in layouts:
+            for seg in lay or ():
+                self.vars.freeze(seg.var, f"{reason} (at {node.name})")
+
+    def inputs(self, node: fx.Node) -> list[fx.Node]:
+        return [a for a in node.all_input_nodes if self.layout.get(a.name) is not None]
+
+    def unify(self, node: fx.Node, a: Layout, b: Layout) -> Layout:
+        """Make two layouts of the same channels one (residual add, SE multiply)."""
+        if a == b:
+            return a
+        if [s.features for s in a] == [s.features for s in b] and all(
+            x.repeat == y.repeat for x, y in zip(a, b, strict=True)
+        ):
+            for x, y in zip(a, b, strict=True):
+                self.vars.union(x.var, y.var)
+            return a
+        self.freeze(node, _target_name(node), "operands whose channel layouts differ", [a, b])
+        return a
+
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            first = len(self.vars.parent)
+            self.layout[node.name] = self.visit(node)
+            for var in range(first, len(self.vars.parent)):
+                self.owner[var] = str(node.target) if node.op == "call_module" else node.name
+
+    def visit(self, node: fx.Node) -> Layout | None:
+        shape = _shape(node)
+        if node.op == "placeholder":
+            if shape is None or len(shape) < 2:
+                return None
+            lay = self.new(shape[1])
+            self.vars.freeze(lay[0].var, "network input")
+            return lay
+        if node.op == "get_attr":
+            if shape is not None and len(shape) >= 2 and shape[1] > 1:
+                lay = self.new(shape[1])
+                self.vars.freeze(lay[0].var, f"used with the fixed-size tensor '{node.target}'")
+                return lay
+            return None
+        if node.op == "output":
+            for a in node.all_input_nodes:
+                for seg in self.layout.get(a.name) or ():
+                    self.vars.freeze(seg.var, "network output")
+            return None
+        ins = self.inputs(node)
+        if "autograd_function" in node.meta:
+            fn = node.meta["autograd_function"]
+            self.freeze(node, fn, f"inside custom autograd function {fn} (its backward is not traced)",
+                        [self.layout[i.name] for i in ins])  # fmt: skip
+            if shape is not None and len(shape) >= 2:
+                out = self.new(shape[1])
+                self.vars.freeze(out[0].var, f"output of custom autograd function {fn}")
+                return out
+            return None
+        if shape is None:  # a non-tensor value: sizes, tuples, ...
+            if node.op == "call_method" and node.target in _SHAPE_METHODS:
+                return None
+            if node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "dtype", "device"):
+                return None
+            if ins:
+                lays = [self.layout[i.name] for i in ins]
+                self.freeze(node, _target_name(node), "returns something other than a tensor", lays)
+            return None
+        if node.op == "call_module":
+            return self.module(node, shape, ins)
+        if node.op in ("call_function", "call_method"):
+            return self.function(node, shape, ins)
+        return None
+
+    def module(self, node: fx.Node, shape: tuple[int, ...], ins: list[fx.Node]) -> Layout | None:
+        path = str(node.target)
+        m = self.modules[path]
+        self.calls[path] = self.calls.get(path, 0) + 1
+        x = ins[0] if ins else None
+        lay = self.layout[x.name] if x is not None else None
+        in_shape = _shape(x) if x is not None else ()
+        kind = type(m).__name__
+        if path in self.untraceable:
+            self.freeze(node, kind, f"fx cannot trace it: {self.untraceable[path]}", [self.layout[i.name] for i in ins])
+            return self.new(shape[1]) if len(shape) >= 2 else None
+        if self.calls[path] > 1 and isinstance(m, WEIGHTED_TYPES + NORM_TYPES):
+            self.freeze(node, kind, "module called more than once (shared weights)", [lay])
+            out = self.new(shape[1]) if len(shape) >= 2 else None
+            self.vars.freeze(out[0].var, "output of a module called more than once") if out else None
+            return out
+        if isinstance(m, nn.Conv1d | nn.Conv2d) and type(m) in (nn.Conv1d, nn.Conv2d):
+            return self.conv(node, m, path, lay, in_shape, shape)
+        if type(m) is nn.Linear:
+            if lay is None or len(in_shape) != 2:
+                self.freeze(node, kind, "Linear over an input of rank other than 2", [lay])
+                out = self.new(shape[-1])
+                self.vars.freeze(out[0].var, "Linear over an input of rank other than 2")
+                return out if len(shape) == 2 else None
+            out = self.new(m.out_features)
+            self.layers[path] = LayerUse(path, "linear", lay, out, in_shape=in_shape, out_shape=shape)
+            return out
+        if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) and lay is not None and len(in_shape) in (2, 3, 4):
+            self.layers[path] = LayerUse(path, "batchnorm", lay, lay, in_shape=in_shape, out_shape=shape)
+            return lay
+        if type(m) is nn.LayerNorm and lay is not None:
+            if len(in_shape) == 2 and tuple(m.normalized_shape) == (in_shape[1],):
+                self.layers[path] = LayerUse(path, "layernorm", lay, lay, in_shape=in_shape, out_shape=shape)
+                return lay
+            reason = f"LayerNorm over {tuple(m.normalized_shape)} of a rank-{len(in_shape)} input"
+            self.freeze(node, kind, reason, [lay])
+            return lay
+        if type(m) is nn.GroupNorm and lay is not None:
+            if len(lay) == 1:
+                per = m.num_channels // m.num_groups
+                root = self.vars.find(lay[0].var)
+                self.vars.block[root] = math.lcm(self.vars.block.get(root, 1), per)
+                self.layers[path] = LayerUse(path, "groupnorm", lay, lay, in_shape=in_shape, out_shape=shape)
+                return lay
+            self.freeze(node, kind, "GroupNorm over concatenated channels", [lay])
+            return lay
+        if type(m) in _PASS_MODULES:
+            if isinstance(m, nn.PReLU) and m.num_parameters != 1:
+                self.freeze(node, kind, "PReLU with one parameter per channel", [lay])
+                return lay
+            return lay
+        if type(m) is nn.Flatten:
+            return self.flatten(node, lay, in_shape, shape, m.start_dim)
+        lays = [self.layout[i.name] for i in ins]
+        self.freeze(node, kind, f"unsupported module type {type(m).__module__}.{kind}", lays)
+        if len(shape) >= 2:
+            out = self.new(shape[1])
+            self.vars.freeze(out[0].var, f"output of unsupported module {path} ({kind})")
+            return out
+        return None
+
+    def conv(self, node, m, path, lay, in_shape, shape) -> Layout | None:
+        dim = 1 if isinstance(m, nn.Conv1d) else 2
+        kind = f"conv{dim}d"
+        if lay is None:
+            return self.new(m.out_channels)
+        if m.padding_mode != "zeros":
+            self.freeze(node, type(m).__name__, f"padding_mode={m.padding_mode!r} (only zeros is supported)", [lay])
+            out = self.new(m.out_channels)
+            self.vars.freeze(out[0].var, f"output of {path} (padding_mode={m.padding_mode!r})")
+            return out
+        if m.groups == 1:
+            out = self.new(m.out_channels)
+            self.layers[path] = LayerUse(path, kind, lay, out, in_shape=in_shape, out_shape=shape)
+            return out
+        if m.groups == m.in_channels == m.out_channels and len(lay) == 1:
+            self.layers[path] = LayerUse(path, kind, lay, lay, depthwise=True, in_shape=in_shape, out_shape=shape)
+            return lay
+        reason = f"grouped convolution (groups={m.groups}, {m.in_channels}->{m.out_channels}) that is not depthwise"
+        self.freeze(node, type(m).__name__, reason, [lay])
+        out = self.new(m.out_channels)
+        self.vars.freeze(out[0].var, f"output of {path}: {reason}")
+        return out
+
+    def flatten(self, node, lay, in_shape, shape, start_dim: int) -> Layout | None:
+        if lay is None:
+            return None
+        rank = len(in_shape)
+        start = start_dim % rank if rank else 0
+        if start >= 2:
+            return lay
+        if start == 1 and len(shape) == 2:
+            spatial = math.prod(in_shape[2:])
+            return tuple(Segment(s.var, s.size, s.repeat * spatial) for s in lay)
+        self.freeze(node, _target_name(node), f"flatten from dim {start_dim} merges the batch and channel dims", [lay])
+        return None
+
+    def function(self, node: fx.Node, shape, ins: list[fx.Node]) -> Layout | None:
+        t = node.target
+        is_method = node.op == "call_method"
+        name = _target_name(node)
+        lays = [self.layout[i.name] for i in ins]
+        first = node.args[0] if node.args else None
+        lay0 = self.layout.get(first.name) if isinstance(first, fx.Node) else None
+        if (t in _PASS_FUNCTIONS) or (is_method and t in _PASS_METHODS):
+            if len(ins) > 1:
+                self.freeze(node, name, "per-channel function with more than one tensor input", lays)
+            return lay0
+        if (t in _BINARY_FUNCTIONS) or (is_method and t in _BINARY_METHODS):
+            with_channels = [
+                (self.layout[a.name], _shape(a))
+                for a in node.args[:2]
+                if isinstance(a, fx.Node) and self.layout.get(a.name) is not None
+            ]
+            with_channels = [(x, s) for x, s in with_channels if len(s) >= 2 and s[1] > 1]
+            if not with_channels:
+                return lay0 if lay0 is not None else (self.layout[ins[0].name] if ins else None)
+            out = with_channels[0][0]
+            for other, _ in with_channels[1:]:
+                out = self.unify(node, out, other)
+            return out
+        if t in _CONCAT_FUNCTIONS:
+            parts = node.args[0]
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            layouts = [self.layout.get(p.name) if isinstance(p, fx.Node) else None for p in parts]
+            if any(x is None for x in layouts):
+                self.freeze(node, name, "concatenation of tensors without a channel dimension", layouts)
+                return self.new(shape[1]) if len(shape) >= 2 else None
+            if dim % len(shape) == 1:
+                return tuple(s for x in layouts for s in x)
+            out = layouts[0]
+            for other in layouts[1:]:
+                out = self.unify(node, out, other)
+            return out
+        if (t is torch.flatten) or (is_method and t == "flatten"):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            return self.flatten(node, lay0, _shape(first), shape, start)
+        if (is_method and t in ("view", "reshape")) or t is torch.reshape:
+            return self.reshape(node, lay0, _shape(first), shape)
+        if (t in _REDUCE_FUNCTIONS) or (is_method and t in _REDUCE_METHODS):
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            in_shape = _shape(first)
+            if dims is None or in_shape is None:
+                self.freeze(node, name, "reduction over every dimension", lays)
+                return None
+            dims = {d % len(in_shape) for d in (dims if isinstance(dims, list | tuple) else [dims])}
+            if 1 in dims or 0 in dims:
+                return None  # reads any number of channels; its output has none
+            return lay0
+        if t is operator.getitem and isinstance(first, fx.Node) and _shape(first) is not None:
+            self.freeze(node, name, "indexing into a tensor", lays)
+            return self.new(shape[1]) if len(shape) >= 2 else None
+        self.freeze(node, name, f"unsupported {'method' if is_method else 'function'} {name}", lays)
+        if len(shape) >= 2:
+            out = self.new(shape[1])
+            self.vars.freeze(out[0].var, f"output of unsupported op {name}")
+            return out
+        return None
+
+    def reshape(self, node, lay, in_shape, shape) -> Layout | None:
+        if lay is None or in_shape is None:
+            return None
+        if tuple(in_shape) == tuple(shape):
+            fixed = [a for a in node.args[1:] if isinstance(a, int) and a not in (-1,)]
+            if len(fixed) <= 1:  # the batch size at most
+                return lay
+        size_args = list(node.args[1:])
+        if len(size_args) == 1 and isinstance(size_args[0], list | tuple):
+            size_args = list(size_args[0])
+        if len(shape) == 2 and len(in_shape) >= 2 and len(size_args) == 2 and size_args[1] == -1:
+            spatial = math.prod(in_shape[2:])
+            return tuple(Segment(s.var, s.size, s.repeat * spatial) for s in lay)
+        self.freeze(node, _target_name(node), f"reshape of {tuple(in_shape)} to the fixed size {tuple(shape)}", [lay])
+        return self.new(shape[1]) if len(shape) >= 2 else None
+
+
+def analyze_model(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    channel_divisor: int = 8,
+) -> Analysis:
+    """Trace ``model`` with ``example_input`` and find its channel groups, skippable blocks and frozen parts.
+
+    The model is not changed (it is run once in eval mode, then put back in its mode).
+    """
+    gm, untraceable = trace_model(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input)
+    except Exception as e:
+        raise GraphError(f"the model does not run on an input of shape {tuple(example_input.shape)}: {e}") from None
+    finally:
+        model.train(was_training)
+    walker = _Walker(gm, untraceable)
+    walker.run()
+    return _collect(gm, walker, example_input, channel_divisor)
+
+
+def _collect(gm: fx.GraphModule, w: _Walker, example_input: torch.Tensor, divisor: int) -> Analysis:
+    v = w.vars
+    roots: dict[int, list[LayerUse]] = {}
+    producers: dict[int, list[str]] = {}
+    for use in w.layers.values():
+        for seg in (*use.in_layout, *use.out_layout):
+            roots.setdefault(v.find(seg.var), [])
+        if use.kind in ("conv1d", "conv2d", "linear") and not use.depthwise:
+            producers.setdefault(v.find(use.out_layout[0].var), []).append(use.path)
+    groups: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
+    blocks: dict[str, int] = {}
+    frozen_groups: dict[str, str] = {}
+    var_group: dict[int, str] = {}
+    for var, owner in w.owner.items():  # frozen channels written by something other than a prunable layer
+        root = v.find(var)
+        if root in v.frozen and root not in producers and v.frozen[root] != "network input":
+            frozen_groups.setdefault(owner, v.frozen[root])
+    for root in sorted(roots, key=lambda r: _first_index(gm, producers.get(r, []))):
+        names = producers.get(root)
+        if not names:
+            continue
+        name = names[0]
+        if root in v.frozen:
+            frozen_groups[name] = v.frozen[root]
+            continue
+        groups[name] = [root]
+        sizes[name] = v.size[root]
+        blocks[name] = v.block.get(root, 1)
+        var_group[root] = name
+    var_root = {i: v.find(i) for i in range(len(v.parent))}
+    node_shapes = {n.name: s for n in gm.graph.nodes if (s := _shape(n)) is not None}
+    seq = _skippable(gm, w)
+    within = _within(gm, w, groups, var_root, var_group, seq)
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    out_shape = _shape(out_node.all_input_nodes[0]) if out_node.all_input_nodes else ()
+    return Analysis(
+        layers=w.layers,
+        groups=groups,
+        group_size=sizes,
+        group_block=blocks,
+        group_within=within,
+        frozen=w.frozen,
+        frozen_groups=frozen_groups,
+        sequences=seq,
+        digest=_digest(gm),
+        input_shape=tuple(example_input.shape[1:]),
+        output_shape=tuple(out_shape or ())[1:],
+        var_root=var_root,
+        var_group=var_group,
+        node_shapes=node_shapes,
+    )
+
+
+def _first_index(gm: fx.GraphModule, paths: list[str]) -> int:
+    order = {str(n.target): i for i, n in enumerate(gm.graph.nodes) if n.op == "call_module"}
+    return min((order.get(p, 10**9) for p in paths), default=10**9)
+
+
+def _module_of(node: fx.Node) -> list[str]:
+    """The module paths a node was created inside, outermost first."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [p for p, _ in stack.values()]
+    if node.op == "call_module":
+        paths.append(str(node.target))
+    return paths
+
+
+def _skippable(gm: fx.GraphModule, w: _Walker) -> dict[str, list[str]]:
+    """Residual blocks with one tensor in, one tensor out of the same shape, whose output adds the
+    block input itself; consecutive ones form a depth sequence (keep the first d)."""
+    nodes = list(gm.graph.nodes)
+    inside: dict[str, list[fx.Node]] = {}
+    for n in nodes:
+        for p in _module_of(n):
+            inside.setdefault(p, []).append(n)
+    modules = dict(gm.named_modules())
+    candidates: dict[str, tuple[fx.Node, fx.Node]] = {}
+    for path, members in inside.items():
+        if not path or path in w.untraceable or path not in modules:
+            continue
+        if isinstance(modules[path], WEIGHTED_TYPES + NORM_TYPES + _PASS_MODULES):
+            continue
+        member_set = set(members)
+        ext_in = {a for n in members for a in n.all_input_nodes if a not in member_set and a.op != "get_attr"}
+        ext_out = [n for n in members if any(u not in member_set for u in n.users)]
+        if len(ext_in) != 1 or len(ext_out) != 1:
+            continue
+        (x,), y = tuple(ext_in), ext_out[0]
+        if _shape(x) is None or _shape(x) != _shape(y):
+            continue
+        if not _ends_in_residual_add(y, x, modules):
+            continue
+        if w.calls.get(path, 1) > 1 or any(p in w.untraceable for p in inside if p.startswith(path + ".")):
+            continue
+        frozen_inside = any(f.node in {n.name for n in members} for f in w.frozen)
+        if frozen_inside:
+            continue
+        candidates[path] = (x, y)
+    # keep the outermost candidates only when nested (a block inside a skippable block stays fixed)
+    outer = {p: xy for p, xy in candidates.items() if not any(p.startswith(q + ".") for q in candidates)}
+    by_input = {xy[0].name: p for p, xy in outer.items()}
+    by_output = {xy[1].name: p for p, xy in outer.items()}
+    sequences: dict[str, list[str]] = {}
+    for path, (x, _) in sorted(outer.items(), key=lambda kv: nodes.index(kv[1][0])):
+        if x.name in by_output:  # continues a chain that starts earlier
+            continue
+        chain = [path]
+        while (nxt := by_input.get(outer[chain[-1]][1].name)) is not None:
+            chain.append(nxt)
+        sequences[_sequence_name(chain)] = chain
+    return sequences
+
+
+def _ends_in_residual_add(y: fx.Node, x: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``y`` is ``add(f(x), x)``, possibly followed by per-channel ops (an activation)."""
+    while True:
+        if y.op in ("call_function", "call_method") and y.target in _ADD_TARGETS:
+            return x in y.args[:2]
+        per_channel = (
+            (y.op == "call_module" and type(modules.get(str(y.target))) in _PASS_MODULES)
+            or (y.op == "call_function" and y.target in _PASS_FUNCTIONS)
+            or (y.op == "call_method" and y.target in _PASS_METHODS)
+        )
+        if not per_channel or not y.args or not isinstance(y.args[0], fx.Node):
+            return False
+        y = y.args[0]
+
+
+def _sequence_name(chain: list[str]) -> str:
+    first, last = chain[0], chain[-1]
+    head, _, a = first.rpartition(".")
+    head2, _, b = last.rpartition(".")
+    if head and head == head2 and a.isdigit() and b.isdigit():
+        return f"{head}.{a}-{b}" if a != b else first
+    return first if len(chain) == 1 else f"{first}..{last}"
+
+
+def _within(gm, w: _Walker, groups, var_root, var_group, sequences) -> dict[str, str | None]:
+    """Per group, the innermost skippable block all its layers live in (None: outside every block)."""
+    blocks = [b for chain in sequences.values() for b in chain]
+    members: dict[str, list[str]] = {}
+    for use in w.layers.values():
+        for seg in (*use.in_layout, *use.out_layout):
+            g = var_group.get(var_root[seg.var])
+            if g is not None:
+                members.setdefault(g, []).append(use.path)
+    out: dict[str, str | None] = {}
+    for g in groups:
+        paths = members.get(g, [])
+        inner = [b for b in blocks if paths and all(p.startswith(b + ".") for p in paths)]
+        out[g] = max(inner, key=len) if inner else None
+    return out
+
+
+def _digest(gm: fx.GraphModule) -> str:
+    """A stable hash of the traced graph: ops, targets, module types and parameter shapes."""
+    h = hashlib.sha256()
+    modules = dict(gm.named_modules())
+    for n in gm.graph.nodes:
+        h.update(f"{n.op}|{_target_name(n)}|{_shape(n)}|".encode())
+        if n.op == "call_module":
+            m = modules[str(n.target)]
+            h.update(type(m).__name__.encode())
+            for name, p in m.named_parameters(recurse=False):
+                h.update(f"{name}{tuple(p.shape)}".encode())
+            h.update(m.extra_repr().encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,91 @@
+"""Models by reference, and weights from safetensors files.
+
+A reference is ``torchvision:NAME`` (a torchvision classification architecture, built with
+``weights=None``: nothing is downloaded) or ``PKG.MODULE:FACTORY`` (a function or class of the
+user's own, importable, trusted code; the service never accepts this form). Weights are read only
+from safetensors files (never pickles) and must fit the architecture tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nasprune.errors import GraphError
+
+
+def torchvision_models() -> list[str]:
+    """The torchvision classification architectures a reference may name."""
+    from nasprune._torchvision import import_torchvision
+
+    tv = import_torchvision()
+    return sorted(tv.models.list_models(module=tv.models))
+
+
+def build_model(ref: str, kwargs: dict | None = None) -> nn.Module:
+    """The model a reference names, built with ``kwargs`` (e.g. ``num_classes``), with its own init."""
+    kwargs = dict(kwargs or {})
+    source, sep, name = ref.partition(":")
+    if not sep or not source or not name:
+        raise GraphError(f"model reference '{ref}' must be 'torchvision:NAME' or 'PKG.MODULE:FACTORY'")
+    if source == "torchvision":
+        from nasprune._torchvision import import_torchvision
+
+        tv = import_torchvision()
+        available = torchvision_models()
+        if name not in available:
+            raise GraphError(f"'{name}' is not a torchvision classification model (available: {', '.join(available)})")
+        try:
+            return tv.models.get_model(name, weights=None, **kwargs)
+        except TypeError as e:
+            raise GraphError(f"torchvision:{name} does not take these arguments {kwargs}: {e}") from None
+    try:
+        module = importlib.import_module(source)
+    except ImportError as e:
+        raise GraphError(f"cannot import '{source}' for model '{ref}': {e}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise GraphError(f"'{source}' has no callable '{name}' (model reference '{ref}')")
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise GraphError(f"'{ref}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a safetensors state dict into ``model`` (strict: every tensor present, every shape equal).
+
+    Raises :class:`GraphError` naming the first missing, unexpected or mismatching tensor and both shapes.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.suffix == ".pt" or path.suffix == ".pth":
+        raise GraphError(f"'{path}': weights are read from .safetensors files only (pickles can run code)")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise GraphError(f"'{path}' is not a readable safetensors file: {e}") from None
+    check_state(model, state)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`GraphError` on the first tensor of ``state`` that does not fit ``model``."""
+    own = model.state_dict()
+    for name, t in own.items():
+        if name not in state:
+            raise GraphError(f"weights lack tensor '{name}' (shape {tuple(t.shape)}) that the architecture has")
+        if tuple(state[name].shape) != tuple(t.shape):
+            raise GraphError(
+                f"tensor '{name}' has shape {tuple(state[name].shape)} in the weights but {tuple(t.shape)} "
+                "in the architecture (check num_classes and the input channels)"
+            )
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise GraphError(f"weights hold tensor '{extra[0]}' that the architecture does not have")

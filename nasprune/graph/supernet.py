@@ -1,0 +1,337 @@
+"""A supernet made from a user's model: its layers converted in place to elastic ones.
+
+``derive_space`` turns an :class:`~nasprune.graph.analyze.Analysis` into a
+:class:`~nasprune.space.GraphSpace`; ``GraphSupernet`` converts the model the space was derived from
+and runs any config of the space (``select``), extracts it (``extract``), counts its parameters and
+MACs, and sorts channels by importance. The per-config shape propagation is :meth:`GraphSupernet.trace`:
+spatial sizes never change with widths or skipped blocks (skipped blocks preserve shapes), so it
+reads the shapes the analysis recorded and only the channel counts follow the config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nasprune.elastic.supernet import Supernet
+from nasprune.errors import GraphError
+from nasprune.graph.analyze import Analysis, Layout, analyze_model
+from nasprune.graph.elastic import ElasticConv, Sel, Skippable, elastic_of
+from nasprune.space import DepthSequence, GraphSpace, SubnetConfig, WidthGroup
+
+DEFAULT_MIN_FRACTION = 0.25
+
+
+def width_choices(size: int, divisor: int = 8, min_fraction: float = DEFAULT_MIN_FRACTION, block: int = 1) -> list[int]:
+    """Multiples of ``lcm(divisor, block)`` from ``min_fraction`` of ``size`` up to ``size``, and ``size``."""
+    step = math.lcm(divisor, block)
+    lo = max(step, math.ceil(min_fraction * size / step) * step)
+    return sorted({*range(lo, size + 1, step), size})
+
+
+def derive_space(
+    analysis: Analysis,
+    name: str,
+    model: str,
+    num_classes: int,
+    dataset: str = "",
+    model_kwargs: dict | None = None,
+    channel_divisor: int = 8,
+    min_fraction: float = DEFAULT_MIN_FRACTION,
+    description: str = "",
+) -> GraphSpace:
+    """The search space of an analysed model: widths per channel group, depths per block sequence.
+
+    Groups with a single width choice (narrower than two steps of the divisor) are left out: they
+    stay at full width, as :func:`fixed_groups` reports.
+    """
+    groups = {}
+    for g, size in analysis.group_size.items():
+        widths = width_choices(size, channel_divisor, min_fraction, analysis.group_block[g])
+        if len(widths) > 1:
+            groups[g] = WidthGroup(widths=widths, within=analysis.group_within[g])
+    sequences = {
+        s: DepthSequence(blocks=blocks, depths=list(range(len(blocks) + 1))) for s, blocks in analysis.sequences.items()
+    }
+    return GraphSpace(
+        family="graph",
+        name=name,
+        description=description or f"derived from {model}",
+        dataset=dataset,
+        num_classes=num_classes,
+        channel_divisor=channel_divisor,
+        model=model,
+        model_kwargs=model_kwargs or {},
+        input_shape=analysis.input_shape,
+        graph_digest=analysis.digest,
+        groups=groups,
+        sequences=sequences,
+    )
+
+
+@dataclass(frozen=True)
+class GraphLayer:
+    """One conv/linear/norm of a subnet as it runs: active channels and the fixed spatial shapes."""
+
+    path: str
+    kind: str
+    c_in: int
+    c_out: int
+    block: str
+    kernel: tuple[int, ...] = ()
+    groups: int = 1
+    in_spatial: tuple[int, ...] = ()
+    out_spatial: tuple[int, ...] = ()
+    bias: bool = False
+    affine: bool = True
+
+    @property
+    def params(self) -> int:
+        if self.kind in ("batchnorm", "layernorm", "groupnorm"):
+            return (2 * self.c_out) if self.affine else 0
+        return self.c_in // self.groups * self.c_out * math.prod(self.kernel) + (self.c_out if self.bias else 0)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates at batch 1 (norms fold into the preceding layer at inference)."""
+        if self.kind in ("batchnorm", "layernorm", "groupnorm"):
+            return 0
+        return self.c_in // self.groups * self.c_out * math.prod(self.kernel) * math.prod(self.out_spatial)
+
+
+class GraphSupernet(Supernet):
+    """``model`` converted in place: its conv/linear/norm layers become elastic (same parameters), its
+    skippable blocks are wrapped. Without a config, it computes exactly what ``model`` computed."""
+
+    def __init__(self, space: GraphSpace, model: nn.Module, example_input: torch.Tensor | None = None):
+        nn.Module.__init__(self)
+        self.space = space
+        self.family = None
+        x = example_input if example_input is not None else torch.zeros(1, *space.input_shape)
+        analysis = analyze_model(model, x, space.channel_divisor)
+        if analysis.digest != space.graph_digest:
+            raise GraphError(
+                f"the model's graph (digest {analysis.digest}) is not the one space '{space.name}' was derived "
+                f"from ({space.graph_digest}); derive the space again from this model"
+            )
+        for g, group in space.groups.items():
+            if g not in analysis.group_size:
+                raise GraphError(f"space '{space.name}': group '{g}' is not a channel group of the model")
+            if max(group.widths) > analysis.group_size[g]:
+                raise GraphError(
+                    f"space '{space.name}': group '{g}' allows {max(group.widths)} channels; the model has "
+                    f"{analysis.group_size[g]}"
+                )
+        for s, seq in space.sequences.items():
+            if analysis.sequences.get(s, [])[: len(seq.blocks)] != seq.blocks:
+                raise GraphError(f"space '{space.name}': '{s}' is not a sequence of skippable blocks of the model")
+        self.analysis = analysis
+        self.body = model
+        self._convert()
+        self._index_cache: dict[tuple, torch.Tensor] = {}
+
+    # -- conversion ----------------------------------------------------------------------------------
+    def _convert(self) -> None:
+        for path in self.analysis.layers:
+            self._replace(path, elastic_of(self.body.get_submodule(path)))
+        for blocks in self.analysis.sequences.values():
+            for path in blocks:
+                self._replace(path, Skippable(self.body.get_submodule(path)))
+
+    def _replace(self, path: str, module: nn.Module) -> None:
+        parent, _, name = path.rpartition(".")
+        setattr(self.body.get_submodule(parent) if parent else self.body, name, module)
+
+    def _module(self, path: str) -> nn.Module:
+        """The (elastic) layer at a path of the original model, looking through Skippable wrappers."""
+        m = self.body
+        for part in path.split("."):
+            m = getattr(m, part)
+            if isinstance(m, Skippable):
+                m = m.block
+        return m
+
+    # -- configs -------------------------------------------------------------------------------------
+    def _widths(self, cfg: SubnetConfig) -> dict[int, int | None]:
+        """Active channels per channel variable (None: full size, the config does not choose it)."""
+        a = self.analysis
+        return {var: cfg.widths.get(a.var_group.get(root)) for var, root in a.var_root.items()}
+
+    def _sel(self, layout: Layout, widths: dict[int, int | None]) -> Sel:
+        offsets, parts, full = 0, [], True
+        for seg in layout:
+            w = widths[seg.var]
+            n = seg.features if w is None else w * seg.repeat
+            parts.append((offsets, n))
+            full = full and n == seg.features
+            offsets += seg.features
+        if full or len(parts) == 1:
+            return sum(n for _, n in parts) if len(parts) > 1 else parts[0][1]
+        key = tuple(parts)
+        idx = self._index_cache.get(key)
+        if idx is None:
+            idx = self._index_cache[key] = torch.cat([torch.arange(o, o + n) for o, n in parts])
+        return idx
+
+    def _skipped(self, cfg: SubnetConfig) -> set[str]:
+        return self.space.skipped_blocks(cfg.depths)
+
+    @staticmethod
+    def _inside(path: str, blocks: set[str]) -> str | None:
+        return next((b for b in blocks if path.startswith(b + ".")), None)
+
+    @contextmanager
+    def select(self, cfg: SubnetConfig | dict) -> Iterator[Supernet]:
+        cfg = self._checked(cfg)
+        saved = {name: m.elastic_state() for name, m in self._elastic()}
+        try:
+            widths = self._widths(cfg)
+            for path, use in self.analysis.layers.items():
+                m = self._module(path)
+                if use.kind in ("conv1d", "conv2d", "linear"):
+                    m.set_elastic_state((self._sel(use.in_layout, widths), self._sel(use.out_layout, widths)))
+                else:
+                    m.set_elastic_state((self._sel(use.out_layout, widths),))
+            skipped = self._skipped(cfg)
+            for blocks in self.analysis.sequences.values():
+                for b in blocks:
+                    self.body.get_submodule(b).set_elastic_state((b not in skipped,))
+            yield self
+        finally:
+            for name, m in self._elastic():
+                m.set_elastic_state(saved[name])
+
+    def trace(self, cfg: SubnetConfig) -> list[GraphLayer]:
+        cfg = self._checked(cfg)
+        widths = self._widths(cfg)
+        skipped = self._skipped(cfg)
+        out = []
+        for path, use in self.analysis.layers.items():
+            if self._inside(path, skipped):
+                continue
+            m = self._module(path)
+            c_out = _count(self._sel(use.out_layout, widths))
+            block = self._inside(path, set(b for bs in self.analysis.sequences.values() for b in bs)) or ""
+            if use.kind in ("conv1d", "conv2d", "linear"):
+                c_in = c_out if use.depthwise else _count(self._sel(use.in_layout, widths))
+                kernel = tuple(m.weight.shape[2:]) if use.kind != "linear" else ()
+                groups = c_out if isinstance(m, ElasticConv) and m.depthwise else 1
+                spatial = {"in_spatial": use.in_shape[2:], "out_spatial": use.out_shape[2:]}
+                out.append(
+                    GraphLayer(path, use.kind, c_in, c_out, block, kernel, groups, bias=m.bias is not None, **spatial)
+                )
+            else:
+                affine = getattr(m, "weight", None) is not None
+                out.append(GraphLayer(path, use.kind, c_out, c_out, block, affine=affine,
+                                      in_spatial=use.in_shape[2:], out_spatial=use.out_shape[2:]))  # fmt: skip
+        return out
+
+    def _fixed_params(self, skipped: set[str]) -> int:
+        """Parameters of layers the analysis did not make elastic (frozen ones), in blocks that run."""
+        layers = set(self.analysis.layers)
+        total = 0
+        for name, p in self._original_parameters():
+            owner = name.rpartition(".")[0]
+            if owner in layers or self._inside(name, skipped):
+                continue
+            total += p.numel()
+        return total
+
+    def _original_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Parameters named by their path in the original model (without the Skippable wrappers)."""
+        blocks = [b for bs in self.analysis.sequences.values() for b in bs]
+        for name, p in self.body.named_parameters():
+            b = next((b for b in blocks if name.startswith(b + ".block.")), None)
+            yield (name if b is None else b + name[len(b) + len(".block") :]), p
+
+    def num_params(self, cfg: SubnetConfig) -> int:
+        cfg = self._checked(cfg)
+        return sum(layer.params for layer in self.trace(cfg)) + self._fixed_params(self._skipped(cfg))
+
+    def macs(self, cfg: SubnetConfig) -> int:
+        return sum(layer.macs for layer in self.trace(cfg))
+
+    # -- importance ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reorder_channels(self, scores: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Sort every channel group by descending importance, in place; the network's function is kept.
+
+        ``scores``: per group, one importance per channel (default: the summed L1 norm of the filters
+        that write the group). GroupNorm groups move as whole norm groups. Returns the permutations.
+        """
+        a = self.analysis
+        perms = {}
+        for g, roots in a.groups.items():
+            score = scores[g] if scores is not None and g in scores else self.l1_importance(g)
+            block = a.group_block[g]
+            if block > 1:
+                order = torch.argsort(score.view(-1, block).sum(1), descending=True, stable=True)
+                perm = (order[:, None] * block + torch.arange(block)).flatten()
+            else:
+                perm = torch.argsort(score, descending=True, stable=True)
+            self._permute(set(roots), perm)
+            perms[g] = perm
+        return perms
+
+    def l1_importance(self, group: str) -> torch.Tensor:
+        """Summed L1 norm of every filter that writes the group's channels."""
+        total = torch.zeros(self.analysis.group_size[group])
+        for use, role, _, _ in self._members(group):
+            if role == "out" and use.kind in ("conv1d", "conv2d", "linear") and not use.depthwise:
+                total += self._module(use.path).weight.detach().abs().flatten(1).sum(1)
+        return total
+
+    def _members(self, group: str):
+        """(layer use, 'in'|'out', feature offset, repeat) for every place the group's channels appear."""
+        roots = set(self.analysis.groups[group])
+        for use in self.analysis.layers.values():
+            for role, layout in (("in", use.in_layout), ("out", use.out_layout)):
+                off = 0
+                for seg in layout:
+                    if self.analysis.var_root[seg.var] in roots:
+                        yield use, role, off, seg.repeat
+                    off += seg.features
+
+    def _permute(self, roots: set[int], perm: torch.Tensor) -> None:
+        a = self.analysis
+        for use in a.layers.values():
+            m = self._module(use.path)
+            weighted = use.kind in ("conv1d", "conv2d", "linear")
+            for role, layout in (("out", use.out_layout), ("in", use.in_layout)):
+                if role == "in" and (not weighted or use.depthwise):
+                    continue  # norms and depthwise convs: their output layout is their input layout
+                off = 0
+                for seg in layout:
+                    if a.var_root[seg.var] in roots:
+                        idx = (perm[:, None] * seg.repeat + torch.arange(seg.repeat)).flatten() + off
+                        span = slice(off, off + seg.features)
+                        if role == "out":
+                            tensors = [m.weight, getattr(m, "bias", None)]
+                            tensors += [getattr(m, "running_mean", None), getattr(m, "running_var", None)]
+                            for t in tensors:
+                                if t is not None:
+                                    t[span] = t[idx]
+                        else:
+                            m.weight[:, span] = m.weight[:, idx]
+                    off += seg.features
+
+
+def _count(sel: Sel) -> int:
+    return sel if isinstance(sel, int) else int(sel.numel())
+
+
+def fixed_groups(analysis: Analysis, space: GraphSpace) -> dict[str, str]:
+    """Channel groups the space leaves at full width and why (frozen by the analysis, or one choice)."""
+    out = dict(analysis.frozen_groups)
+    for g, size in analysis.group_size.items():
+        if g not in space.groups:
+            out[g] = f"a single width choice ({size} channels; the divisor is {space.channel_divisor})"
+    return out
+
+
+__all__ = ["GraphLayer", "GraphSupernet", "derive_space", "fixed_groups", "width_choices"]
