@@ -17,13 +17,13 @@ from nasprune.errors import SpaceError
 from nasprune.models.base import Family
 from nasprune.models.mlp import MLPFamily
 from nasprune.models.resnet import ResNetFamily
-from nasprune.space import MLPSpace, ResNetSpace, parse_space
+from nasprune.space import GraphSpace, MLPSpace, ResNetSpace, parse_space
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (ResNetFamily(), MLPFamily())}
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
-Space = ResNetSpace | MLPSpace
+Space = ResNetSpace | MLPSpace | GraphSpace
 
 
 def space_dirs() -> list[Path]:
@@ -76,8 +76,22 @@ def family_of(space: Space) -> Family:
     return FAMILIES[space.family]
 
 
-def create_supernet(space: Space | str) -> Supernet:
-    """The untrained supernet of a space (given as a space or its name/path)."""
-    if not isinstance(space, ResNetSpace | MLPSpace):
+def create_supernet(space: Space | str, weights: str | Path | None = None) -> Supernet:
+    """The supernet of a space (given as a space or its name/path).
+
+    A graph-derived space builds its model from its ``model`` reference, loads ``weights`` (a
+    safetensors file) when given, and converts it in place: the largest subnet then computes what
+    the model computes. A family space builds its untrained network (``weights`` must be None).
+    """
+    if not isinstance(space, ResNetSpace | MLPSpace | GraphSpace):
         space = load_space(space)
+    if isinstance(space, GraphSpace):
+        from nasprune.graph import GraphSupernet, build_model, load_weights
+
+        model = build_model(space.model, space.model_kwargs)
+        if weights is not None:
+            load_weights(model, weights)
+        return GraphSupernet(space, model)
+    if weights is not None:
+        raise SpaceError(f"space '{space.name}' is a built-in family; its supernet starts from its own init")
     return Supernet(space, family_of(space))

@@ -533,9 +533,11 @@ def analyze_model(
     model.eval()
     try:
         with torch.no_grad():
+            model(example_input)  # a model that does not run on the input fails here, with its own message
             ShapeProp(gm).propagate(example_input)
     except Exception as e:
-        raise GraphError(f"the model does not run on an input of shape {tuple(example_input.shape)}: {e}") from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GraphError(f"the model does not run on an input of shape {tuple(example_input.shape)}: {msg}") from None
     finally:
         model.train(was_training)
     walker = _Walker(gm, untraceable)

@@ -25,13 +25,26 @@ from nasprune.graph.elastic import ElasticConv, Sel, Skippable, elastic_of
 from nasprune.space import DepthSequence, GraphSpace, SubnetConfig, WidthGroup
 
 DEFAULT_MIN_FRACTION = 0.25
+DEFAULT_MAX_CHOICES = 8
 
 
-def width_choices(size: int, divisor: int = 8, min_fraction: float = DEFAULT_MIN_FRACTION, block: int = 1) -> list[int]:
-    """Multiples of ``lcm(divisor, block)`` from ``min_fraction`` of ``size`` up to ``size``, and ``size``."""
+def width_choices(
+    size: int,
+    divisor: int = 8,
+    min_fraction: float = DEFAULT_MIN_FRACTION,
+    block: int = 1,
+    max_choices: int = DEFAULT_MAX_CHOICES,
+) -> list[int]:
+    """Multiples of ``lcm(divisor, block)`` from ``min_fraction`` of ``size`` up to ``size``, and ``size``
+    itself; at most ``max_choices`` of them, evenly spaced in multiples of the step (a latency table
+    measures every width pair of a layer, so the count of choices is what its size grows with)."""
     step = math.lcm(divisor, block)
     lo = max(step, math.ceil(min_fraction * size / step) * step)
-    return sorted({*range(lo, size + 1, step), size})
+    widths = sorted({*range(lo, size + 1, step), size})
+    if len(widths) <= max_choices:
+        return widths
+    stride = math.ceil((len(widths) - 1) / (max_choices - 1))
+    return sorted({*widths[::-1][::stride], widths[0]})
 
 
 def derive_space(
@@ -43,6 +56,7 @@ def derive_space(
     model_kwargs: dict | None = None,
     channel_divisor: int = 8,
     min_fraction: float = DEFAULT_MIN_FRACTION,
+    max_choices: int = DEFAULT_MAX_CHOICES,
     description: str = "",
 ) -> GraphSpace:
     """The search space of an analysed model: widths per channel group, depths per block sequence.
@@ -52,7 +66,7 @@ def derive_space(
     """
     groups = {}
     for g, size in analysis.group_size.items():
-        widths = width_choices(size, channel_divisor, min_fraction, analysis.group_block[g])
+        widths = width_choices(size, channel_divisor, min_fraction, analysis.group_block[g], max_choices)
         if len(widths) > 1:
             groups[g] = WidthGroup(widths=widths, within=analysis.group_within[g])
     sequences = {
@@ -133,6 +147,7 @@ class GraphSupernet(Supernet):
         self.analysis = analysis
         self.body = model
         self._convert()
+        self.train(model.training)
         self._index_cache: dict[tuple, torch.Tensor] = {}
 
     # -- conversion ----------------------------------------------------------------------------------
@@ -144,6 +159,7 @@ class GraphSupernet(Supernet):
                 self._replace(path, Skippable(self.body.get_submodule(path)))
 
     def _replace(self, path: str, module: nn.Module) -> None:
+        module.train(self.body.get_submodule(path).training)  # keeps the model's train/eval mode
         parent, _, name = path.rpartition(".")
         setattr(self.body.get_submodule(parent) if parent else self.body, name, module)
 

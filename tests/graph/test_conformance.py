@@ -47,7 +47,8 @@ def built(request):
     model, x, analysis, space = _build(request.param)
     with torch.no_grad():
         original = model(x)
-    net = GraphSupernet(space, model).eval()
+    net = GraphSupernet(space, model)  # converted in eval mode, it stays in eval mode
+    assert not net.training and not any(m.training for m in net.modules())
     return net, x, analysis, space, original
 
 

@@ -1,0 +1,50 @@
+"""The two calls most users need: derive a space from a model, convert the model into its supernet."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from nasprune.graph.analyze import analyze_model
+from nasprune.graph.supernet import DEFAULT_MAX_CHOICES, DEFAULT_MIN_FRACTION, GraphSupernet
+from nasprune.graph.supernet import derive_space as _derive
+from nasprune.space import GraphSpace
+
+
+def derive_space(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    model_ref: str,
+    name: str | None = None,
+    model_kwargs: dict | None = None,
+    dataset: str = "",
+    channel_divisor: int = 8,
+    min_fraction: float = DEFAULT_MIN_FRACTION,
+    max_choices: int = DEFAULT_MAX_CHOICES,
+) -> GraphSpace:
+    """The search space of ``model`` for inputs of ``input_shape`` (one sample, e.g. ``(3, 32, 32)``).
+
+    ``model_ref`` says how to build the model again (``torchvision:NAME`` or ``PKG.MODULE:FACTORY``,
+    called with ``model_kwargs``); the space records it with the graph's digest. The number of
+    classes is read from the model's output.
+    """
+    was = model.training
+    analysis = analyze_model(model.eval(), torch.zeros(1, *input_shape), channel_divisor)
+    model.train(was)
+    name = name or re.sub(r"[^a-z0-9_]+", "_", model_ref.rpartition(":")[2].lower())
+    classes = analysis.output_shape[0] if analysis.output_shape else 2
+    return _derive(
+        analysis, name, model_ref, num_classes=max(classes, 2), dataset=dataset, model_kwargs=model_kwargs,
+        channel_divisor=channel_divisor, min_fraction=min_fraction, max_choices=max_choices,
+    )  # fmt: skip
+
+
+def convert(model: nn.Module, space: GraphSpace) -> GraphSupernet:
+    """Convert ``model`` in place into the supernet of ``space`` (derived from this model's graph).
+
+    The model's conv/linear/norm layers become elastic layers sharing its parameters; with no
+    config selected (or the largest), it computes exactly what it computed before.
+    """
+    return GraphSupernet(space, model)
