@@ -83,9 +83,7 @@ def _inspect(args) -> int:
     print(f"{args.model}: input {shape}, output {analysis.output_shape}, graph digest {analysis.digest}")
     print(f"{len(space.groups)} channel groups, {len(space.sequences)} depth sequences, {space.size:.3g} subnets")
     print()
-    rows = [
-        [g, analysis.group_size[g], ", ".join(map(str, grp.widths)), grp.within or ""] for g, grp in space.groups.items()
-    ]
+    rows = [[g, analysis.group_size[g], ", ".join(map(str, w.widths)), w.within or ""] for g, w in space.groups.items()]
     print(table(rows, ["group (first layer writing it)", "channels", "widths", "inside block"]))
     if space.sequences:
         print()
