@@ -184,6 +184,9 @@ class Analysis:
     var_root: dict[int, int] = field(default_factory=dict)
     var_group: dict[int, str] = field(default_factory=dict)
     node_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    node_layouts: dict[str, Layout | None] = field(default_factory=dict)
+    graph: fx.GraphModule | None = None
+    """The traced graph (its modules are the model's, as they were when analysed)."""
 
     def group_of(self, var: int) -> str | None:
         return self.var_group.get(self.var_root[var])
@@ -596,6 +599,8 @@ def _collect(gm: fx.GraphModule, w: _Walker, example_input: torch.Tensor, diviso
         var_root=var_root,
         var_group=var_group,
         node_shapes=node_shapes,
+        node_layouts=dict(w.layout),
+        graph=gm,
     )
 
 

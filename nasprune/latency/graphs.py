@@ -47,25 +47,50 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
         return out
 
-    def conv(self, x: str, c_in: int, c_out: int, k: int, stride: int, groups: int = 1) -> str:
-        w = self.weight("w", (c_out, c_in // groups, k, k), c_in // groups * k * k)
+    def conv(
+        self, x: str, c_in: int, c_out: int, k: int, stride: int, groups: int = 1, dims: int = 2,
+        pad: int | None = None, dilation: int = 1,
+    ) -> str:  # fmt: skip
+        w = self.weight("w", (c_out, c_in // groups, *[k] * dims), c_in // groups * k**dims)
         b = self.weight("b", (c_out,), c_out)
-        p = k // 2
+        p = k // 2 if pad is None else pad
         return self.node(
-            "Conv", [x, w, b], kernel_shape=[k, k], strides=[stride, stride], pads=[p, p, p, p], group=groups
-        )
+            "Conv", [x, w, b], kernel_shape=[k] * dims, strides=[stride] * dims, pads=[p] * (2 * dims),
+            group=groups, dilations=[dilation] * dims,
+        )  # fmt: skip
+
+    def act(self, x: str, name: str) -> str:
+        """The nodes the exporter writes for an activation (onnxruntime fuses what it can into a conv)."""
+        if name == "none":
+            return x
+        if name == "relu6":
+            lo, hi = self.const("lo", np.array(0, np.float32)), self.const("hi", np.array(6, np.float32))
+            return self.node("Clip", [x, lo, hi])
+        if name == "silu":
+            return self.node("Mul", [x, self.node("Sigmoid", [x])])
+        ops = {
+            "relu": ("Relu", {}), "hardswish": ("HardSwish", {}), "sigmoid": ("Sigmoid", {}), "tanh": ("Tanh", {}),
+            "hardsigmoid": ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}), "leaky_relu": ("LeakyRelu", {"alpha": 0.01}),
+        }  # fmt: skip
+        if name not in ops:
+            raise ValueError(f"no ONNX form for activation {name!r}")
+        op, attrs = ops[name]
+        return self.node(op, [x], **attrs)
 
     def gemm(self, x: str, c_in: int, c_out: int) -> str:
         w = self.weight("w", (c_out, c_in), c_in)
         b = self.weight("b", (c_out,), c_out)
         return self.node("Gemm", [x, w, b], transB=1)
 
-    def model(self, x: str, x_shape: list, y: str, y_shape: list) -> bytes:
+    def model(self, x: str | list, x_shape: list, y: str | list, y_shape: list) -> bytes:
+        """A model with inputs ``x`` (a name, or a list of names with a list of shapes) and outputs ``y``."""
+        xs, x_shapes = ([x], [x_shape]) if isinstance(x, str) else (x, x_shape)
+        ys, y_shapes = ([y], [y_shape]) if isinstance(y, str) else (y, y_shape)
         graph = helper.make_graph(
             self.nodes,
             "op",
-            [helper.make_tensor_value_info(x, TensorProto.FLOAT, x_shape)],
-            [helper.make_tensor_value_info(y, TensorProto.FLOAT, y_shape)],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(xs, x_shapes, strict=True)],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(ys, y_shapes, strict=True)],
             initializer=self.inits,
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nasprune")
@@ -80,18 +105,100 @@ class Producer:
     A unit that reads a feature map is timed behind one, so onnxruntime lays out and fuses it as it
     would mid-network (e.g. the residual ``Add`` fuses into the conv only when its input comes from an
     NCHWc conv, never from a graph input); the producer's own time is measured alone and subtracted.
+    ``more`` are further feature maps (c, h, w) the unit reads (the other operand of an add, the
+    other inputs of a concat), each behind a producer of its own; ``dims`` 1 for 1-D maps (``h`` long).
     """
 
     c: int
     h: int
     w: int
+    dims: int = 2
+    more: tuple[tuple[int, int, int], ...] = ()
+
+    def shapes(self) -> list[tuple[int, int, int]]:
+        return [(self.c, self.h, self.w), *self.more]
+
+    def spatial(self, h: int, w: int) -> list[int]:
+        return [h] if self.dims == 1 else [h, w]
 
 
 def producer_of(key: OpKey) -> Producer | None:
     """The producer a key is timed behind (None: the key reads the graph input, as in a network)."""
     if key.kind == "residual_block" or key.kind == "pool_linear":
         return Producer(key.c_in, key.h_in, key.w_in)
+    if key.graph_input or key.kind == "linear":
+        return None
+    if key.kind in ("conv", "pool") and key.op in ("", "max", "avg", "global_avg", "global_max"):
+        if key.kind == "conv" and key.residual != "add" and key.dims == 2 and key.op == "" and key.padding < 0:
+            return None  # a family space's stem conv: it reads the graph input
+        more = ((key.c_out, key.h_out, key.w_out),) if key.residual == "add" else ()
+        return Producer(key.c_in, key.h_in, key.w_in, key.dims, more)
+    if key.kind == "eltwise":
+        binary = key.op in ("add", "mul", "sub", "div")
+        more = ((key.c_in, 1, 1) if key.mid else (key.c_in, key.h_in, key.w_in),) if binary else ()
+        return Producer(key.c_in, key.h_in, key.w_in, key.dims, more)
+    if key.kind == "concat":
+        parts = _split(key.c_out, max(key.mid, 1))
+        return Producer(parts[0], key.h_in, key.w_in, key.dims, tuple((c, key.h_in, key.w_in) for c in parts[1:]))
     return None
+
+
+@dataclass(frozen=True, order=True)
+class Consumer:
+    """A 1x1 depthwise conv reading a unit's ``c`` x ``h`` x ``w`` output, as the next layer would.
+
+    onnxruntime fuses some activations (HardSwish) into a conv only when the conv's output is read
+    by another node, not when it is a graph output; and an op that leaves the NCHWc layout pays for
+    the reorder back only when something reads it in NCHWc. Graph-derived units are timed with a
+    consumer behind them; its own cost (producer + consumer minus producer alone) is subtracted.
+    """
+
+    c: int
+    h: int
+    w: int
+    dims: int = 2
+
+
+def consumer_of(key: OpKey) -> Consumer | None:
+    """The consumer a graph-derived unit is timed with (None for family keys and linear units)."""
+    graph_unit = key.kind in ("pool", "eltwise", "concat") or (
+        key.kind == "conv" and (key.op or key.dims == 1 or key.padding >= 0)
+    )
+    if not graph_unit or not key.spatial:
+        return None
+    return Consumer(key.c_out, key.h_out, key.w_out, key.dims)
+
+
+def _consume(g: _Builder, y: str, c: Consumer) -> str:
+    return g.conv(y, c.c, c.c, 1, 1, groups=c.c, dims=c.dims, pad=0)
+
+
+def consumer_model(c: Consumer, seed: int = 2) -> bytes:
+    """A producer feeding the consumer: minus the producer alone, the consumer's own time."""
+    g = _Builder(seed)
+    p = Producer(c.c, c.h, c.w, c.dims)
+    names, shapes, outs = _produce_all(g, p)
+    y = _consume(g, outs[0], c)
+    return g.model(names, shapes, y, shapes[0])
+
+
+def consumer_baseline(c: Consumer) -> Producer:
+    return Producer(c.c, c.h, c.w, c.dims)
+
+
+def _split(c: int, n: int) -> list[int]:
+    return [c // n + (1 if i < c % n else 0) for i in range(n)]
+
+
+def _produce_all(g: _Builder, p: Producer) -> tuple[list[str], list[list], list[str]]:
+    """Graph inputs, their shapes and the producers' outputs."""
+    names, shapes, outs = [], [], []
+    for i, (c, h, w) in enumerate(p.shapes()):
+        x = "x" if i == 0 else f"x{i}"
+        names.append(x)
+        shapes.append(["batch", c, *p.spatial(h, w)])
+        outs.append(g.node("Relu", [g.conv(x, c, c, 1, 1, dims=p.dims)]))
+    return names, shapes, outs
 
 
 def _produce(g: _Builder, x: str, p: Producer) -> str:
@@ -99,10 +206,10 @@ def _produce(g: _Builder, x: str, p: Producer) -> str:
 
 
 def producer_model(p: Producer, seed: int = 1) -> bytes:
-    """The producer alone (its time is subtracted from the units timed behind it)."""
+    """The producer(s) alone (their time is subtracted from the units timed behind them)."""
     g = _Builder(seed)
-    y = _produce(g, "x", p)
-    return g.model("x", ["batch", p.c, p.h, p.w], y, ["batch", p.c, p.h, p.w])
+    names, shapes, outs = _produce_all(g, p)
+    return g.model(names, shapes, outs, shapes)
 
 
 def op_model(key: OpKey, seed: int = 0) -> bytes:
@@ -110,6 +217,9 @@ def op_model(key: OpKey, seed: int = 0) -> bytes:
 
     Input ``x``, output ``y``, symbolic batch axis ``batch``.
     """
+    if key.kind in ("pool", "eltwise", "concat") or (key.kind == "conv" and (key.op or key.dims == 1
+                                                                              or key.padding >= 0)):
+        return _unit_model(key, seed)
     g = _Builder(seed)
     p = producer_of(key)
     x = _produce(g, "x", p) if p is not None else "x"
@@ -123,9 +233,7 @@ def op_model(key: OpKey, seed: int = 0) -> bytes:
         short = g.conv(x, key.c_in, key.c_out, 1, key.stride) if key.residual == "projection" else x
         y = g.node("Relu", [g.node("Add", [h, short])])
     elif key.kind == "linear":
-        y = g.gemm(x, key.c_in, key.c_out)
-        if key.activation == "relu":
-            y = g.node("Relu", [y])
+        y = g.act(g.gemm(x, key.c_in, key.c_out), key.activation)
     elif key.kind == "pool_linear":
         pooled = g.node("ReduceMean", [x, g.const("axes", np.array([-1, -2], np.int64))], keepdims=1)
         flat = g.node("Reshape", [pooled, g.const("shape", np.array([-1, key.c_in], np.int64))], allowzero=1)
@@ -138,6 +246,53 @@ def op_model(key: OpKey, seed: int = 0) -> bytes:
         x_shape = ["batch", key.c_in]
     y_shape = ["batch", key.c_out, key.h_out, key.w_out] if key.spatial else ["batch", key.c_out]
     return g.model("x", x_shape, y, y_shape)
+
+
+def _unit_model(key: OpKey, seed: int = 0) -> bytes:
+    """The minimal graph of a unit of a graph-derived space (see ``nasprune.graph.units``)."""
+    g = _Builder(seed)
+    p = producer_of(key)
+    if p is None:
+        names, shapes = ["x"], [["batch", key.c_in, *([key.h_in] if key.dims == 1 else [key.h_in, key.w_in])]]
+        ins = names
+    else:
+        names, shapes, ins = _produce_all(g, p)
+    x = ins[0]
+    if key.kind == "conv":
+        y = g.conv(x, key.c_in, key.c_out, key.kernel, key.stride, key.groups, key.dims, key.pad, key.dilation)
+        y = g.act(y, key.activation)
+        if key.residual == "add":
+            y = g.act(g.node("Add", [y, ins[1]]), key.post)
+    elif key.kind == "pool":
+        axes = np.array([-1] if key.dims == 1 else [-1, -2], np.int64)
+        if key.op in ("global_avg", "global_max"):
+            op = "ReduceMean" if key.op == "global_avg" else "ReduceMax"
+            y = g.node(op, [x, g.const("axes", axes)], keepdims=1)
+        else:
+            op = "MaxPool" if key.op == "max" else "AveragePool"
+            extra = {"ceil_mode": key.ceil} if key.ceil else {}
+            y = g.node(op, [x], kernel_shape=[key.kernel] * key.dims, strides=[key.stride] * key.dims,
+                       pads=[key.pad] * (2 * key.dims), **extra)  # fmt: skip
+    elif key.kind == "eltwise":
+        op = key.op.removesuffix("_scalar")
+        if op in ("add", "mul", "sub", "div"):
+            other = g.const("k", np.array(1.5, np.float32)) if key.op.endswith("_scalar") else ins[1]
+            y = g.node(op.capitalize(), [x, other])
+        elif op == "batchnorm":
+            c = key.c_in
+            stats = [g.weight(n, (c,), c) for n in ("scale", "bias", "mean")]
+            var = g.const("var", np.ones(c, np.float32))
+            y = g.node("BatchNormalization", [x, *stats, var], epsilon=1e-5)
+        else:
+            y = g.act(x, op)
+    elif key.kind == "concat":
+        y = g.node("Concat", ins, axis=1)
+    else:
+        raise ValueError(f"unknown unit kind {key.kind!r}")
+    if (c := consumer_of(key)) is not None:
+        y = _consume(g, y, c)
+    out_shape = ["batch", key.c_out, *([key.h_out] if key.dims == 1 else [key.h_out, key.w_out])]
+    return g.model(names, shapes, y, out_shape)
 
 
 def null_model() -> bytes:

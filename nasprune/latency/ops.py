@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nasprune.errors import LatencyTableError
-from nasprune.models.base import LayerShape, conv_out
-from nasprune.space import MLPSpace, ResNetSpace, SubnetConfig
+from nasprune.models.base import LayerShape
+from nasprune.space import GraphSpace, MLPSpace, ResNetSpace, SubnetConfig
 
-OpKind = Literal["conv", "residual_block", "linear", "pool_linear"]
-Activation = Literal["relu", "none"]
-Residual = Literal["none", "identity", "projection"]
+OpKind = Literal["conv", "residual_block", "linear", "pool_linear", "pool", "eltwise", "concat"]
+Activation = Literal["relu", "none", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "tanh", "leaky_relu"]
+Residual = Literal["none", "identity", "projection", "add"]
 
 
 @dataclass(frozen=True, order=True)
@@ -39,6 +39,14 @@ class OpKey:
 
     ``mid`` is the inner width of a residual block (0 for other kinds); ``residual`` says whether
     the unit adds its input (``identity``) or a 1x1 projection of it (``projection``).
+
+    Units of graph-derived spaces (``nasprune.graph.units``) also use: ``residual="add"`` (a conv
+    whose output is added to another tensor of its shape, then ``post`` applied), ``dims`` (1 for
+    Conv1d: ``h_in`` is the length, ``w_in`` 1), explicit ``padding`` (-1: ``kernel // 2``),
+    ``dilation``, ``groups == c_in == c_out`` for depthwise convs, and the kinds ``pool``
+    (``op`` max|avg|global_avg|global_max), ``eltwise`` (``op`` add|mul|an activation; ``mid`` 1 when
+    the second operand broadcasts over space) and ``concat`` (``mid`` inputs). ``graph_input`` is 1
+    for a unit that reads the network's input (it is then timed without a producer in front).
     """
 
     kind: OpKind
@@ -52,24 +60,53 @@ class OpKey:
     w_in: int = 1
     activation: Activation = "none"
     residual: Residual = "none"
+    dims: int = 2
+    padding: int = -1
+    dilation: int = 1
+    ceil: int = 0
+    op: str = ""
+    post: Activation = "none"
+    graph_input: int = 0
+
+    @property
+    def pad(self) -> int:
+        return self.kernel // 2 if self.padding < 0 else self.padding
+
+    def _out(self, size: int) -> int:
+        if self.kind == "pool" and self.op.startswith("global"):
+            return 1
+        if self.kind not in ("conv", "residual_block", "pool"):
+            return size
+        span = self.dilation * (self.kernel - 1) + 1
+        num = size + 2 * self.pad - span
+        out = (-(-num // self.stride) if self.ceil else num // self.stride) + 1
+        if self.ceil and (out - 1) * self.stride >= size + self.pad:  # torch's rule for ceil_mode
+            out -= 1
+        return out
 
     @property
     def h_out(self) -> int:
-        return conv_out(self.h_in, self.kernel, self.stride) if self.spatial else 1
+        return self._out(self.h_in) if self.spatial else 1
 
     @property
     def w_out(self) -> int:
-        return conv_out(self.w_in, self.kernel, self.stride) if self.spatial else 1
+        if self.dims == 1:
+            return 1
+        return self._out(self.w_in) if self.spatial else 1
 
     @property
     def spatial(self) -> bool:
-        return self.kind in ("conv", "residual_block")
+        if self.kind in ("eltwise", "concat"):
+            return self.h_in > 1 or self.w_in > 1 or self.dims == 1
+        return self.kind in ("conv", "residual_block", "pool")
 
     @property
     def macs(self) -> int:
         """Multiply-accumulates at batch 1 (same convention as ``LayerShape.macs``)."""
         hw = self.h_out * self.w_out
-        k2 = self.kernel * self.kernel
+        k2 = self.kernel**self.dims
+        if self.kind in ("pool", "eltwise", "concat"):
+            return 0
         if self.kind == "conv":
             return self.c_in // self.groups * self.c_out * k2 * hw
         if self.kind == "residual_block":
@@ -80,7 +117,9 @@ class OpKey:
     @property
     def weights(self) -> int:
         """Float weights of the deployed unit (BatchNorm folded into biases): the bytes it streams / 4."""
-        k2 = self.kernel * self.kernel
+        k2 = self.kernel**self.dims
+        if self.kind in ("pool", "eltwise", "concat"):
+            return 0
         if self.kind == "conv":
             return self.c_in // self.groups * self.c_out * k2 + self.c_out
         if self.kind == "residual_block":
@@ -96,12 +135,21 @@ class OpKey:
                 f"stride={self.stride}, in={self.h_in}x{self.w_in}, shortcut={self.residual})"
             )
         if self.kind == "conv":
+            size = f"{self.h_in}" if self.dims == 1 else f"{self.h_in}x{self.w_in}"
+            add = f", + add, post={self.post}" if self.residual == "add" else ""
             return (
-                f"conv(c_in={self.c_in}, c_out={self.c_out}, k={self.kernel}, stride={self.stride}, "
-                f"groups={self.groups}, in={self.h_in}x{self.w_in}, act={self.activation})"
+                f"conv{'1d' if self.dims == 1 else ''}(c_in={self.c_in}, c_out={self.c_out}, k={self.kernel}, "
+                f"stride={self.stride}, groups={self.groups}, in={size}, act={self.activation}{add})"
             )
         if self.kind == "pool_linear":
             return f"pool_linear(c_in={self.c_in}, c_out={self.c_out}, pool={self.h_in}x{self.w_in})"
+        size = f"{self.h_in}" if self.dims == 1 else f"{self.h_in}x{self.w_in}"
+        if self.kind == "pool":
+            return f"pool({self.op}, c={self.c_in}, k={self.kernel}, stride={self.stride}, in={size})"
+        if self.kind == "eltwise":
+            return f"{self.op}(c={self.c_in}, in={size}{', broadcast' if self.mid else ''})"
+        if self.kind == "concat":
+            return f"concat(c_out={self.c_out}, inputs={self.mid}, in={size})"
         return f"linear(c_in={self.c_in}, c_out={self.c_out}, act={self.activation})"
 
 
@@ -161,10 +209,15 @@ _UNITS: dict[str, Callable[[str, list[LayerShape], LayerShape | None], OpKey]] =
 }
 
 
-def block_ops(space: ResNetSpace | MLPSpace, cfg: SubnetConfig) -> list[tuple[str, OpKey]]:
-    """``(block, OpKey)`` for every fused unit of ``cfg`` in execution order."""
+def block_ops(space: ResNetSpace | MLPSpace | GraphSpace, cfg: SubnetConfig) -> list[tuple[str, OpKey]]:
+    """``(block, OpKey)`` for every fused unit of ``cfg`` in execution order (for a graph-derived
+    space, the unit's name: its first layer's module path)."""
     from nasprune.registry import family_of
 
+    if isinstance(space, GraphSpace):
+        from nasprune.graph.units import plan_for
+
+        return plan_for(space).ops(space, space.parse_config(cfg))
     family = family_of(space)
     if family.name not in _UNITS:
         raise LatencyTableError(f"no latency keys for model family '{family.name}' (add a unit rule in ops.py)")
@@ -186,8 +239,12 @@ def macs_of(ops: Iterable[OpKey]) -> int:
     return sum(k.macs for k in ops)
 
 
-def all_ops(space: ResNetSpace | MLPSpace) -> list[OpKey]:
+def all_ops(space: ResNetSpace | MLPSpace | GraphSpace) -> list[OpKey]:
     """Every distinct key reachable in ``space`` (sorted), without enumerating its subnets."""
+    if isinstance(space, GraphSpace):
+        from nasprune.graph.units import plan_for
+
+        return plan_for(space).all_keys(space)
     keys: set[OpKey] = set()
     for _, probe in _probes(space):
         keys.update(ops_for(space, probe))
@@ -221,6 +278,13 @@ def extreme_config(
         raise ValueError("pick must be min or max")
     vec = _as_vec(cost)
     score = score or (lambda v: v[0])
+    if isinstance(space, GraphSpace):
+        from nasprune.graph.units import extreme_graph, plan_for
+
+        def total(cfg: SubnetConfig) -> float:
+            return score(tuple(sum(c) for c in zip(*(vec(k) for k in ops_for(space, cfg)), strict=True)))
+
+        return extreme_graph(space, plan_for(space), total, pick)
     sign = 1.0 if pick is min else -1.0
     front = _resnet_front(space, vec, sign) if isinstance(space, ResNetSpace) else _mlp_front(space, vec, sign)
     _, choices = pick(front, key=lambda p: score(p[0]))

@@ -28,7 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nasprune.errors import LatencyTableError
 from nasprune.latency.device import DeviceProfile
-from nasprune.latency.graphs import null_model, op_model, producer_model, producer_of
+from nasprune.latency.graphs import (
+    consumer_baseline,
+    consumer_model,
+    consumer_of,
+    null_model,
+    op_model,
+    producer_model,
+    producer_of,
+)
 from nasprune.latency.ops import OpKey, all_ops
 from nasprune.latency.timing import Timing, feed_for, make_session, time_interleaved, time_session
 from nasprune.space import SubnetConfig
@@ -65,18 +73,26 @@ def profile_ops(
     cost of the call, of the producer and of reading the graph input cancel out.
     """
     check_runs_here(device)
-    producers = sorted({p for k in keys if (p := producer_of(k)) is not None})
-    models = [op_model(k) for k in keys] + [producer_model(p) for p in producers] + [null_model()]
+    consumers = sorted({c for k in keys if (c := consumer_of(k)) is not None})
+    producers = sorted(
+        {p for k in keys if (p := producer_of(k)) is not None} | {consumer_baseline(c) for c in consumers}
+    )
+    models = [op_model(k) for k in keys] + [producer_model(p) for p in producers]
+    models += [consumer_model(c) for c in consumers] + [null_model()]
     timings = _time_all(
         models, device, settings, settings.op_rounds, settings.op_burst, seed, progress, f"timing {len(keys)} ops"
     )
     null = timings[-1]
-    base = dict(zip(producers, timings[len(keys) : -1], strict=True))
+    n_k, n_p = len(keys), len(producers)
+    base = dict(zip(producers, timings[n_k : n_k + n_p], strict=True))
+    # a consumer's own time: producer + consumer, minus the producer alone
+    cons = {c: t.median_ms - base[consumer_baseline(c)].median_ms
+            for c, t in zip(consumers, timings[n_k + n_p : -1], strict=True)}  # fmt: skip
     entries = {}
     for key, t in zip(keys, timings, strict=False):
-        p = producer_of(key)
-        b = base[p] if p is not None else null
-        entries[key] = Timing(t.median_ms - b.median_ms, t.p90_ms - b.median_ms, t.count)
+        p, c = producer_of(key), consumer_of(key)
+        b = (base[p] if p is not None else null).median_ms + (cons[c] if c is not None else 0.0)
+        entries[key] = Timing(t.median_ms - b, t.p90_ms - b, t.count)
     return entries, null
 
 
@@ -92,7 +108,7 @@ def deployable_supernet(space):
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            if getattr(m, "running_mean", None) is not None and getattr(m, "bias", None) is not None:
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
