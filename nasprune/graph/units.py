@@ -338,7 +338,8 @@ def plan_for(space: GraphSpace) -> UnitPlan:
     """The unit plan of a graph-derived space (its model built from its reference; cached per space)."""
     blocks = tuple(b for seq in space.sequences.values() for b in seq.blocks)
     kwargs = tuple(sorted(space.model_kwargs.items()))
-    return _plan_cached(space.model, kwargs, tuple(space.input_shape), space.channel_divisor, space.graph_digest, blocks)
+    shape = tuple(space.input_shape)
+    return _plan_cached(space.model, kwargs, shape, space.channel_divisor, space.graph_digest, blocks)
 
 
 @functools.lru_cache(maxsize=32)
