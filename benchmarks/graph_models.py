@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nasprune.elastic.supernet import extract  # noqa: E402
-from nasprune.export import export_subnet  # noqa: E402
-from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space, fixed_groups  # noqa: E402
+from nasprune.elastic.supernet import extract
+from nasprune.export import export_subnet
+from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space, fixed_groups
 
 MODELS = {
     "resnet18": ("torchvision:resnet18", (3, 32, 32)),
