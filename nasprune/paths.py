@@ -25,3 +25,10 @@ def tables_dir(override: str | Path | None = None) -> Path:
     d = data_dir(override) / "latency_tables"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def models_dir(override: str | Path | None = None) -> Path:
+    """Uploaded models: ``<id>.yaml`` (the derived space) and ``<id>.safetensors`` (its weights)."""
+    d = data_dir(override) / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d

@@ -56,6 +56,8 @@ def load_space_file(path: str | Path) -> Space:
     if not isinstance(data, dict):
         raise SpaceError(f"search space file '{path}' must hold a mapping, not {type(data).__name__}")
     space = parse_space(data, source=f"'{path}'")
+    if isinstance(space, GraphSpace) and space.weights is not None and not Path(space.weights).is_absolute():
+        space = space.model_copy(update={"weights": str((path.parent / space.weights).resolve())})
     if space.name != path.stem and path.parent.resolve() in {d.resolve() for d in space_dirs()}:
         raise SpaceError(f"'{path}': name '{space.name}' must match the file name '{path.stem}'")
     return space
@@ -89,8 +91,9 @@ def create_supernet(space: Space | str, weights: str | Path | None = None) -> Su
         from nasprune.graph import GraphSupernet, build_model, load_weights
 
         model = build_model(space.model, space.model_kwargs)
+        weights = weights if weights is not None else space.weights
         if weights is not None:
-            load_weights(model, weights)
+            load_weights(model, weights, space.weights_sha256 if weights == space.weights else None)
         return GraphSupernet(space, model)
     if weights is not None:
         raise SpaceError(f"space '{space.name}' is a built-in family; its supernet starts from its own init")

@@ -319,10 +319,20 @@ class GraphSpace(_SpaceBase):
     graph_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
     groups: dict[str, WidthGroup]
     sequences: dict[str, DepthSequence] = {}
+    weights: str | None = None
+    """Trained weights the supernet starts from: a safetensors file (relative to the space file's folder)."""
+    weights_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    def digest(self) -> str:
+        """Like every space's digest, but the weights count by their content, not by where they lie."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"weights"}), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
     def model_post_init(self, _ctx) -> None:
         if not self.groups and not self.sequences:
             raise ValueError("a space needs at least one width group or depth sequence to choose from")
+        if (self.weights is None) != (self.weights_sha256 is None):
+            raise ValueError("weights and weights_sha256 go together (the file and the sha256 of its bytes)")
         blocks = {b for seq in self.sequences.values() for b in seq.blocks}
         for name, g in self.groups.items():
             if g.within is not None and g.within not in blocks:

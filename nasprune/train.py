@@ -111,6 +111,7 @@ def train_supernet(
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     teacher = None
+    weights = weights if weights is not None else getattr(space, "weights", None)
     if weights is not None:
         teacher = create_supernet(space, weights).eval()  # the original model's function, frozen
         for p in teacher.parameters():
@@ -283,12 +284,11 @@ def checkpoint_meta(path: str | Path) -> dict:
     return payload.get("meta", {})
 
 
-def supernet_path(space, data_dir: str | Path | None = None, weights: str | Path | None = None) -> Path:
-    """Where the trained supernet of ``space`` (started from ``weights``, if given) is cached."""
+def supernet_path(space, data_dir: str | Path | None = None) -> Path:
+    """Where the trained supernet of ``space`` is cached (the digest covers the weights it starts from)."""
     from nasprune.paths import checkpoints_dir
 
-    start = f"-w{checkpoint_id(weights)}" if weights is not None else ""
-    return checkpoints_dir(data_dir) / f"{space.name}-{space.digest()}{start}.pt"
+    return checkpoints_dir(data_dir) / f"{space.name}-{space.digest()}.pt"
 
 
 def get_supernet(
@@ -297,7 +297,6 @@ def get_supernet(
     tracker=None,
     progress: bool = True,
     train: bool = True,
-    weights: str | Path | None = None,
 ) -> tuple[Supernet, Path]:
     """The trained supernet of ``space``: loaded from the data dir, or trained once with the default recipe.
 
@@ -307,7 +306,7 @@ def get_supernet(
     import fcntl
 
     space = load_space(space) if isinstance(space, str | Path) else space
-    path = supernet_path(space, data_dir, weights)
+    path = supernet_path(space, data_dir)
     if path.is_file():
         return load_checkpoint(path, space), path
     if not train:
@@ -318,5 +317,5 @@ def get_supernet(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.is_file():
             recipe = default_recipe(space)
-            train_supernet(space, recipe, tracker=tracker, progress=progress, checkpoint=path, weights=weights)
+            train_supernet(space, recipe, tracker=tracker, progress=progress, checkpoint=path)
     return load_checkpoint(path, space), path

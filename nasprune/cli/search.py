@@ -60,6 +60,7 @@ def _derived_space(args, root: Path) -> str:
     from nasprune.errors import GraphError
     from nasprune.graph import build_model, load_weights
     from nasprune.graph.api import derive_space
+    from nasprune.graph.models import file_sha256
 
     if not args.dataset:
         raise GraphError("--model needs --dataset (the data to train and score the pruned model on)")
@@ -75,7 +76,10 @@ def _derived_space(args, root: Path) -> str:
                          f"{ds.num_classes} classes")  # fmt: skip
     space = derive_space(model, ds.input_shape, model_ref=args.model, model_kwargs=kwargs, dataset=args.dataset)
     name = f"{space.name}_{args.dataset}"
-    space = space.model_copy(update={"name": name})
+    update: dict = {"name": name}
+    if args.weights:  # the supernet starts from them, and the space's digest covers their content
+        update.update(weights=str(Path(args.weights).resolve()), weights_sha256=file_sha256(args.weights))
+    space = space.model_copy(update=update)
     path = root / "spaces" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False))
@@ -128,7 +132,6 @@ def _run(args) -> int:
         data_dir=root,
         tracking_uri=args.tracking_uri,
         ray_address=args.ray_address,
-        weights=args.weights,
         on_progress=on_progress,
     )
     print(f"job {job_id}: {job.space} on {job.device}, budget {job.latency_budget_ms:g} ms, {job.n_trials} trials")

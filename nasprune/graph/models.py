@@ -55,10 +55,21 @@ def build_model(ref: str, kwargs: dict | None = None) -> nn.Module:
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) -> nn.Module:
     """Load a safetensors state dict into ``model`` (strict: every tensor present, every shape equal).
 
-    Raises :class:`GraphError` naming the first missing, unexpected or mismatching tensor and both shapes.
+    Raises :class:`GraphError` naming the first missing, unexpected or mismatching tensor and both
+    shapes, or, with ``sha256``, when the file is not the one recorded.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -66,6 +77,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     path = Path(path)
     if path.suffix == ".pt" or path.suffix == ".pth":
         raise GraphError(f"'{path}': weights are read from .safetensors files only (pickles can run code)")
+    if sha256 is not None and path.is_file() and file_sha256(path) != sha256:
+        raise GraphError(f"'{path}' is not the weights file its space records (sha256 differs); derive the space again")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:

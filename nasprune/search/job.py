@@ -28,7 +28,10 @@ class SearchJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    space: str = Field(description="registered search space name, e.g. resnet_mnist")
+    space: str = Field(description="registered search space name, e.g. resnet_mnist (or the model id of 'model')")
+    model: Annotated[str, Field(pattern=r"^m_[0-9a-f]{16}$")] | None = Field(
+        None, description="an uploaded model's id (POST /v1/models): search its derived space from its weights"
+    )
     device: str = Field("local-cpu", description="device whose latency table predicts latency")
     latency_budget_ms: float = Field(gt=0, le=60_000, description="latency budget in milliseconds (batch 1)")
     n_trials: Annotated[int, Field(ge=1, le=100_000)] = 100
@@ -99,7 +102,5 @@ class JobContext:
     data_dir: Path | None = None
     tracking_uri: str | None = None
     ray_address: str | None = None
-    weights: Path | None = None
-    """Trained weights (safetensors) a graph-derived space's supernet starts from (local jobs)."""
     on_progress: Callable[[Progress], None] = field(default=lambda _p: None)
     should_stop: Callable[[], bool] = field(default=lambda: False)

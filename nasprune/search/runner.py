@@ -45,7 +45,12 @@ def run_job(job: SearchJob, ctx: JobContext, progress_bar: bool = False) -> Sear
 
     out = Path(ctx.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    space = load_space(job.space)
+    if job.model is not None:  # an uploaded model: its derived space lies beside its weights
+        from nasprune.paths import models_dir
+
+        space = load_space(models_dir(ctx.data_dir) / f"{job.model}.yaml")
+    else:
+        space = load_space(job.space)
     ctx.on_progress(
         Progress(
             stage="preparing supernet",
@@ -53,7 +58,7 @@ def run_job(job: SearchJob, ctx: JobContext, progress_bar: bool = False) -> Sear
             message="loading the trained supernet (training it once if needed)",
         )
     )
-    supernet, ckpt = get_supernet(space, ctx.data_dir, progress=progress_bar, weights=ctx.weights)
+    supernet, ckpt = get_supernet(space, ctx.data_dir, progress=progress_bar)
     ctx.on_progress(
         Progress(
             stage="building latency table",

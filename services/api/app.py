@@ -10,12 +10,14 @@ from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from nasprune.paths import models_dir
 from nasprune.search.study import prepare_storage
 from nasprune.settings import Settings
 from services.api import errors
 from services.api.catalog import Catalog, warm_imports
 from services.api.deps import Services, require_token
-from services.api.routes import catalog, health, jobs, results
+from services.api.models import ModelStore
+from services.api.routes import catalog, health, jobs, models, results
 from services.api.service import JobService
 from services.jobs.store import JobStore
 from services.jobs.worker import Runner, WorkerPool
@@ -83,6 +85,7 @@ def create_app(
         catalog=cat,
         jobs=JobService(settings, store, pool, cat),
         tracking_uri=tracking_uri,
+        models=ModelStore(models_dir(settings.data_dir), MAX_BODY_BYTES),
     )
 
     @asynccontextmanager
@@ -107,6 +110,6 @@ def create_app(
     app.add_middleware(BodyLimit)
     app.include_router(health.router)
     auth = [Depends(require_token)]
-    for router in (jobs.router, results.router, catalog.router):
+    for router in (jobs.router, results.router, catalog.router, models.router):
         app.include_router(router, prefix="/v1", dependencies=auth)
     return app

@@ -114,6 +114,13 @@ class Catalog:
         if name not in names:
             raise UnknownSpace("space", f"unknown search space '{name}'; available: {', '.join(names) or 'none'}")
 
+    def check_model(self, model_id: str) -> None:
+        from nasprune.paths import models_dir
+        from services.api.errors import ModelNotFound
+
+        if not (models_dir(self.settings.data_dir) / f"{model_id}.yaml").is_file():
+            raise ModelNotFound(model_id)
+
     # devices --------------------------------------------------------------------------------------
 
     def _tables(self, device: str) -> list[Path]:

@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nasprune.settings import Settings
 from services.api.catalog import Catalog
 from services.api.errors import Unauthorized
+from services.api.models import ModelStore
 from services.api.service import JobService
 from services.jobs.store import JobStore
 from services.jobs.worker import WorkerPool
@@ -31,6 +32,7 @@ class Services:
     catalog: Catalog
     jobs: JobService
     tracking_uri: str
+    models: ModelStore
 
 
 async def get_services(request: Request) -> Services:

@@ -18,6 +18,7 @@ from nasprune.errors import (
     CheckpointError,
     ConfigError,
     DatasetError,
+    GraphError,
     LatencyTableError,
     NasPruneError,
     SpaceError,
@@ -37,6 +38,13 @@ from services.jobs.errors import (
 log = logging.getLogger(__name__)
 
 
+class ModelNotFound(GraphError):
+    def __init__(self, model_id: str):
+        super().__init__(
+            f"no model with id '{model_id}' (upload one with POST /v1/models; list them with GET /v1/models)"
+        )
+
+
 class Unauthorized(NasPruneError):
     """The request lacks the server's API token, or carries a wrong one."""
 
@@ -52,6 +60,7 @@ class NotImplementedYet(NasPruneError):
 # Most specific first: the first class in an error's MRO found here decides.
 STATUS: dict[type[Exception], tuple[int, str]] = {
     Unauthorized: (401, "unauthorized"),
+    ModelNotFound: (404, "model_not_found"),
     JobNotFound: (404, "job_not_found"),
     CandidateNotFound: (404, "candidate_not_found"),
     JobNotFinished: (409, "job_not_finished"),
@@ -68,6 +77,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     BudgetError: (422, "budget_error"),
     LatencyTableError: (422, "latency_table_error"),
     DatasetError: (422, "dataset_error"),
+    GraphError: (422, "model_error"),
     CheckpointError: (500, "checkpoint_error"),
     NasPruneError: (400, "bad_request"),
 }

@@ -49,6 +49,10 @@ class JobCreate(SearchJob):
                 raise ValueError(
                     f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(cls.model_fields)}"
                 )
+            if data.get("model") is not None:
+                if data.get("space") not in (None, data["model"]):
+                    raise ValueError("give either 'space' or 'model' (an uploaded model's id), not both")
+                data = {**data, "space": data["model"]}  # a model's derived space is named after it
         return data
 
     @field_validator("latency_budget_ms", mode="before")
@@ -201,6 +205,22 @@ class ParetoFront(BaseModel):
 
 
 # catalog ------------------------------------------------------------------------------------------
+
+
+class ModelPublic(BaseModel):
+    """An uploaded model: a torchvision architecture with the user's weights, and its derived space."""
+
+    id: str = Field(description="name it in a job as 'model'")
+    architecture: str
+    num_classes: int
+    input_shape: list[int]
+    dataset: str | None = None
+    groups: int = Field(description="channel groups the search chooses widths for")
+    depth_sequences: int = Field(description="sequences of skippable residual blocks")
+    subnets: float = Field(description="number of distinct subnets")
+    kept_full_width: dict[str, str] = Field(description="channel groups kept at full width, and why")
+    frozen: list[str] = Field(description="ops the graph analysis could not prune through, with the reason")
+    weights_sha256: str | None = None
 
 
 class SpacePublic(BaseModel):

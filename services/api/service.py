@@ -189,11 +189,15 @@ class JobService:
         limit = self.settings.max_trials_per_job
         if body.n_trials > limit:
             raise InvalidRequest("n_trials", f"{body.n_trials} is more than this server allows per job ({limit})")
-        self.catalog.check_space(body.space)
-        self.catalog.check_device(body.device)
-        min_ms = self.catalog.min_latency_ms(body.space, body.device)
-        if min_ms is not None and body.latency_budget_ms < min_ms:
-            raise BudgetUnreachable(body.latency_budget_ms, min_ms, body.space, body.device)
+        if body.model is not None:  # its table is built by its first job, which checks the budget itself
+            self.catalog.check_model(body.model)
+            self.catalog.check_device(body.device)
+        else:
+            self.catalog.check_space(body.space)
+            self.catalog.check_device(body.device)
+            min_ms = self.catalog.min_latency_ms(body.space, body.device)
+            if min_ms is not None and body.latency_budget_ms < min_ms:
+                raise BudgetUnreachable(body.latency_budget_ms, min_ms, body.space, body.device)
         spec = body.to_search_job()
         record = self.store.create(spec, max_queued=self.settings.max_queued_jobs)
         if self.pool is not None:

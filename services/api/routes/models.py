@@ -1,0 +1,68 @@
+"""``/v1/models``: upload a torchvision architecture's trained weights; jobs then name the model id."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Path, Query, Request
+
+from services.api.deps import ServicesDep
+from services.api.models import MODEL_ID_PATTERN
+from services.api.routes.jobs import ERRORS
+from services.api.schemas import ErrorBody, ModelPublic
+
+router = APIRouter(tags=["models"])
+
+BINARY_BODY = {
+    "required": True,
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+SHAPE_PATTERN = r"^[1-9][0-9]{0,4}(,[1-9][0-9]{0,4}){0,2}$"
+
+
+@router.post(
+    "/models",
+    status_code=201,
+    response_model=ModelPublic,
+    summary="upload trained weights (safetensors) for a torchvision architecture",
+    description=(
+        "The body is the weights file itself (`Content-Type: application/octet-stream`), as written by "
+        "`safetensors.torch.save_file(model.state_dict(), ...)`; pickles are never read. The weights must "
+        "fit the architecture built with `num_classes` (a mismatch names the first tensor and both shapes). "
+        "The model's search space is derived from its graph; submit jobs with `\"model\": ID`."
+    ),
+    responses={
+        401: ERRORS[401],
+        413: {"model": ErrorBody, "description": "the weights file is larger than the server accepts"},
+        422: {"model": ErrorBody, "description": "unknown architecture, bad weights, or weights that do not fit"},
+    },
+    openapi_extra={"requestBody": BINARY_BODY},
+)
+async def upload_model(
+    request: Request,
+    services: ServicesDep,
+    architecture: Annotated[str, Query(pattern=r"^torchvision:[a-z0-9_]+$", description="e.g. torchvision:resnet18")],
+    num_classes: Annotated[int, Query(ge=2, le=100_000)],
+    input_shape: Annotated[str, Query(pattern=SHAPE_PATTERN, description="one sample's shape, e.g. 3,32,32")],
+    dataset: Annotated[str, Query(pattern=r"^[a-z0-9_]*$", max_length=64, description="checked against")] = "",
+) -> ModelPublic:
+    store = services.models
+    tmp, sha = await store.receive(request.stream())
+    shape = tuple(int(v) for v in input_shape.split(","))
+    return await anyio.to_thread.run_sync(store.add, tmp, sha, architecture, num_classes, shape, dataset)
+
+
+@router.get("/models", response_model=list[ModelPublic], summary="uploaded models", responses={401: ERRORS[401]})
+def list_models(services: ServicesDep) -> list[ModelPublic]:
+    return services.models.list()
+
+
+@router.get(
+    "/models/{model_id}",
+    response_model=ModelPublic,
+    summary="one uploaded model",
+    responses={401: ERRORS[401], 404: {"model": ErrorBody, "description": "no such model"}},
+)
+def get_model(services: ServicesDep, model_id: Annotated[str, Path(pattern=MODEL_ID_PATTERN)]) -> ModelPublic:
+    return services.models.get(model_id)
