@@ -302,6 +302,50 @@ class GraphSupernet(Supernet):
                 total += self._module(use.path).weight.detach().abs().flatten(1).sum(1)
         return total
 
+    @torch.no_grad()
+    def activation_importance(self, batches) -> dict[str, torch.Tensor]:
+        """Per group, the mean |activation| of its channels on ``batches`` (e.g. the calibration split):
+        the outputs of the norms that normalise the group (or, where none does, of the layers that
+        write it), summed over those layers. A data-driven alternative to :meth:`l1_importance`; pass
+        the result to :meth:`reorder_channels`."""
+        a = self.analysis
+        watch: list[tuple[str, Layout]] = []
+        normed = {a.var_root[seg.var] for u in a.layers.values() if u.kind != "linear" and u.kind not in
+                  ("conv1d", "conv2d") for seg in u.out_layout}  # fmt: skip
+        for use in a.layers.values():
+            is_norm = use.kind in ("batchnorm", "layernorm", "groupnorm")
+            writes = use.kind in ("conv1d", "conv2d", "linear") and not use.depthwise
+            root = a.var_root[use.out_layout[0].var] if len(use.out_layout) == 1 else None
+            if is_norm or (writes and root not in normed):
+                watch.append((use.path, use.out_layout))
+        sums = {g: torch.zeros(n, dtype=torch.float64) for g, n in a.group_size.items() if g in a.groups}
+        handles = []
+
+        def hook(layout):
+            def fn(_module, _inputs, out):
+                per = out.detach().abs().transpose(0, 1).flatten(1).mean(1).double()
+                off = 0
+                for seg in layout:
+                    g = a.var_group.get(a.var_root[seg.var])
+                    if g in sums:
+                        sums[g] += per[off : off + seg.features].view(seg.size, seg.repeat).mean(1)
+                    off += seg.features
+
+            return fn
+
+        for path, layout in watch:
+            handles.append(self._module(path).register_forward_hook(hook(layout)))
+        was = self.training
+        self.eval()
+        try:
+            for batch in batches:
+                self(batch[0] if isinstance(batch, tuple | list) else batch)
+        finally:
+            for h in handles:
+                h.remove()
+            self.train(was)
+        return {g: v.float() for g, v in sums.items()}
+
     def _members(self, group: str):
         """(layer use, 'in'|'out', feature offset, repeat) for every place the group's channels appear."""
         roots = set(self.analysis.groups[group])

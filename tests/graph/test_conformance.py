@@ -134,3 +134,19 @@ def test_a_changed_model_does_not_fit_its_space():
     other = build_model("nasprune.models.cnn1d:cnn1d", {"num_classes": 7})
     with pytest.raises(GraphError, match="derive the space again"):
         GraphSupernet(space, other)
+
+
+def test_activation_importance_is_a_data_driven_order_that_keeps_the_function():
+    model, x, _, space = _build("mobilenet_v3_small")
+    with torch.no_grad():
+        before = model(x)
+    net = GraphSupernet(space, model)
+    scores = net.activation_importance([x])
+    assert set(scores) == set(net.analysis.groups)
+    assert all(len(v) == net.analysis.group_size[g] and torch.all(v >= 0) for g, v in scores.items())
+    perms = net.reorder_channels(scores)
+    with torch.no_grad():
+        assert (net(x) - before).abs().max().item() <= 1e-4
+    after = net.activation_importance([x])  # sorted by it, the scores now descend
+    g = next(iter(perms))
+    assert torch.all(after[g][:-1] >= after[g][1:] - 1e-4)
