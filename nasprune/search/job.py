@@ -62,7 +62,14 @@ class Candidate(BaseModel):
     macs: int
     feasible: bool
     verified: bool = False
-    measured_latency_ms: float | None = None
+    measured_latency_ms: float | None = Field(
+        None, description="measured now, at the speed of the latency table's machine (see machine_speed)"
+    )
+    machine_speed: float | None = Field(
+        None,
+        description="how much slower (>1) or faster (<1) this machine ran reference subnets during the "
+        "verification than when the latency table measured them; the raw median is measured_latency_ms x this",
+    )
     test_accuracy: float | None = Field(
         None, description="accuracy on the held-out test split, for exported candidates (selection used val)"
     )

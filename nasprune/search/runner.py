@@ -169,13 +169,40 @@ def _table_error(table) -> dict | None:
     return err.model_dump() if hasattr(err, "model_dump") else dict(err)
 
 
+def machine_speed(now_ms: list[float], then_ms: list[float]) -> float:
+    """The median ratio of reference subnets' times now to their times in the table (1.0 without any)."""
+    import statistics
+
+    ratios = [a / b for a, b in zip(now_ms, then_ms, strict=True) if a > 0 and b > 0]
+    return statistics.median(ratios) if ratios else 1.0
+
+
+def _references(table, supernet, folder: Path, n: int = 3) -> list[tuple[Path, float]]:
+    """Up to ``n`` of the table's held-out subnets (spread over its range), exported, with the median
+    latency the table measured for each."""
+    from nasprune.latency.profile import export_all
+
+    samples = sorted(table.error.samples if table.error is not None else [], key=lambda s: s.measured_ms)
+    if not samples:
+        return []
+    picks = [samples[round(i * (len(samples) - 1) / max(n - 1, 1))] for i in range(min(n, len(samples)))]
+    picks = list({s.config.key(): s for s in picks}.values())
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = export_all(supernet, [s.config for s in picks], folder)
+    return [(p, s.measured_ms) for p, s in zip(paths, picks, strict=True)]
+
+
 def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table, out: Path):
     """Export and measure front candidates, most accurate first, ``verify_top_k`` at a time, until one
     of them is within budget (or the front runs out).
 
     Each batch is timed like the table's own validation (interleaved rounds in sessions made for the
     device: ``measure_models``), so measured and predicted latency are comparable even for models
-    that run in microseconds. On a device that is not this machine (an uploaded table) nothing can be
+    that run in microseconds. The machine's speed drifts (a shared VM ran the same subnets 17-30%
+    slower minutes after their table was validated, on a quiet machine): up to three of the table's
+    held-out subnets are timed in the same rounds, and the candidates' medians are divided by the
+    median ratio of their times now to their times when the table measured them
+    (:func:`machine_speed`). On a device that is not this machine (an uploaded table) nothing can be
     measured: the most accurate candidate within the *predicted* budget is exported and recommended,
     unverified.
     """
@@ -192,6 +219,8 @@ def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table
     measured: dict[int, float] = {}
     tested: dict[int, float] = {}
     recommended_number = None
+    references = _references(table, supernet, out / "latency_references") if here else []
+    speed: float | None = None
     queue = sorted(front, key=lambda r: (-r.accuracy, r.latency_ms))
     while queue and recommended_number is None:
         batch, queue = (queue[: job.verify_top_k], queue[job.verify_top_k :]) if here else (queue[:1], [])
@@ -209,9 +238,12 @@ def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table
             paths.append(res.path)
             tested[rec.number] = evaluator.accuracy(cfg, "test")
         if here:
-            for rec, path, t in zip(batch, paths, measure_models(paths, table.device, ProfileSettings()), strict=True):
-                measured[rec.number] = t.median_ms
-                stamp_metadata(path, {"measured_latency_ms": t.median_ms})
+            timings = measure_models(paths + [p for p, _ in references], table.device, ProfileSettings())
+            speed = machine_speed([t.median_ms for t in timings[len(paths) :]], [ms for _, ms in references])
+            for rec, path, t in zip(batch, paths, timings, strict=False):
+                measured[rec.number] = t.median_ms / speed
+                stamp_metadata(path, {"measured_latency_ms": t.median_ms / speed, "measured_raw_ms": t.median_ms,
+                                      "machine_speed": speed})  # fmt: skip
         recommended_number = next(
             (r.number for r in batch if not here or measured[r.number] <= job.latency_budget_ms), None
         )
@@ -227,6 +259,7 @@ def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table
             feasible=r.feasible,
             verified=r.number in measured and measured[r.number] <= job.latency_budget_ms,
             measured_latency_ms=measured.get(r.number),
+            machine_speed=speed if r.number in measured else None,
             test_accuracy=tested.get(r.number),
         )
         for r in front

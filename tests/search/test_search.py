@@ -71,6 +71,9 @@ def test_backend_conformance(backend, prepared, budget, tmp_path):
     onnx.checker.check_model(model)
     meta = read_metadata(out / "model.onnx")
     assert meta["subnet_key"] == rec.candidate_id and float(meta["measured_latency_ms"]) == rec.measured_latency_ms
+    # measured at the table's machine speed: the raw median over the speed of the table's own subnets
+    assert rec.machine_speed is not None and 0.2 < rec.machine_speed < 5
+    assert float(meta["measured_raw_ms"]) == pytest.approx(rec.measured_latency_ms * rec.machine_speed)
     assert json.loads((out / "pareto.json").read_text())["recommended"]["candidate_id"] == rec.candidate_id
     # the delivered file is the model that scored the reported accuracy (BN recalibrated)
     x, y = load_dataset("digits").tensors("val")
@@ -148,3 +151,11 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(storage_kind, prepared, 
         assert kept[t.number] == t
     states = [t.state for t in optuna.load_study(study_name="killme", storage=make_storage(storage)).trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == n
+
+
+def test_machine_speed_is_the_median_ratio_of_reference_times():
+    from nasprune.search.runner import machine_speed
+
+    assert machine_speed([1.2, 2.4, 3.0], [1.0, 2.0, 2.0]) == pytest.approx(1.2)  # median of 1.2, 1.2, 1.5
+    assert machine_speed([], []) == 1.0  # no references (a table without held-out subnets)
+    assert machine_speed([0.0, 0.5], [1.0, 0.5]) == pytest.approx(1.0)  # a failed timing is ignored
