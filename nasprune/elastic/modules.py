@@ -66,7 +66,7 @@ class _ElasticWeighted(ElasticModule):
         """The plain layer holding copies of the active slices. With ``cache``, the layer itself is
         built once per sizes and shared (read-only) by every subnet exported with that cache: it has
         no state but its weights, and building modules was most of what extraction cost."""
-        sizes = (self.active_in, self.active_out)
+        sizes = self._sizes()
         if cache is not None and (hit := cache.get((id(self), "module", *sizes))) is not None:
             return hit
         m = self._plain()
@@ -76,6 +76,10 @@ class _ElasticWeighted(ElasticModule):
         if cache is not None:
             cache[(id(self), "module", *sizes)] = m
         return m
+
+    def _sizes(self) -> tuple:
+        """What identifies the active slice in cache keys."""
+        return (self.active_in, self.active_out)
 
     def elastic_state(self) -> tuple:
         return (self.active_in, self.active_out)

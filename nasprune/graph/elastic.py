@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasprune.elastic.modules import ElasticModule, SliceCache, _copy, export_module
+from nasprune.elastic.modules import ElasticModule, SliceCache, _ElasticWeighted, export_module
 
 Sel = int | torch.Tensor
 """Active channels: the leading ``n``, or these indices."""
@@ -32,17 +32,28 @@ def sel_key(sel: Sel) -> tuple:
     return (sel,) if isinstance(sel, int) else tuple(sel.tolist())
 
 
-class _Weighted(ElasticModule):
+class _Weighted(_ElasticWeighted):
+    """A conv/linear layer holding its source layer's parameters; ``in_sel``/``out_sel`` select its
+    active input and output channels (``active_in``/``active_out`` are their counts)."""
+
     weight: nn.Parameter
     bias: nn.Parameter | None
 
     def __init__(self, source: nn.Module):
-        super().__init__()
+        ElasticModule.__init__(self)
         self.weight = source.weight
         self.bias = source.bias
         self.in_sel: Sel = self.weight.shape[1]
         self.out_sel: Sel = self.weight.shape[0]
         self.depthwise = False
+
+    @property
+    def active_in(self) -> int:
+        return count(self.in_sel)
+
+    @property
+    def active_out(self) -> int:
+        return count(self.out_sel)
 
     def active_weight(self) -> torch.Tensor:
         w = take(self.weight, 0, self.out_sel)
@@ -54,26 +65,11 @@ class _Weighted(ElasticModule):
     def _sizes(self) -> tuple:
         return (*sel_key(self.in_sel), "|", *sel_key(self.out_sel))
 
-    def export(self, cache: SliceCache | None = None) -> nn.Module:
-        sizes = self._sizes()
-        if cache is not None and (hit := cache.get((id(self), "module", *sizes))) is not None:
-            return hit
-        m = self._plain()
-        m.weight = _copy(self.active_weight(), cache, (id(self), "weight", *sizes))
-        if self.bias is not None:
-            m.bias = _copy(self.active_bias(), cache, (id(self), "bias", *sizes))
-        if cache is not None:
-            cache[(id(self), "module", *sizes)] = m
-        return m
-
     def elastic_state(self) -> tuple:
         return (self.in_sel, self.out_sel)
 
     def set_elastic_state(self, state: tuple) -> None:
         self.in_sel, self.out_sel = state
-
-    def _plain(self) -> nn.Module:
-        raise NotImplementedError  # pragma: no cover - every concrete layer defines it
 
 
 class ElasticConv(_Weighted):
@@ -171,26 +167,21 @@ class ElasticBatchNorm(ElasticModule):
         (self.sel,) = state
 
 
-class ElasticLayerNorm(ElasticModule):
-    """LayerNorm over the selected features of a (N, C) input."""
+class _AffineNorm(ElasticModule):
+    """A norm without running statistics over the selected channels (its affine weight and bias sliced)."""
 
-    def __init__(self, ln: nn.LayerNorm):
+    def __init__(self, norm: nn.Module, channels: int):
         super().__init__()
-        self.eps = ln.eps
-        self.weight, self.bias = ln.weight, ln.bias
-        self.sel: Sel = ln.normalized_shape[0]
+        self.eps = norm.eps
+        self.weight, self.bias = norm.weight, norm.bias
+        self.sel: Sel = channels
 
     def _affine(self):
         w = None if self.weight is None else take(self.weight, 0, self.sel)
         b = None if self.bias is None else take(self.bias, 0, self.sel)
         return w, b
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, (count(self.sel),), *self._affine(), self.eps)
-
-    def export(self, cache: SliceCache | None = None) -> nn.Module:
-        m = nn.LayerNorm(count(self.sel), eps=self.eps, elementwise_affine=self.weight is not None,
-                         bias=self.bias is not None)  # fmt: skip
+    def _copy_affine(self, m: nn.Module) -> nn.Module:
         w, b = self._affine()
         with torch.no_grad():
             if w is not None:
@@ -206,39 +197,35 @@ class ElasticLayerNorm(ElasticModule):
         (self.sel,) = state
 
 
-class ElasticGroupNorm(ElasticModule):
+class ElasticLayerNorm(_AffineNorm):
+    """LayerNorm over the selected features of a (N, C) input."""
+
+    def __init__(self, ln: nn.LayerNorm):
+        super().__init__(ln, ln.normalized_shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (count(self.sel),), *self._affine(), self.eps)
+
+    def export(self, cache: SliceCache | None = None) -> nn.Module:
+        affine = self.weight is not None
+        return self._copy_affine(nn.LayerNorm(count(self.sel), eps=self.eps, elementwise_affine=affine,
+                                              bias=self.bias is not None))  # fmt: skip
+
+
+class ElasticGroupNorm(_AffineNorm):
     """GroupNorm keeping its channels per group: ``n`` active channels run as ``n / per_group`` groups
     (the space's widths are multiples of ``per_group``, and importance sorting moves whole groups)."""
 
     def __init__(self, gn: nn.GroupNorm):
-        super().__init__()
-        self.eps, self.per_group = gn.eps, gn.num_channels // gn.num_groups
-        self.weight, self.bias = gn.weight, gn.bias
-        self.sel: Sel = gn.num_channels
-
-    def _affine(self):
-        w = None if self.weight is None else take(self.weight, 0, self.sel)
-        b = None if self.bias is None else take(self.bias, 0, self.sel)
-        return w, b
+        super().__init__(gn, gn.num_channels)
+        self.per_group = gn.num_channels // gn.num_groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x, count(self.sel) // self.per_group, *self._affine(), self.eps)
 
     def export(self, cache: SliceCache | None = None) -> nn.Module:
         c = count(self.sel)
-        m = nn.GroupNorm(c // self.per_group, c, eps=self.eps, affine=self.weight is not None)
-        w, b = self._affine()
-        with torch.no_grad():
-            if w is not None:
-                m.weight.copy_(w)
-                m.bias.copy_(b)
-        return m
-
-    def elastic_state(self) -> tuple:
-        return (self.sel,)
-
-    def set_elastic_state(self, state: tuple) -> None:
-        (self.sel,) = state
+        return self._copy_affine(nn.GroupNorm(c // self.per_group, c, eps=self.eps, affine=self.weight is not None))
 
 
 class Skippable(ElasticModule):
