@@ -188,6 +188,10 @@ class Analysis:
     graph: fx.GraphModule | None = None
     """The traced graph (its modules are the model's, as they were when analysed)."""
 
+    def widths(self, chosen: dict[str, int]) -> dict[int, int | None]:
+        """Active channels per channel variable for a config's ``widths`` (None: full size, not chosen)."""
+        return {var: chosen.get(self.var_group.get(root)) for var, root in self.var_root.items()}
+
     def group_of(self, var: int) -> str | None:
         return self.var_group.get(self.var_root[var])
 

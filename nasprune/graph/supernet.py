@@ -21,7 +21,7 @@ from torch import nn
 from nasprune.elastic.supernet import Supernet
 from nasprune.errors import GraphError
 from nasprune.graph.analyze import Analysis, Layout, analyze_model
-from nasprune.graph.elastic import ElasticConv, Sel, Skippable, elastic_of
+from nasprune.graph.elastic import ElasticConv, Sel, Skippable, count, elastic_of
 from nasprune.space import DepthSequence, GraphSpace, SubnetConfig, WidthGroup
 
 DEFAULT_MIN_FRACTION = 0.25
@@ -173,11 +173,6 @@ class GraphSupernet(Supernet):
         return m
 
     # -- configs -------------------------------------------------------------------------------------
-    def _widths(self, cfg: SubnetConfig) -> dict[int, int | None]:
-        """Active channels per channel variable (None: full size, the config does not choose it)."""
-        a = self.analysis
-        return {var: cfg.widths.get(a.var_group.get(root)) for var, root in a.var_root.items()}
-
     def _sel(self, layout: Layout, widths: dict[int, int | None]) -> Sel:
         offsets, parts, full = 0, [], True
         for seg in layout:
@@ -206,7 +201,7 @@ class GraphSupernet(Supernet):
         cfg = self._checked(cfg)
         saved = {name: m.elastic_state() for name, m in self._elastic()}
         try:
-            widths = self._widths(cfg)
+            widths = self.analysis.widths(cfg.widths)
             for path, use in self.analysis.layers.items():
                 m = self._module(path)
                 if use.kind in ("conv1d", "conv2d", "linear"):
@@ -224,17 +219,17 @@ class GraphSupernet(Supernet):
 
     def trace(self, cfg: SubnetConfig) -> list[GraphLayer]:
         cfg = self._checked(cfg)
-        widths = self._widths(cfg)
+        widths = self.analysis.widths(cfg.widths)
         skipped = self._skipped(cfg)
         out = []
         for path, use in self.analysis.layers.items():
             if self._inside(path, skipped):
                 continue
             m = self._module(path)
-            c_out = _count(self._sel(use.out_layout, widths))
+            c_out = count(self._sel(use.out_layout, widths))
             block = self._inside(path, set(b for bs in self.analysis.sequences.values() for b in bs)) or ""
             if use.kind in ("conv1d", "conv2d", "linear"):
-                c_in = c_out if use.depthwise else _count(self._sel(use.in_layout, widths))
+                c_in = c_out if use.depthwise else count(self._sel(use.in_layout, widths))
                 kernel = tuple(m.weight.shape[2:]) if use.kind != "linear" else ()
                 groups = c_out if isinstance(m, ElasticConv) and m.depthwise else 1
                 spatial = {"in_spatial": use.in_shape[2:], "out_spatial": use.out_shape[2:]}
@@ -379,10 +374,6 @@ class GraphSupernet(Supernet):
                         else:
                             m.weight[:, span] = m.weight[:, idx]
                     off += seg.features
-
-
-def _count(sel: Sel) -> int:
-    return sel if isinstance(sel, int) else int(sel.numel())
 
 
 def fixed_groups(analysis: Analysis, space: GraphSpace) -> dict[str, str]:

@@ -274,10 +274,6 @@ class UnitPlan:
                 "(the latency table cannot predict them; file an issue with the op)"
             )
 
-    def _widths(self, space: GraphSpace, cfg: SubnetConfig) -> dict[int, int | None]:
-        a = self.analysis
-        return {var: cfg.widths.get(a.var_group.get(root)) for var, root in a.var_root.items()}
-
     @staticmethod
     def _count(layout: Layout, widths: dict[int, int | None]) -> int:
         return sum((seg.size if widths[seg.var] is None else widths[seg.var]) * seg.repeat for seg in layout)
@@ -285,7 +281,7 @@ class UnitPlan:
     def ops(self, space: GraphSpace, cfg: SubnetConfig) -> list[tuple[str, OpKey]]:
         """``(unit name, key)`` for every unit that runs for ``cfg``, in execution order."""
         self.check()
-        widths = self._widths(space, cfg)
+        widths = self.analysis.widths(cfg.widths)
         skipped = space.skipped_blocks(cfg.depths)
         out = []
         for u in self.units:
@@ -311,27 +307,29 @@ class UnitPlan:
         dims = {"dims": 1} if len(u.spatial) == 1 else {}
         return OpKey(u.kind, c_out if u.kind == "concat" else c_in, c_out, h_in=h, w_in=w, **dims, **f)
 
-    def all_keys(self, space: GraphSpace) -> list[OpKey]:
-        """Every key a subnet of ``space`` can run (a superset where widths are tied across units)."""
+    def unit_keys(self, space: GraphSpace) -> list[tuple[UnitSpec, list[OpKey]]]:
+        """Per unit, every key it can run as in ``space`` (widths tied across units are not tied here)."""
         self.check()
         a = self.analysis
-        choices: dict[int, tuple[int, ...]] = {}
-        for var, root in a.var_root.items():
-            g = a.var_group.get(root)
-            choices[var] = space.groups[g].widths if g in space.groups else (None,)
+        choices = {var: (space.groups[g].widths if (g := a.var_group.get(root)) in space.groups else (None,))
+                   for var, root in a.var_root.items()}  # fmt: skip
 
-        def counts(layout: Layout) -> set[int]:
+        def counts(layout: Layout) -> list[int]:
             opts = [[(seg.size if c is None else c) * seg.repeat for c in choices[seg.var]] for seg in layout]
-            return {sum(combo) for combo in itertools.product(*opts)} if opts else {0}
+            return sorted({sum(combo) for combo in itertools.product(*opts)}) if opts else [0]
 
-        keys: set[OpKey] = set()
+        out = []
         for u in self.units:
             outs = counts(u.out)
             if u.tied or u.kind in ("pool", "eltwise", "concat"):
-                keys.update(self.key(u, c, c) for c in outs)
+                out.append((u, [self.key(u, c, c) for c in outs]))
             else:
-                keys.update(self.key(u, ci, co) for ci in counts(u.ins[0]) for co in outs)
-        return sorted(keys)
+                out.append((u, [self.key(u, ci, co) for ci in counts(u.ins[0]) for co in outs]))
+        return out
+
+    def all_keys(self, space: GraphSpace) -> list[OpKey]:
+        """Every key a subnet of ``space`` can run (a superset where widths are tied across units)."""
+        return sorted({k for _, keys in self.unit_keys(space) for k in keys})
 
 
 def plan_for(space: GraphSpace) -> UnitPlan:
@@ -388,21 +386,9 @@ def extreme_graph(
 def bound_graph(space: GraphSpace, plan: UnitPlan, cost: Callable[[OpKey], float], pick=min) -> float:
     """A bound on the summed unit cost of any subnet: per unit, its cheapest (dearest) key, with units
     in skippable blocks free for the minimum. No subnet is below (above) it."""
-    a = plan.analysis
-    choices = {var: (space.groups[g].widths if (g := a.var_group.get(root)) in space.groups else (None,))
-               for var, root in a.var_root.items()}  # fmt: skip
     total = 0.0
-    for u in plan.units:
-        def counts(layout: Layout) -> list[int]:
-            opts = [[(seg.size if c is None else c) * seg.repeat for c in choices[seg.var]] for seg in layout]
-            return sorted({sum(combo) for combo in itertools.product(*opts)}) if opts else [0]
-
-        outs = counts(u.out)
-        if u.tied or u.kind in ("pool", "eltwise", "concat"):
-            costs = [cost(plan.key(u, c, c)) for c in outs]
-        else:
-            costs = [cost(plan.key(u, ci, co)) for ci in counts(u.ins[0]) for co in outs]
-        best = pick(costs)
+    for u, keys in plan.unit_keys(space):
+        best = pick(cost(k) for k in keys)
         if pick is min and u.block is not None:
             best = min(best, 0.0)
         total += best
