@@ -43,25 +43,45 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+NOISE_MS = 0.001
+"""How far below zero an entry's time may be: a difference of two timings of a tiny op can come out
+a hair negative (1 us is far above the noise seen, far below any real op's time)."""
 
 NonNeg = Annotated[float, Field(ge=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every number in a table is finite: NaN or infinity (JSON has neither; Python's json writes and
+    # reads them) would poison every prediction made from it.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Entry(_Strict):
     """One op key's own latency: its minimal graph's time minus its baseline's (see ``profile``).
 
     ``p90_ms`` is the graph's p90 minus the baseline's median. Noise can make a tiny op's time
-    slightly negative; predictions floor it at 0.
+    slightly negative: tables built now store it as 0 (:meth:`of`); a file may hold values down to
+    ``-NOISE_MS``, which predictions floor at 0. Anything lower, or a p90 below the median, is refused.
     """
 
     op: OpKey
-    median_ms: float
-    p90_ms: float
+    median_ms: Annotated[float, Field(ge=-NOISE_MS)]
+    p90_ms: Annotated[float, Field(ge=-NOISE_MS)]
     count: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Entry:
+        if self.p90_ms < self.median_ms:
+            raise ValueError(
+                f"{self.op.describe()}: p90_ms {self.p90_ms:g} is below median_ms {self.median_ms:g}"
+            )
+        return self
+
+    @classmethod
+    def of(cls, op: OpKey, timing: Timing) -> Entry:
+        """An entry from a measurement, its noise below zero stored as 0."""
+        median = max(0.0, timing.median_ms)
+        return cls(op=op, median_ms=median, p90_ms=max(median, timing.p90_ms), count=timing.count)
 
 
 class Sample(_Strict):
@@ -194,7 +214,27 @@ class LatencyTable(_Strict):
             if e.op in seen:
                 raise ValueError(f"{e.op.describe()} is listed twice: the file is corrupt")
             seen.add(e.op)
+        self._check_positive()
         return self
+
+    def _check_positive(self) -> None:
+        """Every subnet's predicted latency must be positive.
+
+        This is the rule for the correction: ``intercept_ms`` may be negative (a fit can give a
+        small negative constant), but not so negative that the fastest subnet (summed entries,
+        scale and cache term included) would be predicted at 0 ms or less. Checked on the exact
+        minimum over the space, which only needs entries for that subnet's ops.
+        """
+        try:
+            low = self.min_latency()
+        except LatencyTableError:
+            return  # an incomplete table is allowed (``--extend``); its gaps are named when predicting
+        if not low > 0:
+            c = self.correction
+            raise ValueError(
+                f"correction (intercept_ms {c.intercept_ms:g}, scale {c.scale:g}) predicts {low:.6g} ms for the "
+                "fastest subnet: every predicted latency must be positive"
+            )
 
     def model_post_init(self, _ctx: Any) -> None:
         self._ms = {e.op: max(0.0, e.median_ms) for e in self.entries}
@@ -214,7 +254,7 @@ class LatencyTable(_Strict):
             built_at=_now(),
             settings=settings,
             correction=Correction(overhead_ms=overhead.median_ms, intercept_ms=overhead.median_ms),
-            entries=[Entry(op=k, median_ms=t.median_ms, p90_ms=t.p90_ms, count=t.count) for k, t in entries.items()],
+            entries=[Entry.of(k, t) for k, t in entries.items()],
         )
 
     def _update(self, **changes) -> LatencyTable:
@@ -232,7 +272,7 @@ class LatencyTable(_Strict):
 
     def with_entries(self, entries: dict[OpKey, Timing], space=None) -> LatencyTable:
         """The table with more measured entries, e.g. for a space that gained choices (its error is reset)."""
-        new = [Entry(op=k, median_ms=t.median_ms, p90_ms=t.p90_ms, count=t.count) for k, t in entries.items()]
+        new = [Entry.of(k, t) for k, t in entries.items()]
         space = space or self.space
         return self._update(entries=[*self.entries, *new], space=space, space_digest=space.digest(), error=None)
 

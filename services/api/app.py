@@ -8,21 +8,20 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nasprune.paths import models_dir
 from nasprune.search.study import prepare_storage
 from nasprune.settings import Settings
-from services.api import errors
+from services.api import errors, openapi
 from services.api.catalog import Catalog, warm_imports
 from services.api.deps import Services, require_token
+from services.api.edge import MAX_BODY_BYTES, BodyLimit, TokenGate
 from services.api.models import ModelStore
 from services.api.routes import catalog, health, jobs, models, results
 from services.api.service import JobService
 from services.jobs.store import JobStore
 from services.jobs.worker import Runner, WorkerPool
 
-MAX_BODY_BYTES = 64 * 1024 * 1024
 REQUEST_THREADS = 8
 
 DESCRIPTION = """
@@ -34,23 +33,8 @@ read the Pareto front (`GET /v1/jobs/{id}/pareto`) and download the recommended 
 """
 
 
-class BodyLimit:
-    """Refuse request bodies announced larger than ``limit`` bytes (413) before reading them."""
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for key, value in scope["headers"]:
-                if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    response = errors._error(
-                        413, "payload_too_large", f"the request body is larger than {self.limit // 2**20} MiB"
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+def _token(settings: Settings) -> str | None:
+    return None if settings.api_token is None else settings.api_token.get_secret_value()
 
 
 def _version() -> str:
@@ -99,17 +83,24 @@ def create_app(
         try:
             yield
         finally:
-            if pool is not None:
-                await run_in_threadpool(pool.stop)
-            services.jobs.close()
-            store.close()
+            try:
+                if pool is not None:
+                    await run_in_threadpool(pool.stop)
+                services.jobs.close()
+            finally:
+                store.close()  # whatever failed before, the job store's connections are released
 
     app = FastAPI(title="nasprune", version=_version(), description=DESCRIPTION, lifespan=lifespan)
     app.state.services = services
     errors.install(app)
-    app.add_middleware(BodyLimit)
+    openapi.install(app, settings)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    # Outermost: a request without the token is answered before its body is read or parsed.
+    app.add_middleware(TokenGate, token=lambda: _token(services.settings))
     app.include_router(health.router)
-    auth = [Depends(require_token)]
+    # The dependency checks the token again and declares bearer auth in the OpenAPI document: only
+    # on a server that has a token.
+    auth = [Depends(require_token)] if settings.api_token is not None else []
     for router in (jobs.router, results.router, catalog.router, models.router):
         app.include_router(router, prefix="/v1", dependencies=auth)
     return app

@@ -64,10 +64,16 @@ def validate_table(payload: Any) -> Any:
     try:
         return LatencyTable.model_validate(payload)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "table"
+        problems = []
+        for err in e.errors()[:3]:
+            where = ".".join(str(p) for p in err["loc"]) or "table"
+            what = err["msg"].removeprefix("Value error, ")
+            if err["type"] in ("finite_number", "greater_than_equal", "greater_than") and "input" in err:
+                what += f" (got {err['input']!r})"
+            problems.append(f"{where}: {what}")
+        more = f" (and {e.error_count() - 3} more)" if e.error_count() > 3 else ""
         raise LatencyTableError(
-            f"not a valid latency table ({e.error_count()} problem(s)); first: {where}: {first['msg']}"
+            f"not a valid latency table ({e.error_count()} problem(s)): {'; '.join(problems)}{more}"
         ) from None
 
 

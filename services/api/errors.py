@@ -53,6 +53,23 @@ class PayloadTooLarge(NasPruneError):
     pass
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """Raised by ``edge.BodyLimit`` from ``receive`` once the bytes read pass the limit.
+
+    An ``HTTPException`` so that FastAPI's body reading passes it on as it is (it turns other
+    exceptions into a generic 400); answered 413 ``payload_too_large``.
+    """
+
+    def __init__(self, limit: int, why: str):
+        super().__init__(
+            413, f"the request body is larger than this server accepts ({limit // 2**20} MiB, {limit} bytes): {why}"
+        )
+
+
+class UnsupportedMediaType(NasPruneError):
+    """A JSON route was sent a body of another media type."""
+
+
 class NotImplementedYet(NasPruneError):
     pass
 
@@ -67,6 +84,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     JobHasNoResult: (409, "job_has_no_result"),
     JobAlreadyFinished: (409, "job_already_finished"),
     PayloadTooLarge: (413, "payload_too_large"),
+    UnsupportedMediaType: (415, "unsupported_media_type"),
     BudgetUnreachable: (422, "budget_unreachable"),
     InvalidRequest: (422, "invalid_request"),
     QueueFull: (429, "queue_full"),
@@ -150,6 +168,8 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, BodyTooLarge):
+        return _error(413, "payload_too_large", exc.detail)
     detail = exc.detail
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.method} {request.url.path} (see /docs for the API)"

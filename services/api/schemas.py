@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
-from nasprune.search.job import Candidate, Progress, SearchJob
+from nasprune.search.job import Candidate, Constraints, Progress, SearchJob
 from services.jobs.status import JobStatus
 from services.jobs.store import JobRecord
 
@@ -29,16 +28,30 @@ def finite_or_none(value: Any) -> Any:
 
 # jobs ---------------------------------------------------------------------------------------------
 
+SEED_MAX = 2**32 - 1  # the samplers seed numpy's RandomState, which takes 0 .. 2**32 - 1
+
+
+class StrictConstraints(Constraints):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
 
 class JobCreate(SearchJob):
-    """A search request. ``n_trials`` is also capped by the server's ``max_trials_per_job``."""
+    """A search request. ``n_trials`` is also capped by the server's ``max_trials_per_job``.
+
+    Strict at the edge: a number is a JSON number (``true`` and ``"10"`` are refused), an integer a
+    JSON integer; the seed is one the samplers take.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [{"space": "mlp_digits", "device": "local-cpu", "latency_budget_ms": 0.05, "n_trials": 50}]
         },
     )
+
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the sampler (0 .. 2**32-1)")
+    constraints: StrictConstraints = Field(default_factory=StrictConstraints)
 
     @model_validator(mode="before")
     @classmethod
@@ -108,9 +121,9 @@ class JobPublic(BaseModel):
     best: Best | None
     cancel_requested: bool
     attempts: int = Field(description="times a worker has started this job (more than 1 after a resume)")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: AwareDatetime
+    started_at: AwareDatetime | None
+    finished_at: AwareDatetime | None
     error: str | None
     tracking_error: str | None
     mlflow_run_id: str | None
@@ -176,8 +189,8 @@ class TrialPublic(BaseModel):
     params: dict[str, Any]
     user_attrs: dict[str, Any]
     constraints: list[float | None] | None
-    started_at: datetime | None
-    completed_at: datetime | None
+    started_at: AwareDatetime | None
+    completed_at: AwareDatetime | None
 
 
 class TrialList(Page):
@@ -238,7 +251,7 @@ class DevicePublic(BaseModel):
     builtin: bool
     description: str
     spaces: list[str] = Field(description="spaces with an uploaded table (the built-in device builds its own)")
-    uploaded_at: datetime | None = None
+    uploaded_at: AwareDatetime | None = None
 
 
 # service ------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio.to_thread
@@ -48,6 +49,11 @@ class ModelFile:
     etag: str
 
 
+def _aware(moment: datetime | None) -> datetime | None:
+    """Optuna's trial times are naive local time: the same instant, in UTC."""
+    return None if moment is None else moment.astimezone(UTC)
+
+
 class TrialReader:
     """Trials of a job from the Optuna storage (study name = job id); one storage object, opened lazily."""
 
@@ -79,17 +85,24 @@ class TrialReader:
                 params=finite_or_none(dict(t.params)),
                 user_attrs=finite_or_none(dict(t.user_attrs)),
                 constraints=finite_or_none(list(t.system_attrs.get("constraints") or [])) or None,
-                started_at=t.datetime_start,
-                completed_at=t.datetime_complete,
+                started_at=_aware(t.datetime_start),
+                completed_at=_aware(t.datetime_complete),
             )
             for t in trials[offset : offset + limit]
         ]
         return len(trials), items
 
     def close(self) -> None:
-        if self._storage is not None:
-            self._storage.remove_session()
-            self._storage.engine.dispose()
+        """Release the storage's connections: an RDB storage has an engine; a journal file has nothing open."""
+        with self._lock:
+            storage, self._storage = self._storage, None
+        if storage is None:
+            return
+        from optuna.storages import RDBStorage
+
+        if isinstance(storage, RDBStorage):
+            storage.remove_session()
+            storage.engine.dispose()
 
 
 class StatusCache:

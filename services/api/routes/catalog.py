@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query
 
 from services.api.deps import ServicesDep
+from services.api.edge import JsonRoute
 from services.api.routes.jobs import ERRORS
 from services.api.schemas import DEVICE_NAME_PATTERN, DevicePublic, ErrorBody, SpacePublic
 
-router = APIRouter(tags=["catalog"])
+router = APIRouter(tags=["catalog"], route_class=JsonRoute)
 
 
 @router.get(

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Response
 
 from services.api.deps import JobsDep
+from services.api.edge import JsonRoute
 from services.api.schemas import (
     Cancelled,
     ErrorBody,
@@ -19,10 +20,11 @@ from services.api.schemas import (
 )
 from services.jobs.status import JobStatus
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=JsonRoute)
 
+MAX_OFFSET = 2**31 - 1  # an integer every job database takes (SQLite's and PostgreSQL's are 64-bit)
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
 
 
 def next_page(path: str, total: int, limit: int, offset: int, **params) -> str | None:

@@ -8,11 +8,12 @@ import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request
 
 from services.api.deps import ServicesDep
+from services.api.edge import JsonRoute
 from services.api.models import MODEL_ID_PATTERN
 from services.api.routes.jobs import ERRORS
 from services.api.schemas import ErrorBody, ModelPublic
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=JsonRoute)
 
 BINARY_BODY = {
     "required": True,

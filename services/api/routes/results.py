@@ -8,11 +8,12 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse
 
 from services.api.deps import JobsDep
+from services.api.edge import JsonRoute
 from services.api.routes.jobs import ERRORS, Limit, Offset, next_page
 from services.api.schemas import CANDIDATE_ID_PATTERN, CandidatePublic, ErrorBody, ParetoFront, TrialList
 from services.api.service import ModelFile
 
-router = APIRouter(prefix="/jobs", tags=["results"])
+router = APIRouter(prefix="/jobs", tags=["results"], route_class=JsonRoute)
 
 NOT_FINISHED = {409: {"model": ErrorBody, "description": "the job has not finished (or finished without a result)"}}
 ONNX = {

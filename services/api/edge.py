@@ -1,0 +1,157 @@
+"""What every request passes before a route sees it: the token, the body's size, its media type and JSON.
+
+- ``TokenGate`` (pure ASGI): with an API token configured, a request to ``/v1/...`` without it is
+  answered 401 before anything else happens; its body is never read.
+- ``BodyLimit`` (pure ASGI): a body is refused (413) when its ``Content-Length`` says it is too
+  large, and, for every body (chunked ones included), as soon as the bytes actually *read* pass the
+  limit; the rest is never handed to the application.
+- ``JsonRoute`` (route class): a route that takes a JSON body refuses other media types (415) and
+  parses the body strictly: invalid UTF-8 and nesting deeper than the parser allows are
+  ``invalid_json`` errors with the reason, like any other malformed JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.api import errors
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+API_PREFIX = "/v1/"
+
+
+class TokenGate:
+    """Answer 401 to ``/v1/...`` requests without the app's API token (``settings.api_token``), first."""
+
+    def __init__(self, app: ASGIApp, token: Callable[[], str | None]):
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = self.token() if scope["type"] == "http" and scope["path"].startswith(API_PREFIX) else None
+        if token is not None:
+            problem = token_problem(Headers(scope=scope).get("authorization"), token)
+            if problem is not None:
+                response = errors._error(401, "unauthorized", problem, {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def token_problem(authorization: str | None, token: str) -> str | None:
+    """Why ``authorization`` (the header) does not carry ``token``; None when it does."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials:
+        return "this server needs an API token: send 'Authorization: Bearer <token>'"
+    if not secrets.compare_digest(credentials.strip().encode(), token.encode()):
+        return "the API token is not valid"
+    return None
+
+
+class BodyLimit:
+    """Refuse request bodies larger than ``limit`` bytes with 413 ``payload_too_large``.
+
+    A ``Content-Length`` over the limit is answered before anything is read. Otherwise the bytes
+    are counted as the application receives them: the message that passes the limit raises
+    :class:`~services.api.errors.BodyTooLarge` inside the application (a route reading its body
+    stops there; the error handler answers 413), and the application is never handed more. Should
+    that error escape the application before it answered, it is answered here.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        announced = Headers(scope=scope).get("content-length")
+        if announced is not None and announced.isdigit() and int(announced) > self.limit:
+            await self._too_large(scope, receive, send, f"its Content-Length is {int(announced)} bytes")
+            return
+        read = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal read
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > self.limit:
+                    raise errors.BodyTooLarge(self.limit, f"more than {self.limit} bytes were sent")
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except errors.BodyTooLarge as e:
+            if started:
+                raise
+            await errors._error(413, "payload_too_large", e.detail)(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
+        await errors._error(413, "payload_too_large", errors.BodyTooLarge(self.limit, why).detail)(
+            scope, receive, send
+        )
+
+
+# JSON bodies --------------------------------------------------------------------------------------
+
+
+def parse_json(body: bytes) -> Any:
+    """``json.loads`` of a UTF-8 body; every failure is a ``json.JSONDecodeError`` that says why."""
+    try:
+        text = body.decode("utf-8")  # json.loads(bytes) would also guess UTF-16 and UTF-32
+    except UnicodeDecodeError as e:
+        raise json.JSONDecodeError(f"invalid UTF-8 at byte {e.start}", "", 0) from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply (arrays or objects inside each other)", "", 0) from None
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class JsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+class JsonRoute(APIRoute):
+    """A route whose JSON body (if it has one) must be ``application/json`` and is parsed strictly."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def route(request: Request) -> Response:
+            content_type = request.headers.get("content-type")
+            empty = request.headers.get("content-length") == "0"
+            if not (empty or (content_type is not None and _is_json(content_type))):
+                got = f"got {content_type!r}" if content_type else "no Content-Type was sent"
+                raise errors.UnsupportedMediaType(
+                    f"the body must be JSON, sent with 'Content-Type: application/json' ({got})"
+                )
+            return await handler(JsonRequest(request.scope, request.receive))
+
+        return route
