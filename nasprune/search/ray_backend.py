@@ -7,6 +7,7 @@ through Ray's object store (``tune.with_parameters``), so trials can land on any
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -88,18 +89,71 @@ def _payload(objective: Objective, job: SearchJob, checkpoint_id: str) -> dict:
 
 
 _RAY_LOCK = threading.Lock()
-_RAY_USERS = {"jobs": 0, "ours": False}
+_RAY_USERS: dict = {"jobs": 0, "ours": False, "signals": None}
+
+# Ray reads these from the environment only (ray.init has no parameter for them), in this process
+# and in the Ray processes a local ``ray.init`` starts; set once, and only where the caller has not.
+_RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# Signals whose handlers the host application owns: Ray's core worker puts its own SIGTERM handler
+# in (abseil's failure handler) and ``ray.shutdown`` leaves SIGTERM at the default (the process
+# dies at once). ``nasprune serve`` runs jobs in worker threads, where ``signal.signal`` cannot
+# be called, so the C-level dispositions are saved and put back with ``sigaction``.
+_HOST_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+
+
+class _Sigactions:
+    """The C-level dispositions of every catchable signal, saved now; ``restore`` puts them back."""
+
+    _SIZE = 512  # larger than ``struct sigaction`` on any libc; kept as opaque bytes
+
+    def __init__(self) -> None:
+        import ctypes
+        import signal
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._ctypes = ctypes
+        self.saved: dict[int, bytes] = {}
+        for sig in signal.Signals:
+            if sig in (signal.SIGKILL, signal.SIGSTOP):
+                continue
+            buf = ctypes.create_string_buffer(self._SIZE)
+            if self._libc.sigaction(int(sig), None, buf) == 0:
+                self.saved[int(sig)] = buf.raw
+
+    @classmethod
+    def save(cls) -> _Sigactions | None:
+        try:
+            return cls()
+        except (OSError, AttributeError):  # no POSIX libc (Windows): nothing to guard
+            return None
+
+    def restore(self, names: tuple[str, ...] | None = None) -> None:
+        import signal
+
+        for sig, raw in self.saved.items():
+            if names is None or signal.Signals(sig).name in names:
+                self._libc.sigaction(sig, self._ctypes.create_string_buffer(raw, self._SIZE), None)
 
 
 def _connect(ray, address: str | None) -> None:
-    """Join the cluster at ``address`` (or start a local Ray) once per process; jobs share the connection."""
+    """Join the cluster at ``address`` (or start a local Ray) once per process; jobs share the connection.
+
+    The host's handlers of shutdown signals stay in place while connected, and every signal
+    disposition is as before once the last job disconnects.
+    """
     with _RAY_LOCK:
         if not ray.is_initialized():
+            for key, value in _RAY_ENV_DEFAULTS.items():
+                os.environ.setdefault(key, value)
+            signals = _Sigactions.save()
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            if signals is not None:
+                signals.restore(_HOST_SIGNALS)
             _RAY_USERS["ours"] = True
+            _RAY_USERS["signals"] = signals
         _RAY_USERS["jobs"] += 1
 
 
@@ -109,7 +163,56 @@ def _disconnect(ray) -> None:
         _RAY_USERS["jobs"] -= 1
         if _RAY_USERS["jobs"] == 0 and _RAY_USERS["ours"]:
             ray.shutdown()
+            if _RAY_USERS["signals"] is not None:
+                _RAY_USERS["signals"].restore()
             _RAY_USERS["ours"] = False
+            _RAY_USERS["signals"] = None
+
+
+def _no_file_loggers() -> list:
+    """Stand-ins for the CSV, JSON and TensorBoard loggers Tune adds to a run that has none of its own.
+
+    Those write result.json/progress.csv per trial, which nothing here reads (trials are read from
+    the Optuna storage). Passing no-op instances turns them off for this run only, where the
+    ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` variable would turn them off for the whole process.
+    """
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    def skip(self, *args, **kwargs) -> None:
+        return None
+
+    hooks = ("log_trial_start", "log_trial_restore", "log_trial_save", "log_trial_result", "log_trial_end")
+    return [
+        type(f"_No{base.__name__}", (base,), {"__init__": skip, **dict.fromkeys(hooks, skip)})()
+        for base in (CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback)
+    ]
+
+
+_QUIET = threading.local()
+
+
+class _NoMetricsFilesFilter(logging.Filter):
+    """Drops Tune's "Failed to fetch metrics" warning in threads inside :func:`_no_metrics_files_warning`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(_QUIET, "active", False) and record.getMessage().startswith("Failed to fetch metrics"))
+
+
+_ANALYSIS_FILTER = _NoMetricsFilesFilter()
+
+
+@contextlib.contextmanager
+def _no_metrics_files_warning():
+    """Without the file loggers, the ResultGrid that ``fit()`` builds would warn once per trial that
+    it found no metrics files. Only this thread's warnings are dropped (a thread-local flag and one
+    filter, added once), where changing the logger's level would silence every thread's and race
+    with other jobs restoring it."""
+    logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(_ANALYSIS_FILTER)  # idempotent
+    _QUIET.active = True
+    try:
+        yield
+    finally:
+        _QUIET.active = False
 
 
 def run(
@@ -129,9 +232,6 @@ def run(
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     _connect(ray, ctx.ray_address)
     try:
         study = open_study(job, ctx.job_id, ctx.storage_url)  # fails trials left running, seeds once
@@ -210,12 +310,20 @@ def run(
                 if ctx.should_stop() or (deadline is not None and time.monotonic() > deadline):
                     stop["flag"] = True
 
+            def __reduce__(self):
+                # Pickled with the Tuner's run config (see _Search.__reduce__); by value it would
+                # drag in ``ctx``, whose callbacks hold the service's worker pool (locks).
+                return (_not_restorable, ())
+
         class _JobStopper(tune.Stopper):
             def __call__(self, trial_id, result):
                 return True
 
             def stop_all(self):
                 return stop["flag"]
+
+            def __reduce__(self):
+                return (_not_restorable, ())
 
         storage_path = Path(ctx.output_dir).resolve() / "ray"
         tuner = tune.Tuner(
@@ -227,21 +335,13 @@ def run(
                 name=f"job-{ctx.job_id}",
                 storage_path=str(storage_path),
                 stop=_JobStopper(),
-                callbacks=[_Report()],
+                callbacks=[_Report(), *_no_file_loggers()],
                 verbose=0,
                 log_to_file=False,
             ),
         )
-        # Tune's auto loggers are off (they write result.json/progress.csv per trial, which nothing
-        # here reads: trials are read from the Optuna storage), so the ResultGrid that fit() builds
-        # would warn once per trial that it found no metrics files.
-        analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-        level = analysis_log.level
-        analysis_log.setLevel(logging.ERROR)
-        try:
+        with _no_metrics_files_warning():
             tuner.fit()
-        finally:
-            analysis_log.setLevel(level)
         return {"nodes": nodes, "node_ids": node_ids}
     finally:
         _disconnect(ray)

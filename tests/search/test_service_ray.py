@@ -1,0 +1,30 @@
+"""A ``backend: ray`` job through the real service: ``nasprune serve`` in its own process starts a
+local Ray for the job, in a worker thread of its pool, and still shuts down cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.search.test_service_e2e import Service, _submit, data_dir  # noqa: F401  (fixture)
+
+
+@pytest.mark.slow
+def test_ray_job_through_the_api_then_a_clean_shutdown(data_dir, budget):  # noqa: F811
+    svc = Service(data_dir)
+    try:
+        job_id = _submit(svc, budget, 4, backend="ray", seed=3)
+        state = svc.wait(job_id, lambda s: s["status"] == "succeeded", timeout_s=400)
+        assert state["progress"]["n_done"] == 4 and state["error"] is None
+        trials = [t for t in svc.all_trials(job_id) if t["state"] == "complete"]
+        assert len(trials) == 4 and all(t["user_attrs"].get("ray_node_id") for t in trials)
+        front = svc.http.get(f"/v1/jobs/{job_id}/pareto").json()
+        assert front["recommended_id"] and svc.http.get(f"/v1/jobs/{job_id}/model").status_code == 200
+    finally:
+        svc.kill(signal.SIGTERM)
+    log = svc.log.name
+    with open(log, errors="replace") as f:
+        out = f.read()
+    assert svc.proc.returncode == 0, out[-3000:]
+    assert "Shutting down" in out and "nasprune serve stopped" in out, out[-3000:]
