@@ -1,0 +1,92 @@
+"""The OpenAPI document against the server (issue 14, point 9): schemathesis generates requests from
+``/openapi.json`` (data that fits the schema and data that does not) for every operation, sends them
+to a real uvicorn server on loopback and checks each answer against the document: no 5xx, status
+codes, content types, headers and bodies as declared. Bounded: a few hundred cases in all."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402  (after the importorskip)
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+
+from nasprune.settings import Settings  # noqa: E402
+from tests.services.fakes import instant_runner  # noqa: E402
+from tests.services.server import running  # noqa: E402
+
+CASES_PER_OPERATION_AND_MODE = 16
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+)
+
+
+def test_server_conforms_to_its_openapi_document(tmp_path):
+    import requests
+    from schemathesis import checks as st_checks
+
+    s = Settings(data_dir=tmp_path / "data", poll_s=0.05, max_trials_per_job=50, max_queued_jobs=20)
+    with running(s, instant_runner) as (client, _):
+        base = str(client.base_url)
+        schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+        run = Run(base, requests.Session(), [getattr(st_checks, name) for name in CHECKS])
+        for result in schema.get_all_operations():
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                run.exercise(result.ok(), mode)
+
+    total = sum(run.cases.values())
+    print(
+        f"\nschemathesis: {total} cases over {len(run.cases)} operations, {len(run.server_errors)} 5xx, "
+        f"{len(run.violations)} schema violations; per operation: {dict(run.cases)}"
+    )
+    assert 200 <= total <= 1000, run.cases
+    assert not run.server_errors, "\n".join(run.server_errors[:10])
+    assert not run.violations, "\n".join(sorted(set(run.violations))[:20])
+
+
+class Run:
+    """Cases sent, and what went wrong, over all operations."""
+
+    def __init__(self, base: str, session, checks: list):
+        self.base, self.session, self.checks = base, session, checks
+        self.cases: Counter[str] = Counter()
+        self.server_errors: list[str] = []
+        self.violations: list[str] = []
+
+    def exercise(self, operation, mode: GenerationMode) -> None:
+        from schemathesis.core.failures import FailureGroup
+
+        label = operation.label
+
+        @settings(
+            max_examples=CASES_PER_OPERATION_AND_MODE,
+            deadline=None,
+            database=None,
+            derandomize=True,  # the same cases every run
+            phases=[Phase.explicit, Phase.generate],  # no shrinking: every failure is recorded
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def send(case):
+            response = case.call(base_url=self.base, session=self.session, timeout=30)
+            self.cases[label] += 1
+            if response.status_code >= 500:
+                self.server_errors.append(f"{label}: {response.status_code} {response.text[:200]}")
+            try:
+                case.validate_response(response, checks=self.checks)
+            except FailureGroup as group:
+                for failure in group.exceptions:
+                    self.violations.append(f"{label} [{mode}]: {failure.title}: {failure.message[:300]}")
+
+        try:
+            send()
+        except Unsatisfiable:
+            assert mode is GenerationMode.NEGATIVE, label  # nothing in it can be made invalid
