@@ -7,12 +7,9 @@ key and config, params and MACs, plus anything the caller adds (accuracy, latenc
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
+import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +35,20 @@ class ExportResult:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+# torch.export traces through process-wide state (dynamo's mode stacks): two exports in two threads
+# at once fail ("Trying to pop empty mode stack"), so one export runs at a time per process.
+_EXPORT_LOCK = threading.Lock()
+
+
 def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path) -> None:
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    """``torch.onnx.export`` as is: with ``verbose=False`` it prints nothing.
+
+    Exports run in the service's worker threads, so nothing process-wide is changed around them:
+    ``redirect_stdout`` and ``warnings.catch_warnings`` swap ``sys.stdout`` and the warning filters
+    for every thread, and two exports at once can restore each other's (a discarded buffer stays
+    ``sys.stdout``). Warnings and log records go where the application sends them.
+    """
+    with _EXPORT_LOCK:
         torch.onnx.export(
             model,
             (sample,),

@@ -8,12 +8,14 @@ from pathlib import Path
 def pareto_plot(
     trials, front_numbers: set[int], budget_ms: float, chosen: int | None, path: str | Path, title: str = ""
 ) -> Path:
-    import matplotlib
+    # The object-oriented API: no pyplot figure registry and no backend switch (``matplotlib.use``),
+    # both process-wide, while plots are drawn in the service's worker threads.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     feas = [t for t in trials if t.feasible]
     infeas = [t for t in trials if not t.feasible]
     ax.scatter(
@@ -62,5 +64,4 @@ def pareto_plot(
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path
