@@ -8,7 +8,7 @@ FastAPI's document is generated from the routes; this adjusts what it cannot kno
   ``application/json``);
 - ``n_trials``'s maximum is this server's ``max_trials_per_job``;
 - bearer auth appears only when the server has a token (``create_app`` adds the dependency that
-  declares it only then), and with it a 401 on every ``/v1`` route.
+  declares it only then), and with it a 401 on every ``/v1`` route (none without a token).
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def adjust(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
             if "application/json" in body:
                 for status, description in JSON_BODY_ERRORS.items():
                     responses.setdefault(status, _error_response(description))
-            if settings.api_token is not None and path.startswith("/v1/"):
+            if settings.api_token is None:
+                responses.pop("401", None)  # a server without a token never answers 401
+            elif path.startswith("/v1/"):
                 responses.setdefault("401", _error_response("missing or wrong API token"))
     components = schema.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):

@@ -256,6 +256,60 @@ def test_shutdown_is_clean_after_trials_were_served(settings):
     assert services.store.engine.pool.checkedin() == 0  # the job store was closed (engine disposed)
 
 
+SIGTERM_DRIVER = """
+import signal
+import socket
+from nasprune.settings import Settings
+from services.api.app import create_app
+from services.api.server import make_server
+
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+print(sock.getsockname()[1], flush=True)
+app = create_app(Settings(), start_workers=False)
+# uvicorn passes the SIGTERM on to the handler it found once it has shut down: see the end, then exit
+signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM passed on", flush=True))
+make_server(app, "127.0.0.1", 0, log_level="info").run(sockets=[sock])
+print("job store connections left:", app.state.services.store.engine.pool.checkedin(), flush=True)
+"""
+
+
+def test_sigterm_after_trials_is_a_clean_shutdown(tmp_path):
+    """``nasprune serve``'s way of running: uvicorn in the main thread, stopped by SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NASPRUNE_")}
+    env["NASPRUNE_DATA_DIR"] = str(tmp_path / "data")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_DRIVER], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        port = int(proc.stdout.readline())
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for _ in range(300):
+                try:
+                    client.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    __import__("time").sleep(0.05)
+            job_id = client.post("/v1/jobs", json=GOOD).json()["id"]
+            assert client.get(f"/v1/jobs/{job_id}/trials").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Application shutdown complete" in err and "shutdown failed" not in err, err[-2000:]
+    assert "job store connections left: 0" in out, (out, err[-2000:])
+    assert proc.returncode == 0, err[-2000:]
+
+
 # point 9: the OpenAPI document ------------------------------------------------------------------
 
 
@@ -277,6 +331,7 @@ def test_openapi_declares_what_the_server_sends(api):
     assert job["seed"]["minimum"] == 0 and job["seed"]["maximum"] == 2**32 - 1
     assert "securitySchemes" not in doc.get("components", {})  # no token configured
     assert all("security" not in op for item in doc["paths"].values() for op in item.values())
+    assert all("401" not in op["responses"] for item in doc["paths"].values() for op in item.values())
     r = client.post("/v1/jobs", json={**GOOD, "n_trials": 51})
     assert r.status_code == 422  # the declared maximum is the real one
 
