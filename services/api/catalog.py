@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,9 @@ class Catalog:
     built yet for ``NO_TABLE_CACHE_S`` (an upload forgets that device's entries at once).
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
+        self._now = clock  # monotonic seconds; tests pass their own and move it
         self._min_latency: dict[tuple[str, str], tuple[float | None, float]] = {}
         self._lock = threading.Lock()
 
@@ -195,7 +197,7 @@ class Catalog:
             hit = self._min_latency.get(key)
         if hit is not None:
             value, read_at = hit
-            if time.monotonic() - read_at < (MIN_LATENCY_CACHE_S if value is not None else NO_TABLE_CACHE_S):
+            if self._now() - read_at < (MIN_LATENCY_CACHE_S if value is not None else NO_TABLE_CACHE_S):
                 return value
         try:
             value = cached_min_latency_ms(space, device, self.settings.data_dir)
@@ -203,7 +205,7 @@ class Catalog:
             log.warning("min latency of %s on %s unavailable: %s", space, device, e)
             return None
         with self._lock:
-            self._min_latency[key] = (value, time.monotonic())
+            self._min_latency[key] = (value, self._now())
         return value
 
 

@@ -21,11 +21,12 @@ def running(settings: Settings, runner=None, **kw) -> Iterator[tuple[httpx.Clien
         yield client, app
 
 
-def wait_for(client: httpx.Client, job_id: str, statuses: tuple[str, ...], timeout_s: float = 20.0) -> dict:
+def wait_for(client: httpx.Client, job_id: str, statuses: tuple[str, ...], timeout_s: float = 20.0, until=None) -> dict:
+    """Poll the job until its status is one of ``statuses`` (and ``until(job)`` holds, if given)."""
     deadline = time.monotonic() + timeout_s
     while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in statuses:
+        if job["status"] in statuses and (until is None or until(job)):
             return job
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} is {job['status']}, not {statuses}, after {timeout_s} s: {job}")

@@ -262,14 +262,14 @@ def test_cancel_running_job_keeps_its_trials(settings):
         job_id = client.post("/v1/jobs", json={**GOOD, "n_trials": 1000}).json()["id"]
         runner.release.set()
         assert runner.running.acquire(timeout=10)
-        time.sleep(0.3)
+        wait_for(client, job_id, ("running",), until=lambda job: job["progress"]["n_done"] > 0)
         r = client.get(f"/v1/jobs/{job_id}/model")
         assert r.status_code == 409 and "is running" in r.json()["detail"]
-        t0 = time.monotonic()
         r = client.post(f"/v1/jobs/{job_id}/cancel")
         assert r.status_code == 202 and r.json()["status"] == "running"
-        job = wait_for(client, job_id, ("cancelled",), timeout_s=5)
-        assert time.monotonic() - t0 < 2.0
+        # 1000 trials take the runner 50 s: cancelled with fewer done proves it stopped early, on a busy
+        # machine as on a quiet one (no bound on how fast)
+        job = wait_for(client, job_id, ("cancelled",), timeout_s=45)
         assert 0 < job["progress"]["n_done"] < 1000 and "cancelled after" in job["progress"]["message"]
         front = client.get(f"/v1/jobs/{job_id}/pareto").json()
         assert front["status"] == "cancelled" and 0 < front["n_trials"] < 1000
@@ -278,8 +278,8 @@ def test_cancel_running_job_keeps_its_trials(settings):
 
 def test_status_changes_at_once_when_the_job_does(settings, monkeypatch):
     # With a cache that would otherwise answer for a minute, only its invalidation shows the changes.
-    monkeypatch.setattr("services.api.service.STATUS_CACHE_S", 60.0)
-    monkeypatch.setattr("services.api.service.STATUS_REFRESH_S", 60.0)
+    monkeypatch.setattr("services.api.status_cache.STATUS_CACHE_S", 60.0)
+    monkeypatch.setattr("services.api.status_cache.STATUS_REFRESH_S", 60.0)
     runner = GatedRunner(step_s=0.01)
     with running(settings, runner) as (client, app):
         ids = [client.post("/v1/jobs", json={**GOOD, "seed": i}).json()["id"] for i in range(2)]

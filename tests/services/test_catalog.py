@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from services.api import catalog
-from services.api.catalog import Catalog
+from services.api.catalog import MIN_LATENCY_CACHE_S, NO_TABLE_CACHE_S, Catalog
+from tests.services.clock import ManualClock
 
 
 def test_a_missing_table_is_remembered_briefly(settings, monkeypatch):
@@ -17,13 +16,17 @@ def test_a_missing_table_is_remembered_briefly(settings, monkeypatch):
         return tables.get((space, device))
 
     monkeypatch.setattr(catalog, "cached_min_latency_ms", built_minimum)
-    monkeypatch.setattr(catalog, "NO_TABLE_CACHE_S", 0.05)
-    cat = Catalog(settings)
+    clock = ManualClock()
+    cat = Catalog(settings, clock=clock)
 
     assert cat.min_latency_ms("mlp_digits", "local-cpu") is None
     tables[("mlp_digits", "local-cpu")] = 0.5  # the table gets built
+    clock.advance(NO_TABLE_CACHE_S - 0.01)
     assert cat.min_latency_ms("mlp_digits", "local-cpu") is None and len(calls) == 1
-    time.sleep(0.06)
+    clock.advance(0.01)
     assert cat.min_latency_ms("mlp_digits", "local-cpu") == 0.5 and len(calls) == 2
-    time.sleep(0.06)
+    clock.advance(MIN_LATENCY_CACHE_S - 0.01)
     assert cat.min_latency_ms("mlp_digits", "local-cpu") == 0.5 and len(calls) == 2  # built: kept longer
+    tables[("mlp_digits", "local-cpu")] = 0.4  # rebuilt
+    clock.advance(0.01)
+    assert cat.min_latency_ms("mlp_digits", "local-cpu") == 0.4 and len(calls) == 3
