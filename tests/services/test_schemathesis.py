@@ -7,17 +7,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
+import schemathesis  # the dev extra has it (pinned in constraints.txt)
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 
-schemathesis = pytest.importorskip("schemathesis")
-
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402  (after the importorskip)
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-
-from nasprune.settings import Settings  # noqa: E402
-from tests.services.fakes import instant_runner  # noqa: E402
-from tests.services.server import running  # noqa: E402
+from nasprune.settings import Settings
+from tests.services.fakes import instant_runner
+from tests.services.server import running
 
 CASES_PER_OPERATION_AND_MODE = 16
 CHECKS = (
