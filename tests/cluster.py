@@ -113,20 +113,35 @@ def can_hide_paths() -> bool:
 
 
 # Loaded by every Python process of a node (PYTHONPATH); in Ray worker processes only, it gives
-# each accuracy evaluation (one trial) a minimum duration, spent sleeping or computing.
+# each accuracy evaluation (one trial) a minimum duration, spent sleeping or computing, and, with a
+# rendezvous, makes each trial wait (before it returns) until a trial has begun on every node.
 _TRIAL_FLOOR_SITECUSTOMIZE = """
 import os, sys, time
 
 _floor = float(os.environ.get("NASPRUNE_TEST_TRIAL_FLOOR_S") or 0)
-if _floor and any(a.endswith("default_worker.py") for a in sys.argv):
+_meet = os.environ.get("NASPRUNE_TEST_RENDEZVOUS_DIR")
+_slow_start = float(os.environ.get("NASPRUNE_TEST_WORKER_START_S") or 0)
+if _slow_start and any(a.endswith("default_worker.py") for a in sys.argv):
+    time.sleep(_slow_start)  # a Ray worker process that starts slowly, as on a loaded machine
+if (_floor or _meet) and any(a.endswith("default_worker.py") for a in sys.argv):
     import nasprune.evaluate
 
     _accuracy = nasprune.evaluate.Evaluator.accuracy
     _burn = os.environ.get("NASPRUNE_TEST_TRIAL_FLOOR_MODE") == "burn"
+    _all = os.environ.get("NASPRUNE_TEST_RENDEZVOUS_NODES", "").split(",")
+    _timeout = float(os.environ.get("NASPRUNE_TEST_RENDEZVOUS_TIMEOUT_S") or 600)
+
+    def _rendezvous():
+        open(os.path.join(_meet, os.environ["NASPRUNE_TEST_NODE"]), "a").close()
+        deadline = time.monotonic() + _timeout
+        while not all(os.path.exists(os.path.join(_meet, n)) for n in _all) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def accuracy(self, *args, **kwargs):
         end = time.perf_counter() + _floor
         value = _accuracy(self, *args, **kwargs)
+        if _meet:
+            _rendezvous()
         while _burn and time.perf_counter() < end:
             pass
         time.sleep(max(0.0, end - time.perf_counter()))
@@ -226,6 +241,8 @@ def ray_cluster(
     hide: tuple[Path, ...] = (),
     trial_floor_s: float = 0.0,
     trial_floor_mode: str = "sleep",
+    rendezvous: bool = False,
+    slow_start_s: dict[str, float] | None = None,
 ) -> Iterator[RayCluster]:
     """A head node with ``head_cpus`` CPUs and one worker node per entry of ``worker_cpus``.
 
@@ -239,13 +256,24 @@ def ray_cluster(
     than a Ray actor takes to start (a process importing torch, ~3 s); Ray Tune's actor reuse then
     hands every trial to the first actor up and other nodes get none. Real spaces' trials take
     about a second; the floor makes the test's trials that long.
+
+    ``rendezvous``: no trial returns before a trial has begun on every node (each node's first
+    trial leaves a mark in a folder all nodes see, then waits for the others' marks; up to 10
+    minutes). On a busy machine a node's first actor can take longer to start than the whole search
+    takes on another node's actor, however long the floor; with every CPU taken by a waiting trial,
+    Ray has to start an actor on each node, so a search with at least as many concurrent trials as
+    nodes runs trials on every node whatever the load.
+
+    ``slow_start_s``: node name -> seconds each Ray worker process of that node sleeps as it starts
+    (the load that made a node's actors late, made deterministic).
     """
     root = Path(tempfile.mkdtemp(prefix="nasprune-ray-", dir="/tmp"))
     port = free_port()
     cluster = RayCluster(address=f"127.0.0.1:{port}")
     memory = str(object_store_mb * 1024 * 1024)
     env: dict[str, str] = {}
-    if trial_floor_s:
+    specs = [("head", head_cpus)] + [(f"worker{i + 1}", c) for i, c in enumerate(worker_cpus)]
+    if trial_floor_s or rendezvous or slow_start_s:
         (root / "sitecustomize.py").write_text(_TRIAL_FLOOR_SITECUSTOMIZE)
         path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
         env = {
@@ -253,9 +281,13 @@ def ray_cluster(
             "NASPRUNE_TEST_TRIAL_FLOOR_S": str(trial_floor_s),
             "NASPRUNE_TEST_TRIAL_FLOOR_MODE": trial_floor_mode,
         }
+    if rendezvous:
+        meet = root / "rendezvous"
+        meet.mkdir()
+        env["NASPRUNE_TEST_RENDEZVOUS_DIR"] = str(meet)
+        env["NASPRUNE_TEST_RENDEZVOUS_NODES"] = ",".join(name for name, cpus in specs if cpus > 0)
     try:
         with ExitStack() as stack:
-            specs = [("head", head_cpus)] + [(f"worker{i + 1}", c) for i, c in enumerate(worker_cpus)]
             for name, cpus in specs:
                 args = [
                     f"--num-cpus={cpus}",
@@ -266,7 +298,10 @@ def ray_cluster(
                     args += ["--head", f"--port={port}", "--include-dashboard=false"]
                 else:
                     args += [f"--address={cluster.address}"]
-                proc, log = _start_node(name, args, root, timeout_s, hide, env)
+                node_env = {**env, "NASPRUNE_TEST_NODE": name}
+                if slow_start_s and slow_start_s.get(name):
+                    node_env["NASPRUNE_TEST_WORKER_START_S"] = str(slow_start_s[name])
+                proc, log = _start_node(name, args, root, timeout_s, hide, node_env)
                 stack.callback(_kill_session, proc)
                 cluster.nodes.append(RayNode(name=name, num_cpus=cpus, process=proc, log=log))
             _resolve_node_ids(cluster, timeout_s)

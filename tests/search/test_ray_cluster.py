@@ -8,7 +8,11 @@ the table through Ray's object store.
 
 A trial of the test space takes milliseconds; on the nodes it is made to last 1 s, as a real
 space's trial does (see ``tests.cluster.ray_cluster``): with trials shorter than a Ray actor's start,
-Ray Tune's actor reuse gives every trial to the first actor up.
+Ray Tune's actor reuse gives every trial to the first actor up. A floor alone is luck on a busy
+machine (a CI run with the cores loaded placed 12 of 12 trials on the head: the worker node's actor
+took longer to start than the whole search), so the nodes also meet: no trial returns before one
+has begun on each node. Each node has one CPU and the search runs as many trials at once as the
+cluster has CPUs, so while the first trial waits, Ray must start an actor on the other node.
 """
 
 from __future__ import annotations
@@ -36,7 +40,12 @@ def test_trials_run_on_both_nodes_of_a_ray_cluster(prepared, budget, pg_server, 
     hide = (tmp_path_factory.getbasetemp(),) if can_hide_paths() else ()
 
     job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=N_TRIALS, backend="ray", seed=4, verify_top_k=1)
-    with ray_cluster(worker_cpus=[1], head_cpus=1, hide=hide, trial_floor_s=1.0) as cluster:
+    # The worker node's processes start 15 s late, as under load: without the rendezvous, the head
+    # runs all 12 trials before the worker's actor is up ({'head': 12, 'worker1': 0}, as in the CI run).
+    slow = {"worker1": 15.0}
+    with ray_cluster(
+        worker_cpus=[1], head_cpus=1, hide=hide, trial_floor_s=1.0, rendezvous=True, slow_start_s=slow
+    ) as cluster:
         if hide:
             assert cluster.path_exists_on_nodes(root) == {"head": False, "worker1": False}
         ctx = JobContext(
