@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.objective import Objective
-from nasprune.search.study import DIRECTIONS, TrialRecord, make_sampler, open_study
+from nasprune.search.study import DIRECTIONS, TrialRecord, make_sampler, open_study, quiet_optuna
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
@@ -32,6 +32,7 @@ def mirror(durable: optuna.Study, job: SearchJob) -> optuna.Study:
     return mem
 
 
+@quiet_optuna()
 def run(objective: Objective, job: SearchJob, ctx: JobContext, on_trial: Callable[[TrialRecord], None]) -> None:
     """Run trials until the study holds ``job.n_trials`` complete ones (or stop/timeout)."""
     durable = open_study(job, ctx.job_id, ctx.storage_url)

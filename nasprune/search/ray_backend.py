@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.objective import Objective
-from nasprune.search.study import TrialRecord, make_sampler, make_storage, n_complete, open_study
+from nasprune.search.study import TrialRecord, make_sampler, make_storage, n_complete, open_study, quiet_optuna
 
 _WORKER_CACHE: dict[str, Objective] = {}
 
@@ -215,6 +215,7 @@ def _no_metrics_files_warning():
         _QUIET.active = False
 
 
+@quiet_optuna()
 def run(
     objective: Objective,
     job: SearchJob,

@@ -9,8 +9,11 @@ marked failed, finished ones are kept and counted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -20,8 +23,41 @@ from pydantic import BaseModel
 from nasprune.search.job import SearchJob
 
 DIRECTIONS = ["maximize", "minimize"]
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger(__name__)
+
+# Optuna logs a line per trial (and per study opened) at INFO. A search silences those in its own
+# thread only, with a filter on the loggers that write them: ``optuna.logging.set_verbosity`` would
+# change Optuna's verbosity for the whole process (other threads, the user's own studies).
+_OPTUNA_INFO_LOGGERS = (
+    "optuna.study.study",
+    "optuna.study._tell",
+    "optuna.storages._in_memory",
+    "optuna.storages._rdb.storage",
+    "optuna.storages.journal._storage",
+)
+_SEARCHING = threading.local()
+
+
+class _SearchThreadFilter(logging.Filter):
+    """Drops Optuna's INFO records logged by a thread inside :func:`quiet_optuna`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not getattr(_SEARCHING, "depth", 0)
+
+
+_OPTUNA_FILTER = _SearchThreadFilter()
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """No Optuna INFO lines from this thread inside the block (also a decorator); other threads unchanged."""
+    for name in _OPTUNA_INFO_LOGGERS:
+        logging.getLogger(name).addFilter(_OPTUNA_FILTER)  # the same filter once per logger
+    _SEARCHING.depth = getattr(_SEARCHING, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _SEARCHING.depth -= 1
 
 
 class TrialRecord(BaseModel):
@@ -158,6 +194,7 @@ def make_sampler(job: SearchJob) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=job.seed)
 
 
+@quiet_optuna()
 def open_study(job: SearchJob, job_id: str, storage_url: str, sampler=None) -> optuna.Study:
     """Create or reopen the study of ``job_id``; fail trials a crashed run left running."""
     study = optuna.create_study(
