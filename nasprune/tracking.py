@@ -16,7 +16,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Fail fast when the server is down instead of MLflow's default minutes of retries.
+# Fail fast when the server is down instead of MLflow's default minutes of retries. These are
+# process-wide (MLflow reads its HTTP retry and timeout settings from the environment on every
+# request; neither MlflowClient nor its store takes them), so they are defaults only, set once at
+# import: a value the user or the application set wins, and no thread ever changes them later.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
