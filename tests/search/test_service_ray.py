@@ -23,8 +23,28 @@ def test_ray_job_through_the_api_then_a_clean_shutdown(data_dir, budget):  # noq
         assert front["recommended_id"] and svc.http.get(f"/v1/jobs/{job_id}/model").status_code == 200
     finally:
         svc.kill(signal.SIGTERM)
-    log = svc.log.name
-    with open(log, errors="replace") as f:
+    with open(svc.log.name, errors="replace") as f:
         out = f.read()
     assert svc.proc.returncode == 0, out[-3000:]
     assert "Shutting down" in out and "nasprune serve stopped" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_ray_job_stops_serve_cleanly_and_requeues_the_job(data_dir, budget):  # noqa: F811
+    svc = Service(data_dir)
+    try:
+        job_id = _submit(svc, budget, 400, backend="ray", sampler="random", seed=4)
+        svc.wait(job_id, lambda s: s["progress"]["n_done"] >= 1, timeout_s=400)
+    finally:
+        svc.kill(signal.SIGTERM)
+    with open(svc.log.name, errors="replace") as f:
+        out = f.read()
+    assert svc.proc.returncode == 0, out[-3000:]
+    assert "nasprune serve stopped" in out, out[-3000:]
+
+    svc = Service(data_dir)  # the job was stopped at a trial boundary and re-queued, not failed
+    try:
+        state = svc.job(job_id)
+        assert state["status"] in ("queued", "running") and state["error"] is None, state
+    finally:
+        svc.kill(signal.SIGTERM)
