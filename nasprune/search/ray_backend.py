@@ -94,66 +94,97 @@ _RAY_USERS: dict = {"jobs": 0, "ours": False, "signals": None}
 # Ray reads these from the environment only (ray.init has no parameter for them), in this process
 # and in the Ray processes a local ``ray.init`` starts; set once, and only where the caller has not.
 _RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-# Signals whose handlers the host application owns: Ray's core worker puts its own SIGTERM handler
-# in (abseil's failure handler) and ``ray.shutdown`` leaves SIGTERM at the default (the process
-# dies at once). ``nasprune serve`` runs jobs in worker threads, where ``signal.signal`` cannot
-# be called, so the C-level dispositions are saved and put back with ``sigaction``.
+# Signals whose handlers the host application owns: Ray's core worker puts abseil's failure
+# handler on SIGTERM (and SIGSEGV, SIGBUS, ...) and ``ray.shutdown`` leaves SIGTERM at the default,
+# so a SIGTERM would kill ``nasprune serve`` at once instead of shutting it down. Jobs run in worker
+# threads, where ``signal.signal`` cannot be called, so the C-level dispositions are read and put
+# back with ``sigaction`` (libc; a no-op where there is none, e.g. Windows).
 _HOST_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+_SIGACTION_SIZE = 512  # larger than ``struct sigaction`` on any libc; kept as opaque bytes
 
 
 class _Sigactions:
-    """The C-level dispositions of every catchable signal, saved now; ``restore`` puts them back."""
+    """The dispositions of every catchable signal at one moment (``struct sigaction`` as bytes)."""
 
-    _SIZE = 512  # larger than ``struct sigaction`` on any libc; kept as opaque bytes
+    def __init__(self, libc, actions: dict[int, bytes]):
+        self._libc = libc
+        self.actions = actions
 
-    def __init__(self) -> None:
+    @classmethod
+    def now(cls) -> _Sigactions | None:
         import ctypes
         import signal
 
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._ctypes = ctypes
-        self.saved: dict[int, bytes] = {}
-        for sig in signal.Signals:
-            if sig in (signal.SIGKILL, signal.SIGSTOP):
-                continue
-            buf = ctypes.create_string_buffer(self._SIZE)
-            if self._libc.sigaction(int(sig), None, buf) == 0:
-                self.saved[int(sig)] = buf.raw
-
-    @classmethod
-    def save(cls) -> _Sigactions | None:
         try:
-            return cls()
-        except (OSError, AttributeError):  # no POSIX libc (Windows): nothing to guard
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.sigaction  # noqa: B018  (AttributeError without it)
+        except (OSError, AttributeError):
             return None
+        actions = {}
+        for sig in signal.Signals:
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                buf = ctypes.create_string_buffer(_SIGACTION_SIZE)
+                if libc.sigaction(int(sig), None, buf) == 0:
+                    actions[int(sig)] = buf.raw
+        return cls(libc, actions)
 
-    def restore(self, names: tuple[str, ...] | None = None) -> None:
-        import signal
+    def handler(self, sig: int) -> bytes:
+        """The handler field (the first member of ``struct sigaction`` on Linux and macOS)."""
+        import ctypes
 
-        for sig, raw in self.saved.items():
-            if names is None or signal.Signals(sig).name in names:
-                self._libc.sigaction(sig, self._ctypes.create_string_buffer(raw, self._SIZE), None)
+        return self.actions[sig][: ctypes.sizeof(ctypes.c_void_p)]
+
+    def put(self, sig: int) -> None:
+        import ctypes
+
+        self._libc.sigaction(sig, ctypes.create_string_buffer(self.actions[sig], _SIGACTION_SIZE), None)
+
+
+def _after_init(before: _Sigactions | None) -> _Sigactions | None:
+    """Put the host's handlers of shutdown signals back; returns what ``ray.init`` had installed."""
+    if before is None:
+        return None
+    import signal
+
+    installed = _Sigactions.now()
+    for sig in before.actions:
+        if signal.Signals(sig).name in _HOST_SIGNALS and installed.handler(sig) != before.handler(sig):
+            before.put(sig)
+    return installed
+
+
+def _after_shutdown(before: _Sigactions, installed: _Sigactions, pre: _Sigactions) -> None:
+    """Leave every signal as it was before ``ray.init``, except where the host changed it since.
+
+    ``pre`` is what was in place just before ``ray.shutdown``: a handler of Ray's own (as
+    ``ray.init`` installed it) goes back to the one from before ``ray.init``, any other handler
+    (the host's) is kept, whatever ``ray.shutdown`` did to it.
+    """
+    post = _Sigactions.now()
+    for sig in before.actions:
+        rays = pre.handler(sig) == installed.handler(sig) != before.handler(sig)
+        want = before if rays else pre
+        if post.handler(sig) != want.handler(sig):
+            want.put(sig)
 
 
 def _connect(ray, address: str | None) -> None:
     """Join the cluster at ``address`` (or start a local Ray) once per process; jobs share the connection.
 
-    The host's handlers of shutdown signals stay in place while connected, and every signal
-    disposition is as before once the last job disconnects.
+    The host's handlers of shutdown signals stay in place while connected, and every signal is as
+    before once the last job disconnects (see :func:`_after_shutdown`).
     """
     with _RAY_LOCK:
         if not ray.is_initialized():
             for key, value in _RAY_ENV_DEFAULTS.items():
                 os.environ.setdefault(key, value)
-            signals = _Sigactions.save()
+            before = _Sigactions.now()
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
-            if signals is not None:
-                signals.restore(_HOST_SIGNALS)
             _RAY_USERS["ours"] = True
-            _RAY_USERS["signals"] = signals
+            _RAY_USERS["signals"] = (before, _after_init(before))
         _RAY_USERS["jobs"] += 1
 
 
@@ -162,9 +193,11 @@ def _disconnect(ray) -> None:
     with _RAY_LOCK:
         _RAY_USERS["jobs"] -= 1
         if _RAY_USERS["jobs"] == 0 and _RAY_USERS["ours"]:
+            before, installed = _RAY_USERS["signals"] or (None, None)
+            pre = _Sigactions.now() if before is not None else None
             ray.shutdown()
-            if _RAY_USERS["signals"] is not None:
-                _RAY_USERS["signals"].restore()
+            if before is not None and installed is not None and pre is not None:
+                _after_shutdown(before, installed, pre)
             _RAY_USERS["ours"] = False
             _RAY_USERS["signals"] = None
 
