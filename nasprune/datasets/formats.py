@@ -278,7 +278,7 @@ def _npy(path: Path, fmt: str, options: ReadOptions, workdir: Path) -> Source:
     for p in (x_path, y_path):
         if not p.is_file() or p.is_symlink():
             raise DatasetError(f"'{path.name}' needs x.npy and y.npy (regular files); {p.name} is missing")
-    x = _open_npy(x_path, mmap=True)
+    x = NpyWindows.open(x_path)
     y, names = _labels(_open_npy(y_path), "y.npy")
     split = None
     if s_path.is_file():
@@ -318,3 +318,56 @@ def _unpack_npy_tar(path: Path, folder: Path) -> None:
             with open(folder / base, "wb") as out:
                 while chunk := src.read(1 << 22):
                     out.write(chunk)
+
+
+class NpyWindows:
+    """A ``.npy`` array read in row slices, each through its own short-lived memory map: the whole file
+    is never mapped, so it need not fit in the address space the process may use."""
+
+    def __init__(self, path: Path, offset: int, dtype: np.dtype, n: int, sample_shape: tuple[int, ...]):
+        self.path, self.offset, self.dtype, self.n, self.sample_shape = path, offset, dtype, n, sample_shape
+
+    @classmethod
+    def open(cls, path: Path) -> NpyWindows:
+        try:
+            with open(path, "rb") as f:
+                major, _ = np.lib.format.read_magic(f)
+                reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = reader(f)
+                offset = f.tell()
+        except Exception as e:
+            raise DatasetError(f"{path.name} is not a readable .npy file ({type(e).__name__}: {e})") from None
+        if fortran:
+            raise DatasetError(f"{path.name} is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
+        if dtype.hasobject:
+            raise DatasetError(f"{path.name} holds Python objects, which are never read")
+        if not shape:
+            raise DatasetError(f"{path.name} holds a single value, not samples")
+        return cls(path, offset, dtype, shape[0], tuple(shape[1:]))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n, *self.sample_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.sample_shape)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.n)
+        if step != 1:
+            raise IndexError("NpyWindows reads contiguous row slices only")
+        if stop <= start:
+            return np.empty((0, *self.sample_shape), self.dtype)
+        row_bytes = self.dtype.itemsize * int(np.prod(self.sample_shape))
+        mm = np.memmap(self.path, self.dtype, "r", offset=self.offset + start * row_bytes,
+                       shape=(stop - start, *self.sample_shape))  # fmt: skip
+        out = np.array(mm)
+        del mm
+        return out
+
+    def reshape(self, n: int, *shape: int) -> NpyWindows:
+        return NpyWindows(self.path, self.offset, self.dtype, n, tuple(shape))

@@ -27,10 +27,11 @@ from nasprune.datasets.formats import ReadOptions, Source, guess_format, read
 from nasprune.datasets.record import NAME_PATTERN, SPLIT_CODES, DatasetInfo, Normalization, SplitPolicy, layout_of
 from nasprune.errors import DatasetError
 
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 16 << 20
 """Samples are copied, checked, hashed and streamed in windows of about this many bytes."""
 STREAM_BYTES = 256 << 20
-"""Datasets whose samples take more than this are streamed from disk for training (train split)."""
+"""Datasets whose samples take more than this are streamed from disk for training (train split); so is
+any dataset that takes more than a quarter of the memory the loading process has room for."""
 BUILTIN_NAMES = ("mnist5k", "digits", "mnist1d")
 
 
@@ -160,7 +161,27 @@ class DatasetStore:
         blob = self.blob(info)
         if not (blob / "x.npy").is_file():
             raise DatasetError(f"dataset '{name}': its data folder {blob} is missing; add the dataset again")
-        return StreamedDataset.open(info, blob) if info.streamed else in_memory(info, blob)
+        streamed = info.streamed or info.n_bytes > memory_room() // 4
+        return StreamedDataset.open(info, blob) if streamed else in_memory(info, blob)
+
+
+def memory_room() -> int:
+    """Bytes this process could still allocate: the smaller of the memory the machine has available and
+    the room left under its address-space limit (``RLIMIT_AS``), if it has one."""
+    import resource
+
+    room = 1 << 62
+    try:
+        with open("/proc/meminfo") as f:
+            room = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        with open("/proc/self/status") as f:
+            used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        room = min(room, soft - used)
+    return max(room, 0)
 
 
 # validation and canonical form ----------------------------------------------------------------------
@@ -199,21 +220,26 @@ def ingest(name: str, src: Source, policy: SplitPolicy, out: Path, stream_bytes:
     calib = _calib(y, split, policy)
 
     rows = max(1, CHUNK_BYTES // (4 * int(np.prod(shape))))
-    xs = np.lib.format.open_memmap(out / "x.npy", mode="w+", dtype=np.float32, shape=(n, *shape))
     h = hashlib.sha256(json.dumps({"shape": [n, *shape], "dtype": "float32", "classes": names}).encode())
-    for start in range(0, n, rows):
-        chunk = np.asarray(x[start : start + rows], dtype=np.float32)
-        finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(1)
-        if not finite.all():
-            i = start + int(np.argmin(finite))
-            raise DatasetError(
-                f"sample {i} (label {names[y[i]]!r}) has NaN or infinite values: clean or drop such samples"
-            )
-        xs[start : start + len(chunk)] = chunk
-        h.update(np.ascontiguousarray(chunk).tobytes())
-    xs.flush()
-    norm = _normalization(xs, split, shape, rows)
-    del xs
+    stats = _Stats(shape)
+    # written sequentially, chunk by chunk (no mapping of the whole file: the process may have less
+    # address space than the dataset takes)
+    with open(out / "x.npy", "wb") as f:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": (n, *shape)}  # fmt: skip
+        np.lib.format.write_array_header_2_0(f, header)
+        for start in range(0, n, rows):
+            chunk = np.ascontiguousarray(x[start : start + rows], dtype=np.float32)
+            finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(1)
+            if not finite.all():
+                i = start + int(np.argmin(finite))
+                raise DatasetError(
+                    f"sample {i} (label {names[y[i]]!r}) has NaN or infinite values: clean or drop such samples"
+                )
+            stats.add(chunk[split[start : start + len(chunk)] == 0])
+            h.update(chunk)
+            f.write(chunk)
+    norm = stats.result()
     y64 = y.astype(np.int64)
     for arr in (y64, split, calib):
         h.update(arr.tobytes())
@@ -297,26 +323,29 @@ def _calib(y: np.ndarray, split: np.ndarray, policy: SplitPolicy) -> np.ndarray:
     return np.sort(cal).astype(np.int64)
 
 
-def _normalization(x: np.ndarray, split: np.ndarray, shape: tuple[int, ...], rows: int) -> Normalization:
-    """Mean and std of the train split, per channel (images, sequences) or per feature (flat), read in chunks.
-    A constant channel/feature keeps std 1 (centred, not scaled)."""
-    axis = "feature" if len(shape) == 1 else "channel"
-    width = shape[0]
-    s = np.zeros(width, np.float64)
-    ss = np.zeros(width, np.float64)
-    count = 0
-    for start in range(0, len(x), rows):
-        mask = split[start : start + rows] == 0
-        if not mask.any():
-            continue
-        chunk = np.asarray(x[start : start + rows][mask], np.float64).reshape(int(mask.sum()), width, -1)
-        s += chunk.sum((0, 2))
-        ss += (chunk**2).sum((0, 2))
-        count += chunk.shape[0] * chunk.shape[2]
-    mean = s / count
-    std = np.sqrt(np.maximum(ss / count - mean**2, 0.0))
-    std = np.where(std < 1e-6 * np.maximum(1.0, np.abs(mean)), 1.0, std)
-    return Normalization(axis=axis, mean=mean.tolist(), std=std.tolist())
+class _Stats:
+    """Mean and std of the train split, per channel (images, sequences) or per feature (flat), accumulated
+    chunk by chunk in float64. A constant channel/feature keeps std 1 (centred, not scaled)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.axis = "feature" if len(shape) == 1 else "channel"
+        self.s = np.zeros(shape[0], np.float64)
+        self.ss = np.zeros(shape[0], np.float64)
+        self.count = 0
+
+    def add(self, chunk: np.ndarray) -> None:
+        if not len(chunk):
+            return
+        c = chunk.reshape(len(chunk), len(self.s), -1)
+        self.s += c.sum((0, 2), dtype=np.float64)
+        self.ss += np.einsum("ncl,ncl->c", c, c, dtype=np.float64)
+        self.count += c.shape[0] * c.shape[2]
+
+    def result(self) -> Normalization:
+        mean = self.s / self.count
+        std = np.sqrt(np.maximum(self.ss / self.count - mean**2, 0.0))
+        std = np.where(std < 1e-6 * np.maximum(1.0, np.abs(mean)), 1.0, std)
+        return Normalization(axis=self.axis, mean=mean.tolist(), std=std.tolist())
 
 
 def check_fits(info: DatasetInfo, space) -> None:
