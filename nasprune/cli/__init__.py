@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from nasprune.errors import NasPruneError
 from nasprune.space import format_validation_error
 
-_GROUPS = ["spaces", "model", "export", "train", "search", "demo", "serve", "jobs", "lut", "worker"]
+_GROUPS = ["spaces", "data", "model", "export", "train", "search", "demo", "serve", "jobs", "lut", "worker"]
 
 
 def build_parser() -> argparse.ArgumentParser:
