@@ -73,6 +73,17 @@ class Candidate(BaseModel):
     test_accuracy: float | None = Field(
         None, description="accuracy on the held-out test split, for exported candidates (selection used val)"
     )
+    unverified_reason: str | None = Field(
+        None,
+        description="why this candidate's latency is not verified although it was exported (the timing could not "
+        "be trusted on a busy machine, or the device is not this machine); its predicted latency is what holds",
+    )
+    latency_spread: float | None = Field(
+        None, description="median of the per-round medians over their minimum, minus 1 (0.05 = rounds within ~5%)"
+    )
+    load_avg: list[float] | None = Field(
+        None, description="the machine's 1-, 5- and 15-minute load average when the candidate was timed"
+    )
 
 
 class SearchResult(BaseModel):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from nasprune.errors import BudgetError
@@ -35,8 +36,10 @@ def check_budget(job: SearchJob, table) -> float:
     return fastest
 
 
-def run_job(job: SearchJob, ctx: JobContext, progress_bar: bool = False) -> SearchResult:
-    """Run (or resume) the job ``ctx.job_id`` to the end and return its result."""
+def run_job(
+    job: SearchJob, ctx: JobContext, progress_bar: bool = False, verify: VerifySettings | None = None
+) -> SearchResult:
+    """Run (or resume) the job ``ctx.job_id`` to the end and return its result (``verify``: how to time candidates)."""
     from nasprune.data import load_dataset
     from nasprune.evaluate import Evaluator
     from nasprune.latency.table import get_table
@@ -127,7 +130,7 @@ def run_job(job: SearchJob, ctx: JobContext, progress_bar: bool = False) -> Sear
     for t in pareto_trials(study):  # a seeded config may also be drawn by the sampler: one entry each
         unique.setdefault(t.user_attrs["subnet_key"], record_of(t))
     front = list(unique.values())
-    candidates, recommended = _verify(front, job, supernet, evaluator, table, out)
+    candidates, recommended = _verify(front, job, supernet, evaluator, table, out, verify)
     if tracking:
         for rec in trials:
             if rec.number not in tracking.children:
@@ -177,6 +180,130 @@ def machine_speed(now_ms: list[float], then_ms: list[float]) -> float:
     return statistics.median(ratios) if ratios else 1.0
 
 
+@dataclass(frozen=True)
+class VerifySettings:
+    """How candidates are timed, and when a timing is trusted.
+
+    ``rounds`` interleaved rounds visit every model in a fresh random order and make ``burst`` timed
+    calls each (after ``settle`` untimed ones); a model's latency is the *minimum* of its per-round
+    medians (timeit's advice: slower rounds are other work on the machine, not the model). A timing
+    is not trusted with fewer than ``min_rounds`` rounds, or when the median of the per-round
+    medians is more than ``max_spread`` above their minimum, or when the reference subnets disagree
+    on the machine's speed by more than ``max_spread``.
+    """
+
+    rounds: int = 30
+    burst: int = 20
+    settle: int = 2
+    warmup: int = 20
+    min_rounds: int = 5
+    max_spread: float = 0.5
+
+    def __post_init__(self):
+        if self.rounds < 1 or self.burst < 1 or self.min_rounds < 1 or self.max_spread < 0:
+            raise ValueError(f"invalid verification settings: {self}")
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """One model's per-round medians (ms) from :func:`time_rounds`."""
+
+    round_medians: tuple[float, ...]
+
+    @property
+    def best_ms(self) -> float:
+        return min(self.round_medians)
+
+    @property
+    def spread(self) -> float:
+        """How far the typical round is above the best one: median / minimum - 1."""
+        import statistics
+
+        best = self.best_ms
+        return statistics.median(self.round_medians) / best - 1.0 if best > 0 else float("inf")
+
+
+def time_rounds(paths: list[Path], device, settings: VerifySettings, seed: int = 1) -> list[RoundTiming]:
+    """Per-round medians of exported models, timed interleaved in sessions made as for ``device``."""
+    import random
+    import statistics
+    import time
+
+    from nasprune.latency.timing import feed_for, make_session
+
+    sessions = [make_session(p, device.threads, device.provider) for p in paths]
+    feeds = [feed_for(s, device.batch_size) for s in sessions]
+    for sess, feed in zip(sessions, feeds, strict=True):
+        for _ in range(settings.warmup):
+            sess.run(None, feed)
+    rng = random.Random(seed)
+    medians: list[list[float]] = [[] for _ in paths]
+    order = list(range(len(paths)))
+    for _ in range(settings.rounds):
+        rng.shuffle(order)
+        for i in order:
+            sess, feed = sessions[i], feeds[i]
+            for _ in range(settings.settle):
+                sess.run(None, feed)
+            calls = []
+            for _ in range(settings.burst):
+                t0 = time.perf_counter_ns()
+                sess.run(None, feed)
+                calls.append((time.perf_counter_ns() - t0) / 1e6)
+            medians[i].append(statistics.median(calls))
+    return [RoundTiming(tuple(m)) for m in medians]
+
+
+def distrust(
+    candidates: list[RoundTiming], references: list[tuple[RoundTiming, float]], settings: VerifySettings
+) -> tuple[str | None, list[str | None]]:
+    """Why the timing cannot be trusted: for the whole batch (first) and per candidate; None where it can.
+
+    ``references`` pairs each reference subnet's timing now with its table latency.
+    """
+    n = min((len(t.round_medians) for t in [*candidates, *(r for r, _ in references)]), default=0)
+    if n < settings.min_rounds:
+        why = (
+            f"only {n} timing round(s): at least {settings.min_rounds} are needed to tell a quiet round from a busy one"
+        )
+        return why, [why] * len(candidates)
+    batch = None
+    for ref, _ in references:
+        if ref.spread > settings.max_spread:
+            batch = (
+                f"a reference subnet's rounds spread {ref.spread:.0%} above its fastest round (the limit is "
+                f"{settings.max_spread:.0%}): the machine was too busy to measure"
+            )
+            break
+    ratios = [r.best_ms / then for r, then in references if then > 0 and r.best_ms > 0]
+    if batch is None and len(ratios) > 1 and max(ratios) / min(ratios) > 1 + settings.max_spread:
+        batch = (
+            f"the reference subnets ran at {min(ratios):.2f}x to {max(ratios):.2f}x their table latency: "
+            "the machine's speed was not consistent enough to correct for"
+        )
+    per = []
+    for t in candidates:
+        if batch is not None:
+            per.append(batch)
+        elif t.spread > settings.max_spread:
+            per.append(
+                f"its rounds spread {t.spread:.0%} above its fastest round (the limit is {settings.max_spread:.0%}): "
+                "the machine was too busy to measure it"
+            )
+        else:
+            per.append(None)
+    return batch, per
+
+
+def _load_avg() -> list[float] | None:
+    import os
+
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _references(table, supernet, folder: Path, n: int = 3) -> list[tuple[Path, float]]:
     """Up to ``n`` of the table's held-out subnets (spread over its range), exported, with the median
     latency the table measured for each."""
@@ -192,35 +319,55 @@ def _references(table, supernet, folder: Path, n: int = 3) -> list[tuple[Path, f
     return [(p, s.measured_ms) for p, s in zip(paths, picks, strict=True)]
 
 
-def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table, out: Path):
+@dataclass
+class _Measured:
+    latency_ms: float | None  # at the table's machine speed; None when not trusted
+    speed: float
+    spread: float
+    load_avg: list[float] | None
+    unverified_reason: str | None
+
+
+def _verify(
+    front: list[TrialRecord],
+    job: SearchJob,
+    supernet,
+    evaluator,
+    table,
+    out: Path,
+    settings: VerifySettings | None = None,
+):
     """Export and measure front candidates, most accurate first, ``verify_top_k`` at a time, until one
     of them is within budget (or the front runs out).
 
-    Each batch is timed like the table's own validation (interleaved rounds in sessions made for the
-    device: ``measure_models``), so measured and predicted latency are comparable even for models
-    that run in microseconds. The machine's speed drifts (a shared VM ran the same subnets 17-30%
-    slower minutes after their table was validated, on a quiet machine): up to three of the table's
-    held-out subnets are timed in the same rounds, and the candidates' medians are divided by the
-    median ratio of their times now to their times when the table measured them
-    (:func:`machine_speed`). On a device that is not this machine (an uploaded table) nothing can be
-    measured: the most accurate candidate within the *predicted* budget is exported and recommended,
-    unverified.
+    Each batch is timed in interleaved rounds (:func:`time_rounds`); a model's latency is the
+    minimum of its per-round medians, which a busy machine inflates least. The machine's speed
+    drifts (a shared VM ran the same subnets 17-30% slower minutes after their table was validated,
+    on a quiet machine): up to three of the table's held-out subnets are timed in the same rounds,
+    and the candidates' times are divided by the median ratio of their times now to their times
+    when the table measured them (:func:`machine_speed`). The load average is kept with each
+    measurement. When the rounds disagree too much to be trusted (:func:`distrust`), the most
+    accurate such candidate within the *predicted* budget is recommended, marked unverified with
+    the reason, instead of no recommendation at all. On a device that is not this machine (an
+    uploaded table) nothing can be measured: the most accurate candidate within the predicted
+    budget is exported and recommended, unverified.
     """
     from nasprune.errors import LatencyTableError
     from nasprune.export import export_subnet, stamp_metadata
-    from nasprune.latency.profile import ProfileSettings, check_runs_here, measure_models
+    from nasprune.latency.profile import check_runs_here
 
+    settings = settings or VerifySettings()
     try:
         check_runs_here(table.device)
         here = True
-    except LatencyTableError:
+    except LatencyTableError as e:
         here = False
+        not_here = f"not measured: {e}"
     models = out / "models"
-    measured: dict[int, float] = {}
+    measured: dict[int, _Measured] = {}
     tested: dict[int, float] = {}
     recommended_number = None
     references = _references(table, supernet, out / "latency_references") if here else []
-    speed: float | None = None
     queue = sorted(front, key=lambda r: (-r.accuracy, r.latency_ms))
     while queue and recommended_number is None:
         batch, queue = (queue[: job.verify_top_k], queue[job.verify_top_k :]) if here else (queue[:1], [])
@@ -237,33 +384,61 @@ def _verify(front: list[TrialRecord], job: SearchJob, supernet, evaluator, table
             res = export_subnet(supernet, cfg, models / f"{rec.subnet_key}.onnx", meta, model=evaluator.subnet(cfg))
             paths.append(res.path)
             tested[rec.number] = evaluator.accuracy(cfg, "test")
-        if here:
-            timings = measure_models(paths + [p for p, _ in references], table.device, ProfileSettings())
-            speed = machine_speed([t.median_ms for t in timings[len(paths) :]], [ms for _, ms in references])
-            for rec, path, t in zip(batch, paths, timings, strict=False):
-                measured[rec.number] = t.median_ms / speed
-                stamp_metadata(path, {"measured_latency_ms": t.median_ms / speed, "measured_raw_ms": t.median_ms,
-                                      "machine_speed": speed})  # fmt: skip
-        recommended_number = next(
-            (r.number for r in batch if not here or measured[r.number] <= job.latency_budget_ms), None
+        if not here:
+            recommended_number = batch[0].number
+            stamp_metadata(paths[0], {"verified": False, "unverified_reason": not_here})
+            measured[batch[0].number] = _Measured(None, 1.0, 0.0, None, not_here)
+            break
+        load_before = _load_avg()
+        timings = time_rounds(paths + [p for p, _ in references], table.device, settings)
+        load = _load_avg() or load_before
+        cand_t, ref_t = timings[: len(paths)], timings[len(paths) :]
+        speed = machine_speed([t.best_ms for t in ref_t], [ms for _, ms in references])
+        _, reasons = distrust(cand_t, list(zip(ref_t, [ms for _, ms in references], strict=True)), settings)
+        for rec, path, t, why in zip(batch, paths, cand_t, reasons, strict=True):
+            ms = t.best_ms / speed
+            measured[rec.number] = _Measured(None if why else ms, speed, t.spread, load, why)
+            stamp_metadata(
+                path,
+                {
+                    **({"measured_latency_ms": ms} if why is None else {"unverified_reason": why}),
+                    "measured_raw_ms": t.best_ms,
+                    "machine_speed": speed,
+                    "latency_statistic": f"minimum of {len(t.round_medians)} per-round medians",
+                    "latency_spread": round(t.spread, 4),
+                    "load_avg": load,
+                    "verified": why is None and ms <= job.latency_budget_ms,
+                },
+            )
+        verified = [r for r in batch if measured[r.number].latency_ms is not None
+                    and measured[r.number].latency_ms <= job.latency_budget_ms]  # fmt: skip
+        untrusted = [r for r in batch if measured[r.number].unverified_reason and r.latency_ms <= job.latency_budget_ms]
+        if verified:
+            recommended_number = verified[0].number
+        elif untrusted:  # nothing trusted within budget here; timing more of the front would not do better
+            recommended_number = untrusted[0].number
+    candidates = []
+    for r in front:
+        m = measured.get(r.number)
+        candidates.append(
+            Candidate(
+                candidate_id=r.subnet_key,
+                trial_number=r.number,
+                config=r.config,
+                accuracy=r.accuracy,
+                latency_ms=r.latency_ms,
+                params=r.params,
+                macs=r.macs,
+                feasible=r.feasible,
+                verified=m is not None and m.latency_ms is not None and m.latency_ms <= job.latency_budget_ms,
+                measured_latency_ms=m.latency_ms if m else None,
+                machine_speed=m.speed if m and m.latency_ms is not None else None,
+                test_accuracy=tested.get(r.number),
+                unverified_reason=m.unverified_reason if m else None,
+                latency_spread=round(m.spread, 4) if m and here else None,
+                load_avg=m.load_avg if m else None,
+            )
         )
-    candidates = [
-        Candidate(
-            candidate_id=r.subnet_key,
-            trial_number=r.number,
-            config=r.config,
-            accuracy=r.accuracy,
-            latency_ms=r.latency_ms,
-            params=r.params,
-            macs=r.macs,
-            feasible=r.feasible,
-            verified=r.number in measured and measured[r.number] <= job.latency_budget_ms,
-            measured_latency_ms=measured.get(r.number),
-            machine_speed=speed if r.number in measured else None,
-            test_accuracy=tested.get(r.number),
-        )
-        for r in front
-    ]
     recommended = next((c for c in candidates if c.trial_number == recommended_number), None)
     if recommended is not None:
         src = models / f"{recommended.candidate_id}.onnx"

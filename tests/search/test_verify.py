@@ -1,0 +1,85 @@
+"""Verification on a busy machine: a robust statistic, the load recorded, "unverified" instead of a failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pytest
+
+from nasprune.export import read_metadata
+from nasprune.search.job import JobContext, SearchJob
+from nasprune.search.runner import RoundTiming, VerifySettings, distrust, run_job
+from tests.search.conftest import SPACE
+
+
+def _ctx(root, job_id, tmp_path):
+    return JobContext(
+        job_id=job_id, storage_url=f"sqlite:///{tmp_path / 'trials.db'}", output_dir=tmp_path / job_id, data_dir=root
+    )
+
+
+@contextmanager
+def busy(n: int = 2):
+    """``n`` processes spinning on the CPU, stopped by their PIDs on exit."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+
+def test_distrust_states_why():
+    s = VerifySettings(min_rounds=5, max_spread=0.5)
+    quiet = RoundTiming((1.0, 1.02, 1.01, 1.05, 1.0, 1.03))
+    assert quiet.best_ms == 1.0 and quiet.spread == pytest.approx(0.015)
+    assert distrust([quiet], [(quiet, 1.0), (RoundTiming((2.1, 2.0, 2.05, 2.0, 2.2)), 2.0)], s) == (None, [None])
+
+    few = RoundTiming((1.0, 1.0))
+    batch, per = distrust([few], [], s)
+    assert batch == per[0] and "only 2 timing round(s)" in batch
+
+    noisy = RoundTiming((1.0, 3.0, 2.5, 2.8, 1.1, 2.9))  # the typical round 2.65x the fastest
+    batch, per = distrust([noisy, quiet], [(quiet, 1.0)], s)
+    assert batch is None and "spread 165%" in per[0] and per[1] is None
+    batch, per = distrust([quiet], [(noisy, 1.0)], s)
+    assert "reference subnet" in batch and per == [batch]
+
+    # the references disagree on the machine's speed: 1x and 3x their table times
+    batch, per = distrust([quiet], [(quiet, 1.0), (RoundTiming((3.0,) * 6), 1.0)], s)
+    assert "1.00x to 3.00x" in batch
+
+
+def test_untrusted_timing_gives_an_unverified_recommendation_not_a_failure(prepared, budget, tmp_path):
+    """Two rounds of one call each on a machine kept busy: nothing can be trusted; the job still completes,
+    recommends its most accurate candidate within the predicted budget and says why it is unverified."""
+    root, _ = prepared
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=8, seed=5)
+    with busy(2):
+        res = run_job(job, _ctx(root, "busy", tmp_path), verify=VerifySettings(rounds=2, burst=1, warmup=1))
+    rec = res.recommended
+    assert rec is not None and not rec.verified and rec.measured_latency_ms is None
+    assert "only 2 timing round(s)" in rec.unverified_reason
+    assert rec.latency_ms <= budget and rec.accuracy == max(c.accuracy for c in res.pareto)
+    assert rec.load_avg is not None and len(rec.load_avg) == 3
+    meta = read_metadata(tmp_path / "busy" / "model.onnx")
+    assert "only 2 timing round(s)" in meta["unverified_reason"] and meta["verified"] == "false"
+    assert "measured_latency_ms" not in meta and len(meta["load_avg"].split(",")) == 3
+
+
+def test_normal_verification_records_statistic_and_load(prepared, budget, tmp_path):
+    root, _ = prepared
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=8, seed=6)
+    res = run_job(job, _ctx(root, "quiet", tmp_path))
+    rec = res.recommended
+    assert rec is not None and rec.verified and rec.unverified_reason is None
+    assert rec.measured_latency_ms <= budget and rec.latency_spread is not None and rec.latency_spread <= 0.5
+    assert rec.load_avg is not None and len(rec.load_avg) == 3
+    meta = read_metadata(tmp_path / "quiet" / "model.onnx")
+    assert meta["latency_statistic"] == "minimum of 30 per-round medians" and meta["verified"] == "true"
+    assert float(meta["measured_latency_ms"]) == rec.measured_latency_ms
