@@ -205,7 +205,11 @@ def check_dataset_fits(name: str, space, data_dir: str | Path | None = None) -> 
         stub = DatasetInfo.model_construct(name=name, input_shape=shape, num_classes=k)
         check_fits(stub, space)
         return
-    check_fits(DatasetStore.at(data_dir).get(name), space)
+    store = DatasetStore.at(data_dir)
+    info = store.get(name)
+    if not (store.blob(info) / "x.npy").is_file():
+        raise DatasetError(f"dataset '{name}': its data ({store.blob(info)}) is missing; add the dataset again")
+    check_fits(info, space)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -220,3 +224,23 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator | None = 
     out = torch.gather(pad, 2, rows)
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
     return torch.gather(out, 3, cols)
+
+
+def data_key(name: str, data_dir: str | Path | None = None) -> str:
+    """The part of a cache key (e.g. a checkpoint's file name) that names a dataset's content.
+
+    ``-d<16 hex digits of the content hash>`` for a user dataset; empty for a built-in, whose content
+    is fixed by the pinned package that generates it and the split seed (so its checkpoints keep their
+    names, and nothing is generated just to name a file; its hash is in its record all the same).
+    """
+    if not name or name in DATASETS:
+        return ""
+    from nasprune.datasets.store import DatasetStore
+
+    return f"-d{DatasetStore.at(data_dir).get(name).short_hash}"
+
+
+def preprocessing_metadata(ds: Dataset) -> dict[str, object]:
+    """What a model trained on ``ds`` expects from its caller, for the ONNX metadata (``nasprune.*`` keys):
+    dataset and hash, input layout and shape, normalisation (mean/std on the raw scale), class names."""
+    return ds.info.preprocessing() if ds.info is not None else {}

@@ -27,6 +27,10 @@ class DatasetError(NasPruneError):
     """A dataset name is unknown or its data cannot be loaded offline."""
 
 
+class DatasetNameTaken(DatasetError):
+    """A dataset name that is already in use (by a built-in or an added dataset)."""
+
+
 class LatencyTableError(NasPruneError):
     """A latency table is missing, corrupt, incompatible, or lacks an entry."""
 

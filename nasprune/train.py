@@ -286,9 +286,10 @@ def checkpoint_meta(path: str | Path) -> dict:
 
 def supernet_path(space, data_dir: str | Path | None = None) -> Path:
     """Where the trained supernet of ``space`` is cached (the digest covers the weights it starts from)."""
+    from nasprune.data import data_key
     from nasprune.paths import checkpoints_dir
 
-    return checkpoints_dir(data_dir) / f"{space.name}-{space.digest()}.pt"
+    return checkpoints_dir(data_dir) / f"{space.name}-{space.digest()}{data_key(space.dataset, data_dir)}.pt"
 
 
 def get_supernet(
@@ -317,5 +318,6 @@ def get_supernet(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.is_file():
             recipe = default_recipe(space)
-            train_supernet(space, recipe, tracker=tracker, progress=progress, checkpoint=path)
+            ds = load_dataset(space.dataset, data_dir=data_dir)  # a user dataset lies in this data dir
+            train_supernet(space, recipe, ds, tracker=tracker, progress=progress, checkpoint=path)
     return load_checkpoint(path, space), path

@@ -91,6 +91,8 @@ def read(path: Path, fmt: str, options: ReadOptions, workdir: Path) -> Source:
 
 
 def _npz(path: Path, fmt: str, options: ReadOptions, workdir: Path) -> Source:
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"'{path.name}' is not a readable .npz file (an npz is a zip of .npy arrays: np.savez)")
     try:
         data = np.load(path, allow_pickle=False)
     except ValueError as e:

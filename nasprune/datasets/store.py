@@ -25,7 +25,7 @@ import numpy as np
 
 from nasprune.datasets.formats import ReadOptions, Source, guess_format, read
 from nasprune.datasets.record import NAME_PATTERN, SPLIT_CODES, DatasetInfo, Normalization, SplitPolicy, layout_of
-from nasprune.errors import DatasetError
+from nasprune.errors import DatasetError, DatasetNameTaken
 
 CHUNK_BYTES = 16 << 20
 """Samples are copied, checked, hashed and streamed in windows of about this many bytes."""
@@ -99,9 +99,9 @@ class DatasetStore:
                 "or '_' (at most 64 characters)"
             )
         if name in BUILTIN_NAMES:
-            raise DatasetError(f"dataset name '{name}' is taken by a built-in dataset: choose another name")
+            raise DatasetNameTaken(f"dataset name '{name}' is taken by a built-in dataset: choose another name")
         if self.record_path(name).exists():
-            raise DatasetError(f"dataset name '{name}' is already taken: choose another name")
+            raise DatasetNameTaken(f"dataset name '{name}' is already taken: choose another name")
 
     def add(
         self,
@@ -145,7 +145,7 @@ class DatasetStore:
         try:
             os.link(tmp, self.record_path(info.name))  # atomic, and fails if the name was taken meanwhile
         except FileExistsError:
-            raise DatasetError(f"dataset name '{info.name}' is already taken: choose another name") from None
+            raise DatasetNameTaken(f"dataset name '{info.name}' is already taken: choose another name") from None
         finally:
             tmp.unlink(missing_ok=True)
         return info

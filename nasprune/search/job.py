@@ -32,6 +32,9 @@ class SearchJob(BaseModel):
     model: Annotated[str, Field(pattern=r"^m_[0-9a-f]{16}$")] | None = Field(
         None, description="an uploaded model's id (POST /v1/models): search its derived space from its weights"
     )
+    dataset: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")] | None = Field(
+        None, description="a dataset to train and score on instead of the space's own (it must fit the model)"
+    )
     device: str = Field("local-cpu", description="device whose latency table predicts latency")
     latency_budget_ms: float = Field(gt=0, le=60_000, description="latency budget in milliseconds (batch 1)")
     n_trials: Annotated[int, Field(ge=1, le=100_000)] = 100

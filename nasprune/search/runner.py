@@ -54,6 +54,9 @@ def run_job(
         space = load_space(models_dir(ctx.data_dir) / f"{job.model}.yaml")
     else:
         space = load_space(job.space)
+    table_space = space  # latency does not depend on the data: one table per space, whatever the dataset
+    if job.dataset is not None and job.dataset != space.dataset:
+        space = space.model_copy(update={"dataset": job.dataset})  # its own checkpoint (the digest covers it)
     ctx.on_progress(
         Progress(
             stage="preparing supernet",
@@ -69,9 +72,9 @@ def run_job(
             message=f"latency table for '{job.device}' (measured once if needed)",
         )
     )
-    table = get_table(space, job.device, data_dir=ctx.data_dir, progress=progress_bar)
+    table = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar)
     check_budget(job, table)
-    evaluator = Evaluator(supernet, load_dataset(space.dataset), checkpoint_id(ckpt))
+    evaluator = Evaluator(supernet, load_dataset(space.dataset, data_dir=ctx.data_dir), checkpoint_id(ckpt))
     objective = Objective(supernet, evaluator, table, job)
 
     tracking = _start_tracking(job, ctx, table)
@@ -352,6 +355,7 @@ def _verify(
     uploaded table) nothing can be measured: the most accurate candidate within the predicted
     budget is exported and recommended, unverified.
     """
+    from nasprune.data import preprocessing_metadata
     from nasprune.errors import LatencyTableError
     from nasprune.export import export_subnet, stamp_metadata
     from nasprune.latency.profile import check_runs_here
@@ -378,6 +382,7 @@ def _verify(
                 "predicted_latency_ms": rec.latency_ms,
                 "device": job.device,
                 "trial": rec.number,
+                **preprocessing_metadata(evaluator.dataset),  # how to feed the model
             }
             cfg = supernet.space.parse_config(rec.config)
             # the model that scored ``rec.accuracy``: extracted, BatchNorm recalibrated

@@ -14,10 +14,11 @@ from nasprune.search.study import prepare_storage
 from nasprune.settings import Settings
 from services.api import errors, openapi
 from services.api.catalog import Catalog, warm_imports
+from services.api.datasets import DatasetUploads
 from services.api.deps import Services, require_token
 from services.api.edge import MAX_BODY_BYTES, BodyLimit, TokenGate
 from services.api.models import ModelStore
-from services.api.routes import catalog, health, jobs, models, results
+from services.api.routes import catalog, datasets, health, jobs, models, results
 from services.api.service import JobService
 from services.jobs.store import JobStore
 from services.jobs.worker import Runner, WorkerPool
@@ -70,6 +71,7 @@ def create_app(
         jobs=JobService(settings, store, pool, cat),
         tracking_uri=tracking_uri,
         models=ModelStore(models_dir(settings.data_dir), MAX_BODY_BYTES),
+        datasets=DatasetUploads(settings.data_dir, MAX_BODY_BYTES),
     )
 
     @asynccontextmanager
@@ -101,6 +103,6 @@ def create_app(
     # The dependency checks the token again and declares bearer auth in the OpenAPI document: only
     # on a server that has a token.
     auth = [Depends(require_token)] if settings.api_token is not None else []
-    for router in (jobs.router, results.router, catalog.router, models.router):
+    for router in (jobs.router, results.router, catalog.router, models.router, datasets.router):
         app.include_router(router, prefix="/v1", dependencies=auth)
     return app

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from nasprune.settings import Settings
 from services.api.catalog import Catalog
+from services.api.datasets import DatasetUploads
 from services.api.errors import Unauthorized
 from services.api.models import ModelStore
 from services.api.service import JobService
@@ -33,6 +34,7 @@ class Services:
     jobs: JobService
     tracking_uri: str
     models: ModelStore
+    datasets: DatasetUploads
 
 
 async def get_services(request: Request) -> Services:

@@ -18,6 +18,7 @@ from nasprune.errors import (
     CheckpointError,
     ConfigError,
     DatasetError,
+    DatasetNameTaken,
     GraphError,
     LatencyTableError,
     NasPruneError,
@@ -42,6 +43,13 @@ class ModelNotFound(GraphError):
     def __init__(self, model_id: str):
         super().__init__(
             f"no model with id '{model_id}' (upload one with POST /v1/models; list them with GET /v1/models)"
+        )
+
+
+class DatasetNotFound(DatasetError):
+    def __init__(self, name: str):
+        super().__init__(
+            f"no dataset named '{name}' (list them with GET /v1/datasets; add one with POST /v1/datasets)"
         )
 
 
@@ -78,6 +86,8 @@ class NotImplementedYet(NasPruneError):
 STATUS: dict[type[Exception], tuple[int, str]] = {
     Unauthorized: (401, "unauthorized"),
     ModelNotFound: (404, "model_not_found"),
+    DatasetNotFound: (404, "dataset_not_found"),
+    DatasetNameTaken: (409, "dataset_exists"),
     JobNotFound: (404, "job_not_found"),
     CandidateNotFound: (404, "candidate_not_found"),
     JobNotFinished: (409, "job_not_finished"),

@@ -134,11 +134,29 @@ class JobService:
             min_ms = self.catalog.min_latency_ms(body.space, body.device)
             if min_ms is not None and body.latency_budget_ms < min_ms:
                 raise BudgetUnreachable(body.latency_budget_ms, min_ms, body.space, body.device)
+        self.check_dataset(body)
         spec = body.to_search_job()
         record = self.store.create(spec, max_queued=self.settings.max_queued_jobs)
         if self.pool is not None:
             self.pool.notify()
         return record
+
+    def check_dataset(self, body: JobCreate) -> None:
+        """The job's dataset (its own ``dataset``, else its space's) exists, is intact, and fits the model."""
+        from nasprune.data import check_dataset_fits
+        from nasprune.errors import DatasetError
+        from nasprune.paths import models_dir
+        from nasprune.registry import load_space
+
+        ref = models_dir(self.settings.data_dir) / f"{body.model}.yaml" if body.model is not None else body.space
+        space = load_space(ref)
+        name = body.dataset or space.dataset
+        if not name:
+            raise InvalidRequest("dataset", f"'{space.name}' names no dataset: name one (GET /v1/datasets)")
+        try:
+            check_dataset_fits(name, space, self.settings.data_dir)
+        except DatasetError as e:
+            raise InvalidRequest("dataset", str(e)) from None
 
     async def submit_in_thread(self, body: JobCreate) -> JobRecord:
         """``submit(body)`` in a worker thread, at most ``SUBMIT_THREADS`` at a time."""
