@@ -32,7 +32,7 @@ def _trial(trial) -> None:
         trial.suggest_categorical(f"width.{k}", [8, 16, 24, 32])
     trial.set_constraint("latency_ms", -0.1)
     trial.set_user_attr("subnet_key", "0123456789abcdef")
-    trial.set_user_attr("config", {"depths": {"stage0": 1}, "widths": {"stem": 8}})
+    trial.set_user_attr("config", {"depths": {"blocks.0-2": 1}, "widths": {"stem.0": 16}})
     trial.set_user_attr("metrics", {"accuracy": 0.9, "latency_ms": 0.1})
 
 

@@ -5,10 +5,14 @@ The public Python API (imported lazily, so ``import nasprune`` stays cheap)::
     import torch, torchvision, nasprune
     model = torchvision.models.resnet18(num_classes=10)       # your trained model
     space = nasprune.derive_space(model, (3, 32, 32), model_ref="torchvision:resnet18",
-                                  model_kwargs={"num_classes": 10})
+                                  model_kwargs={"num_classes": 10}, dataset="my_data")
     supernet = nasprune.convert(model, space)                 # in place: same function, elastic layers
     small = nasprune.extract(supernet, space.smallest())      # a plain, physically smaller torch model
     nasprune.export_subnet(supernet, space.smallest(), "small.onnx")
+
+    space.save("resnet18.yaml")                               # narrow it by hand if you like, then search:
+    job = nasprune.SearchJob(space="resnet18.yaml", latency_budget_ms=1.5, n_trials=60)
+    result = nasprune.run_job(job, nasprune.JobContext("my-job", "sqlite:///trials.db", output_dir="out"))
 
 See docs/graph.md.
 """
@@ -29,6 +33,10 @@ _API = {
     "create_supernet": "nasprune.registry",
     "SearchSpace": "nasprune.space",
     "SubnetConfig": "nasprune.space",
+    "train_supernet": "nasprune.train",
+    "SearchJob": "nasprune.search.job",
+    "JobContext": "nasprune.search.job",
+    "run_job": "nasprune.search.runner",
 }
 
 __all__ = sorted(_API)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nasprune.data import Dataset
-from nasprune.elastic.modules import SliceCache, _ElasticBatchNorm
+from nasprune.elastic.modules import SliceCache
 from nasprune.elastic.supernet import Supernet, extract
 from nasprune.space import SubnetConfig
 
@@ -20,7 +20,7 @@ from nasprune.space import SubnetConfig
 def _norms(model: nn.Module) -> list[nn.Module]:
     from nasprune.graph.elastic import ElasticBatchNorm
 
-    kinds = nn.modules.batchnorm._BatchNorm | _ElasticBatchNorm | ElasticBatchNorm
+    kinds = nn.modules.batchnorm._BatchNorm | ElasticBatchNorm
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 

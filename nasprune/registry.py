@@ -1,4 +1,4 @@
-"""The registry of search spaces and model families: ``list_spaces``, ``load_space``, ``create_supernet``.
+"""The registry of search spaces: ``list_spaces``, ``load_space``, ``create_supernet``.
 
 Spaces are the YAML files in the project's ``search_spaces/`` folder, plus any folder listed in
 ``NASPRUNE_SPACES_PATH`` (``os.pathsep``-separated). Adding a file adds a space everywhere,
@@ -14,16 +14,11 @@ import yaml
 
 from nasprune.elastic.supernet import Supernet
 from nasprune.errors import SpaceError
-from nasprune.models.base import Family
-from nasprune.models.mlp import MLPFamily
-from nasprune.models.resnet import ResNetFamily
-from nasprune.space import GraphSpace, MLPSpace, ResNetSpace, parse_space
-
-FAMILIES: dict[str, Family] = {f.name: f for f in (ResNetFamily(), MLPFamily())}
+from nasprune.space import GraphSpace, parse_space
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
-Space = ResNetSpace | MLPSpace | GraphSpace
+Space = GraphSpace
 
 
 def space_dirs() -> list[Path]:
@@ -74,27 +69,19 @@ def load_space(name_or_path: str | Path) -> Space:
     return load_space_file(files[s])
 
 
-def family_of(space: Space) -> Family:
-    return FAMILIES[space.family]
-
-
 def create_supernet(space: Space | str, weights: str | Path | None = None) -> Supernet:
     """The supernet of a space (given as a space or its name/path).
 
-    A graph-derived space builds its model from its ``model`` reference, loads ``weights`` (a
-    safetensors file) when given, and converts it in place: the largest subnet then computes what
-    the model computes. A family space builds its untrained network (``weights`` must be None).
+    Builds the model from the space's ``model`` reference, loads ``weights`` (a safetensors file; by
+    default the space's own ``weights``, if any) and converts it in place: the largest subnet then
+    computes what the model computes.
     """
-    if not isinstance(space, ResNetSpace | MLPSpace | GraphSpace):
+    if not isinstance(space, GraphSpace):
         space = load_space(space)
-    if isinstance(space, GraphSpace):
-        from nasprune.graph import GraphSupernet, build_model, load_weights
+    from nasprune.graph import GraphSupernet, build_model, load_weights
 
-        model = build_model(space.model, space.model_kwargs)
-        weights = weights if weights is not None else space.weights
-        if weights is not None:
-            load_weights(model, weights, space.weights_sha256 if weights == space.weights else None)
-        return GraphSupernet(space, model)
+    model = build_model(space.model, space.model_kwargs)
+    weights = weights if weights is not None else space.weights
     if weights is not None:
-        raise SpaceError(f"space '{space.name}' is a built-in family; its supernet starts from its own init")
-    return Supernet(space, family_of(space))
+        load_weights(model, weights, space.weights_sha256 if weights == space.weights else None)
+    return GraphSupernet(space, model)

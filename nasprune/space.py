@@ -1,13 +1,14 @@
 """Search spaces and subnet configurations.
 
-A search space (one YAML file under ``search_spaces/``) names a model family, a dataset, the input
-shape and, per stage, the allowed depths and per-layer widths. A :class:`SubnetConfig` picks one
-depth per stage and one width per *active* width layer; it describes one architecture, so two
-configs that differ only in layers that their depth switches off are the same config.
+A search space (one YAML file under ``search_spaces/``, or derived from a model by
+``nasprune.derive_space``) names the model it prunes, a dataset, the input shape, and the choices:
+per channel group the widths, per sequence of skippable residual blocks the depths. A
+:class:`SubnetConfig` picks one depth per sequence and one width per *active* group (groups inside a
+skipped block do not run); it describes one architecture, so two configs that differ only in groups
+that their depth switches off are the same config.
 
-Width layers are named after where they live: ``stem``, ``stage0.out`` (the residual stream of a
-ResNet stage, shared by its blocks), ``stage0.block1.mid`` (the inner width of one block) and
-``stage0.layer1`` (a hidden layer of an MLP stage).
+Groups are named after the first layer that writes them (``stem_conv``, ``stages.0.0.conv2``);
+sequences after their blocks (``stages.0.1-2``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from functools import cached_property
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nasprune.errors import ConfigError
 
@@ -37,32 +38,6 @@ def _choices(values: list[int], what: str) -> list[int]:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ResNetStage(_Strict):
-    """A stage of residual blocks; its first block downsamples by ``stride`` through a projection."""
-
-    depths: list[PositiveInt]
-    stride: Literal[1, 2] = 1
-    out_widths: list[PositiveInt]
-    mid_widths: list[PositiveInt]
-
-    @field_validator("depths", "out_widths", "mid_widths")
-    @classmethod
-    def _sorted_unique(cls, v: list[int], info) -> list[int]:
-        return _choices(v, info.field_name)
-
-
-class MLPStage(_Strict):
-    """A stack of Linear-BatchNorm-ReLU layers; each layer picks its own width."""
-
-    depths: list[PositiveInt]
-    widths: list[PositiveInt]
-
-    @field_validator("depths", "widths")
-    @classmethod
-    def _sorted_unique(cls, v: list[int], info) -> list[int]:
-        return _choices(v, info.field_name)
 
 
 class _SpaceBase(_Strict, ABC):
@@ -92,11 +67,13 @@ class _SpaceBase(_Strict, ABC):
         """The width layers that run when the stages have ``depths``."""
 
     @property
+    @abstractmethod
     def stage_names(self) -> list[str]:
-        return [f"stage{i}" for i in range(len(self.stages))]  # type: ignore[attr-defined]
+        """The names of the depth choices (sequences of skippable blocks)."""
 
+    @abstractmethod
     def depth_choices(self) -> dict[str, tuple[int, ...]]:
-        return {f"stage{i}": tuple(s.depths) for i, s in enumerate(self.stages)}  # type: ignore[attr-defined]
+        """Per sequence of skippable blocks, the allowed depths."""
 
     # -- configs -----------------------------------------------------------------------------------
     def config(self, depths: dict[str, int], widths: dict[str, int]) -> SubnetConfig:
@@ -222,60 +199,6 @@ def _product(choices: dict[str, tuple[int, ...]]) -> Iterator[dict[str, int]]:
             return
 
 
-class ResNetSpace(_SpaceBase):
-    """ResNet-style CNN: stem conv, stages of basic residual blocks, global pooling, linear head."""
-
-    family: Literal["resnet"]
-    input_shape: Annotated[tuple[PositiveInt, PositiveInt, PositiveInt], Field(description="C, H, W")]
-    stem_widths: list[PositiveInt]
-    stem_stride: Literal[1, 2] = 1
-    stages: Annotated[list[ResNetStage], Field(min_length=1)]
-
-    @field_validator("stem_widths")
-    @classmethod
-    def _sorted_unique(cls, v: list[int]) -> list[int]:
-        return _choices(v, "stem_widths")
-
-    def model_post_init(self, _ctx) -> None:
-        self._check_divisible(self.width_layers())
-
-    def width_layers(self) -> dict[str, tuple[int, ...]]:
-        out: dict[str, tuple[int, ...]] = {"stem": tuple(self.stem_widths)}
-        for i, st in enumerate(self.stages):
-            out[f"stage{i}.out"] = tuple(st.out_widths)
-            for j in range(max(st.depths)):
-                out[f"stage{i}.block{j}.mid"] = tuple(st.mid_widths)
-        return out
-
-    def active_layers(self, depths: dict[str, int]) -> list[str]:
-        out = ["stem"]
-        for i, _ in enumerate(self.stages):
-            out.append(f"stage{i}.out")
-            out.extend(f"stage{i}.block{j}.mid" for j in range(depths[f"stage{i}"]))
-        return out
-
-
-class MLPSpace(_SpaceBase):
-    """MLP over flat features: stages of Linear-BatchNorm-ReLU layers, linear head."""
-
-    family: Literal["mlp"]
-    input_shape: Annotated[tuple[PositiveInt], Field(description="number of input features")]
-    stages: Annotated[list[MLPStage], Field(min_length=1)]
-
-    def model_post_init(self, _ctx) -> None:
-        self._check_divisible(self.width_layers())
-
-    def width_layers(self) -> dict[str, tuple[int, ...]]:
-        out: dict[str, tuple[int, ...]] = {}
-        for i, st in enumerate(self.stages):
-            for j in range(max(st.depths)):
-                out[f"stage{i}.layer{j}"] = tuple(st.widths)
-        return out
-
-    def active_layers(self, depths: dict[str, int]) -> list[str]:
-        return [f"stage{i}.layer{j}" for i, _ in enumerate(self.stages) for j in range(depths[f"stage{i}"])]
-
-
 class WidthGroup(_Strict):
     """A channel group of a graph-derived space: its width choices and, when all its layers live in
     one skippable block, that block (the group does not run when the block is skipped)."""
@@ -333,10 +256,20 @@ class GraphSpace(_SpaceBase):
             raise ValueError("a space needs at least one width group or depth sequence to choose from")
         if (self.weights is None) != (self.weights_sha256 is None):
             raise ValueError("weights and weights_sha256 go together (the file and the sha256 of its bytes)")
+        # the largest width is the model's own channel count, which need not be a multiple
+        self._check_divisible({name: tuple(g.widths[:-1]) for name, g in self.groups.items()})
         blocks = {b for seq in self.sequences.values() for b in seq.blocks}
         for name, g in self.groups.items():
             if g.within is not None and g.within not in blocks:
                 raise ValueError(f"groups.{name}.within: '{g.within}' is not a block of any sequence")
+
+    def save(self, path) -> None:
+        """Write the space as a YAML space file (``load_space(path)`` reads it back)."""
+        from pathlib import Path
+
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
     def width_layers(self) -> dict[str, tuple[int, ...]]:
         return {name: tuple(g.widths) for name, g in self.groups.items()}
@@ -357,18 +290,37 @@ class GraphSpace(_SpaceBase):
         return [name for name, g in self.groups.items() if g.within not in skipped]
 
 
-SearchSpace = Annotated[ResNetSpace | MLPSpace | GraphSpace, Field(discriminator="family")]
-"""Any search space; ``family`` picks the schema."""
+SearchSpace = GraphSpace
+"""Any search space (one schema since the built-in families became plain models)."""
 
-_SPACE_ADAPTER: TypeAdapter[ResNetSpace | MLPSpace | GraphSpace] = TypeAdapter(SearchSpace)
+_RETIRED_FAMILIES = {
+    "resnet": ("resnet_mnist", "1,28,28"),
+    "mlp": ("mlp_digits", "64"),
+}
 
 
-def parse_space(data: object, source: str = "<data>") -> ResNetSpace | MLPSpace | GraphSpace:
-    """Validate a space from a mapping. Raises :class:`~nasprune.errors.SpaceError` naming the field."""
+def parse_space(data: object, source: str = "<data>") -> GraphSpace:
+    """Validate a space from a mapping. Raises :class:`~nasprune.errors.SpaceError` naming the field.
+
+    A space in the schema of the retired hand-written families (``family: resnet`` / ``mlp`` with
+    ``stages``) gets a message saying how to derive the equivalent space from a model.
+    """
     from nasprune.errors import SpaceError
 
+    family = data.get("family") if isinstance(data, dict) else None
+    if family in _RETIRED_FAMILIES:
+        builtin, shape = _RETIRED_FAMILIES[family]
+        raise SpaceError(
+            f"invalid search space {source}: 'family: {family}' (with 'stages') is the schema of the hand-written "
+            "families, retired in nasprune 0.2: spaces are now derived from a model's graph ('family: graph'). "
+            f"Derive one with `nasprune model inspect --model PKG.MODULE:FACTORY --input-shape ... --save FILE.yaml` "
+            f"(the built-in model of this family: --model nasprune.models.{builtin}:{builtin} --input-shape {shape}), "
+            "then narrow the widths of its 'groups' and the depths of its 'sequences' by hand"
+        )
+    if isinstance(data, dict) and "family" not in data:
+        raise SpaceError(f"invalid search space {source}: family: missing (the only schema is 'family: graph')")
     try:
-        return _SPACE_ADAPTER.validate_python(data)
+        return GraphSpace.model_validate(data)
     except ValidationError as e:
         raise SpaceError(f"invalid search space {source}: {format_validation_error(e)}") from None
 

@@ -98,9 +98,11 @@ def train_supernet(
 ) -> TrainResult:
     """Train a supernet of ``space`` (name, path or space); optionally save a checkpoint.
 
-    A family space starts from scratch. A graph-derived space starts from its model's weights: the
-    factory's own, or ``weights`` (a safetensors file). Trained weights skip the warm-up: channels are
-    importance-sorted at once, and the original model is the distillation teacher of every subnet.
+    The supernet starts from its model's weights: the factory's own (a fresh initialisation for the
+    built-in models: then a warm-up trains the largest subnet alone before channels are sorted), or
+    ``weights`` (a safetensors file of trained weights, or the space's own ``weights``). Trained
+    weights skip the warm-up: channels are importance-sorted at once, and the original model is the
+    distillation teacher of every subnet.
     ``tracker`` (a :class:`nasprune.tracking.MlflowTracker`) logs params, per-epoch metrics and the
     checkpoint when given; training works the same without it.
     """

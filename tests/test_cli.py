@@ -19,11 +19,11 @@ def test_spaces_list_and_show():
     assert "resnet_mnist" in r.stdout and "mlp_digits" in r.stdout
     r = run("spaces", "show", "resnet_mnist")
     assert r.returncode == 0, r.stderr
-    assert "stage2.block2.mid" in r.stdout and "largest" in r.stdout and "75,866,112" in r.stdout
+    assert "stages.2.2.conv1" in r.stdout and "largest" in r.stdout and "75,866,112" in r.stdout
 
 
 def test_export_config_file(tmp_path):
-    cfg = {"depths": {"stage0": 2}, "widths": {"stage0.layer0": 32, "stage0.layer1": 16}}
+    cfg = {"depths": {"blocks.0-2": 2}, "widths": {"stem.0": 32, "blocks.0.fc1": 16, "blocks.1.fc1": 24}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     r = run("export", "--space", "mlp_digits", "--config", str(tmp_path / "cfg.json"), "-o", str(tmp_path / "m.onnx"))
     assert r.returncode == 0, r.stderr
@@ -41,11 +41,11 @@ def test_errors_are_one_line_and_nonzero(tmp_path):
                 "--space",
                 "mlp_digits",
                 "--config",
-                '{"depths": {"stage0": 9}, "widths": {}}',
+                '{"depths": {"blocks.0-2": 9}, "widths": {}}',
                 "-o",
                 str(tmp_path / "x.onnx"),
             ),
-            "depths.stage0: 9 is not allowed (allowed: [1, 2, 3, 4])",
+            "depths.blocks.0-2: 9 is not allowed (allowed: [0, 1, 2, 3])",
         ),
         (
             ("export", "--space", "mlp_digits", "--config", str(tmp_path / "missing.json"), "-o", "x.onnx"),

@@ -22,5 +22,5 @@ def test_export_rejects_invalid_config(tmp_path):
     net = create_supernet("mlp_digits")
     from nasprune.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="widths.stage0.layer0"):
-        export_subnet(net, {"depths": {"stage0": 1}, "widths": {"stage0.layer0": 7}}, tmp_path / "x.onnx")
+    with pytest.raises(ConfigError, match=r"widths\.stem\.0: 7 is not allowed"):
+        export_subnet(net, {"depths": {"blocks.0-2": 0}, "widths": {"stem.0": 7}}, tmp_path / "x.onnx")

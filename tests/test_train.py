@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nasprune.data import DATASETS, load_dataset
-from nasprune.elastic.supernet import Supernet
+from nasprune.graph import GraphSupernet
 from nasprune.errors import CheckpointError
 from nasprune.evaluate import Evaluator, recalibrate_bn
 from nasprune.registry import create_supernet, load_space
@@ -34,13 +34,13 @@ def test_training_reduces_loss_and_beats_chance(trained):
 
 def test_sandwich_step_trains_largest_smallest_and_random(monkeypatch):
     seen: list[str] = []
-    original = Supernet.select
+    original = GraphSupernet.select
 
     def spy(self, cfg):
         seen.append(self.space.parse_config(cfg).key())
         return original(self, cfg)
 
-    monkeypatch.setattr(Supernet, "select", spy)
+    monkeypatch.setattr(GraphSupernet, "select", spy)
     space = load_space("mlp_digits")
     ds = load_dataset("digits")
     small = type(ds)(
@@ -63,7 +63,7 @@ def test_recalibration_changes_stats_and_restores_mode(trained):
     net = create_supernet("mlp_digits")
     net.load_state_dict(trained.supernet.state_dict())
     net.eval()
-    bn = net.body.stages[0].blocks[0].bn
+    bn = net.body.stem[1]
     before = bn.running_mean.clone()
     momentum = bn.momentum
     x, _ = ds.tensors("calib")
@@ -72,7 +72,7 @@ def test_recalibration_changes_stats_and_restores_mode(trained):
     assert not torch.allclose(before, bn.running_mean)
     # the cumulative average over two batches equals the full-batch mean of the first layer's pre-activations
     with torch.no_grad():
-        pre = net.body.stages[0].blocks[0].linear(x[:200])
+        pre = net.body.stem[0](x[:200])
     assert torch.allclose(bn.running_mean, pre.mean(0), atol=1e-4)
     net.train()
     recalibrate_bn(net, [x[:50]])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from nasprune.cli._common import human, table
 from nasprune.errors import GraphError
 
@@ -57,7 +55,6 @@ def _inspect(args) -> int:
     import re
 
     import torch
-    import yaml
 
     from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space, fixed_groups, load_weights
 
@@ -106,6 +103,6 @@ def _inspect(args) -> int:
     print(table(rows, ["subnet", "params", "MACs"]))
     print("\npredicted latency: needs a latency table for graph-derived spaces (not built yet for this kind of space)")
     if args.save:
-        Path(args.save).write_text(yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False))
+        space.save(args.save)
         print(f"\nspace written to {args.save}")
     return 0

@@ -54,7 +54,6 @@ def register(sub) -> None:
 def _derived_space(args, root: Path) -> str:
     """Derive the space of ``--model`` for ``--dataset``, save it under the data dir, return its path."""
     import torch
-    import yaml
 
     from nasprune.data import load_dataset
     from nasprune.errors import GraphError
@@ -82,7 +81,7 @@ def _derived_space(args, root: Path) -> str:
     space = space.model_copy(update=update)
     path = root / "spaces" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False))
+    space.save(path)
     print(f"derived space {name}: {len(space.groups)} channel groups, {len(space.sequences)} depth sequences "
           f"(written to {path})")  # fmt: skip
     return str(path)

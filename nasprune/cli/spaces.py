@@ -29,14 +29,14 @@ def _list(args) -> int:
         rows.append(
             [
                 name,
-                sp.family,
+                sp.model,
                 sp.dataset,
                 "x".join(map(str, sp.input_shape)),
                 f"{sp.size:,}",
                 f"{human(net.num_params(sp.smallest()))}-{human(net.num_params(sp.largest()))}",
             ]
         )
-    print(table(rows, ["space", "family", "dataset", "input", "subnets", "params"]))
+    print(table(rows, ["space", "model", "dataset", "input", "subnets", "params"]))
     return 0
 
 
@@ -46,12 +46,12 @@ def _show(args) -> int:
     sp = load_space(args.name)
     net = create_supernet(sp)
     print(f"{sp.name}: {sp.description}")
-    print(f"family {sp.family}, dataset {sp.dataset}, input {tuple(sp.input_shape)}, {sp.num_classes} classes")
+    print(f"model {sp.model}, dataset {sp.dataset}, input {tuple(sp.input_shape)}, {sp.num_classes} classes")
     print(f"subnets: {sp.size:,}")
     print()
-    print(table([[s, ", ".join(map(str, c))] for s, c in sp.depth_choices().items()], ["stage", "depths"]))
+    print(table([[s, ", ".join(map(str, c))] for s, c in sp.depth_choices().items()], ["depth sequence", "depths"]))
     print()
-    print(table([[layer, ", ".join(map(str, c))] for layer, c in sp.width_layers().items()], ["layer", "widths"]))
+    print(table([[g, ", ".join(map(str, c))] for g, c in sp.width_layers().items()], ["channel group", "widths"]))
     print()
     rows = []
     for label, cfg in (("smallest", sp.smallest()), ("largest", sp.largest())):

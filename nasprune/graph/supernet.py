@@ -11,6 +11,8 @@ reads the shapes the analysis recorded and only the channel counts follow the co
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +90,19 @@ def derive_space(
     )
 
 
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _select_lock(net: nn.Module) -> threading.RLock:
+    """One re-entrant lock per supernet, kept outside it (a lock attribute would not deep-copy or pickle)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(net)
+        if lock is None:
+            lock = _LOCKS[net] = threading.RLock()
+        return lock
+
+
 @dataclass(frozen=True)
 class GraphLayer:
     """One conv/linear/norm of a subnet as it runs: active channels and the fixed spatial shapes."""
@@ -123,9 +138,8 @@ class GraphSupernet(Supernet):
     skippable blocks are wrapped. Without a config, it computes exactly what ``model`` computed."""
 
     def __init__(self, space: GraphSpace, model: nn.Module, example_input: torch.Tensor | None = None):
-        nn.Module.__init__(self)
+        super().__init__()
         self.space = space
-        self.family = None
         x = example_input if example_input is not None else torch.zeros(1, *space.input_shape)
         analysis = analyze_model(model, x, space.channel_divisor)
         if analysis.digest != space.graph_digest:
@@ -198,7 +212,14 @@ class GraphSupernet(Supernet):
 
     @contextmanager
     def select(self, cfg: SubnetConfig | dict) -> Iterator[Supernet]:
+        """Run the subnet ``cfg`` inside the block. Threads selecting on the same supernet take turns
+        (the elastic state is the supernet's own); the previous state always comes back."""
         cfg = self._checked(cfg)
+        with _select_lock(self), self._selected(cfg):
+            yield self
+
+    @contextmanager
+    def _selected(self, cfg: SubnetConfig) -> Iterator[Supernet]:
         saved = {name: m.elastic_state() for name, m in self._elastic()}
         try:
             widths = self.analysis.widths(cfg.widths)
@@ -263,9 +284,6 @@ class GraphSupernet(Supernet):
     def num_params(self, cfg: SubnetConfig) -> int:
         cfg = self._checked(cfg)
         return sum(layer.params for layer in self.trace(cfg)) + self._fixed_params(self._skipped(cfg))
-
-    def macs(self, cfg: SubnetConfig) -> int:
-        return sum(layer.macs for layer in self.trace(cfg))
 
     # -- importance ----------------------------------------------------------------------------------
     @torch.no_grad()

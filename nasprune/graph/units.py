@@ -383,6 +383,127 @@ def extreme_graph(
     return cfg, best
 
 
+Vec = tuple[float, ...]
+_Front = list[tuple[Vec, tuple]]  # (summed cost vector, ((variable, value), ...) choices made)
+
+
+def _pareto(points: _Front, sign: float) -> _Front:
+    """The points no other point beats in every component (smaller for min, larger for max)."""
+    ordered = sorted(points, key=lambda p: tuple(sign * x for x in p[0]))
+    kept: _Front = []
+    for v, c in ordered:
+        sv = [sign * x for x in v]
+        if not any(all(sign * k <= x for k, x in zip(kv, sv, strict=True)) for kv, _ in kept):
+            kept.append((v, c))
+    return kept
+
+
+def _join(a: _Front, b: _Front, sign: float) -> _Front:
+    return _pareto([(tuple(x + y for x, y in zip(va, vb, strict=True)), ca + cb) for va, ca in a for vb, cb in b], sign)
+
+
+def exact_extreme(
+    space: GraphSpace,
+    plan: UnitPlan,
+    vec: Callable[[OpKey], Vec],
+    pick=min,
+    score: Callable[[Vec], float] = operator.itemgetter(0),
+    max_work: int = 2_000_000,
+) -> tuple[SubnetConfig, float] | None:
+    """The exact extreme of ``score(sum of vec(key))`` over every subnet, without enumerating them.
+
+    A subnet's cost is a sum over units, and a unit's key depends only on the widths of the groups
+    its channels belong to and on whether its block runs (a sequence's depth). That is a factor graph
+    over the space's choices; variables are eliminated one at a time (the one whose neighbourhood has
+    the fewest joint choices first), each message keeping, per assignment of its neighbours, the
+    Pareto front of cost vectors (``score`` must not decrease when a component grows, so the extreme
+    lies on it). Exact for any such costs. Returns None when the elimination would exceed
+    ``max_work`` front combinations (a densely connected graph); callers then fall back to
+    :func:`extreme_graph`.
+    """
+    plan.check()
+    a = plan.analysis
+    sign = 1.0 if pick is min else -1.0
+    choices: dict[tuple, tuple[int, ...]] = {("w", g): tuple(c) for g, c in space.width_layers().items()}
+    choices.update({("d", s): tuple(c) for s, c in space.depth_choices().items()})
+    where = {b: (s, i) for s, seq in space.sequences.items() for i, b in enumerate(seq.blocks)}
+    zero: Vec | None = None
+
+    def groups_in(layout: Layout) -> list[tuple]:
+        return sorted({("w", g) for seg in layout if (g := a.group_of(seg.var)) in space.groups})
+
+    factors: list[tuple[tuple, dict[tuple, _Front]]] = []
+    work = 0
+    for u in plan.units:
+        scope = sorted({*groups_in(u.ins[0]), *groups_in(u.out)})
+        seq = where.get(u.block) if u.block is not None else None
+        if seq is not None:
+            scope.append(("d", seq[0]))
+        scope_t = tuple(scope)
+        table: dict[tuple, _Front] = {}
+        for values in itertools.product(*(choices[v] for v in scope_t)):
+            assign = dict(zip(scope_t, values, strict=True))
+            if seq is not None and assign[("d", seq[0])] <= seq[1]:
+                table[values] = [(None, ())]  # the block is skipped: the unit costs nothing
+                continue
+            widths = {var: assign.get(("w", a.group_of(var))) for var in a.var_root}
+            key = plan.key(u, plan._count(u.ins[0], widths), plan._count(u.out, widths))
+            v = vec(key)
+            zero = zero or tuple(0.0 for _ in v)
+            table[values] = [(v, ())]
+        work += len(table)
+        factors.append((scope_t, table))
+    if zero is None:
+        return None
+    for _, table in factors:  # skipped units: the zero vector, now that its length is known
+        for values, front in table.items():
+            if front[0][0] is None:
+                table[values] = [(zero, ())]
+
+    remaining = {v for scope, _ in factors for v in scope}
+    while remaining:
+
+        def joint(var, factors=factors):
+            scope = {x for sc, _ in factors if var in sc for x in sc}
+            n = 1
+            for x in scope:
+                n *= len(choices[x])
+            return n
+
+        var = min(sorted(remaining), key=joint)
+        touching = [f for f in factors if var in f[0]]
+        factors = [f for f in factors if var not in f[0]]
+        new_scope = tuple(sorted({x for sc, _ in touching for x in sc} - {var}))
+        table = {}
+        for values in itertools.product(*(choices[x] for x in new_scope)):
+            assign = dict(zip(new_scope, values, strict=True))
+            points: _Front = []
+            for val in choices[var]:
+                assign[var] = val
+                front: _Front = [(zero, ((var, val),))]
+                for sc, t in touching:
+                    part = t[tuple(assign[x] for x in sc)]
+                    work += len(front) * len(part)
+                    front = _join(front, part, sign)
+                points += front
+            table[values] = _pareto(points, sign)
+            if work > max_work:
+                return None
+        factors.append((new_scope, table))
+        remaining.discard(var)
+
+    total: _Front = [(zero, ())]
+    for _, t in factors:
+        total = _join(total, t[()], sign)
+    _, chosen = pick(total, key=lambda p: score(p[0]))
+    picked = dict(chosen)
+    depths = {s: picked.get(("d", s), max(c) if pick is max else min(c)) for s, c in space.depth_choices().items()}
+    widths = {g: picked.get(("w", g), pick(c)) for g, c in space.width_layers().items()}
+    cfg = space.config(depths, widths)
+    keys = [k for _, k in plan.ops(space, cfg)]
+    return cfg, score(tuple(sum(c) for c in zip(*(vec(k) for k in keys), strict=True)))
+
+
 def bound_graph(space: GraphSpace, plan: UnitPlan, cost: Callable[[OpKey], float], pick=min) -> float:
     """A bound on the summed unit cost of any subnet: per unit, its cheapest (dearest) key, with units
     in skippable blocks free for the minimum. No subnet is below (above) it."""
@@ -402,4 +523,4 @@ def _describe(node: fx.Node, module) -> str:
     return t if isinstance(t, str) else getattr(t, "__name__", repr(t))
 
 
-__all__ = ["UnitPlan", "UnitSpec", "bound_graph", "extreme_graph"]
+__all__ = ["UnitPlan", "UnitSpec", "bound_graph", "exact_extreme", "extreme_graph"]

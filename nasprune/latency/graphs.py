@@ -124,13 +124,9 @@ class Producer:
 
 def producer_of(key: OpKey) -> Producer | None:
     """The producer a key is timed behind (None: the key reads the graph input, as in a network)."""
-    if key.kind == "residual_block" or key.kind == "pool_linear":
-        return Producer(key.c_in, key.h_in, key.w_in)
     if key.graph_input or key.kind == "linear":
         return None
     if key.kind in ("conv", "pool") and key.op in ("", "max", "avg", "global_avg", "global_max"):
-        if key.kind == "conv" and key.residual != "add" and key.dims == 2 and key.op == "" and key.padding < 0:
-            return None  # a family space's stem conv: it reads the graph input
         more = ((key.c_out, key.h_out, key.w_out),) if key.residual == "add" else ()
         return Producer(key.c_in, key.h_in, key.w_in, key.dims, more)
     if key.kind == "eltwise":
@@ -160,11 +156,8 @@ class Consumer:
 
 
 def consumer_of(key: OpKey) -> Consumer | None:
-    """The consumer a graph-derived unit is timed with (None for family keys and linear units)."""
-    graph_unit = key.kind in ("pool", "eltwise", "concat") or (
-        key.kind == "conv" and (key.op or key.dims == 1 or key.padding >= 0)
-    )
-    if not graph_unit or not key.spatial:
+    """The consumer a unit is timed with (None for linear units and units without spatial output)."""
+    if key.kind == "linear" or not key.spatial:
         return None
     return Consumer(key.c_out, key.h_out, key.w_out, key.dims)
 
@@ -213,43 +206,20 @@ def producer_model(p: Producer, seed: int = 1) -> bytes:
 
 
 def op_model(key: OpKey, seed: int = 0) -> bytes:
-    """The serialised ONNX model running ``key`` (behind its producer, if it has one).
+    """The serialised ONNX model running ``key`` (behind its producer, before its consumer, if any).
 
-    Input ``x``, output ``y``, symbolic batch axis ``batch``.
+    Input ``x`` (and ``x1``... for a producer with several outputs), output ``y``, symbolic batch
+    axis ``batch``.
     """
-    if key.kind in ("pool", "eltwise", "concat") or (key.kind == "conv" and (key.op or key.dims == 1
-                                                                              or key.padding >= 0)):
+    if key.kind != "linear":
         return _unit_model(key, seed)
     g = _Builder(seed)
-    p = producer_of(key)
-    x = _produce(g, "x", p) if p is not None else "x"
-    if key.kind == "conv":
-        y = g.conv(x, key.c_in, key.c_out, key.kernel, key.stride, key.groups)
-        if key.activation == "relu":
-            y = g.node("Relu", [y])
-    elif key.kind == "residual_block":
-        h = g.node("Relu", [g.conv(x, key.c_in, key.mid, key.kernel, key.stride)])
-        h = g.conv(h, key.mid, key.c_out, key.kernel, 1)
-        short = g.conv(x, key.c_in, key.c_out, 1, key.stride) if key.residual == "projection" else x
-        y = g.node("Relu", [g.node("Add", [h, short])])
-    elif key.kind == "linear":
-        y = g.act(g.gemm(x, key.c_in, key.c_out), key.activation)
-    elif key.kind == "pool_linear":
-        pooled = g.node("ReduceMean", [x, g.const("axes", np.array([-1, -2], np.int64))], keepdims=1)
-        flat = g.node("Reshape", [pooled, g.const("shape", np.array([-1, key.c_in], np.int64))], allowzero=1)
-        y = g.gemm(flat, key.c_in, key.c_out)
-    else:  # pragma: no cover - OpKind is a closed Literal
-        raise ValueError(f"unknown op kind {key.kind!r}")
-    if key.kind in ("conv", "residual_block", "pool_linear"):
-        x_shape = ["batch", key.c_in, key.h_in, key.w_in]
-    else:
-        x_shape = ["batch", key.c_in]
-    y_shape = ["batch", key.c_out, key.h_out, key.w_out] if key.spatial else ["batch", key.c_out]
-    return g.model("x", x_shape, y, y_shape)
+    y = g.act(g.gemm("x", key.c_in, key.c_out), key.activation)
+    return g.model("x", ["batch", key.c_in], y, ["batch", key.c_out])
 
 
 def _unit_model(key: OpKey, seed: int = 0) -> bytes:
-    """The minimal graph of a unit of a graph-derived space (see ``nasprune.graph.units``)."""
+    """The minimal graph of a conv, pooling, elementwise or concat unit (see ``nasprune.graph.units``)."""
     g = _Builder(seed)
     p = producer_of(key)
     if p is None:

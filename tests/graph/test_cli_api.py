@@ -84,3 +84,15 @@ def test_public_api_derive_convert_extract_export(tmp_path):
     assert res.max_abs_diff <= 1e-4
     with pytest.raises(AttributeError):
         nasprune.no_such_thing  # noqa: B018
+
+
+def test_the_python_example_of_the_docs_runs_as_written(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "graph.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/graph.md", "exec"), {})
+    assert (tmp_path / "small.onnx").is_file()
+    space = load_space(tmp_path / "cnn1d.yaml")
+    assert space.dataset == "mnist1d" and space.model == "nasprune.models.cnn1d:cnn1d"

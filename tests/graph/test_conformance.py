@@ -17,13 +17,15 @@ from nasprune.space import parse_space
 from tests.conftest import randomize
 
 # (reference, kwargs, input shape): torchvision's plain, depthwise + squeeze-excite + hardswish,
-# concatenation models, and a 1-D CNN
+# concatenation models, a 1-D CNN, and the built-in models
 MODELS = {
     "resnet18": ("torchvision:resnet18", {"num_classes": 10}, (3, 32, 32)),
     "mobilenet_v2": ("torchvision:mobilenet_v2", {"num_classes": 10}, (3, 32, 32)),
     "mobilenet_v3_small": ("torchvision:mobilenet_v3_small", {"num_classes": 10}, (3, 32, 32)),
     "squeezenet1_1": ("torchvision:squeezenet1_1", {"num_classes": 10}, (3, 48, 48)),
     "cnn1d": ("nasprune.models.cnn1d:cnn1d", {"num_classes": 10}, (1, 40)),
+    "resnet_mnist": ("nasprune.models.resnet_mnist:resnet_mnist", {"num_classes": 10}, (1, 28, 28)),
+    "mlp_digits": ("nasprune.models.mlp_digits:mlp_digits", {"num_classes": 10}, (64,)),
 }
 
 

@@ -43,7 +43,7 @@ def _compute_kernels(model) -> Counter:
     return Counter(k for k in _kernels(model) if k not in _LAYOUT_ONLY)
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_small", "squeezenet1_1", "resnet18"])
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "squeezenet1_1", "resnet18", "resnet_mnist", "mlp_digits"])
 def test_keys_describe_the_kernels_onnxruntime_runs(name, tmp_path):
     """The compute kernels of a whole exported subnet (after onnxruntime's fusions: Conv+HardSwish,
     Conv+Add+ReLU, ...) are those of its keys' minimal graphs, less their producers and consumers."""

@@ -1,9 +1,8 @@
-"""Op keys: read from the one shape trace, matching what onnxruntime runs, exact extremes."""
+"""Op keys: derived from the graph, matching what onnxruntime runs; extremes over a space."""
 
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
 
 import numpy as np
 import onnx
@@ -11,10 +10,8 @@ import onnxruntime as ort
 import pytest
 from pydantic import TypeAdapter
 
-from nasprune.export import export_subnet
-from nasprune.latency.graphs import op_model, producer_model, producer_of
+from nasprune.graph.units import bound_graph, extreme_graph, plan_for
 from nasprune.latency.ops import OpKey, all_ops, block_ops, extreme_config, ops_for
-from nasprune.latency.profile import deployable_supernet
 from nasprune.registry import create_supernet, list_spaces, load_space
 from tests.latency.conftest import every_config
 
@@ -39,17 +36,21 @@ def test_keys_count_macs_like_the_trace_and_are_all_enumerated(name):
 
 
 @pytest.mark.parametrize("name", SPACES)
-def test_one_unit_per_block_of_the_trace(name):
+def test_units_follow_the_layers_that_run(name):
+    """Conv/linear units are named after their layer, in the trace's order; skipped blocks have none."""
     space = load_space(name)
+    net = create_supernet(space)
     for cfg in _random(space, n=5):
-        blocks = [b for b, _ in block_ops(space, cfg)]
-        trace_blocks = list(dict.fromkeys(layer.block for layer in create_supernet(space).trace(cfg)))
-        assert blocks == trace_blocks
+        units = [b for b, k in block_ops(space, cfg) if k.kind in ("conv", "linear")]
+        paths = [layer.path for layer in net.trace(cfg) if layer.kind in ("conv1d", "conv2d", "linear")]
+        assert units == paths
+        for block in space.skipped_blocks(cfg.depths):
+            assert not any(b.startswith(block + ".") for b, _ in block_ops(space, cfg))
 
 
 def test_keys_are_typed_hashable_and_serialisable():
-    key = OpKey("residual_block", 16, 32, mid=24, kernel=3, stride=2, h_in=14, w_in=14, activation="relu")
-    assert {key: 1}[OpKey("residual_block", 16, 32, 24, 3, 2, 1, 14, 14, "relu")] == 1
+    key = OpKey("conv", 16, 32, kernel=3, stride=2, h_in=14, w_in=14, activation="relu", residual="add", post="relu")
+    assert {key: 1}[OpKey("conv", 16, 32, 0, 3, 2, 1, 14, 14, "relu", "add", post="relu")] == 1
     adapter = TypeAdapter(OpKey)
     assert adapter.validate_json(adapter.dump_json(key)) == key
     with pytest.raises(ValueError):
@@ -73,22 +74,6 @@ def _kernels(model: bytes | str) -> list[str]:
     return nodes
 
 
-@pytest.mark.parametrize("name", SPACES)
-def test_keys_describe_the_graph_onnxruntime_runs(name, tmp_path):
-    """The fused kernels of a whole exported subnet are exactly those of its keys' minimal graphs."""
-    space = load_space(name)
-    net = deployable_supernet(space)
-    for i, cfg in enumerate([space.smallest(), space.sample(np.random.default_rng(3))]):
-        path = tmp_path / f"{i}.onnx"
-        export_subnet(net, cfg, path)
-        parts = Counter()
-        for key in ops_for(space, cfg):
-            parts.update(_kernels(op_model(key)))
-            if (p := producer_of(key)) is not None:
-                parts.subtract(_kernels(producer_model(p)))
-        assert Counter(_kernels(str(path))) == +parts, cfg
-
-
 def _brute(space, cost, score):
     vals = []
     for cfg in every_config(space):
@@ -99,7 +84,11 @@ def _brute(space, cost, score):
 
 @pytest.mark.parametrize("which", ["tiny_resnet", "tiny_mlp"])
 def test_extremes_are_exact(which, request):
+    """For arbitrary per-key costs and a non-linear score (a weight spill penalty), the extremes found
+    without enumeration are those of the brute force over every subnet; the fallback search and the
+    bound bracket them."""
     space = request.getfixturevalue(which)
+    plan = plan_for(space)
     keys = all_ops(space)
     rng = np.random.default_rng(7)
     t = {k: float(rng.random()) for k in keys}
@@ -114,6 +103,9 @@ def test_extremes_are_exact(which, request):
         cfg_hi, got_hi = extreme_config(space, cost, max, score)
         assert got_lo == pytest.approx(lo) and got_hi == pytest.approx(hi)
         assert cfg_lo.space == space.name and cfg_hi.space == space.name
+        total = lambda cfg, score=score: score(tuple(map(sum, zip(*map(cost, ops_for(space, cfg)), strict=True))))  # noqa: E731
+        assert lo - 1e-9 <= extreme_graph(space, plan, total, min)[1]
+    assert bound_graph(space, plan, lambda k: t[k], min) <= _brute(space, lambda k: (t[k],), lambda v: v[0])[0] + 1e-9
 
 
 def test_extremes_of_macs_are_the_smallest_and_largest_subnets():

@@ -73,7 +73,7 @@ def _wider_and_deeper(space, cfg, min_width: int):
 def test_wider_or_deeper_is_never_predicted_faster_beyond_noise(table):
     """In the obvious cases. Not obvious: CNN widths below the NCHWc block (16 floats with AVX-512)
     run in plain NCHW and really are slower than the next width up; the table must say so."""
-    min_width = 16 if table.space.family == "resnet" else 0
+    min_width = 16 if len(table.space.input_shape) == 3 else 0
     rng = np.random.default_rng(1)
     for _ in range(40):
         cfg = table.space.sample(rng)
@@ -93,7 +93,7 @@ def test_min_and_max_latency_bound_every_prediction(table):
 
 
 def test_min_and_max_on_real_spaces_without_enumeration():
-    space = load_space("resnet_mnist")  # 75M subnets: the extremes come from a dynamic programme
+    space = load_space("resnet_mnist")  # 75M subnets: the extremes come from variable elimination
     table = build_table(space, n_fit=0, n_validate=0, settings=ProfileSettings(op_rounds=1, op_burst=1, warmup=1))
     rng = np.random.default_rng(2)
     lo, hi = table.min_latency(), table.max_latency()
@@ -170,7 +170,7 @@ def test_device_fingerprint_mismatch_is_a_clear_error(resnet_table, tmp_path):
         (lambda raw: raw.pop("correction"), r"corrupt: correction: Field required"),
         (lambda raw: raw["entries"].append(raw["entries"][0]), "listed twice"),
         (lambda raw: raw["entries"][0]["op"].update(kind="attention"), r"corrupt: entries\.0\.op\.kind"),
-        (lambda raw: raw["space"]["stem_widths"].append(64), "space definition does not match its digest"),
+        (lambda raw: raw["space"]["groups"]["stem_conv"]["widths"].append(24), "does not match its digest"),
         (lambda raw: raw["correction"].update(scale=-1), r"corrupt: correction\.scale"),
     ],
 )
@@ -196,7 +196,7 @@ def test_truncated_and_foreign_files_are_clear_errors(resnet_table, tmp_path):
 
 def _grown():
     spec = json.loads(json.dumps(TINY_RESNET))
-    spec["stages"][1]["mid_widths"].append(32)
+    spec["groups"]["stages.1.1.conv1"]["widths"].append(16)
     return parse_space(spec)
 
 
@@ -205,8 +205,9 @@ def test_missing_entry_names_the_op_and_how_to_extend(resnet_table, tmp_path):
     with pytest.raises(LatencyTableError, match="another version of space 'tiny_resnet'.*--extend"):
         LatencyTable.load(resnet_table.save(tmp_path / "t.json"), space=grown)
     stale = resnet_table.model_copy(update={"space": grown})  # bypasses validation on purpose
-    wide = grown.largest()
-    with pytest.raises(LatencyTableError, match=r"no entry for residual_block\(c_in=.*mid=32.*--extend"):
+    big = grown.largest()
+    wide = grown.config(big.depths, {**big.widths, "stages.1.1.conv1": 16})  # the new width
+    with pytest.raises(LatencyTableError, match=r"no entry for conv\(c_in=.*c_out=16.*--extend"):
         stale.predict(wide)
     extended = extend_table(resnet_table, grown, settings=FAST)
     assert not extended.missing() and extended.space_digest == grown.digest() and extended.error is None

@@ -61,7 +61,7 @@ def test_job_and_trials_land_in_mlflow(prepared, budget, tmp_path):
             metrics = {m["key"] for m in run["data"]["metrics"]}
             params = {p["key"] for p in run["data"]["params"]}
             assert {"accuracy", "latency_ms", "params", "macs"} <= metrics
-            assert "depth.stage0" in params and "width.stage0.layer0" in params
+            assert "depth.blocks.0-2" in params and "width.stem.0" in params
             assert t["pareto"] == str(int(t["nasprune.trial"]) in pareto_ids).lower()
             assert t["feasible"] in ("true", "false")
         verified = [t for _, t in children if t["verified"] == "true"]

@@ -87,7 +87,7 @@ def bad_submissions():
         ("infinite budget", ok.replace("2.0", "Infinity"), 422, "finite"),
         ("overflowing budget", ok.replace("2.0", "1e999"), 422, "finite"),
         ("huge budget", json.dumps({**GOOD, "latency_budget_ms": 1e12}), 422, "less than or equal to 60000"),
-        ("unknown space", json.dumps({**GOOD, "space": "imagenet"}), 422, "available: mlp_digits, resnet_mnist"),
+        ("unknown space", json.dumps({**GOOD, "space": "imagenet"}), 422, "mlp_digits, resnet_mnist"),
         ("path-like space", json.dumps({**GOOD, "space": "../../etc/passwd"}), 422, "unknown search space"),
         ("unknown device", json.dumps({**GOOD, "device": "tpu"}), 422, "available: local-cpu"),
         ("n_trials over limit", json.dumps({**GOOD, "n_trials": 51}), 422, "allows per job (50)"),

@@ -1,0 +1,242 @@
+"""nasprune against Torch-Pruning on a model trained here, at the same *measured* latency.
+
+1. Train the plain ``resnet_mnist`` model (``nasprune/models/resnet_mnist.py``) on mnist5k: the
+   "user's trained model". Its weights go to a safetensors file.
+2. nasprune: convert it (the built-in space with these weights), train the supernet from them
+   (original model as the distillation teacher), search each budget, deliver the recommended model
+   (exported and verified by the job). Its cost is the supernet training plus that budget's search.
+3. Torch-Pruning 1.6 (``pip install torch-pruning==1.6.1 --no-deps``; a benchmark extra, never a
+   runtime dependency): global pruning, ``round_to=8``, LAMP and group-magnitude importance (L2),
+   the pruning ratio bisected until the pruned model's *measured* latency meets the budget, then
+   fine-tuned on the same train split for the same wall-clock time nasprune spent.
+4. Every delivered model is exported to ONNX and timed interleaved (onnxruntime, 1 thread, batch 1)
+   in one session set; test accuracy on the held-out test split with the binomial standard error.
+
+Budgets are fractions of the original's measured latency (25% and 50% by default). Also reported:
+the uniform-width subnet of the same supernet under each budget (no search), inherited weights.
+
+    .venv/bin/python benchmarks/vs_torch_pruning.py [--budgets 0.25 0.5] [--epochs 8] [--supernet-epochs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from _util import write as save_results
+
+from nasprune.data import load_dataset, random_shift
+from nasprune.elastic.supernet import extract
+from nasprune.evaluate import Evaluator, accuracy_of, recalibrate_bn
+from nasprune.export import export_model
+from nasprune.graph import build_model
+from nasprune.graph.models import file_sha256
+from nasprune.latency.table import get_table
+from nasprune.latency.timing import feed_for, make_session, measure_model, time_interleaved
+from nasprune.registry import load_space
+from nasprune.search.job import JobContext, SearchJob
+from nasprune.search.runner import run_job
+from nasprune.search.study import journal_url
+from nasprune.train import TrainConfig, _batches, _sgd, save_checkpoint, supernet_path, train_supernet
+
+REF = "nasprune.models.resnet_mnist:resnet_mnist"
+SHAPE = (1, 28, 28)
+
+
+def train_plain(model, ds, epochs: int, seed: int = 0, seconds: float | None = None, lr: float = 0.05):
+    """SGD (nesterov, cosine) with the supernet recipe's augmentation; for ``seconds`` if given
+    (the number of steps is set from the first steps' speed so that the schedule completes)."""
+    cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    per_epoch = len(_batches(ds, cfg, 0))
+    steps = epochs * per_epoch
+    t0 = time.perf_counter()
+    if seconds is not None:  # measure the step rate on a few steps, then fix the schedule's length
+        probe = copy.deepcopy(model)
+        opt, _ = _sgd(probe.parameters(), cfg, 10)
+        for i, (x, y) in enumerate(_batches(ds, cfg, 0)):
+            if i == 5:
+                break
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(probe(x), y).backward()
+            opt.step()
+        rate = 5 / (time.perf_counter() - t0)
+        steps = max(1, int(rate * (seconds - (time.perf_counter() - t0))))
+    opt, sched = _sgd(model.parameters(), cfg, steps)
+    done, epoch = 0, 0
+    while done < steps:
+        for x, y in _batches(ds, cfg, epoch):
+            if done >= steps:
+                break
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(random_shift(x, cfg.max_shift, gen)), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            done += 1
+        epoch += 1
+    return model.eval(), time.perf_counter() - t0, done
+
+
+def onnx_ms(model, folder: Path, name: str, runs: int = 300) -> tuple[Path, float]:
+    path = folder / f"{name}.onnx"
+    export_model(copy.deepcopy(model).eval(), SHAPE, path)
+    return path, measure_model(path, runs=runs, warmup=30).median_ms
+
+
+def tp_prune(original, importance: str, target_ms: float, folder: Path):
+    """Bisect Torch-Pruning's global pruning ratio to the least pruning whose measured latency meets the target."""
+    import torch_pruning as tp
+
+    def pruned(ratio: float):
+        model = copy.deepcopy(original).eval()
+        imp = tp.importance.LAMPImportance(p=2) if importance == "lamp" else tp.importance.GroupMagnitudeImportance(p=2)
+        pruner = tp.pruner.MetaPruner(
+            model, torch.zeros(1, *SHAPE), importance=imp, global_pruning=True, pruning_ratio=ratio,
+            round_to=8, ignored_layers=[model.fc],
+        )  # fmt: skip
+        pruner.step()
+        return model
+
+    lo, hi, best, tries = 0.0, 0.95, None, []
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        model = pruned(mid)
+        _, ms = onnx_ms(model, folder, f"tp_{importance}_probe")
+        tries.append({"ratio": round(mid, 4), "ms": ms})
+        if ms <= target_ms:
+            best, hi = (mid, model, ms), mid
+        else:
+            lo = mid
+    if best is None:  # even 95% pruning is too slow: say so, keep the fastest
+        model = pruned(0.95)
+        best = (0.95, model, onnx_ms(model, folder, f"tp_{importance}_probe")[1])
+    return best, tries
+
+
+def binomial_se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 1e-12) / n)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5], help="fractions of the original's latency")
+    ap.add_argument("--epochs", type=int, default=8, help="training epochs of the original model")
+    ap.add_argument("--supernet-epochs", type=int, default=10, help="supernet epochs from the trained weights")
+    ap.add_argument("--trials", type=int, default=60)
+    ap.add_argument("--rounds", type=int, default=60, help="interleaved timing rounds of the final models")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    tmp = Path(tempfile.mkdtemp(prefix="vs_tp_"))
+    ds = load_dataset("mnist5k")
+    xt, yt = ds.tensors("test")
+    n_test = len(yt)
+    out: dict = {"args": vars(args), "n_test": n_test}
+
+    # 1. the user's trained model
+    torch.manual_seed(args.seed)
+    original, t_orig, _ = train_plain(build_model(REF, {"num_classes": 10}), ds, args.epochs, args.seed)
+    from safetensors.torch import save_file
+
+    weights = tmp / "resnet_mnist.safetensors"
+    save_file({k: v.contiguous() for k, v in original.state_dict().items()}, str(weights))
+    _, orig_ms = onnx_ms(original, tmp, "original")
+    out["original"] = {"test_accuracy": accuracy_of(original, xt, yt), "ms": orig_ms, "train_s": t_orig}
+    print(f"original: {out['original']['test_accuracy']:.2%} test, {orig_ms:.4f} ms, trained in {t_orig:.0f} s")
+
+    # 2. nasprune: supernet from the trained weights, one search per budget
+    base = load_space("resnet_mnist")
+    space = base.model_copy(update={"name": "resnet_mnist_trained", "weights": str(weights),
+                                    "weights_sha256": file_sha256(weights)})  # fmt: skip
+    space_file = tmp / "resnet_mnist_trained.yaml"
+    space.save(space_file)
+    space = load_space(space_file)
+    root = tmp / "data"
+    t0 = time.perf_counter()
+    res = train_supernet(space, TrainConfig(epochs=args.supernet_epochs, seed=args.seed), ds, progress=True)
+    t_supernet = time.perf_counter() - t0
+    save_checkpoint(res.supernet, supernet_path(space, root))
+    t0 = time.perf_counter()
+    table = get_table(space, data_dir=root)
+    t_table = time.perf_counter() - t0
+    out["nasprune_supernet_s"], out["table_s"] = t_supernet, t_table
+    ev = Evaluator(res.supernet.eval(), ds)
+
+    finals: dict[str, Path] = {"original": tmp / "original.onnx"}
+    rows: dict[str, dict] = {}
+    for frac in args.budgets:
+        budget = frac * orig_ms
+        tag = f"{round(frac * 100)}%"
+        t0 = time.perf_counter()
+        job = SearchJob(space=str(space_file), latency_budget_ms=budget, n_trials=args.trials, seed=args.seed)
+        ctx = JobContext(f"vs_tp_{tag.rstrip('%')}", journal_url(tmp / f"trials_{tag.rstrip('%')}.journal"),
+                         tmp / f"out_{tag.rstrip('%')}", data_dir=root)  # fmt: skip
+        result = run_job(job, ctx)
+        t_search = time.perf_counter() - t0
+        spent = t_supernet + t_search
+        rec = result.recommended
+        row = {"budget_ms": budget, "nasprune_s": spent, "search_s": t_search}
+        if rec is not None:
+            model = extract(res.supernet, rec.config)
+            recalibrate_bn(model, [ds.tensors("calib")[0]])
+            acc = accuracy_of(model.eval(), xt, yt)
+            finals[f"nasprune@{tag}"] = ctx.output_dir / "model.onnx"
+            row["nasprune"] = {"test_accuracy": acc, "config": rec.config, "params": rec.params,
+                               "verified": rec.verified}  # fmt: skip
+            print(f"[{tag}] nasprune: {acc:.2%} test, {rec.params:,} params, {spent:.0f} s")
+        else:
+            row["nasprune"] = None
+            print(f"[{tag}] nasprune: no recommended model under {budget:.4f} ms")
+        # uniform width (no search): the widest uniform subnet the table predicts within the budget
+        fracs = sorted({w / max(c) for c in base.width_layers().values() for w in c}, reverse=True)
+        uni = next((space.uniform(f) for f in fracs if table.predict(space.uniform(f)) <= budget), None)
+        if uni is not None:
+            row["uniform"] = {"test_accuracy": ev.accuracy(uni, "test"), "config": uni.model_dump()}
+            path, _ = onnx_ms(extract(res.supernet, uni), tmp, f"uniform_{tag.rstrip('%')}")
+            finals[f"uniform@{tag}"] = path
+        # Torch-Pruning, fine-tuned for the same wall-clock
+        for imp in ("lamp", "group_magnitude"):
+            (ratio, model, ms), tries = tp_prune(original, imp, budget, tmp)
+            model, ft_s, steps = train_plain(model, ds, epochs=1, seed=args.seed, seconds=spent, lr=0.01)
+            acc = accuracy_of(model, xt, yt)
+            path, _ = onnx_ms(model, tmp, f"tp_{imp}_{tag.rstrip('%')}")
+            finals[f"tp-{imp}@{tag}"] = path
+            row[f"tp_{imp}"] = {"test_accuracy": acc, "ratio": ratio, "probe_ms": ms, "fine_tune_s": ft_s,
+                                "steps": steps, "params": sum(p.numel() for p in model.parameters()),
+                                "bisection": tries}  # fmt: skip
+            print(f"[{tag}] torch-pruning {imp}: {acc:.2%} test, ratio {ratio:.3f}, fine-tuned {ft_s:.0f} s")
+        rows[tag] = row
+    out["budgets"] = rows
+
+    # 4. every final model timed against the others, interleaved
+    names = list(finals)
+    sessions = [make_session(finals[n]) for n in names]
+    timings = time_interleaved(sessions, [feed_for(s) for s in sessions], rounds=args.rounds, burst=5, warmup=20)
+    out["measured_ms"] = {n: t.median_ms for n, t in zip(names, timings, strict=True)}
+    print("\nbudget  model                 test acc (+-SE)    measured ms   share of original")
+    orig_t = out["measured_ms"]["original"]
+    for tag, row in rows.items():
+        for key, label in (("nasprune", "nasprune"), ("uniform", "uniform"), ("tp_lamp", "tp-lamp"),
+                           ("tp_group_magnitude", "tp-group_magnitude")):  # fmt: skip
+            r = row.get(key)
+            name = f"{label}@{tag}"
+            if not r or name not in out["measured_ms"]:
+                continue
+            acc, ms = r["test_accuracy"], out["measured_ms"][name]
+            r["measured_ms"], r["se"] = ms, binomial_se(acc, n_test)
+            print(f"{tag:>6}  {label:20}  {acc:6.2%} (+-{r['se']:.2%})  {ms:10.4f}   {ms / orig_t:6.1%}")
+    save_results("vs_torch_pruning", out)
+
+
+if __name__ == "__main__":
+    main()
