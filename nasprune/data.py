@@ -244,3 +244,27 @@ def preprocessing_metadata(ds: Dataset) -> dict[str, object]:
     """What a model trained on ``ds`` expects from its caller, for the ONNX metadata (``nasprune.*`` keys):
     dataset and hash, input layout and shape, normalisation (mean/std on the raw scale), class names."""
     return ds.info.preprocessing() if ds.info is not None else {}
+
+
+def scoring_payload(ds: Dataset) -> dict:
+    """What a trial worker scores subnets with: the calibration split (BatchNorm) and the val split, as
+    arrays, with the record. Ray trials get it through the object store (``ray_backend``), so no node
+    rebuilds a dataset by name or needs the data dir: only these splits, a fraction of the data, travel."""
+    return {
+        "name": ds.name,
+        "input_shape": list(ds.input_shape),
+        "num_classes": ds.num_classes,
+        "info": ds.info.model_dump_json() if ds.info is not None else None,
+        "splits": {s: (ds.tensors(s)[0].numpy(), ds.tensors(s)[1].numpy()) for s in ("calib", "val")},
+    }
+
+
+def dataset_from_payload(payload: dict) -> Dataset:
+    """The scoring splits of :func:`scoring_payload` as a :class:`Dataset` (``calib`` and ``val`` only)."""
+    from nasprune.datasets.record import DatasetInfo
+
+    splits = {
+        s: (torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))) for s, (x, y) in payload["splits"].items()
+    }
+    info = DatasetInfo.model_validate_json(payload["info"]) if payload["info"] else None
+    return Dataset(payload["name"], tuple(payload["input_shape"]), payload["num_classes"], splits, info)

@@ -1,8 +1,9 @@
 """Ray Tune backend: trials run as Ray tasks (locally or across a cluster), suggested by OptunaSearch
 over the same durable study as the Optuna backend.
 
-Workers never read paths from the driver's disk: the supernet weights and the latency table go
-through Ray's object store (``tune.with_parameters``), so trials can land on any node.
+Workers never read paths from the driver's disk: the supernet weights, the latency table and the
+dataset's scoring splits (calibration and val, with its record) go through Ray's object store
+(``tune.with_parameters``), so trials can land on any node and no node rebuilds a dataset by name.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _worker_objective(payload: dict) -> Objective:
 
         import torch
 
-        from nasprune.data import load_dataset
+        from nasprune.data import dataset_from_payload
         from nasprune.evaluate import Evaluator
         from nasprune.latency.table import LatencyTable
         from nasprune.registry import create_supernet
@@ -43,7 +44,7 @@ def _worker_objective(payload: dict) -> Objective:
         net.load_state_dict(torch.load(io.BytesIO(payload["weights"]), weights_only=True))
         table = LatencyTable.model_validate_json(payload["table"])
         job = SearchJob.model_validate(payload["job"])
-        ev = Evaluator(net.eval(), load_dataset(space.dataset), payload["checkpoint_id"])
+        ev = Evaluator(net.eval(), dataset_from_payload(payload["data"]), payload["checkpoint_id"])
         _WORKER_CACHE.clear()
         _WORKER_CACHE[key] = Objective(net, ev, table, job)
     return _WORKER_CACHE[key]
@@ -76,6 +77,8 @@ def _payload(objective: Objective, job: SearchJob, checkpoint_id: str) -> dict:
 
     import torch
 
+    from nasprune.data import scoring_payload
+
     buf = io.BytesIO()
     torch.save(objective.supernet.state_dict(), buf)
     return {
@@ -85,6 +88,7 @@ def _payload(objective: Objective, job: SearchJob, checkpoint_id: str) -> dict:
         "table": objective.table.model_dump_json(),
         "job": job.model_dump(mode="json"),
         "checkpoint_id": checkpoint_id,
+        "data": scoring_payload(objective.evaluator.dataset),  # the splits trials score on, not a name
     }
 
 

@@ -231,3 +231,19 @@ def test_names(store, tmp_path):
     with pytest.raises(DatasetError, match="too few samples .* val 0.4"):
         store.add("other", tmp_path / "d.npz", policy=SplitPolicy(val=0.4, test=0.04))
     assert _leftovers(store) == []
+
+
+def test_scoring_payload_carries_the_scoring_splits_not_a_name(tmp_path):
+    """What Ray trials get through the object store: calib + val arrays and the record, picklable."""
+    import pickle
+
+    from nasprune.data import dataset_from_payload, scoring_payload
+
+    x, y = blobs(shape=(64,), k=10, n_per_class=10)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    DatasetStore.at(tmp_path).add("sent", tmp_path / "d.npz")
+    ds = load_dataset("sent", data_dir=tmp_path)
+    back = dataset_from_payload(pickle.loads(pickle.dumps(scoring_payload(ds))))
+    assert set(back.splits) == {"calib", "val"} and back.info == ds.info
+    for split in ("calib", "val"):
+        assert torch.equal(back.tensors(split)[0], ds.tensors(split)[0])
