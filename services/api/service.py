@@ -151,8 +151,8 @@ class JobService:
         ref = models_dir(self.settings.data_dir) / f"{body.model}.yaml" if body.model is not None else body.space
         space = load_space(ref)
         name = body.dataset or space.dataset
-        if not name:
-            raise InvalidRequest("dataset", f"'{space.name}' names no dataset: name one (GET /v1/datasets)")
+        if not name:  # an uploaded model without a dataset: nothing to check here (the job names none either)
+            return
         try:
             check_dataset_fits(name, space, self.settings.data_dir)
         except DatasetError as e:
