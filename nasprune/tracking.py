@@ -1,8 +1,10 @@
 """MLflow tracking through ``MlflowClient(tracking_uri)``: no process-global mlflow state.
 
-Tracking never breaks the work it records: the first failure (server down, timeout) is kept in
-``tracker.error`` and later calls are skipped, so a training run or a search completes and can
-report that tracking failed.
+Tracking never breaks the work it records. ``MlflowTracker`` (training runs) keeps its first
+failure in ``tracker.error`` and skips later calls. ``JobTracker`` (search jobs) rides out an
+outage: its records wait in order in a queue, are retried with a bounded back-off while the server
+is down and logged late once it is back; ``error`` says what is wrong while it lasts (for the job's
+status) and, at the end, what happened or what was never logged.
 """
 
 from __future__ import annotations
@@ -11,8 +13,14 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +33,52 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 PARENT_TAG = "mlflow.parentRunId"
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` without its user info: a tracking URI may carry the service's own MLflow credentials."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def redact(text: str, uri: str) -> str:
+    """``text`` with ``uri``'s credentials removed wherever they appear."""
+    parts = urlsplit(uri)
+    text = text.replace(uri, public_uri(uri))
+    if "@" in parts.netloc:
+        for secret in (parts.netloc.rsplit("@", 1)[0], parts.password):
+            if secret:
+                text = text.replace(secret, "***")
+    return text
+
+
+def server_problem(uri: str, timeout_s: float = 2.0) -> str | None:
+    """What is wrong with the tracking server at ``uri`` in one clear line; None when it answers (or is no server)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import httpx
+
+    where = f"MLflow server at {public_uri(uri)}"
+    try:
+        r = httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+    except httpx.ConnectError:
+        return f"{where} refuses connections (it is not running?)"
+    except httpx.TimeoutException:
+        return f"{where} does not answer within {timeout_s:g} s"
+    except httpx.HTTPError as e:
+        return redact(f"{where} is unreachable ({type(e).__name__})", uri)
+    return None if r.status_code == 200 else f"{where} answers {r.status_code} to /health"
+
+
+def describe_failure(e: Exception, uri: str) -> str:
+    """A tracking call's failure in one line: the server's state when it is down, else the call's own error."""
+    problem = server_problem(uri)
+    if problem is not None:
+        return problem
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return redact(f"{type(e).__name__}: {first[:200]}", uri)
 
 
 def _flat_params(prefix: str, d: dict) -> dict[str, str]:
@@ -55,7 +109,9 @@ class MlflowTracker:
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # any failure of the tracking server must not stop the work
-            self.error = f"MLflow tracking at {self.tracking_uri} failed: {type(e).__name__}: {str(e)[:300]}"
+            self.error = (
+                f"MLflow tracking at {public_uri(self.tracking_uri)} failed: {describe_failure(e, self.tracking_uri)}"
+            )
             log.warning("%s; continuing without tracking", self.error)
             return None
 
@@ -131,7 +187,7 @@ class MlflowTracker:
         run = self._safe(self.client.get_run, run_id)
         if run is None:
             return None
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+        return f"{public_uri(self.tracking_uri).rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
     # -- training --------------------------------------------------------------------------------
     def start_training_run(self, space, recipe) -> str | None:
@@ -152,104 +208,290 @@ class MlflowTracker:
         self.end_run(run_id)
 
 
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S UTC")
+
+
+@dataclass
+class _Op:
+    label: str
+    fn: Callable[[], None]
+    trial: int | None = None
+    queued_at: float = field(default_factory=time.time)
+
+
 class JobTracker:
     """MLflow records of one search job: a parent run, a child run per trial, artifacts at the end.
 
-    Trials are logged from a background thread so the search never waits on the tracking server;
-    ``close()`` drains the queue. On a resumed job the parent run is reused and any finished trial
-    that has no child run yet (the process died between the two) gets one in ``reconcile``.
+    Every record goes through one queue, in order, on a background thread, so the search never
+    waits on the tracking server. A call that fails while the server is down is retried, from
+    ``min_backoff_s`` doubling up to ``max_backoff_s``, until the server is back: the records behind
+    it are then logged late. A call that fails while the server answers is dropped and reported.
+    ``close()`` waits up to ``drain_timeout_s`` for the queue; what is still queued then is given up
+    and stated in ``error``. On a resumed job the parent run is reused, child runs an interruption
+    left RUNNING are closed as KILLED, and finished trials without a finished child run get one.
     """
 
-    def __init__(self, tracker: MlflowTracker, experiment: str):
-        import queue
-        import threading
-
+    def __init__(
+        self,
+        tracker: MlflowTracker,
+        experiment: str,
+        *,
+        marker: Path | None = None,
+        min_backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        drain_timeout_s: float = 60.0,
+    ):
         self.tracker = tracker
         self.experiment = experiment
+        self.marker = marker
+        self.min_backoff_s = min_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.drain_timeout_s = drain_timeout_s
         self.parent: str | None = None
         self.children: dict[int, str] = {}
-        self._queue: queue.Queue = queue.Queue()
+        self.killed_children: list[str] = []
+        self.down_since: float | None = None
+        self.problem: str | None = None
+        self.outages: list[tuple[float, float]] = []
+        self.late_trials = 0
+        self.dropped: list[str] = []
+        self.unlogged: list[str] = []
+        self._ops: deque[_Op] = deque()
+        self._busy = False
+        self._cv = threading.Condition()
+        self._abandon = threading.Event()
+        self._closed = False
         self._thread = threading.Thread(target=self._drain, name="mlflow-trials", daemon=True)
         self._thread.start()
 
     @property
+    def uri(self) -> str:
+        return public_uri(self.tracker.tracking_uri)
+
+    @property
     def error(self) -> str | None:
-        return self.tracker.error
+        """What is wrong with this job's tracking now, or what went wrong; None when all is logged."""
+        parts = []
+        if self.unlogged:
+            since = f" since {_utc(self.down_since)}" if self.down_since else ""
+            trials = [label for label in self.unlogged if label.startswith("trial ")]
+            parts.append(
+                f"MLflow tracking at {self.uri} was unreachable{since} ({self.problem}) when the job ended; "
+                f"not logged: {len(trials)} trial(s) and {len(self.unlogged) - len(trials)} other record(s) "
+                "(the trials are in the job's trial storage, the results in its output folder)"
+            )
+        elif self.down_since is not None:
+            parts.append(
+                f"MLflow tracking at {self.uri} is unreachable since {_utc(self.down_since)}: {self.problem}; "
+                f"{self.pending()} record(s) wait and are logged when it is back"
+            )
+        for start, end in self.outages:
+            parts.append(
+                f"MLflow tracking at {self.uri} was unreachable for {end - start:.0f} s "
+                f"({_utc(start)} to {_utc(end)}); "
+                f"{self.late_trials} trial(s) were logged late"
+            )
+        if self.dropped:
+            parts.append(f"MLflow refused {len(self.dropped)} record(s): {'; '.join(self.dropped[:3])}")
+        if self.tracker.error:
+            parts.append(self.tracker.error)
+        return "; ".join(parts) or None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._ops) + self._busy
+
+    # -- the queue ------------------------------------------------------------------------------
+    def _submit(self, label: str, fn: Callable[[], None], trial: int | None = None) -> None:
+        with self._cv:
+            self._ops.append(_Op(label, fn, trial))
+            self._cv.notify_all()
 
     def _drain(self) -> None:
         while True:
-            item = self._queue.get()
-            try:
-                if item is None:
+            with self._cv:
+                while not self._ops and not self._closed:
+                    self._cv.wait()
+                if not self._ops:
                     return
-                fn, args = item
-                fn(*args)
+                op = self._ops.popleft()
+                self._busy = True
+            try:
+                self._run(op)
             finally:
-                self._queue.task_done()
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
 
-    def start(self, job_id: str, run_name: str, params: dict, existing_run_id: str | None = None) -> str | None:
+    def _run(self, op: _Op) -> None:
+        backoff = self.min_backoff_s
+        while True:
+            if self._abandon.is_set():
+                self.unlogged.append(op.label)
+                return
+            try:
+                op.fn()
+            except Exception as e:
+                problem = server_problem(self.tracker.tracking_uri)
+                if problem is None:  # the server answers: this record itself was refused
+                    self.dropped.append(f"{op.label}: {describe_failure(e, self.tracker.tracking_uri)}")
+                    log.warning("MLflow refused %s: %s", op.label, e)
+                    return
+                if self.down_since is None:
+                    self.down_since = time.time()
+                    log.warning("%s; %s and later records wait", problem, op.label)
+                self.problem = problem
+                self._abandon.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            if self.down_since is not None:
+                with self._cv:
+                    waiting = [o for o in self._ops if o.trial is not None and o.queued_at >= self.down_since]
+                self.late_trials += len(waiting) + (op.trial is not None)
+                self.outages.append((self.down_since, time.time()))
+                log.warning("MLflow tracking at %s is back; logging what waited", self.uri)
+                self.down_since = None
+                self.problem = None
+            return
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every queued record is logged (or given up); False if ``timeout_s`` passed first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cv:
+            while self._ops or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    # -- records --------------------------------------------------------------------------------
+    def start(
+        self,
+        job_id: str,
+        run_name: str,
+        params: dict,
+        existing_run_id: str | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Queue the parent run: reused when ``existing_run_id`` still exists, else created."""
+        self._submit(
+            "the job's parent run", lambda: self._start_now(job_id, run_name, params, existing_run_id, metrics)
+        )
+
+    def _start_now(self, job_id, run_name, params, existing_run_id, metrics) -> None:
+        from mlflow.entities import Metric, Param
+        from mlflow.exceptions import MlflowException
+
+        client = self.tracker.client
+        exp_id = self._experiment_id()
         if existing_run_id:
-            run = self.tracker._safe(self.tracker.client.get_run, existing_run_id)
-            if run is not None:
+            try:
+                client.get_run(existing_run_id)
                 self.parent = existing_run_id
-                self.tracker._safe(self.tracker.client.update_run, existing_run_id, "RUNNING")
-                self.children = self._existing_children()
-                return self.parent
-        self.parent = self.tracker.start_run(
-            self.experiment, run_name, params=params, tags={"nasprune.kind": "search-job", "nasprune.job_id": job_id}
-        )
-        return self.parent
+            except MlflowException as e:
+                if server_problem(self.tracker.tracking_uri) is not None:
+                    raise
+                log.warning("the job's MLflow run %s is gone (%s); starting a new one", existing_run_id, e)
+        if self.parent is not None:
+            client.update_run(self.parent, "RUNNING")
+            self._adopt_children(exp_id)
+        else:
+            tags = {"mlflow.runName": run_name, "nasprune.kind": "search-job", "nasprune.job_id": job_id}
+            self.parent = client.create_run(exp_id, tags=tags, run_name=run_name).info.run_id
+            flat = _flat_params("", params)
+            if flat:
+                client.log_batch(self.parent, params=[Param(k, v) for k, v in flat.items()])
+        if self.marker is not None:
+            self.marker.write_text(self.parent)
+        if metrics:
+            now = int(time.time() * 1000)
+            client.log_batch(self.parent, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
-    def _existing_children(self) -> dict[int, str]:
-        runs = self.tracker._safe(
-            self.tracker.client.search_runs,
-            [self.tracker.experiment_id(self.experiment)],
-            f"tags.mlflow.parentRunId = '{self.parent}'",
-            max_results=50000,
+    def _experiment_id(self) -> str:
+        client = self.tracker.client
+        exp = client.get_experiment_by_name(self.experiment)
+        return exp.experiment_id if exp else client.create_experiment(self.experiment)
+
+    def _adopt_children(self, exp_id: str) -> None:
+        """Finished child runs count as logged; runs an interruption left RUNNING are closed as KILLED."""
+        runs = self.tracker.client.search_runs(
+            [exp_id], f"tags.mlflow.parentRunId = '{self.parent}'", max_results=50000
         )
-        return {
-            int(r.data.tags["nasprune.trial"]): r.info.run_id for r in runs or [] if "nasprune.trial" in r.data.tags
-        }
+        for r in runs:
+            if "nasprune.trial" not in r.data.tags:
+                continue
+            if r.info.status == "RUNNING":
+                self.tracker.client.set_terminated(r.info.run_id, "KILLED")
+                self.killed_children.append(r.info.run_id)
+            elif r.info.status == "FINISHED":
+                self.children[int(r.data.tags["nasprune.trial"])] = r.info.run_id
 
     def log_trial(self, rec) -> None:
         """Queue a child run for a finished trial (``TrialRecord``)."""
-        if self.parent is None or rec.number in self.children:
+        if rec.number in self.children:
             return
-        self.children[rec.number] = ""  # reserved; the worker fills in the id
-        self._queue.put((self._log_trial_now, (rec,)))
+        self.children[rec.number] = ""  # reserved; filled in when logged
+        self._submit(f"trial {rec.number}", lambda: self._log_trial_now(rec), trial=rec.number)
 
     def _log_trial_now(self, rec) -> None:
-        params = {f"depth.{k}": v for k, v in rec.config["depths"].items()}
-        params.update({f"width.{k}": v for k, v in rec.config["widths"].items()})
-        run_id = self.tracker.start_run(
-            self.experiment,
-            f"trial-{rec.number}",
-            params=params,
-            parent_run_id=self.parent,
-            tags={
-                "nasprune.trial": rec.number,
+        from mlflow.entities import Metric, Param
+
+        if self.parent is None:
+            return
+        client = self.tracker.client
+        run_id = self.children.get(rec.number)
+        if not run_id:  # on a retry the run may exist already
+            params = {f"depth.{k}": v for k, v in rec.config["depths"].items()}
+            params.update({f"width.{k}": v for k, v in rec.config["widths"].items()})
+            tags = {
+                "mlflow.runName": f"trial-{rec.number}",
+                PARENT_TAG: self.parent,
+                "nasprune.trial": str(rec.number),
                 "nasprune.subnet_key": rec.subnet_key,
                 "feasible": str(rec.feasible).lower(),
                 "pareto": "false",
                 "verified": "false",
-            },
-        )
-        metrics = {"accuracy": rec.accuracy, "latency_ms": rec.latency_ms, "params": rec.params, "macs": rec.macs}
-        self.tracker.log_metrics(run_id, metrics)
-        self.tracker.end_run(run_id)
-        if run_id:
+            }
+            run_id = client.create_run(self._experiment_id(), tags=tags, run_name=f"trial-{rec.number}").info.run_id
             self.children[rec.number] = run_id
-
-    def flush(self) -> None:
-        self._queue.join()
+            client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        now = int(time.time() * 1000)
+        metrics = {"accuracy": rec.accuracy, "latency_ms": rec.latency_ms, "params": rec.params, "macs": rec.macs}
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
+        client.set_terminated(run_id, "FINISHED")
 
     def tag_trial(self, number: int, tags: dict) -> None:
-        run_id = self.children.get(number)
-        if run_id:
-            self.tracker.set_tags(run_id, tags)
+        from mlflow.entities import RunTag
+
+        def tag():
+            run_id = self.children.get(number)
+            if run_id:
+                self.tracker.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+        self._submit(f"tags of trial {number}", tag)
+
+    def on_parent(self, label: str, fn: Callable[[object, str], None]) -> None:
+        """Queue ``fn(client, parent_run_id)`` (skipped when there is no parent run)."""
+
+        def call():
+            if self.parent is not None:
+                fn(self.tracker.client, self.parent)
+
+        self._submit(label, call)
 
     def close(self, status: str = "FINISHED") -> None:
-        self.flush()
-        self._queue.put(None)
+        """End the parent run with ``status`` and wait (up to ``drain_timeout_s``) for the queue."""
+        self.on_parent(f"the parent run's status ({status})", lambda c, p: c.set_terminated(p, status))
+        if not self.flush(self.drain_timeout_s):
+            self._abandon.set()
+            self.flush()
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
         self._thread.join(timeout=30)
-        self.tracker.end_run(self.parent, status)

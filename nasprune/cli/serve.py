@@ -12,8 +12,10 @@ def register(sub) -> None:
         help="run the search service (API, job workers, MLflow server)",
         description=(
             "Serve the nasprune API. Jobs run in this process's worker pool and their trials stream into "
-            "MLflow. Without NASPRUNE_TRACKING_URI (or --tracking-uri), a lean MLflow server is started on "
-            "loopback with its store under the data dir. Every option can also be set as NASPRUNE_<OPTION>."
+            "MLflow. Without NASPRUNE_TRACKING_URI (or --tracking-uri), a lean MLflow server is started on a "
+            "private Unix socket with its store under the data dir, kept up by a supervisor, and served by the "
+            "API under /mlflow (behind the API token when one is set). Every option can also be set as "
+            "NASPRUNE_<OPTION>."
         ),
     )
     p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
@@ -29,7 +31,6 @@ def register(sub) -> None:
 def _run(args) -> int:
     from contextlib import ExitStack
 
-    from nasprune.mlflow_server import mlflow_server
     from nasprune.settings import Settings
     from services.api.app import create_app
     from services.api.server import make_server
@@ -43,16 +44,19 @@ def _run(args) -> int:
         "workers": args.workers,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None}).prepare()
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{shown}:{settings.port}"
     with ExitStack() as stack:
+        proxy = None
+        ui = settings.tracking_uri
         if settings.tracking_uri is None:
             print("starting MLflow server ...", flush=True)
-            srv = stack.enter_context(mlflow_server(settings.data_dir / "mlflow"))
-            settings = settings.model_copy(update={"tracking_uri": srv.url})
-        app = create_app(settings)
-        shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-        base = f"http://{shown}:{settings.port}"
+            proxy, tracking_uri = _start_mlflow(stack, settings, base)
+            settings = settings.model_copy(update={"tracking_uri": tracking_uri})
+            ui = f"{base}/mlflow/"
+        app = create_app(settings, mlflow=proxy)
         print(f"nasprune API:  {base}  (API docs: {base}/docs)", flush=True)
-        print(f"MLflow UI:     {settings.tracking_uri}", flush=True)
+        print(f"MLflow UI:     {ui}", flush=True)
         print(f"data dir:      {settings.data_dir.resolve()}", flush=True)
         server = make_server(app, settings.host, settings.port, access_log=not args.no_access_log)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: turn it into a
@@ -66,6 +70,28 @@ def _run(args) -> int:
             signal.signal(signal.SIGTERM, previous)
         print("nasprune serve stopped", flush=True)
     return 0
+
+
+def _start_mlflow(stack, settings, base: str):
+    """A supervised MLflow server on a Unix socket in a private folder, served by the API under /mlflow.
+
+    Returns the proxy and the tracking URI this process's own client uses: the API's /mlflow over
+    loopback, with a random secret (not the API token) as its basic-auth password when a token is set.
+    """
+    import secrets
+    import shutil
+    import tempfile
+
+    from nasprune.mlflow_server import supervised_mlflow_server
+    from services.api.mlflow_proxy import MlflowProxy
+
+    folder = Path(tempfile.mkdtemp(prefix="nasprune-mlflow-"))  # mode 0700; short enough for a socket path
+    stack.callback(shutil.rmtree, folder, True)
+    stack.enter_context(supervised_mlflow_server(settings.data_dir / "mlflow", socket_path=folder / "sock"))
+    secret = secrets.token_urlsafe(32) if settings.api_token is not None else None
+    userinfo = f"nasprune:{secret}@" if secret else ""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    return MlflowProxy(folder / "sock", secret), f"http://{userinfo}{host}:{port}/mlflow"
 
 
 class _Stop(Exception):

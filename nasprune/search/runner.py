@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,89 +79,94 @@ def run_job(
     objective = Objective(supernet, evaluator, table, job)
 
     tracking = _start_tracking(job, ctx, table)
-    study = open_study(job, ctx.job_id, ctx.storage_url)
-    done = {r.number for r in trial_records(study)}
-    best: dict[str, float | None] = {"acc": None, "lat": None}
-    for r in trial_records(study):
-        _update_best(best, r)
+    try:
+        study = open_study(job, ctx.job_id, ctx.storage_url)
+        done = {r.number for r in trial_records(study)}
+        best: dict[str, float | None] = {"acc": None, "lat": None}
+        for r in trial_records(study):
+            _update_best(best, r)
 
-    def report(stage: str, message: str = "") -> None:
-        ctx.on_progress(
-            Progress(
-                stage=stage,
-                n_done=len(done),
-                n_total=job.n_trials,
-                best_accuracy=best["acc"],
-                best_latency_ms=best["lat"],
-                message=message,
+        def report(stage: str, message: str = "") -> None:
+            ctx.on_progress(
+                Progress(
+                    stage=stage,
+                    n_done=len(done),
+                    n_total=job.n_trials,
+                    best_accuracy=best["acc"],
+                    best_latency_ms=best["lat"],
+                    message=message,
+                )
             )
-        )
 
-    def on_trial(rec: TrialRecord) -> None:
-        done.add(rec.number)
-        _update_best(best, rec)
-        if tracking:
-            tracking.log_trial(rec)
+        def on_trial(rec: TrialRecord) -> None:
+            done.add(rec.number)
+            _update_best(best, rec)
+            if tracking:
+                tracking.log_trial(rec)
+            report("searching")
+
         report("searching")
+        extra: dict = {}
+        if job.backend == "ray":
+            from nasprune.search import ray_backend
 
-    report("searching")
-    extra: dict = {}
-    if job.backend == "ray":
-        from nasprune.search import ray_backend
+            extra = ray_backend.run(objective, job, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
+        else:
+            from nasprune.search import optuna_backend
 
-        extra = ray_backend.run(objective, job, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
-    else:
-        from nasprune.search import optuna_backend
+            optuna_backend.run(objective, job, ctx, on_trial)
 
-        optuna_backend.run(objective, job, ctx, on_trial)
-
-    study = open_study(job, ctx.job_id, ctx.storage_url)
-    trials = trial_records(study)
-    if ctx.should_stop() and len(trials) < job.n_trials:
-        # cancelled or shutting down: the trials are kept in storage; verification is for finished jobs
+        study = open_study(job, ctx.job_id, ctx.storage_url)
+        trials = trial_records(study)
+        if ctx.should_stop() and len(trials) < job.n_trials:
+            # cancelled or shutting down: the trials are kept in storage; verification is for finished jobs
+            if tracking:
+                tracking.close("KILLED")
+            return SearchResult(
+                job=job,
+                n_trials=len(trials),
+                pareto=[],
+                recommended=None,
+                table_error=_table_error(table),
+                tracking_error=tracking.error if tracking else None,
+            )
+        report("verifying", "exporting and measuring the best candidates")
+        unique: dict[str, TrialRecord] = {}
+        for t in pareto_trials(study):  # a seeded config may also be drawn by the sampler: one entry each
+            unique.setdefault(t.user_attrs["subnet_key"], record_of(t))
+        front = list(unique.values())
+        candidates, recommended = _verify(front, job, supernet, evaluator, table, out, verify)
         if tracking:
-            tracking.close("KILLED")
-        return SearchResult(
+            for rec in trials:
+                if rec.number not in tracking.children:
+                    tracking.log_trial(rec)  # a trial finished before a crash but never reached MLflow
+        result = SearchResult(
             job=job,
             n_trials=len(trials),
-            pareto=[],
-            recommended=None,
+            pareto=candidates,
+            recommended=recommended,
             table_error=_table_error(table),
             tracking_error=tracking.error if tracking else None,
         )
-    report("verifying", "exporting and measuring the best candidates")
-    unique: dict[str, TrialRecord] = {}
-    for t in pareto_trials(study):  # a seeded config may also be drawn by the sampler: one entry each
-        unique.setdefault(t.user_attrs["subnet_key"], record_of(t))
-    front = list(unique.values())
-    candidates, recommended = _verify(front, job, supernet, evaluator, table, out, verify)
-    if tracking:
-        for rec in trials:
-            if rec.number not in tracking.children:
-                tracking.log_trial(rec)  # a trial finished before a crash but never reached MLflow
-    result = SearchResult(
-        job=job,
-        n_trials=len(trials),
-        pareto=candidates,
-        recommended=recommended,
-        table_error=_table_error(table),
-        tracking_error=tracking.error if tracking else None,
-    )
-    _write_outputs(result, trials, job, out)
-    if tracking:
-        _finish_tracking(tracking, result, out, extra)
-        result.tracking_error = tracking.error
-    (out / "result.json").write_text(result.model_dump_json(indent=2))
-    ctx.on_progress(
-        Progress(
-            stage="done",
-            n_done=len(trials),
-            n_total=job.n_trials,
-            best_accuracy=best["acc"],
-            best_latency_ms=best["lat"],
+        _write_outputs(result, trials, job, out)
+        if tracking:
+            _finish_tracking(tracking, result, out, extra)
+            result.tracking_error = tracking.error
+        (out / "result.json").write_text(result.model_dump_json(indent=2))
+        ctx.on_progress(
+            Progress(
+                stage="done",
+                n_done=len(trials),
+                n_total=job.n_trials,
+                best_accuracy=best["acc"],
+                best_latency_ms=best["lat"],
+            )
         )
-    )
-    return result
+        return result
+    except BaseException:
+        if tracking and not tracking.closed:
+            tracking.close("FAILED")  # the job's run must not stay RUNNING after the job failed
+        raise
 
 
 def _update_best(best: dict, rec: TrialRecord) -> None:
@@ -230,7 +236,6 @@ def time_rounds(paths: list[Path], device, settings: VerifySettings, seed: int =
     """Per-round medians of exported models, timed interleaved in sessions made as for ``device``."""
     import random
     import statistics
-    import time
 
     from nasprune.latency.timing import feed_for, make_session
 
@@ -479,29 +484,24 @@ def _start_tracking(job: SearchJob, ctx: JobContext, table):
         return None
     from nasprune.tracking import JobTracker, MlflowTracker
 
-    tracking = JobTracker(MlflowTracker(ctx.tracking_uri), f"nasprune/{job.space}")
     marker = Path(ctx.output_dir) / "mlflow_run_id"
+    tracking = JobTracker(MlflowTracker(ctx.tracking_uri), f"nasprune/{job.space}", marker=marker)
     existing = marker.read_text().strip() if marker.is_file() else None
     params = {**job.model_dump(mode="json"), "job_id": ctx.job_id}
-    run_id = tracking.start(ctx.job_id, f"job-{ctx.job_id}", params, existing_run_id=existing)
-    if run_id:
-        marker.write_text(run_id)
-        err = _table_error(table)
-        if err:
-            tracking.tracker.log_metrics(
-                run_id, {f"table_{k}": v for k, v in err.items() if isinstance(v, int | float)}
-            )
+    err = _table_error(table) or {}
+    metrics = {f"table_{k}": v for k, v in err.items() if isinstance(v, int | float)}
+    tracking.start(ctx.job_id, f"job-{ctx.job_id}", params, existing_run_id=existing, metrics=metrics)
     return tracking
 
 
 def _finish_tracking(tracking, result: SearchResult, out: Path, extra: dict) -> None:
-    tracking.flush()
+    from mlflow.entities import Metric, RunTag
+
     front = {c.trial_number: c for c in result.pareto}
     for number, cand in front.items():
         tracking.tag_trial(number, {"pareto": "true", "verified": str(cand.verified).lower()})
-    parent = tracking.parent
-    t = tracking.tracker
     summary = {"n_trials": result.n_trials, "pareto_size": len(result.pareto)}
+    tags = {}
     if result.recommended:
         r = result.recommended
         summary.update(
@@ -511,18 +511,21 @@ def _finish_tracking(tracking, result: SearchResult, out: Path, extra: dict) -> 
                 "best_measured_latency_ms": r.measured_latency_ms or 0.0,
             }
         )
-        t.set_tags(parent, {"nasprune.recommended": r.candidate_id})
-    t.log_metrics(parent, summary)
+        tags["nasprune.recommended"] = r.candidate_id
     if extra.get("nodes"):
-        t.set_tags(
-            parent,
-            {
-                "nasprune.ray_nodes": json.dumps(extra["nodes"]),
-                "nasprune.ray_node_ids": json.dumps(extra.get("node_ids", {})),
-            },
-        )
+        tags["nasprune.ray_nodes"] = json.dumps(extra["nodes"])
+        tags["nasprune.ray_node_ids"] = json.dumps(extra.get("node_ids", {}))
+    now = int(time.time() * 1000)
+    tracking.on_parent(
+        "the job's summary",
+        lambda c, p: c.log_batch(
+            p,
+            metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        ),
+    )
     for name in ("pareto.json", "pareto.png"):
-        t.log_artifact(parent, out / name)
+        tracking.on_parent(name, lambda c, p, name=name: c.log_artifact(p, str(out / name)))
     if (out / "model.onnx").is_file():
-        t.log_artifact(parent, out / "model.onnx", "model")
+        tracking.on_parent("model.onnx", lambda c, p: c.log_artifact(p, str(out / "model.onnx"), "model"))
     tracking.close()

@@ -17,6 +17,7 @@ from services.api.catalog import Catalog, warm_imports
 from services.api.datasets import DatasetUploads
 from services.api.deps import Services, require_token
 from services.api.edge import MAX_BODY_BYTES, BodyLimit, TokenGate
+from services.api.mlflow_proxy import Forwarder, MlflowProxy
 from services.api.models import ModelStore
 from services.api.routes import catalog, datasets, health, jobs, models, results
 from services.api.service import JobService
@@ -48,13 +49,18 @@ def _version() -> str:
 
 
 def create_app(
-    settings: Settings | None = None, runner: Runner | None = None, *, start_workers: bool = True
+    settings: Settings | None = None,
+    runner: Runner | None = None,
+    *,
+    start_workers: bool = True,
+    mlflow: MlflowProxy | None = None,
 ) -> FastAPI:
     """The service for ``settings`` (default: from ``NASPRUNE_*``).
 
     Migrates the job database and creates the trial storage's schema. With ``start_workers`` the
     app runs jobs in its own worker pool (``runner`` replaces the real search, for tests); without,
-    it only queues them for workers elsewhere on the same database.
+    it only queues them for workers elsewhere on the same database. With ``mlflow`` it serves that
+    MLflow server under ``/mlflow``, behind the API token when one is set.
     """
     settings = (settings or Settings()).prepare()
     store = JobStore(settings.db_url)
@@ -63,6 +69,7 @@ def create_app(
     tracking_uri = settings.effective_tracking_uri
     pool = WorkerPool(store, settings, runner, tracking_uri=tracking_uri) if start_workers else None
     cat = Catalog(settings)
+    forwarder = Forwarder(mlflow) if mlflow is not None else None
     services = Services(
         settings=settings,
         store=store,
@@ -89,6 +96,8 @@ def create_app(
                 if pool is not None:
                     await run_in_threadpool(pool.stop)
                 services.jobs.close()
+                if forwarder is not None:
+                    await forwarder.aclose()
             finally:
                 store.close()  # whatever failed before, the job store's connections are released
 
@@ -98,8 +107,12 @@ def create_app(
     openapi.install(app, settings)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     # Outermost: a request without the token is answered before its body is read or parsed.
-    app.add_middleware(TokenGate, token=lambda: _token(services.settings))
+    app.add_middleware(
+        TokenGate, token=lambda: _token(services.settings), internal=mlflow.internal_secret if mlflow else None
+    )
     app.include_router(health.router)
+    if forwarder is not None:
+        app.include_router(forwarder.router())
     # The dependency checks the token again and declares bearer auth in the OpenAPI document: only
     # on a server that has a token.
     auth = [Depends(require_token)] if settings.api_token is not None else []

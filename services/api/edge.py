@@ -1,7 +1,8 @@
 """What every request passes before a route sees it: the token, the body's size, its media type and JSON.
 
-- ``TokenGate`` (pure ASGI): with an API token configured, a request to ``/v1/...`` without it is
-  answered 401 before anything else happens; its body is never read.
+- ``TokenGate`` (pure ASGI): with an API token configured, a request to ``/v1/...`` or to the
+  proxied MLflow server (``/mlflow...``) without it is answered 401 before anything else happens;
+  its body is never read.
 - ``BodyLimit`` (pure ASGI): a body is refused (413) when its ``Content-Length`` says it is too
   large, and, for every body (chunked ones included), as soon as the bytes actually *read* pass the
   limit; the rest is never handed to the application.
@@ -26,24 +27,57 @@ from services.api import errors
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 API_PREFIX = "/v1/"
+MLFLOW_PREFIX = "/mlflow"
 
 
 class TokenGate:
-    """Answer 401 to ``/v1/...`` requests without the app's API token (``settings.api_token``), first."""
+    """Answer 401 to ``/v1/...`` and ``/mlflow...`` requests without the app's API token, first.
 
-    def __init__(self, app: ASGIApp, token: Callable[[], str | None]):
+    ``/mlflow`` (the proxied MLflow server) also takes the token as the password of HTTP basic auth
+    (any user name), which a browser prompts for, and ``internal`` (the service's own tracking
+    client's secret) in the same way.
+    """
+
+    def __init__(self, app: ASGIApp, token: Callable[[], str | None], internal: str | None = None):
         self.app = app
         self.token = token
+        self.internal = internal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = self.token() if scope["type"] == "http" and scope["path"].startswith(API_PREFIX) else None
+        path = scope["path"] if scope["type"] == "http" else ""
+        mlflow = path == MLFLOW_PREFIX or path.startswith(MLFLOW_PREFIX + "/")
+        token = self.token() if path.startswith(API_PREFIX) or mlflow else None
         if token is not None:
-            problem = token_problem(Headers(scope=scope).get("authorization"), token)
+            authorization = Headers(scope=scope).get("authorization")
+            problem = token_problem(authorization, token)
+            if problem is not None and mlflow:
+                problem = basic_problem(authorization, [token, *([self.internal] if self.internal else [])])
             if problem is not None:
-                response = errors._error(401, "unauthorized", problem, {"WWW-Authenticate": "Bearer"})
+                challenge = 'Basic realm="nasprune MLflow"' if mlflow else "Bearer"
+                response = errors._error(401, "unauthorized", problem, {"WWW-Authenticate": challenge})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def basic_problem(authorization: str | None, secrets_: list[str]) -> str | None:
+    """Why ``authorization`` is neither the bearer token nor basic auth with one of ``secrets_`` as password."""
+    import base64
+    import binascii
+
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() == "basic" and credentials:
+        try:
+            _, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return "malformed basic credentials"
+        if any(secrets.compare_digest(password.encode(), s.encode()) for s in secrets_):
+            return None
+        return "the API token is not valid"
+    return (
+        "this server needs an API token: send 'Authorization: Bearer <token>', or the token as the password of "
+        "HTTP basic auth"
+    )
 
 
 def token_problem(authorization: str | None, token: str) -> str | None:
@@ -104,9 +138,7 @@ class BodyLimit:
             await errors._error(413, "payload_too_large", e.detail)(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
-        await errors._error(413, "payload_too_large", errors.BodyTooLarge(self.limit, why).detail)(
-            scope, receive, send
-        )
+        await errors._error(413, "payload_too_large", errors.BodyTooLarge(self.limit, why).detail)(scope, receive, send)
 
 
 # JSON bodies --------------------------------------------------------------------------------------

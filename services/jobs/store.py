@@ -339,6 +339,15 @@ class JobStore:
         with self.engine.begin() as conn:
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(mlflow_run_id=run_id, mlflow_run_url=url))
 
+    def set_tracking_error(self, job_id: str, message: str | None) -> None:
+        """What is wrong with a running job's tracking now (shown while it lasts; the result's replaces it)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
+                .values(tracking_error=message)
+            )
+
     def heartbeat(self, owner: str, job_ids: Iterable[str]) -> None:
         ids = list(job_ids)
         if not ids:

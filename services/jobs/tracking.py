@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nasprune.tracking import public_uri, server_problem
+
 JOB_ID_TAG = "nasprune.job_id"
 
 log = logging.getLogger(__name__)
@@ -20,7 +22,7 @@ def is_server(tracking_uri: str | None) -> bool:
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{public_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -57,16 +59,23 @@ def find_job_run(tracking_uri: str, job_id: str, output_dir: Path | None = None)
 
 
 def check_tracking(tracking_uri: str, timeout_s: float = 2.0) -> str | None:
-    """None when the tracking store answers, else what is wrong (for ``/readyz``)."""
+    """None when the tracking store answers, else what is wrong in one line (for ``/readyz`` and job status)."""
     if is_server(tracking_uri):
-        import httpx
-
-        try:
-            r = httpx.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s)
-        except httpx.HTTPError as e:
-            return f"MLflow server at {tracking_uri} is unreachable: {e}"
-        return None if r.status_code == 200 else f"MLflow server at {tracking_uri} answered {r.status_code}"
+        return server_problem(tracking_uri, timeout_s)
     if tracking_uri.startswith("sqlite:///"):
         parent = Path(tracking_uri.removeprefix("sqlite:///")).parent
         return None if parent.is_dir() else f"MLflow store folder {parent} does not exist"
     return None
+
+
+def close_job_run(tracking_uri: str, output_dir: Path, status: str) -> None:
+    """End the job's parent run (found by its marker file) with ``status``, if it is still running."""
+    marker = output_dir / RUN_ID_FILE
+    if not is_server(tracking_uri) or not marker.is_file():
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run_id = marker.read_text().strip()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status)

@@ -24,7 +24,7 @@ from nasprune.search.job import JobContext, Progress, SearchJob, SearchResult
 from nasprune.settings import Settings, is_sqlite
 from services.jobs.status import JobStatus
 from services.jobs.store import JobRecord, JobStore
-from services.jobs.tracking import find_job_run, is_server
+from services.jobs.tracking import check_tracking, close_job_run, find_job_run, is_server
 
 Runner = Callable[[SearchJob, JobContext], SearchResult]
 
@@ -33,6 +33,12 @@ PROGRESS_MIN_INTERVAL_S = 0.5
 CANCEL_CHECK_INTERVAL_S = 1.0
 
 log = logging.getLogger(__name__)
+
+
+def _utc(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S UTC")
 
 
 def default_runner(job: SearchJob, ctx: JobContext) -> SearchResult:
@@ -53,6 +59,7 @@ class _Active:
     last_write: float = 0.0
     last_cancel_check: float = 0.0
     has_run_link: bool = False
+    tracking_down_since: float | None = None
 
 
 class WorkerPool:
@@ -188,6 +195,10 @@ class WorkerPool:
                     owner=self.owner,
                     error=f"gave up after {MAX_ATTEMPTS} attempts: the worker stopped while running this job each time",
                 )
+                try:  # its MLflow run must not stay RUNNING
+                    close_job_run(self.tracking_uri, self.settings.job_dir(job_id), "FAILED")
+                except Exception as e:
+                    log.warning("job %s: could not close its MLflow run: %s", job_id, e)
                 return
             out_dir = self.settings.job_dir(job_id)
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,10 +301,34 @@ class WorkerPool:
                     self.notify()
                 with self._lock:
                     active = list(self._active.values())
+                self._watch_tracking(active)
                 for a in active:
                     self._link_run(a)
             except Exception:
                 log.exception("heartbeat failed; retrying")
+
+    def _watch_tracking(self, active: list[_Active]) -> None:
+        """Show on each running job, within one heartbeat, that its tracking server is down, and when it is back."""
+        if not active or not is_server(self.tracking_uri):
+            return
+        problem = check_tracking(self.tracking_uri)
+        now = time.time()
+        for a in active:
+            if problem is not None:
+                a.tracking_down_since = a.tracking_down_since or now
+                message = (
+                    f"{problem} since {_utc(a.tracking_down_since)}; the search goes on, its trials are kept and "
+                    "logged to MLflow when it is back"
+                )
+            elif a.tracking_down_since is not None:
+                message = (
+                    f"MLflow was unreachable from {_utc(a.tracking_down_since)} to {_utc(now)}; the trials of that "
+                    "time are logged late"
+                )
+                a.tracking_down_since = None
+            else:
+                continue
+            self.store.set_tracking_error(a.record.id, message)
 
     def _link_run(self, active: _Active) -> None:
         if active.has_run_link or not is_server(self.tracking_uri):
