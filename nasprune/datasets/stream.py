@@ -22,8 +22,16 @@ from nasprune.datasets.store import CHUNK_BYTES, npy_data_offset
 from nasprune.errors import DatasetError
 
 
-def _tensors(info: DatasetInfo, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    xn = info.normalization.apply(x, tuple(info.input_shape))
+def _tensors(info: DatasetInfo, x: np.ndarray, y: np.ndarray, own: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised float32 samples and int64 labels; ``own``: ``x`` is a float32 array nobody else holds,
+    normalised in place (no second copy of a large split)."""
+    if own and x.dtype == np.float32 and x.flags.c_contiguous:
+        mean, std = info.normalization.arrays(tuple(info.input_shape))
+        x -= mean
+        x /= std
+        xn = x
+    else:
+        xn = info.normalization.apply(x, tuple(info.input_shape))
     return torch.from_numpy(np.ascontiguousarray(xn)), torch.from_numpy(y.astype(np.int64))
 
 
@@ -100,7 +108,7 @@ class StreamedDataset(Dataset):
         if split not in self.splits:
             rows = self.calib if split == "calib" else np.nonzero(self.split == SPLIT_CODES[split])[0]
             rows = np.sort(rows)
-            self.splits[split] = _tensors(self.info, self._rows(rows), self.y[rows])
+            self.splits[split] = _tensors(self.info, self._rows(rows), self.y[rows], own=True)
         return self.splits[split]
 
     def loader(self, split: str, batch_size: int = 256, shuffle: bool = False, seed: int = 0):
