@@ -290,9 +290,9 @@ def _npy(path: Path, fmt: str, options: ReadOptions, workdir: Path) -> Source:
     return Source(x, y, names, split)
 
 
-def _open_npy(p: Path, mmap: bool = False) -> np.ndarray:
+def _open_npy(p: Path) -> np.ndarray:
     try:
-        return np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(p, allow_pickle=False)
     except ValueError as e:
         raise DatasetError(f"{p.name} holds pickled objects, which are never read ({e})") from None
     except Exception as e:

@@ -247,3 +247,23 @@ def test_scoring_payload_carries_the_scoring_splits_not_a_name(tmp_path):
     assert set(back.splits) == {"calib", "val"} and back.info == ds.info
     for split in ("calib", "val"):
         assert torch.equal(back.tensors(split)[0], ds.tensors(split)[0])
+
+
+def test_npy_with_own_split_and_bad_split_codes(store, tmp_path):
+    x, y = blobs(n_per_class=10)
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    np.save(folder / "split.npy", np.arange(len(y)) % 3)
+    info = store.add("given", folder)
+    assert info.split.kind == "given" and info.sizes["train"] == info.sizes["val"] == info.sizes["test"] == 10
+    np.save(folder / "split.npy", np.full(len(y), 5))
+    with pytest.raises(DatasetError, match=r"split codes must be 0 \(train\), 1 \(val\) or 2 \(test\)"):
+        store.add("bad_split", folder)
+    split = np.where(y == 2, 1, 0)
+    split[::7] = 2
+    np.save(folder / "split.npy", split)
+    with pytest.raises(DatasetError, match="class\\(es\\) '2' have no train samples in your split"):
+        store.add("bad_split", folder)
+    assert _leftovers(store) == [] and store.names() == ["given"]
