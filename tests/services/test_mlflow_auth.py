@@ -67,6 +67,13 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def mlflow_processes(serve_pid: int) -> list[int]:
     return [p for p in descendants(serve_pid) if b"mlflow" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
@@ -136,3 +143,34 @@ def test_mlflow_is_behind_the_api_token_and_holds_no_secret(tmp_path):
         # the API itself is unchanged: the token is needed there too
         assert httpx.get(f"{base}/v1/jobs", timeout=10).status_code == 401
         assert httpx.get(f"{base}/v1/jobs", headers=auth, timeout=10).status_code == 200
+
+
+def test_serve_restarts_a_killed_mlflow_server_and_readyz_recovers(tmp_path):
+    with serve(tmp_path, TOKEN) as (base, proc):
+        (cli,) = [
+            p for p in mlflow_processes(proc.pid) if b"mlflow\x00server" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
+        pgid = os.getpgid(cli)
+        os.kill(cli, signal.SIGKILL)  # the `mlflow server` PID only; its uvicorn process must not keep serving
+        deadline = time.monotonic() + 30
+        down = None
+        while time.monotonic() < deadline:
+            r = httpx.get(f"{base}/readyz", timeout=5)
+            if r.status_code == 503:
+                down = r.json()["checks"]["mlflow"]
+                break
+            time.sleep(0.1)
+        assert down is not None and "MLflow server at" in down and "@" not in down and "nasprune:" not in down
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and httpx.get(f"{base}/readyz", timeout=5).status_code != 200:
+            time.sleep(0.5)
+        assert httpx.get(f"{base}/readyz", timeout=5).json()["checks"]["mlflow"] == "ok"
+        assert not Path(f"/proc/{cli}").exists()  # reaped, not a zombie
+        left = [p for p in descendants(proc.pid) if _pgid(p) == pgid]
+        assert left == [], f"processes of the killed server's group still run: {left}"
+        r = httpx.get(
+            f"{base}/mlflow/ajax-api/2.0/mlflow/experiments/search?max_results=5",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+        assert r.status_code == 200
