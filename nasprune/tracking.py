@@ -72,6 +72,19 @@ def server_problem(uri: str, timeout_s: float = 2.0) -> str | None:
     return None if r.status_code == 200 else f"{where} answers {r.status_code} to /health"
 
 
+def terminate(client, run_id: str, status: str = "FINISHED") -> None:
+    """End a run with ``status``, like ``MlflowClient.set_terminated`` but silent.
+
+    ``set_terminated`` prints "View run ... at: <tracking URI>" to stdout, credentials of the URI
+    included, and reads the run back to do it; only a process-wide variable turns that off.
+    """
+    from mlflow.entities import RunStatus
+
+    client._tracking_client.store.update_run_info(
+        run_id, run_status=RunStatus.from_string(status), end_time=int(time.time() * 1000), run_name=None
+    )
+
+
 def describe_failure(e: Exception, uri: str) -> str:
     """A tracking call's failure in one line: the server's state when it is down, else the call's own error."""
     problem = server_problem(uri)
@@ -178,7 +191,7 @@ class MlflowTracker:
 
     def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
         if run_id is not None:
-            self._safe(self.client.set_terminated, run_id, status)
+            self._safe(terminate, self.client, run_id, status)
 
     def run_url(self, run_id: str | None) -> str | None:
         """The UI link of a run, when tracking goes to an HTTP server."""
@@ -427,7 +440,7 @@ class JobTracker:
             if "nasprune.trial" not in r.data.tags:
                 continue
             if r.info.status == "RUNNING":
-                self.tracker.client.set_terminated(r.info.run_id, "KILLED")
+                terminate(self.tracker.client, r.info.run_id, "KILLED")
                 self.killed_children.append(r.info.run_id)
             elif r.info.status == "FINISHED":
                 self.children[int(r.data.tags["nasprune.trial"])] = r.info.run_id
@@ -464,7 +477,7 @@ class JobTracker:
         now = int(time.time() * 1000)
         metrics = {"accuracy": rec.accuracy, "latency_ms": rec.latency_ms, "params": rec.params, "macs": rec.macs}
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
-        client.set_terminated(run_id, "FINISHED")
+        terminate(client, run_id, "FINISHED")
 
     def tag_trial(self, number: int, tags: dict) -> None:
         from mlflow.entities import RunTag
@@ -487,7 +500,7 @@ class JobTracker:
 
     def close(self, status: str = "FINISHED") -> None:
         """End the parent run with ``status`` and wait (up to ``drain_timeout_s``) for the queue."""
-        self.on_parent(f"the parent run's status ({status})", lambda c, p: c.set_terminated(p, status))
+        self.on_parent(f"the parent run's status ({status})", lambda c, p: terminate(c, p, status))
         if not self.flush(self.drain_timeout_s):
             self._abandon.set()
             self.flush()

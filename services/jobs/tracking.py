@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nasprune.tracking import public_uri, server_problem
+from nasprune.tracking import public_uri, server_problem, terminate
 
 JOB_ID_TAG = "nasprune.job_id"
 
@@ -78,4 +78,4 @@ def close_job_run(tracking_uri: str, output_dir: Path, status: str) -> None:
     client = MlflowClient(tracking_uri)
     run_id = marker.read_text().strip()
     if client.get_run(run_id).info.status == "RUNNING":
-        client.set_terminated(run_id, status)
+        terminate(client, run_id, status)

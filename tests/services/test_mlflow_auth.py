@@ -18,7 +18,8 @@ TOKEN = "s3cret-api-token-for-the-test"
 
 
 @contextmanager
-def serve(tmp_path: Path, token: str | None):
+def serve(tmp_path: Path, token: str | None, output: list[str] | None = None):
+    """``nasprune serve`` in a subprocess; ``output`` gets what it printed once it stopped."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NASPRUNE_")}
     if token:
@@ -48,7 +49,9 @@ def serve(tmp_path: Path, token: str | None):
         yield base, proc
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=60)
+        if output is not None:
+            output.append(out)
 
 
 def descendants(pid: int) -> list[int]:
@@ -103,7 +106,8 @@ def socket_inodes(pid: int) -> set[str]:
 def test_mlflow_is_behind_the_api_token_and_holds_no_secret(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    with serve(tmp_path, TOKEN) as (base, proc):
+    printed: list[str] = []
+    with serve(tmp_path, TOKEN, printed) as (base, proc):
         # the MLflow processes: no API token in their environment, no TCP port to reach them by
         procs = mlflow_processes(proc.pid)
         assert len(procs) >= 2, "mlflow server and its uvicorn process"
@@ -143,6 +147,9 @@ def test_mlflow_is_behind_the_api_token_and_holds_no_secret(tmp_path):
         # the API itself is unchanged: the token is needed there too
         assert httpx.get(f"{base}/v1/jobs", timeout=10).status_code == 401
         assert httpx.get(f"{base}/v1/jobs", headers=auth, timeout=10).status_code == 200
+    # nothing printed a credential (MLflow's client prints run links with its tracking URI's user info)
+    assert TOKEN not in printed[0] and "nasprune:" not in printed[0] and "@127.0.0.1" not in printed[0]
+    assert f"MLflow UI:     {base}/mlflow/" in printed[0]
 
 
 def test_serve_restarts_a_killed_mlflow_server_and_readyz_recovers(tmp_path):
