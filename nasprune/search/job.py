@@ -44,6 +44,14 @@ class SearchJob(BaseModel):
     constraints: Constraints = Field(default_factory=Constraints)
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     verify_top_k: Annotated[int, Field(ge=1, le=20)] = 3
+    finetune_epochs: Annotated[int, Field(ge=0, le=100)] = Field(
+        2,
+        description="fine-tune the recommended subnet alone for this many epochs (distilled from the largest "
+        "subnet or the original model) and deliver it when it scores better; 0 turns fine-tuning off",
+    )
+    finetune_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = Field(
+        None, description="stop fine-tuning after this many seconds, whatever the epochs"
+    )
 
     @field_validator("latency_budget_ms")
     @classmethod
@@ -86,6 +94,17 @@ class Candidate(BaseModel):
     )
     load_avg: list[float] | None = Field(
         None, description="the machine's 1-, 5- and 15-minute load average when the candidate was timed"
+    )
+    inherited_accuracy: float | None = Field(
+        None, description="validation accuracy on the supernet's shared weights (set when the candidate was fine-tuned)"
+    )
+    inherited_test_accuracy: float | None = Field(None, description="test accuracy on the shared weights")
+    finetuned_accuracy: float | None = Field(None, description="validation accuracy after fine-tuning alone")
+    finetuned_test_accuracy: float | None = Field(None, description="test accuracy after fine-tuning alone")
+    delivered: Literal["inherited", "fine-tuned"] | None = Field(
+        None,
+        description="which weights model.onnx holds: the supernet's (inherited) or fine-tuned ones; 'accuracy' and "
+        "'test_accuracy' are those of the delivered weights",
     )
 
 

@@ -69,13 +69,19 @@ def test_backend_conformance(backend, prepared, budget, tmp_path):
     out = tmp_path / f"conf-{backend}"
     model = onnx.load(str(out / "model.onnx"))
     onnx.checker.check_model(model)
-    meta = read_metadata(out / "model.onnx")
+    meta = read_metadata(out / "model.onnx")  # the delivered model: inherited or fine-tuned weights
     assert meta["subnet_key"] == rec.candidate_id and float(meta["measured_latency_ms"]) == rec.measured_latency_ms
     # measured at the table's machine speed: the raw median over the speed of the table's own subnets
     assert rec.machine_speed is not None and 0.2 < rec.machine_speed < 5
     assert float(meta["measured_raw_ms"]) == pytest.approx(rec.measured_latency_ms * rec.machine_speed)
     assert json.loads((out / "pareto.json").read_text())["recommended"]["candidate_id"] == rec.candidate_id
-    # the delivered file is the model that scored the reported accuracy (BN recalibrated)
+    # the delivered file is the model that scored the reported accuracy: inherited (BN recalibrated) or,
+    # when fine-tuning alone scored at least as well on the same split, fine-tuned
+    assert meta["delivered"] == rec.delivered
+    assert rec.finetuned_accuracy is not None and rec.inherited_accuracy is not None
+    assert rec.accuracy == max(rec.inherited_accuracy, rec.finetuned_accuracy)  # the better one is delivered
+    assert rec.test_accuracy == (rec.finetuned_test_accuracy if rec.delivered == "fine-tuned"
+                                 else rec.inherited_test_accuracy)  # fmt: skip
     x, y = load_dataset("digits").tensors("val")
     (logits,) = make_session(out / "model.onnx").run(None, {"input": x.numpy()})
     assert abs((logits.argmax(1) == y.numpy()).mean() - rec.accuracy) <= 0.005
@@ -159,3 +165,31 @@ def test_machine_speed_is_the_median_ratio_of_reference_times():
     assert machine_speed([1.2, 2.4, 3.0], [1.0, 2.0, 2.0]) == pytest.approx(1.2)  # median of 1.2, 1.2, 1.5
     assert machine_speed([], []) == 1.0  # no references (a table without held-out subnets)
     assert machine_speed([0.0, 0.5], [1.0, 0.5]) == pytest.approx(1.0)  # a failed timing is ignored
+
+
+def test_fine_tuning_the_winner_recovers_accuracy_and_can_be_turned_off(prepared, budget, tmp_path):
+    """An under-trained supernet (one epoch): the recommended subnet fine-tuned alone for 3 epochs with
+    distillation scores better than on inherited weights, and is what the job delivers."""
+    from nasprune.finetune import finetune_subnet
+    from nasprune.registry import load_space
+    from nasprune.train import TrainConfig, train_supernet
+
+    ds = load_dataset("digits")
+    weak = train_supernet(load_space(SPACE), TrainConfig(epochs=1, warmup_epochs=0, batch_size=64, max_shift=0),
+                          ds, progress=False).supernet.eval()  # fmt: skip
+    from nasprune.evaluate import Evaluator
+
+    cfg = weak.space.largest()
+    before = Evaluator(weak, ds).accuracy(cfg, "val")
+    res = finetune_subnet(weak, cfg, ds, epochs=3)
+    x, y = ds.tensors("val")
+    after = float((res.model(x).argmax(1) == y).float().mean())
+    assert after > before + 0.02, (before, after)
+    assert res.epochs_done == pytest.approx(3, abs=0.05)
+    # a job may turn it off: then nothing is fine-tuned and the inherited model is delivered
+    root, _ = prepared
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=6, seed=2, finetune_epochs=0)
+    res = run_job(job, _ctx(root, "no-ft", tmp_path))
+    assert res.recommended is not None and res.recommended.delivered is None
+    assert res.recommended.finetuned_accuracy is None
+    assert "delivered" not in read_metadata(tmp_path / "no-ft" / "model.onnx")
