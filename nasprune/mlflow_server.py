@@ -320,7 +320,7 @@ class Supervisor:
             code = server.process.returncode
             server.stop()  # its uvicorn process outlives it: take the whole group down
             while not self._stop.is_set():
-                self.on_event(f"MLflow server exited (status {code}); restarting it in {backoff:.0f} s")
+                self.on_event(f"MLflow server is down (it exited with status {code}); restarting it in {backoff:g} s")
                 if self._stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, self.max_backoff_s)

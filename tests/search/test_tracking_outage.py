@@ -180,3 +180,33 @@ def test_failed_job_closes_its_run_and_a_resumed_job_kills_the_interrupted_trial
         assert finished == list(range(8))
     finally:
         srv.stop()
+
+
+def test_supervisor_backs_off_boundedly_while_the_server_cannot_start(tmp_path):
+    """The port is taken while the server is down: restarts fail, the waits double up to the cap, and the
+    server comes back once the port is free."""
+    import socket
+
+    events: list[str] = []
+    sup = Supervisor(tmp_path / "mlflow", check_s=0.2, min_backoff_s=0.5, max_backoff_s=1.0, on_event=events.append)
+    sup.start()
+    blocker = socket.socket()
+    try:
+        port = int(sup.url.rsplit(":", 1)[1])
+        sup.server.stop()
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sum("did not restart" in e for e in events) < 3:
+            time.sleep(0.2)
+        waits = [float(e.split("restarting it in ")[1].split()[0]) for e in events if "restarting it in" in e]
+        assert sum("did not restart" in e for e in events) >= 3 and sup.restarts == 0
+        assert waits[:3] == [0.5, 1.0, 1.0], events  # doubled, then capped
+        blocker.close()
+        while time.monotonic() < deadline and not (sup.restarts == 1 and sup.server.healthy()):
+            time.sleep(0.2)
+        assert sup.restarts == 1 and httpx.get(f"{sup.url}/health", timeout=5).status_code == 200
+    finally:
+        blocker.close()
+        sup.stop()
