@@ -52,6 +52,10 @@ def test_errors_are_one_line_and_nonzero(tmp_path):
             "does not exist",
         ),
         (("export", "--space", "mlp_digits", "--config", "{not json", "-o", "x.onnx"), "not valid JSON"),
+        (
+            ("search", "--space", "mlp_digits", "--budget-ms", "1", "--trials", "0", "--finetune-epochs", "-3"),
+            "--trials: Input should be greater than or equal to 1; --finetune-epochs: Input should be greater",
+        ),
     ]
     for args, needle in cases:
         r = run(*args)

@@ -39,6 +39,10 @@ def register(sub) -> None:
     p.add_argument("--max-params", type=int, help="extra constraint: at most this many parameters")
     p.add_argument("--max-macs", type=int, help="extra constraint: at most this many MACs")
     p.add_argument("--timeout", type=float, help="stop sampling after this many seconds")
+    p.add_argument("--finetune-epochs", type=int, default=2, metavar="N",
+                   help="fine-tune the recommended subnet alone for N epochs, distilled from the original model "
+                        "or the largest subnet; delivered when it scores better (%(default)s; 0: off)")  # fmt: skip
+    p.add_argument("--finetune-seconds", type=float, metavar="S", help="stop fine-tuning after S seconds")
     p.add_argument("--job-id", help="resume this job (default: a new id)")
     p.add_argument(
         "--storage",
@@ -88,17 +92,29 @@ def _derived_space(args, root: Path) -> str:
 
 
 def _run(args) -> int:
-    from tqdm.auto import tqdm
+    from pydantic import ValidationError
 
-    from nasprune.cli._common import table
+    from nasprune.errors import ConfigError
     from nasprune.paths import data_dir
-    from nasprune.search.job import Constraints, JobContext, SearchJob
-    from nasprune.search.runner import run_job
-    from nasprune.search.study import journal_url
+    from nasprune.search.job import Constraints, SearchJob
 
     root = data_dir(args.data_dir)
     space_ref = args.space or _derived_space(args, root)
-    job = SearchJob(
+    flags = {"latency_budget_ms": "--budget-ms", "n_trials": "--trials", "timeout_s": "--timeout", "seed": "--seed",
+             "finetune_epochs": "--finetune-epochs", "finetune_seconds": "--finetune-seconds",
+             "constraints.max_params": "--max-params", "constraints.max_macs": "--max-macs"}  # fmt: skip
+    try:
+        job = _job(SearchJob, Constraints, space_ref, args)
+    except ValidationError as e:  # name the flag, not the job field
+        raise ConfigError("; ".join(
+            f"{flags.get('.'.join(map(str, err['loc'])), '.'.join(map(str, err['loc'])))}: {err['msg']}"
+            for err in e.errors()
+        )) from None  # fmt: skip
+    return _search(job, args, root)
+
+
+def _job(SearchJob, Constraints, space_ref: str, args):
+    return SearchJob(
         space=space_ref,
         device=args.device,
         latency_budget_ms=args.budget_ms,
@@ -108,7 +124,19 @@ def _run(args) -> int:
         seed=args.seed,
         timeout_s=args.timeout,
         constraints=Constraints(max_params=args.max_params, max_macs=args.max_macs),
+        finetune_epochs=args.finetune_epochs,
+        finetune_seconds=args.finetune_seconds,
     )
+
+
+def _search(job, args, root) -> int:
+    from tqdm.auto import tqdm
+
+    from nasprune.cli._common import table
+    from nasprune.search.job import JobContext
+    from nasprune.search.runner import run_job
+    from nasprune.search.study import journal_url
+
     job_id = args.job_id or uuid.uuid4().hex[:12]
     out = args.output or root / "jobs" / job_id
     storage = args.storage or journal_url(root / "trials.journal")
@@ -154,10 +182,12 @@ def _run(args) -> int:
     print(table(rows, ["candidate", "trial", "val acc", "pred ms", "measured ms", "params", "MACs", "verified"]))
     if res.recommended:
         r = res.recommended
-        print(
-            f"recommended: {r.candidate_id} (trial {r.trial_number}) accuracy {r.accuracy:.2%}, "
-            f"measured {r.measured_latency_ms:.4f} ms <= {job.latency_budget_ms:g} ms"
-        )
+        measured = (f"measured {r.measured_latency_ms:.4f} ms <= {job.latency_budget_ms:g} ms" if r.verified
+                    else f"unverified: {r.unverified_reason}")  # fmt: skip
+        print(f"recommended: {r.candidate_id} (trial {r.trial_number}) accuracy {r.accuracy:.2%}, {measured}")
+        if r.delivered is not None:
+            print(f"  weights: {r.delivered} (validation {r.inherited_accuracy:.2%} inherited, "
+                  f"{r.finetuned_accuracy:.2%} fine-tuned; test {r.test_accuracy:.2%})")  # fmt: skip
     else:
         print("no candidate's measured latency is within the budget; try a larger budget")
     print(f"{res.n_trials} trials in {time.perf_counter() - t0:.0f} s; outputs in {out}")
