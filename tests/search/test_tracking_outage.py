@@ -210,3 +210,32 @@ def test_supervisor_backs_off_boundedly_while_the_server_cannot_start(tmp_path):
     finally:
         blocker.close()
         sup.stop()
+
+
+def test_a_job_given_up_after_crashes_closes_its_run_failed(tmp_path):
+    """A job whose worker died in it three times is failed on the fourth claim, and its MLflow run with it."""
+    from mlflow.tracking import MlflowClient
+
+    from services.jobs.store import JobStore
+    from tests.services.fakes import instant_runner
+
+    srv = start_mlflow_server(tmp_path / "mlflow")
+    try:
+        settings = Settings(data_dir=tmp_path / "data", poll_s=0.05, heartbeat_s=0.5, tracking_uri=srv.url).prepare()
+        store = JobStore(settings.db_url)
+        store.migrate()
+        rec = store.create(SearchJob(space=SPACE, latency_budget_ms=1.0, n_trials=5))
+        client = MlflowClient(srv.url)
+        run_id = client.create_run(client.create_experiment("crashes"), tags={"nasprune.job_id": rec.id}).info.run_id
+        settings.job_dir(rec.id).mkdir(parents=True, exist_ok=True)
+        (settings.job_dir(rec.id) / "mlflow_run_id").write_text(run_id)
+        for i in range(3):  # three workers died inside it
+            assert store.claim_next(f"crashed-{i}").id == rec.id
+            assert store.requeue(rec.id, owner=f"crashed-{i}")
+        store.close()
+        with running(settings, instant_runner) as (api, _):
+            job = wait_for(api, rec.id, ("failed",))
+        assert "gave up after 3 attempts" in job["error"]
+        assert client.get_run(run_id).info.status == "FAILED"
+    finally:
+        srv.stop()
