@@ -64,9 +64,9 @@ def server_problem(uri: str, timeout_s: float = 2.0) -> str | None:
     try:
         r = httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
     except httpx.ConnectError:
-        return f"{where} refuses connections (it is not running?)"
+        return f"{where} is unreachable: it refuses connections (is it running?)"
     except httpx.TimeoutException:
-        return f"{where} does not answer within {timeout_s:g} s"
+        return f"{where} is unreachable: no answer within {timeout_s:g} s"
     except httpx.HTTPError as e:
         return redact(f"{where} is unreachable ({type(e).__name__})", uri)
     return None if r.status_code == 200 else f"{where} answers {r.status_code} to /health"

@@ -116,7 +116,7 @@ def test_outage_is_shown_within_a_heartbeat_and_trials_are_logged_late(data_dir,
             back.set()
             message = job["tracking_error"]
             assert shown_after < 3 * settings.heartbeat_s + 5, shown_after  # a heartbeat, plus the 2 s health check
-            assert f"MLflow server at {url} refuses connections" in message and "since" in message
+            assert f"MLflow server at {url} is unreachable: it refuses connections" in message and "since" in message
             assert "Traceback" not in message and len(message) < 300
             job = wait_for(api, job_id, ("succeeded", "failed"), timeout_s=300)
         assert job["status"] == "succeeded", job
