@@ -217,6 +217,30 @@ class Client:
             )
         return self._json("POST", "/v1/devices", params={"name": name}, json=table)
 
+    def datasets(self) -> list[dict]:
+        return self._json("GET", "/v1/datasets")
+
+    def dataset(self, name: str) -> dict:
+        return self._json("GET", f"/v1/datasets/{name}")
+
+    def upload_dataset(self, name: str, path: str | Path, format: str, **options: Any) -> dict:
+        """Upload a dataset file (streamed from disk) as ``name``; ``options``: ``size="32,32"``, ``mode``,
+        ``label_column``, ``input_shape``, ``val``, ``test``, ``calib``, ``seed``, ``space`` (docs/data.md)."""
+        path = Path(path)
+
+        def chunks():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        return self._json(
+            "POST",
+            "/v1/datasets",
+            params={"name": name, "format": format, **options},
+            content=chunks(),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)},
+        )
+
     def health(self) -> dict:
         return self._json("GET", "/healthz")
 

@@ -144,3 +144,15 @@ def test_jobs_name_a_dataset_checked_at_submit(api):
         r = client.post("/v1/jobs", json={**job, "dataset": dataset})
         assert r.status_code == 422, r.text
         assert r.json()["errors"][0]["field"] == "dataset" and message in r.json()["detail"], r.text
+
+
+def test_python_client_uploads_and_reads_datasets(api, tmp_path):
+    from nasprune.client import Client
+
+    client, _, _ = api
+    zipped = image_zip(tmp_path / "pets.zip")
+    with Client(str(client.base_url)) as c:
+        rec = c.upload_dataset("pets_client", zipped, "images", size="8,8")
+        assert rec["input_shape"] == [1, 8, 8]
+        assert c.dataset("pets_client")["content_hash"] == rec["content_hash"]
+        assert "pets_client" in {d["name"] for d in c.datasets()}
