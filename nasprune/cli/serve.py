@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def _run(args) -> int:
         "workers": args.workers,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None}).prepare()
+    # The token lives in ``settings`` from here on; no process this one starts (MLflow, a local
+    # Ray's workers) needs it, so it leaves the environment they inherit.
+    os.environ.pop("NASPRUNE_API_TOKEN", None)
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{shown}:{settings.port}"
     with ExitStack() as stack:
