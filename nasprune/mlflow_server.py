@@ -326,8 +326,8 @@ class Supervisor:
                 backoff = min(backoff * 2, self.max_backoff_s)
                 try:
                     self.server = start_mlflow_server(self.root, **self._kw)
-                except MlflowServerError as e:
-                    self.on_event(f"MLflow server did not restart: {str(e)[:300]}")
+                except Exception as e:  # keep supervising whatever went wrong with this attempt
+                    self.on_event(f"MLflow server did not restart: {type(e).__name__}: {str(e)[:300]}")
                     continue
                 self.restarts += 1
                 up_since = time.monotonic()
