@@ -67,7 +67,7 @@ def _derived_space(args, root: Path) -> str:
 
     if not args.dataset:
         raise GraphError("--model needs --dataset (the data to train and score the pruned model on)")
-    ds = load_dataset(args.dataset)
+    ds = load_dataset(args.dataset, data_dir=root)  # a user dataset lies in the data dir
     kwargs = {"num_classes": ds.num_classes}
     model = build_model(args.model, kwargs)
     if args.weights:

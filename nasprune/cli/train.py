@@ -50,7 +50,7 @@ def _run(args) -> int:
         tracker = MlflowTracker(args.tracking_uri)
     out = args.output or supernet_path(space, args.data_dir)
     res = train_supernet(space, recipe, tracker=tracker, checkpoint=out)
-    ds = load_dataset(space.dataset)
+    ds = load_dataset(space.dataset, data_dir=args.data_dir)
     ev = Evaluator(res.supernet, ds)
     rows = [
         [label, f"{ev.accuracy(cfg, 'val'):.2%}", f"{ev.accuracy(cfg, 'test'):.2%}"]
