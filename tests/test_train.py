@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from nasprune.data import DATASETS, load_dataset
-from nasprune.graph import GraphSupernet
 from nasprune.errors import CheckpointError
 from nasprune.evaluate import Evaluator, recalibrate_bn
+from nasprune.graph import GraphSupernet
 from nasprune.registry import create_supernet, load_space
 from nasprune.train import TrainConfig, checkpoint_id, load_checkpoint, save_checkpoint, train_supernet
 
