@@ -234,6 +234,11 @@ class JobService:
                 )
             cand = by_id[candidate_id]
         path = model_path(self.settings.job_dir(job_id), cand.candidate_id)
+        delivered = self.settings.job_dir(job_id) / "model.onnx"
+        if result.recommended is not None and cand.candidate_id == result.recommended.candidate_id and (
+            delivered.is_file()
+        ):  # the recommended candidate's file is what the job delivered (its weights may be fine-tuned)
+            path = delivered
         if not path.is_file():
             raise CandidateNotFound(
                 f"candidate '{cand.candidate_id}' of job '{job_id}' has no exported model "
