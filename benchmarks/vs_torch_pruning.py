@@ -78,7 +78,8 @@ def train_plain(model, ds, epochs: int, seed: int = 0, seconds: float | None = N
     done, epoch = 0, 0
     while done < steps:
         for x, y in _batches(ds, cfg, epoch):
-            if done >= steps:
+            if done >= steps or (seconds is not None and time.perf_counter() - t0 >= seconds):
+                steps = done  # the wall clock is the budget: a machine that slows down does not extend it
                 break
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(random_shift(x, cfg.max_shift, gen)), y).backward()
