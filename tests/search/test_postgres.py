@@ -139,7 +139,11 @@ def test_api_and_workers_share_postgresql_and_an_mlflow_server(prepared, budget,
         children = client.search_runs(
             [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
         )
-        assert len(children) == 150 and len({c.data.tags["nasprune.trial"] for c in children}) == 150
+        # one FINISHED child run per trial; a child the SIGKILL cut mid-write stays visible as KILLED
+        # (the resumed job closes it so, then logs that trial again in full)
+        finished = [c for c in children if c.info.status == "FINISHED"]
+        assert len(finished) == 150 and len({c.data.tags["nasprune.trial"] for c in finished}) == 150
+        assert all(c.info.status in ("FINISHED", "KILLED") for c in children) and len(children) <= 152
         keys = s3.keys()
         assert any(k.endswith(f"{parent.info.run_id}/artifacts/model/model.onnx") for k in keys), keys[:20]
         local = client.download_artifacts(parent.info.run_id, "model/model.onnx", str(tmp_path))
