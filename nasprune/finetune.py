@@ -20,7 +20,7 @@ from torch import nn
 
 from nasprune.data import Dataset, random_shift
 from nasprune.elastic.supernet import Supernet, extract
-from nasprune.evaluate import accuracy_of, recalibrate_bn
+from nasprune.evaluate import recalibrate_bn
 from nasprune.space import SubnetConfig
 
 
@@ -109,8 +109,3 @@ def finetune_subnet(
     recalibrate_bn(model, [xc])
     return FineTuneResult(model.eval(), done / per_epoch, time.perf_counter() - t0, history)
 
-
-def compare(inherited: nn.Module, finetuned: nn.Module, dataset: Dataset, split: str = "val") -> tuple[float, float]:
-    """Accuracy of the inherited and the fine-tuned subnet on ``split``."""
-    x, y = dataset.tensors(split)
-    return accuracy_of(inherited, x, y), accuracy_of(finetuned, x, y)

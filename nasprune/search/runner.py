@@ -466,6 +466,7 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) ->
     model in interleaved rounds (same architecture: the ratio of the two is the check). ``rec`` says
     what was delivered and both accuracies."""
     from nasprune.data import preprocessing_metadata
+    from nasprune.evaluate import accuracy_of
     from nasprune.export import export_model, read_metadata, stamp_metadata
     from nasprune.finetune import finetune_subnet
     from nasprune.latency.timing import feed_for, make_session, time_interleaved
@@ -479,8 +480,6 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) ->
                           batch_size=recipe.batch_size, max_shift=recipe.max_shift, seed=job.seed)  # fmt: skip
     xv, yv = ds.tensors("val")
     xt, yt = ds.tensors("test")
-    from nasprune.evaluate import accuracy_of
-
     rec.finetuned_accuracy = accuracy_of(res.model, xv, yv)
     rec.finetuned_test_accuracy = accuracy_of(res.model, xt, yt)
     rec.inherited_accuracy, rec.inherited_test_accuracy = rec.accuracy, rec.test_accuracy
