@@ -12,6 +12,9 @@
    :class:`~nasprune.latency.table.Correction`).
 4. ``n_validate`` held-out random subnets (exported and timed in the same session as the fit ones,
    but not fitted on) measure the table's error (:mod:`nasprune.latency.validate`).
+
+An ``int8`` table is built the same way from the same graphs, each quantized first
+(:func:`nasprune.quantize.quantize_for_timing`: static QDQ, S8S8, per-channel, as deployed).
 """
 
 from __future__ import annotations
@@ -41,6 +44,23 @@ from nasprune.latency.ops import OpKey, all_ops
 from nasprune.latency.timing import Timing, feed_for, make_session, time_interleaved, time_session
 from nasprune.space import SubnetConfig
 
+PRECISIONS = ("fp32", "int8")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise LatencyTableError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+    return precision
+
+
+def at_precision(models: Sequence, precision: str) -> list:
+    """The models (bytes or paths) as they run at ``precision``: int8 ones quantized (as bytes)."""
+    if check_precision(precision) == "fp32":
+        return list(models)
+    from nasprune.quantize import quantize_for_timing
+
+    return [quantize_for_timing(m) for m in models]
+
 
 class ProfileSettings(BaseModel):
     """How hard to measure. Defaults give stable tables in well under a minute of timing per space."""
@@ -64,13 +84,19 @@ def _bar(progress: bool, total: int, desc: str):
 
 
 def profile_ops(
-    keys: Sequence[OpKey], device: DeviceProfile, settings: ProfileSettings, progress: bool = False, seed: int = 0
+    keys: Sequence[OpKey],
+    device: DeviceProfile,
+    settings: ProfileSettings,
+    progress: bool = False,
+    seed: int = 0,
+    precision: str = "fp32",
 ) -> tuple[dict[OpKey, Timing], Timing]:
     """Every key's own latency, and the fixed cost of one onnxruntime call (the null graph).
 
     A key's minimal graph is timed against its baseline (its :class:`~nasprune.latency.graphs.Producer`
     alone, or the null graph) in the same interleaved rounds; its entry is the difference, so the
-    cost of the call, of the producer and of reading the graph input cancel out.
+    cost of the call, of the producer and of reading the graph input cancel out. At ``int8`` every
+    graph but the null one is quantized (the null graph is the fixed cost of a call, whatever runs).
     """
     check_runs_here(device)
     consumers = sorted({c for k in keys if (c := consumer_of(k)) is not None})
@@ -78,7 +104,8 @@ def profile_ops(
         {p for k in keys if (p := producer_of(k)) is not None} | {consumer_baseline(c) for c in consumers}
     )
     models = [op_model(k) for k in keys] + [producer_model(p) for p in producers]
-    models += [consumer_model(c) for c in consumers] + [null_model()]
+    models += [consumer_model(c) for c in consumers]
+    models = at_precision(models, precision) + [null_model()]
     timings = _time_all(
         models, device, settings, settings.op_rounds, settings.op_burst, seed, progress, f"timing {len(keys)} ops"
     )
@@ -135,12 +162,18 @@ def export_all(supernet, cfgs: Sequence[SubnetConfig], folder: Path, progress: b
 
 
 def measure_models(
-    paths: Sequence[Path], device: DeviceProfile, settings: ProfileSettings, progress: bool = False, seed: int = 1
+    paths: Sequence[Path],
+    device: DeviceProfile,
+    settings: ProfileSettings,
+    progress: bool = False,
+    seed: int = 1,
+    precision: str = "fp32",
 ) -> list[Timing]:
-    """End-to-end latency of exported models, timed interleaved in sessions made as for deployment."""
+    """End-to-end latency of exported models (quantized first at ``int8``), timed interleaved in
+    sessions made as for deployment."""
     check_runs_here(device)
     return _time_all(
-        paths, device, settings, settings.e2e_rounds, settings.e2e_burst, seed, progress, f"timing {len(paths)} subnets"
+        at_precision(paths, precision), device, settings, settings.e2e_rounds, settings.e2e_burst, seed, progress, f"timing {len(paths)} subnets"
     )
 
 
@@ -224,8 +257,12 @@ def build_table(
     seed: int = 0,
     progress: bool = False,
     folder: str | Path | None = None,
+    precision: str = "fp32",
 ):
     """Measure a latency table for ``space`` on this machine under ``device`` (default ``local-cpu``).
+
+    ``precision`` ``int8``: every op graph and subnet is quantized before it is timed (the table
+    predicts the latency of the int8 deployment of a subnet).
 
     ``n_fit`` subnets fit the correction (0: no fit, raw op sums), ``n_validate`` held-out subnets
     measure its error (0: unvalidated). Exported models go to ``folder`` (default: a temporary one).
@@ -238,15 +275,15 @@ def build_table(
     check_runs_here(device)
     t0 = time.perf_counter()
     keys = all_ops(space)
-    entries, overhead = profile_ops(keys, device, settings, progress=progress, seed=seed)
-    table = LatencyTable.from_measurements(space, device, entries, overhead, settings)
+    entries, overhead = profile_ops(keys, device, settings, progress=progress, seed=seed, precision=precision)
+    table = LatencyTable.from_measurements(space, device, entries, overhead, settings, precision=precision)
     fit = fit_configs(space, n_fit, np.random.default_rng(seed))
     held = sample_configs(space, n_validate, np.random.default_rng(seed + 1), exclude={c.key() for c in fit})
     if fit or held:
         with workdir(folder) as tmp:
             paths = export_all(deployable_supernet(space), [*fit, *held], tmp, progress)
             # one interleaved session for both sets: drift between them cannot pose as prediction error
-            timings = measure_models(paths, device, settings, progress, seed=seed + 2)
+            timings = measure_models(paths, device, settings, progress, seed=seed + 2, precision=precision)
         if fit:
             table = table.refit([Sample.of(space, c, t) for c, t in zip(fit, timings, strict=False)])
         if held:
@@ -266,14 +303,22 @@ def extend_table(table, space=None, settings: ProfileSettings | None = None, pro
     missing = table.missing(space)
     if not missing:
         return table if space.digest() == table.space_digest else table.with_entries({}, space)
-    entries, _ = profile_ops(missing, table.device, settings or table.settings, progress=progress)
+    entries, _ = profile_ops(
+        missing, table.device, settings or table.settings, progress=progress, precision=table.precision
+    )
     return table.with_entries(entries, space)
 
 
 def measure_subnet(
-    supernet, cfg: SubnetConfig | dict, device: DeviceProfile | None = None, runs: int = 500, warmup: int = 50
+    supernet,
+    cfg: SubnetConfig | dict,
+    device: DeviceProfile | None = None,
+    runs: int = 500,
+    warmup: int = 50,
+    precision: str = "fp32",
 ) -> Timing:
-    """Export ``cfg`` through the checked deployment path and time it on this machine under ``device``.
+    """Export ``cfg`` through the checked deployment path (quantized at ``int8``) and time it on this
+    machine under ``device``.
 
     ``device`` (default ``local-cpu``) must describe this machine; its threads, batch size and
     execution provider are used.
@@ -284,5 +329,5 @@ def measure_subnet(
     check_runs_here(device)
     with tempfile.TemporaryDirectory(prefix="nasprune-measure-") as tmp:
         res = export_subnet(supernet, cfg, Path(tmp) / "subnet.onnx")
-        sess = make_session(res.path, device.threads, device.provider)
+        sess = make_session(at_precision([res.path], precision)[0], device.threads, device.provider)
         return time_session(sess, feed_for(sess, device.batch_size), runs=runs, warmup=warmup)

@@ -6,8 +6,10 @@ and p90 latency of every op key's minimal graph, the fixed cost of an onnxruntim
 its measured error on held-out subnets (:class:`ErrorReport`). ``predict(cfg)`` needs only the
 config; ``min_latency()``/``max_latency()`` are exact over the whole space.
 
-Files live in ``nasprune.paths.tables_dir()`` as ``<space>__<device>.json``; :func:`get_table`
-loads the table of a space and device, building the ``local-cpu`` one on first use.
+Files live in ``nasprune.paths.tables_dir()`` as ``<space>__<device>.json`` (fp32) and
+``<space>__<device>__int8.json`` (int8: every unit and subnet quantized before it was timed);
+:func:`get_table` loads the table of a space, device and precision, building the ``local-cpu`` one
+on first use. :class:`PrecisionTables` predicts per precision.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -35,9 +37,11 @@ __all__ = [
     "Entry",
     "ErrorReport",
     "LatencyTable",
+    "PrecisionTables",
     "Sample",
     "fit_correction",
     "get_table",
+    "get_tables",
     "measure_subnet",
     "table_path",
 ]
@@ -171,6 +175,8 @@ class LatencyTable(_Strict):
     """
 
     schema_version: int
+    precision: Literal["fp32", "int8"] = "fp32"
+    """What the entries and subnets were timed as: float, or int8 QDQ (tables written before int8 are fp32)."""
     space: SearchSpace
     space_digest: str
     device: DeviceProfile
@@ -242,11 +248,18 @@ class LatencyTable(_Strict):
     # -- construction --------------------------------------------------------------------------------------
     @classmethod
     def from_measurements(
-        cls, space, device: DeviceProfile, entries: dict[OpKey, Timing], overhead: Timing, settings: ProfileSettings
+        cls,
+        space,
+        device: DeviceProfile,
+        entries: dict[OpKey, Timing],
+        overhead: Timing,
+        settings: ProfileSettings,
+        precision: str = "fp32",
     ) -> LatencyTable:
         """An unfitted table: prediction = fixed call cost + sum of op times."""
         return cls(
             schema_version=SCHEMA_VERSION,
+            precision=precision,
             space=space,
             space_digest=space.digest(),
             device=device,
@@ -467,14 +480,16 @@ def fit_correction(table: LatencyTable, samples: list[Sample]) -> Correction:
 # -- finding tables ----------------------------------------------------------------------------------------
 
 
-def table_path(space: str, device: str, data_dir: str | Path | None = None) -> Path:
-    """Where the table of ``space`` on ``device`` is kept: ``<tables_dir>/<space>__<device>.json``."""
+def table_path(space: str, device: str, data_dir: str | Path | None = None, precision: str = "fp32") -> Path:
+    """Where the table of ``space`` on ``device`` is kept: ``<tables_dir>/<space>__<device>.json``
+    (``...__int8.json`` for the int8 one)."""
     from nasprune.paths import tables_dir
 
-    return tables_dir(data_dir) / f"{space}__{device}.json"
+    suffix = "" if precision == "fp32" else f"__{precision}"
+    return tables_dir(data_dir) / f"{space}__{device}{suffix}.json"
 
 
-def _uploaded(space: str, device: str, data_dir: str | Path | None) -> Path | None:
+def _uploaded(space: str, device: str, data_dir: str | Path | None, precision: str = "fp32") -> Path | None:
     """A table for ``space`` among the files uploaded for ``device`` (``<data_dir>/devices/<device>/*.json``)."""
     from nasprune.paths import data_dir as root
 
@@ -484,7 +499,12 @@ def _uploaded(space: str, device: str, data_dir: str | Path | None) -> Path | No
             raw = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(raw, dict) and isinstance(raw.get("space"), dict) and raw["space"].get("name") == space:
+        if (
+            isinstance(raw, dict)
+            and isinstance(raw.get("space"), dict)
+            and raw["space"].get("name") == space
+            and raw.get("precision", "fp32") == precision
+        ):
             return path
     return None
 
@@ -495,9 +515,10 @@ def get_table(
     data_dir: str | Path | None = None,
     build: bool = True,
     progress: bool = False,
+    precision: str = "fp32",
     **build_options,
 ) -> LatencyTable:
-    """The latency table of ``space`` (a space or its name) on ``device``.
+    """The latency table of ``space`` (a space or its name) on ``device`` at ``precision`` (fp32, int8).
 
     ``local-cpu`` (this machine) is checked against this machine's fingerprint; a missing or stale
     table is built (``build=True``; takes a few minutes, ``build_options`` go to ``build_table``)
@@ -505,34 +526,90 @@ def get_table(
     uploaded to ``<data_dir>/devices/<device>/``); they are loaded as they are, not checked against
     this machine.
     """
-    from nasprune.latency.profile import build_table
+    from nasprune.latency.profile import build_table, check_precision
     from nasprune.registry import load_space
 
+    check_precision(precision)
+    hint = "" if precision == "fp32" else f" --precision {precision}"
     if not hasattr(space, "digest"):
         space = load_space(space)
     name = device.name if isinstance(device, DeviceProfile) else device
     if name != LOCAL_CPU:
-        path = table_path(space.name, name, data_dir)
-        found = path if path.is_file() else _uploaded(space.name, name, data_dir)
+        path = table_path(space.name, name, data_dir, precision)
+        found = path if path.is_file() else _uploaded(space.name, name, data_dir, precision)
         if found is None:
             raise LatencyTableError(
-                f"no latency table for space '{space.name}' on device '{name}' (looked for '{path}'); build it on "
-                f"that device with '{_build_hint(space.name, name)}' and copy the file there"
+                f"no {precision} latency table for space '{space.name}' on device '{name}' (looked for '{path}'); "
+                f"build it on that device with '{_build_hint(space.name, name)}{hint}' and copy the file there"
             )
-        return LatencyTable.load(found, space, device if isinstance(device, DeviceProfile) else None)
+        return _of_precision(LatencyTable.load(found, space, device if isinstance(device, DeviceProfile) else None),
+                             precision, found)  # fmt: skip
     here = DeviceProfile.local()
-    path = table_path(space.name, LOCAL_CPU, data_dir)
+    path = table_path(space.name, LOCAL_CPU, data_dir, precision)
     problem = "it has not been built yet"
     if path.is_file():
         try:
-            return LatencyTable.load(path, space, here)
+            return _of_precision(LatencyTable.load(path, space, here), precision, path)
         except LatencyTableError as e:
             problem = str(e)
     if not build:
         raise LatencyTableError(
-            f"no usable latency table for space '{space.name}' on '{LOCAL_CPU}' ({problem}); "
-            f"build it with '{_build_hint(space.name, LOCAL_CPU)}'"
+            f"no usable {precision} latency table for space '{space.name}' on '{LOCAL_CPU}' ({problem}); "
+            f"build it with '{_build_hint(space.name, LOCAL_CPU)}{hint}'"
         )
-    table = build_table(space, here, progress=progress, **build_options)
+    table = build_table(space, here, progress=progress, precision=precision, **build_options)
     table.save(path)
     return table
+
+
+def _of_precision(table: LatencyTable, precision: str, path: Path) -> LatencyTable:
+    if table.precision != precision:
+        raise LatencyTableError(
+            f"latency table '{path}' holds {table.precision} latencies, not {precision}; "
+            f"rebuild it with 'nasprune lut build --precision {precision}'"
+        )
+    return table
+
+
+class PrecisionTables:
+    """The latency tables of one space and device, one per precision: ``predict(cfg, precision)``.
+
+    Prediction stays a lookup per precision (no export, no quantization per trial).
+    """
+
+    def __init__(self, tables: dict[str, LatencyTable]):
+        if not tables:
+            raise LatencyTableError("no latency table given")
+        for p, t in tables.items():
+            if t.precision != p:
+                raise LatencyTableError(f"the table given for {p} holds {t.precision} latencies")
+        self.tables = dict(tables)
+
+    @property
+    def precisions(self) -> list[str]:
+        return list(self.tables)
+
+    def __getitem__(self, precision: str) -> LatencyTable:
+        try:
+            return self.tables[precision]
+        except KeyError:
+            raise LatencyTableError(
+                f"no {precision} latency table here (precisions: {', '.join(self.tables)})"
+            ) from None
+
+    def predict(self, cfg: SubnetConfig | dict, precision: str = "fp32") -> float:
+        return self[precision].predict(cfg)
+
+    def min_latency(self) -> float:
+        """The fastest predicted latency of any subnet at any precision held."""
+        return min(t.min_latency() for t in self.tables.values())
+
+
+def get_tables(
+    space, device: str | DeviceProfile = LOCAL_CPU, precisions=("fp32",), data_dir: str | Path | None = None,
+    build: bool = True, progress: bool = False, **build_options,
+) -> PrecisionTables:  # fmt: skip
+    """:func:`get_table` for each precision."""
+    return PrecisionTables(
+        {p: get_table(space, device, data_dir, build, progress, precision=p, **build_options) for p in precisions}
+    )

@@ -76,7 +76,7 @@ def validate_table(
     cfgs = sample_configs(table.space, n, np.random.default_rng(seed), exclude=held_out)
     with workdir(folder) as tmp:
         paths = export_all(deployable_supernet(table.space), cfgs, tmp, progress)
-        timings = measure_models(paths, table.device, settings, progress, seed=seed)
+        timings = measure_models(paths, table.device, settings, progress, seed=seed, precision=table.precision)
     return compare(table, cfgs, timings)
 
 
