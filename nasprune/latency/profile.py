@@ -105,7 +105,7 @@ def profile_ops(
     )
     models = [op_model(k) for k in keys] + [producer_model(p) for p in producers]
     models += [consumer_model(c) for c in consumers]
-    models = at_precision(models, precision) + [null_model()]
+    models = [*at_precision(models, precision), null_model()]
     timings = _time_all(
         models, device, settings, settings.op_rounds, settings.op_burst, seed, progress, f"timing {len(keys)} ops"
     )
@@ -173,7 +173,14 @@ def measure_models(
     sessions made as for deployment."""
     check_runs_here(device)
     return _time_all(
-        at_precision(paths, precision), device, settings, settings.e2e_rounds, settings.e2e_burst, seed, progress, f"timing {len(paths)} subnets"
+        at_precision(paths, precision),
+        device,
+        settings,
+        settings.e2e_rounds,
+        settings.e2e_burst,
+        seed,
+        progress,
+        f"timing {len(paths)} subnets",
     )
 
 

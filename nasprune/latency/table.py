@@ -76,9 +76,7 @@ class Entry(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> Entry:
         if self.p90_ms < self.median_ms:
-            raise ValueError(
-                f"{self.op.describe()}: p90_ms {self.p90_ms:g} is below median_ms {self.median_ms:g}"
-            )
+            raise ValueError(f"{self.op.describe()}: p90_ms {self.p90_ms:g} is below median_ms {self.median_ms:g}")
         return self
 
     @classmethod
