@@ -15,17 +15,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from nasprune.budgets import LatencyRange, budget_warnings, build_hint
 from nasprune.errors import LatencyTableError, NasPruneError
 from nasprune.settings import Settings
 from services.api.errors import NotImplementedYet
-from services.api.schemas import DEVICE_NAME_PATTERN, DevicePublic, SpacePublic
+from services.api.schemas import DEVICE_NAME_PATTERN, DevicePublic, LatencyRangePublic, SpacePublic
 from services.jobs.errors import InvalidRequest, UnknownDevice, UnknownSpace
 
 BUILTIN_DEVICE = "local-cpu"
-MIN_LATENCY_CACHE_S = 600.0  # a rebuilt local table changes the minimum a little
+RANGE_CACHE_S = 600.0  # a rebuilt local table changes the range a little
 NO_TABLE_CACHE_S = 10.0  # learning "not built yet" loads the space; a job checks its budget itself later
 BUILTIN_DESCRIPTION = (
-    "this server's CPU: onnxruntime CPU provider, 1 intra-op thread, batch 1 (table built on first use)"
+    "this server's CPU: onnxruntime CPU provider, 1 intra-op thread, batch 1 (a space's table is built by its "
+    "first job on it)"
 )
 
 log = logging.getLogger(__name__)
@@ -35,23 +37,17 @@ class TableValidationUnavailable(NotImplementedYet):
     """This build cannot validate latency tables (``nasprune.latency.table`` is missing)."""
 
 
-def cached_min_latency_ms(space: str, device: str, data_dir: Path) -> float | None:
-    """The smallest latency any subnet of ``space`` reaches on ``device``, if its table is already built.
+def cached_latency_range(space: str, device: str, data_dir: Path) -> LatencyRange:
+    """The predicted latency range of ``space`` on ``device`` when its table is already built.
 
-    Never builds a table (that takes minutes): None when the table is not there yet, in which case
-    the job checks the budget itself once its table exists. Relies on
-    ``nasprune.latency.get_table(space, device, data_dir, build=False)`` returning the table, or
-    None / raising ``LatencyTableError`` when it is not built.
+    Never builds a table (that takes minutes): without one the range is unknown and says how to
+    build it, and a job checks its budget itself once its table exists.
     """
     try:
-        from nasprune.latency import get_table
+        from nasprune.budgets import latency_range
     except ImportError:
-        return None
-    try:
-        table = get_table(space, device, data_dir, build=False)  # raises LatencyTableError if not built
-    except LatencyTableError:
-        return None
-    return None if table is None else float(table.min_latency())
+        return LatencyRange(space, device, missing=build_hint(space, device))
+    return latency_range(space, device, data_dir)
 
 
 def validate_table(payload: Any) -> Any:
@@ -81,14 +77,14 @@ def validate_table(payload: Any) -> Any:
 class Catalog:
     """Spaces from the registry; devices are ``local-cpu`` plus tables uploaded under ``settings.devices_dir``.
 
-    Minimum latencies of built tables are remembered for ``MIN_LATENCY_CACHE_S``, that a table is not
-    built yet for ``NO_TABLE_CACHE_S`` (an upload forgets that device's entries at once).
+    Latency ranges of built tables are remembered for ``RANGE_CACHE_S``, that a table is not built
+    yet for ``NO_TABLE_CACHE_S`` (an upload forgets that device's entries at once).
     """
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         self._now = clock  # monotonic seconds; tests pass their own and move it
-        self._min_latency: dict[tuple[str, str], tuple[float | None, float]] = {}
+        self._ranges: dict[tuple[str, str], tuple[LatencyRange, float]] = {}
         self._lock = threading.Lock()
 
     # spaces ---------------------------------------------------------------------------------------
@@ -102,6 +98,7 @@ class Catalog:
         from nasprune.registry import load_space
 
         out = []
+        devices = self.device_names()
         for name in self.space_names():
             sp = load_space(name)
             out.append(
@@ -113,6 +110,7 @@ class Catalog:
                     num_classes=sp.num_classes,
                     size=sp.size,
                     description=sp.description,
+                    latency=[_public(self.latency_range(name, d)) for d in devices],
                 )
             )
         return out
@@ -141,9 +139,19 @@ class Catalog:
         return [BUILTIN_DEVICE, *uploaded]
 
     def devices(self) -> list[DevicePublic]:
-        out = [DevicePublic(name=BUILTIN_DEVICE, builtin=True, description=BUILTIN_DESCRIPTION, spaces=[])]
+        local = [self.latency_range(s, BUILTIN_DEVICE) for s in self.space_names()]
+        out = [
+            DevicePublic(
+                name=BUILTIN_DEVICE,
+                builtin=True,
+                description=BUILTIN_DESCRIPTION,
+                spaces=[r.space for r in local if r.known],
+                latency=[_public(r) for r in local],
+            )
+        ]
         for name in self.device_names()[1:]:
             tables = self._tables(name)
+            ranges = [self.latency_range(p.stem, name) for p in tables]
             out.append(
                 DevicePublic(
                     name=name,
@@ -151,6 +159,7 @@ class Catalog:
                     description="uploaded latency tables",
                     spaces=[p.stem for p in tables],
                     uploaded_at=datetime.fromtimestamp(max(p.stat().st_mtime for p in tables), UTC),
+                    latency=[_public(r) for r in ranges],
                 )
             )
         return out
@@ -160,7 +169,8 @@ class Catalog:
         if name not in names:
             raise UnknownDevice(
                 "device",
-                f"unknown device '{name}'; available: {', '.join(names)} (upload a table with POST /v1/devices)",
+                f"unknown device '{name}'; available: {', '.join(names)} "
+                "(upload a latency table as a new device: POST /v1/devices?name=NAME)",
             )
 
     def save_device(self, name: str, payload: Any) -> DevicePublic:
@@ -183,30 +193,46 @@ class Catalog:
         data = table.model_dump_json() if hasattr(table, "model_dump_json") else json.dumps(payload)
         tmp.write_text(data)
         os.replace(tmp, folder / f"{space}.json")
-        with self._lock:
-            for key in [k for k in self._min_latency if k[1] == name]:
-                del self._min_latency[key]
+        self.forget(name)
         return next(d for d in self.devices() if d.name == name)
+
+    def forget(self, device: str | None = None) -> None:
+        """Drop the remembered latency ranges (of ``device``, or all): the next read loads the tables."""
+        with self._lock:
+            for key in [k for k in self._ranges if device is None or k[1] == device]:
+                del self._ranges[key]
 
     # budgets --------------------------------------------------------------------------------------
 
-    def min_latency_ms(self, space: str, device: str) -> float | None:
-        """The smallest achievable latency when the table is built, else None (the job checks later)."""
+    def latency_range(self, space: str, device: str) -> LatencyRange:
+        """The predicted latency range when the table is built; unknown (with a build hint) otherwise."""
         key = (space, device)
         with self._lock:
-            hit = self._min_latency.get(key)
+            hit = self._ranges.get(key)
         if hit is not None:
             value, read_at = hit
-            if self._now() - read_at < (MIN_LATENCY_CACHE_S if value is not None else NO_TABLE_CACHE_S):
+            if self._now() - read_at < (RANGE_CACHE_S if value.known else NO_TABLE_CACHE_S):
                 return value
         try:
-            value = cached_min_latency_ms(space, device, self.settings.data_dir)
+            value = cached_latency_range(space, device, self.settings.data_dir)
         except NasPruneError as e:
-            log.warning("min latency of %s on %s unavailable: %s", space, device, e)
-            return None
+            log.warning("latency range of %s on %s unavailable: %s", space, device, e)
+            return LatencyRange(space, device, missing=build_hint(space, device))
         with self._lock:
-            self._min_latency[key] = (value, self._now())
+            self._ranges[key] = (value, self._now())
         return value
+
+    def min_latency_ms(self, space: str, device: str) -> float | None:
+        """The smallest achievable latency when the table is built, else None (the job checks later)."""
+        return self.latency_range(space, device).min_ms
+
+    def budget_warnings(self, space: str, device: str, budget_ms: float) -> list[str]:
+        """Warnings for an accepted budget: at or above the slowest subnet, every subnet fits."""
+        return budget_warnings(budget_ms, self.latency_range(space, device))
+
+
+def _public(r: LatencyRange) -> LatencyRangePublic:
+    return LatencyRangePublic(space=r.space, device=r.device, min_ms=r.min_ms, max_ms=r.max_ms, missing=r.missing)
 
 
 def warm_imports() -> None:

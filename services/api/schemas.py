@@ -104,6 +104,10 @@ class JobSubmitted(BaseModel):
     id: str
     status: JobStatus
     links: JobLinks
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="why the accepted request may not do what was meant (e.g. a budget every subnet fits)",
+    )
 
 
 class Best(BaseModel):
@@ -188,7 +192,9 @@ class TrialPublic(BaseModel):
     values: list[float | None] | None
     params: dict[str, Any]
     user_attrs: dict[str, Any]
-    constraints: list[float | None] | None
+    constraints: dict[str, float | None] | None = Field(
+        description="constraint values by name (latency_ms, params, macs: value minus limit; <= 0 is satisfied)"
+    )
     started_at: AwareDatetime | None
     completed_at: AwareDatetime | None
 
@@ -236,6 +242,20 @@ class ModelPublic(BaseModel):
     weights_sha256: str | None = None
 
 
+class LatencyRangePublic(BaseModel):
+    """The budgets that make sense for a space on a device: its fastest and slowest subnet's predicted latency.
+
+    A budget below ``min_ms`` is refused; one at or above ``max_ms`` is accepted with a warning (every
+    subnet fits). Without a table both are null and ``missing`` says how to build one.
+    """
+
+    space: str
+    device: str
+    min_ms: float | None = Field(description="predicted latency of the fastest subnet (ms, batch 1)")
+    max_ms: float | None = Field(description="predicted latency of the slowest subnet (ms, batch 1)")
+    missing: str | None = Field(None, description="when there is no table: how to build one")
+
+
 class SpacePublic(BaseModel):
     name: str
     family: str
@@ -244,14 +264,18 @@ class SpacePublic(BaseModel):
     num_classes: int
     size: int = Field(description="number of distinct subnets")
     description: str
+    latency: list[LatencyRangePublic] = Field(default_factory=list, description="achievable latency per device")
 
 
 class DevicePublic(BaseModel):
     name: str
     builtin: bool
     description: str
-    spaces: list[str] = Field(description="spaces with an uploaded table (the built-in device builds its own)")
+    spaces: list[str] = Field(description="spaces with a usable latency table on this device")
     uploaded_at: AwareDatetime | None = None
+    latency: list[LatencyRangePublic] = Field(
+        default_factory=list, description="achievable latency per space (every registered space on the built-in device)"
+    )
 
 
 # service ------------------------------------------------------------------------------------------

@@ -193,14 +193,17 @@ def test_device_upload_is_validated(api):
 
 
 def test_unreachable_budget_names_the_minimum(api, monkeypatch):
-    client, _ = api
+    client, app = api
+    app.state.services.catalog.forget()  # listings read before remember that no table is built
     calls = []
 
-    def built_table_minimum(space, device, data_dir):  # as if the table of resnet_mnist were built
-        calls.append((space, device))
-        return 0.75 if space == "resnet_mnist" else None
+    def built_table_range(space, device, data_dir):  # as if the table of resnet_mnist were built
+        from nasprune.budgets import LatencyRange
 
-    monkeypatch.setattr("services.api.catalog.cached_min_latency_ms", built_table_minimum)
+        calls.append((space, device))
+        return LatencyRange(space, device, 0.75, 3.0) if space == "resnet_mnist" else LatencyRange(space, device)
+
+    monkeypatch.setattr("services.api.catalog.cached_latency_range", built_table_range)
     r = client.post("/v1/jobs", json={**GOOD, "space": "resnet_mnist", "latency_budget_ms": 0.5})
     assert r.status_code == 422
     err = r.json()

@@ -1,32 +1,87 @@
-"""``Catalog.min_latency_ms``: what submissions check budgets against, and how long it is remembered."""
+"""``Catalog``: the latency ranges listings show and submissions check budgets against, and how long
+they are remembered; the ranges and the budget warning through a real server."""
 
 from __future__ import annotations
 
+import pytest
+
+from nasprune.budgets import LatencyRange
 from services.api import catalog
-from services.api.catalog import MIN_LATENCY_CACHE_S, NO_TABLE_CACHE_S, Catalog
+from services.api.catalog import NO_TABLE_CACHE_S, RANGE_CACHE_S, Catalog
 from tests.services.clock import ManualClock
+from tests.services.fakes import instant_runner
+from tests.services.server import running
 
 
 def test_a_missing_table_is_remembered_briefly(settings, monkeypatch):
-    tables: dict[tuple[str, str], float] = {}
+    tables: dict[tuple[str, str], tuple[float, float]] = {}
     calls = []
 
-    def built_minimum(space, device, data_dir):
+    def built_range(space, device, data_dir):
         calls.append((space, device))
-        return tables.get((space, device))
+        if (space, device) in tables:
+            return LatencyRange(space, device, *tables[(space, device)])
+        return LatencyRange(space, device, missing="build it")
 
-    monkeypatch.setattr(catalog, "cached_min_latency_ms", built_minimum)
+    monkeypatch.setattr(catalog, "cached_latency_range", built_range)
     clock = ManualClock()
     cat = Catalog(settings, clock=clock)
 
     assert cat.min_latency_ms("mlp_digits", "local-cpu") is None
-    tables[("mlp_digits", "local-cpu")] = 0.5  # the table gets built
+    tables[("mlp_digits", "local-cpu")] = (0.5, 2.0)  # the table gets built
     clock.advance(NO_TABLE_CACHE_S - 0.01)
     assert cat.min_latency_ms("mlp_digits", "local-cpu") is None and len(calls) == 1
     clock.advance(0.01)
     assert cat.min_latency_ms("mlp_digits", "local-cpu") == 0.5 and len(calls) == 2
-    clock.advance(MIN_LATENCY_CACHE_S - 0.01)
-    assert cat.min_latency_ms("mlp_digits", "local-cpu") == 0.5 and len(calls) == 2  # built: kept longer
-    tables[("mlp_digits", "local-cpu")] = 0.4  # rebuilt
+    clock.advance(RANGE_CACHE_S - 0.01)
+    assert cat.latency_range("mlp_digits", "local-cpu").max_ms == 2.0 and len(calls) == 2  # built: kept longer
+    tables[("mlp_digits", "local-cpu")] = (0.4, 1.9)  # rebuilt
     clock.advance(0.01)
     assert cat.min_latency_ms("mlp_digits", "local-cpu") == 0.4 and len(calls) == 3
+
+
+@pytest.fixture(scope="module")
+def table_dir(tmp_path_factory):
+    """A data dir with a real (quickly measured) local-cpu table of mlp_digits, none of the other spaces."""
+    from nasprune.latency import ProfileSettings, build_table, table_path
+    from nasprune.registry import load_space
+
+    root = tmp_path_factory.mktemp("catalog") / "data"
+    settings = ProfileSettings(op_rounds=3, op_burst=2, e2e_rounds=3, e2e_burst=3, warmup=2)
+    table = build_table(load_space("mlp_digits"), n_fit=4, n_validate=0, settings=settings)
+    table.save(table_path("mlp_digits", "local-cpu", root))
+    return root, table
+
+
+def test_listings_show_the_latency_range_and_how_to_build_a_missing_table(table_dir):
+    from nasprune.settings import Settings
+
+    root, table = table_dir
+    with running(Settings(data_dir=root, poll_s=0.05), instant_runner) as (client, _):
+        spaces = {s["name"]: s for s in client.get("/v1/spaces").json()}
+        (mlp,) = spaces["mlp_digits"]["latency"]
+        assert mlp == {
+            "space": "mlp_digits",
+            "device": "local-cpu",
+            "min_ms": pytest.approx(table.min_latency()),
+            "max_ms": pytest.approx(table.max_latency()),
+            "missing": None,
+        }
+        assert mlp["min_ms"] < mlp["max_ms"]
+        (resnet,) = spaces["resnet_mnist"]["latency"]
+        assert resnet["min_ms"] is None and "nasprune lut build --space resnet_mnist" in resnet["missing"]
+
+        local = client.get("/v1/devices").json()[0]
+        assert local["name"] == "local-cpu" and local["spaces"] == ["mlp_digits"]
+        ranges = {r["space"]: r for r in local["latency"]}
+        assert set(ranges) == set(spaces) and ranges["mlp_digits"]["max_ms"] == mlp["max_ms"]
+
+        inside = (mlp["min_ms"] + mlp["max_ms"]) / 2
+        r = client.post("/v1/jobs", json={"space": "mlp_digits", "latency_budget_ms": inside, "n_trials": 1})
+        assert r.status_code == 202 and r.json()["warnings"] == []
+        r = client.post("/v1/jobs", json={"space": "mlp_digits", "latency_budget_ms": mlp["max_ms"], "n_trials": 1})
+        assert r.status_code == 202, r.text
+        (warning,) = r.json()["warnings"]
+        assert "at or above the slowest subnet" in warning and f"{mlp['max_ms']:.4g} ms" in warning
+        r = client.post("/v1/jobs", json={"space": "mlp_digits", "latency_budget_ms": mlp["min_ms"] / 2})
+        assert r.status_code == 422 and r.json()["code"] == "budget_unreachable"

@@ -55,7 +55,10 @@ ERRORS = {
 async def submit(body: JobCreate, jobs: JobsDep, response: Response) -> JobSubmitted:
     record = await jobs.submit_in_thread(body)
     response.headers["Location"] = f"/v1/jobs/{record.id}"
-    return JobSubmitted(id=record.id, status=record.status, links=JobLinks.of(record))
+    warnings = []  # an uploaded model's table is built by its first job
+    if body.model is None:
+        warnings = jobs.catalog.budget_warnings(body.space, body.device, body.latency_budget_ms)
+    return JobSubmitted(id=record.id, status=record.status, links=JobLinks.of(record), warnings=warnings)
 
 
 @router.get("", response_model=JobList, summary="list jobs, newest first", responses={401: ERRORS[401]})
