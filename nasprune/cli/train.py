@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -12,7 +13,10 @@ def register(sub) -> None:
         description=(
             "Train the supernet of a space with weight sharing: each step trains the largest subnet on "
             "labels and the smallest plus N random subnets on the largest one's soft outputs. Without "
-            "--output the checkpoint goes to the data dir, where searches find it."
+            "--output the checkpoint goes to the data dir, where searches find it. The training state is "
+            "saved atomically after every epoch next to the checkpoint (CHECKPOINT.resume): a training "
+            "that was stopped or killed continues from its last epoch when run again with the same "
+            "settings. --workers N trains data-parallel on Ray Train (the same checkpoint format)."
         ),
     )
     p.add_argument("--space", required=True, help="space name or YAML path")
@@ -25,16 +29,48 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", type=Path, help="checkpoint path (default: the data dir's cache)")
     p.add_argument("--data-dir", type=Path, help="data dir (default: $NASPRUNE_DATA_DIR or ./.nasprune)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI to log the run to (default: none)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda (mixed precision) or auto (CUDA when this machine has it); default: cpu",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="data-parallel workers on Ray Train (default 1: train in this process); each needs a CPU (or a GPU "
+        "with --device cuda)",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="Ray cluster to train on with --workers (default: $NASPRUNE_RAY_ADDRESS, else a local Ray)",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=3,
+        help="with --workers: how many worker failures the run survives (each restarts from the last epoch)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore a saved training state and train from the first epoch",
+    )
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from nasprune.cli._common import table
     from nasprune.data import load_dataset
+    from nasprune.errors import ConfigError
     from nasprune.evaluate import Evaluator
     from nasprune.registry import load_space
     from nasprune.train import default_recipe, supernet_path, train_supernet
 
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.device not in ("cpu", "cuda", "auto") and not args.device.startswith("cuda:"):
+        raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got '{args.device}'")
     space = load_space(args.space)
     overrides = {
         k: getattr(args, k)
@@ -49,7 +85,20 @@ def _run(args) -> int:
 
         tracker = MlflowTracker(args.tracking_uri)
     out = args.output or supernet_path(space, args.data_dir)
-    res = train_supernet(space, recipe, tracker=tracker, checkpoint=out)
+    ray_address = args.ray_address or os.environ.get("NASPRUNE_RAY_ADDRESS")
+    res = train_supernet(
+        space,
+        recipe,
+        load_dataset(space.dataset, data_dir=args.data_dir),
+        tracker=tracker,
+        checkpoint=out,
+        device=args.device,
+        resume=not args.restart,
+        notify=lambda msg: print(msg, flush=True),
+        workers=args.workers,
+        ray_address=ray_address,
+        max_failures=args.max_failures,
+    )
     ds = load_dataset(space.dataset, data_dir=args.data_dir)
     ev = Evaluator(res.supernet, ds)
     rows = [
@@ -57,7 +106,8 @@ def _run(args) -> int:
         for label, cfg in (("largest", space.largest()), ("smallest", space.smallest()))
     ]
     print(table(rows, ["subnet", "val acc", "test acc"]))
-    print(f"checkpoint: {res.checkpoint} ({res.seconds:.0f} s)")
+    where = f", {args.workers} Ray Train workers" if args.workers > 1 else ""
+    print(f"checkpoint: {res.checkpoint} ({res.seconds:.0f} s{where})")
     if tracker and tracker.error:
         print(f"warning: {tracker.error}")
     return 0
