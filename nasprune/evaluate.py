@@ -7,6 +7,7 @@ re-estimated on a calibration subset (cumulative average) before it is scored.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -61,6 +62,32 @@ def accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: 
     return correct / len(y)
 
 
+@dataclass(frozen=True)
+class PerExample:
+    """A model's result on each example of a split: right or wrong, and the cross-entropy loss."""
+
+    correct: torch.Tensor  # bool, one per example
+    loss: torch.Tensor  # float64, one per example
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.double().mean())
+
+
+@torch.no_grad()
+def per_example_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> PerExample:
+    """``model``'s correctness and loss on every example, in eval mode."""
+    was = model.training
+    model.eval()
+    correct, loss = [], []
+    for i in range(0, len(y), batch_size):
+        logits, target = model(x[i : i + batch_size]), y[i : i + batch_size]
+        correct.append(logits.argmax(1) == target)
+        loss.append(nn.functional.cross_entropy(logits.double(), target, reduction="none"))
+    model.train(was)
+    return PerExample(torch.cat(correct), torch.cat(loss))
+
+
 class Evaluator:
     """Scores subnets of one trained supernet on one dataset; results are cached per config key.
 
@@ -74,6 +101,7 @@ class Evaluator:
         self.checkpoint_id = checkpoint_id
         self.calib_batch = calib_batch
         self._cache: dict[tuple[str, str, str], float] = {}
+        self._examples: dict[tuple[str, str, str], PerExample] = {}
         self._slices: SliceCache = {}
 
     def subnet(self, cfg: SubnetConfig) -> nn.Module:
@@ -93,6 +121,17 @@ class Evaluator:
             x, y = self.dataset.tensors(split)
             self._cache[key] = accuracy_of(self.subnet(cfg), x, y)
         return self._cache[key]
+
+    def per_example(self, cfg: SubnetConfig, split: str = "val") -> PerExample:
+        """Which examples of ``split`` the subnet gets right, and its loss on each (cached).
+
+        The search's accuracy on a few hundred images moves in steps of 1/n; these are what a paired
+        comparison of two subnets on the same images needs (:mod:`nasprune.search.select`)."""
+        key = (cfg.key(), self.checkpoint_id, split)
+        if key not in self._examples:
+            x, y = self.dataset.tensors(split)
+            self._examples[key] = per_example_of(self.subnet(cfg), x, y)
+        return self._examples[key]
 
 
 def accuracy(supernet: Supernet, cfg: SubnetConfig, dataset: Dataset, split: str = "val") -> float:

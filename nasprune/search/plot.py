@@ -6,8 +6,17 @@ from pathlib import Path
 
 
 def pareto_plot(
-    trials, front_numbers: set[int], budget_ms: float, chosen: int | None, path: str | Path, title: str = ""
+    trials,
+    front_numbers: set[int],
+    budget_ms: float,
+    chosen: int | None,
+    path: str | Path,
+    title: str = "",
+    intervals: dict[int, tuple[float, float]] | None = None,
 ) -> Path:
+    """Every trial (validation accuracy vs predicted latency), the front, the budget and the chosen
+    trial; ``intervals`` (trial number -> 95% interval of its validation accuracy, as fractions) draws
+    the front's uncertainty as error bars: where they overlap, the search could not tell them apart."""
     # The object-oriented API: no pyplot figure registry and no backend switch (``matplotlib.use``),
     # both process-wide, while plots are drawn in the service's worker threads.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -43,6 +52,22 @@ def pareto_plot(
             label=f"Pareto front ({len(front)})",
         )
         ax.scatter([t.latency_ms for t in front], [100 * t.accuracy for t in front], s=22, c="#d9534f")
+        bars = [t for t in front if intervals and t.number in intervals]
+        if bars:
+            ax.errorbar(
+                [t.latency_ms for t in bars],
+                [100 * t.accuracy for t in bars],
+                yerr=[
+                    [100 * max(0.0, t.accuracy - intervals[t.number][0]) for t in bars],
+                    [100 * max(0.0, intervals[t.number][1] - t.accuracy) for t in bars],
+                ],
+                fmt="none",
+                ecolor="#d9534f",
+                elinewidth=0.8,
+                capsize=2,
+                alpha=0.6,
+                label="95% interval (validation)",
+            )
     ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"budget {budget_ms:g} ms")
     if chosen is not None:
         best = next(t for t in trials if t.number == chosen)

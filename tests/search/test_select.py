@@ -1,0 +1,78 @@
+"""Robust selection among front candidates (nasprune.search.select) on constructed per-example results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nasprune.evaluate import PerExample
+from nasprune.search.select import mcnemar_worse, rank, wilson
+
+
+def _ex(correct: list[bool], loss: float) -> PerExample:
+    c = torch.tensor(correct)
+    return PerExample(c, torch.full((len(c),), loss, dtype=torch.float64))
+
+
+N = 500
+REF = [True] * 490 + [False] * 10  # 98.0%
+
+
+def _flip(base: list[bool], wrong: int, right: int = 0) -> list[bool]:
+    """``base`` with its first ``wrong`` right answers made wrong and ``right`` wrong ones made right."""
+    out = list(base)
+    for i in range(wrong):
+        out[i] = False
+    for i in range(490, 490 + right):
+        out[i] = True
+    return out
+
+
+def test_wilson_interval_contains_the_estimate_and_stays_in_bounds():
+    lo, hi = wilson(490, 500)
+    assert lo < 0.98 < hi and hi - lo < 0.04
+    lo, hi = wilson(500, 500)
+    assert hi == 1.0 and 0.99 < lo < 1.0
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_mcnemar_only_counts_the_images_the_two_disagree_on():
+    ref = torch.tensor(REF)
+    assert mcnemar_worse(ref, ref) == 1.0
+    assert mcnemar_worse(torch.tensor(_flip(REF, 2)), ref) > 0.2  # 2 of 500: noise
+    assert mcnemar_worse(torch.tensor(_flip(REF, 15)), ref) < 0.001  # 15 lost, none won
+    assert mcnemar_worse(torch.tensor(_flip(REF, 15, right=10)), ref) > 0.2  # 15 lost, 10 won
+
+
+def test_tied_candidates_are_ordered_by_validation_loss_and_the_rest_by_accuracy():
+    items = {
+        "best": (_ex(REF, 0.20), 0.9),  # most accurate within budget: the reference
+        "tied_low_loss": (_ex(_flip(REF, 2), 0.10), 0.8),  # 1 image... 2 worse, confidently right elsewhere
+        "worse_lowest_loss": (_ex(_flip(REF, 20), 0.05), 0.5),  # significantly worse, lowest loss
+        "over_budget": (_ex(_flip(REF, 0, right=10), 0.01), 1.5),  # best of all, but over the budget
+    }
+    names = list(items)
+
+    def order(rule):
+        return [(n, s) for n, s in rank(names, lambda n: items[n][0], lambda n: items[n][1], 1.0, rule=rule)]
+
+    ranked = order("loss-tied")
+    assert [n for n, _ in ranked] == ["tied_low_loss", "best", "worse_lowest_loss", "over_budget"]
+    sel = dict(ranked)
+    assert sel["best"].p_worse is None and sel["best"].tied
+    assert sel["tied_low_loss"].tied and sel["tied_low_loss"].p_worse > 0.05
+    assert not sel["worse_lowest_loss"].tied and sel["worse_lowest_loss"].p_worse < 0.001
+    assert [s.rank for _, s in ranked] == [0, 1, 2, 3]
+    assert sel["best"].accuracy == pytest.approx(0.98)
+    assert sel["best"].se == pytest.approx((0.98 * 0.02 / N) ** 0.5)
+    assert sel["best"].loss == pytest.approx(0.20)
+    assert [n for n, _ in order("accuracy")] == ["best", "tied_low_loss", "worse_lowest_loss", "over_budget"]
+    assert [n for n, _ in order("loss")] == ["worse_lowest_loss", "tied_low_loss", "best", "over_budget"]
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        order("luck")
+
+
+def test_when_nothing_fits_the_budget_the_order_is_still_defined():
+    items = {"a": (_ex(REF, 0.2), 2.0), "b": (_ex(_flip(REF, 1), 0.1), 3.0)}
+    ranked = rank(list(items), lambda n: items[n][0], lambda n: items[n][1], 1.0)
+    assert [n for n, _ in ranked] == ["b", "a"]  # tied with the most accurate, lower loss
