@@ -31,8 +31,37 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# No "View run ... at: <URL>" line on stdout whenever a client call ends a run (one per trial in a
+# service's log otherwise); nasprune ends its runs through :func:`terminate`, which never prints.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run's (or experiment's) description, markdown, shown by the UI
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, sessions): a search
+# job is classic model development (runs, metrics, charts, models).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+RECOMMENDED_ALIAS = "recommended"
+
+
+def registered_model_name(space: str) -> str:
+    """The model registry name under which a space's delivered models are versioned."""
+    return f"nasprune-{space}"
+
+
+def job_run_name(space: str, budget_ms: float, device: str, job_id: str) -> str:
+    """The parent run's name: what was searched, for which budget, on which device (and the job)."""
+    return f"{space} \u2264{budget_ms:.4g}ms {device} [{job_id[:8]}]"
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    """The id of experiment ``name``, created (or left) with the model-development kind set."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older nasprune: the UI would open it as GenAI
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+    return exp.experiment_id
 
 
 def public_uri(uri: str) -> str:
@@ -95,9 +124,12 @@ def describe_failure(e: Exception, uri: str) -> str:
 
 
 def _flat_params(prefix: str, d: dict) -> dict[str, str]:
+    """``d`` flattened to ``a.b`` keys; unset (None) values are left out, not logged as "None"."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
+        if v is None:
+            continue
         if isinstance(v, dict):
             out.update(_flat_params(f"{key}.", v))
         else:
@@ -129,11 +161,7 @@ class MlflowTracker:
             return None
 
     def experiment_id(self, name: str) -> str | None:
-        def get_or_create():
-            exp = self.client.get_experiment_by_name(name)
-            return exp.experiment_id if exp else self.client.create_experiment(name)
-
-        return self._safe(get_or_create)
+        return self._safe(get_or_create_experiment, self.client, name)
 
     def start_run(
         self,
@@ -263,6 +291,10 @@ class JobTracker:
         self.drain_timeout_s = drain_timeout_s
         self.parent: str | None = None
         self.children: dict[int, str] = {}
+        self._exp_id: str | None = None
+        self._best: float | None = None  # best feasible validation accuracy among the trials queued so far
+        self._trial_values: dict[int, tuple[float, float]] = {}  # (val accuracy, predicted ms) per trial
+        self.registered: tuple[str, str] | None = None  # (model name, version) of the delivered model
         self.killed_children: list[str] = []
         self.down_since: float | None = None
         self.problem: str | None = None
@@ -424,12 +456,13 @@ class JobTracker:
             self.marker.write_text(self.parent)
         if metrics:
             now = int(time.time() * 1000)
-            client.log_batch(self.parent, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+            batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+            client.log_batch(self.parent, metrics=batch)
 
     def _experiment_id(self) -> str:
-        client = self.tracker.client
-        exp = client.get_experiment_by_name(self.experiment)
-        return exp.experiment_id if exp else client.create_experiment(self.experiment)
+        if self._exp_id is None:
+            self._exp_id = get_or_create_experiment(self.tracker.client, self.experiment)
+        return self._exp_id
 
     def _adopt_children(self, exp_id: str) -> None:
         """Finished child runs count as logged; runs an interruption left RUNNING are closed as KILLED."""
@@ -446,13 +479,17 @@ class JobTracker:
                 self.children[int(r.data.tags["nasprune.trial"])] = r.info.run_id
 
     def log_trial(self, rec) -> None:
-        """Queue a child run for a finished trial (``TrialRecord``)."""
+        """Queue a child run for a finished trial (``TrialRecord``) and the parent's best-so-far point."""
         if rec.number in self.children:
             return
         self.children[rec.number] = ""  # reserved; filled in when logged
-        self._submit(f"trial {rec.number}", lambda: self._log_trial_now(rec), trial=rec.number)
+        self._trial_values[rec.number] = (rec.accuracy, rec.latency_ms)
+        if rec.feasible and (self._best is None or rec.accuracy > self._best):
+            self._best = rec.accuracy
+        best = self._best
+        self._submit(f"trial {rec.number}", lambda: self._log_trial_now(rec, best), trial=rec.number)
 
-    def _log_trial_now(self, rec) -> None:
+    def _log_trial_now(self, rec, best: float | None = None) -> None:
         from mlflow.entities import Metric, Param
 
         if self.parent is None:
@@ -462,6 +499,8 @@ class JobTracker:
         if not run_id:  # on a retry the run may exist already
             params = {f"depth.{k}": v for k, v in rec.config["depths"].items()}
             params.update({f"width.{k}": v for k, v in rec.config["widths"].items()})
+            if getattr(rec, "precision", None) is not None:
+                params["precision"] = rec.precision
             tags = {
                 "mlflow.runName": f"trial-{rec.number}",
                 PARENT_TAG: self.parent,
@@ -473,21 +512,152 @@ class JobTracker:
             }
             run_id = client.create_run(self._experiment_id(), tags=tags, run_name=f"trial-{rec.number}").info.run_id
             self.children[rec.number] = run_id
-            client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items() if v is not None])
         now = int(time.time() * 1000)
-        metrics = {"accuracy": rec.accuracy, "latency_ms": rec.latency_ms, "params": rec.params, "macs": rec.macs}
+        metrics = {
+            "val_accuracy": rec.accuracy,
+            "predicted_latency_ms": rec.latency_ms,
+            "params": rec.params,
+            "macs": rec.macs,
+            "trial_seconds": rec.duration_s,
+        }
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
         terminate(client, run_id, "FINISHED")
+        # The search converging, one point per trial: MLflow charts it against the step (trial number).
+        progress = {"best_feasible_val_accuracy": best, "trial_val_accuracy": rec.accuracy}
+        client.log_batch(
+            self.parent,
+            metrics=[Metric(k, float(v), now, rec.number) for k, v in progress.items() if v is not None],
+        )
 
-    def tag_trial(self, number: int, tags: dict) -> None:
-        from mlflow.entities import RunTag
+    def finish(
+        self,
+        result,
+        out: Path,
+        *,
+        input_example=None,
+        extra_tags: dict[str, str] | None = None,
+        trials: list | None = None,
+    ) -> None:
+        """Queue what a finished job adds (``SearchResult``, its output folder ``out``), then close.
 
-        def tag():
-            run_id = self.children.get(number)
-            if run_id:
-                self.tracker.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        Front trials get their candidate's figures (measured latency, test accuracy, ...) on their own
+        child runs, the recommended one a tag and a name that says so; the parent gets the summary,
+        the front as a markdown table in its description, the plot, and the delivered ONNX model as an
+        MLflow logged model (signature and ``input_example``, preprocessing in its metadata),
+        registered under :func:`registered_model_name` with the alias ``recommended``.
+        """
+        rec = result.recommended
+        for cand in result.pareto:
+            self._submit(f"figures of trial {cand.trial_number}", lambda c=cand: self._log_candidate_now(c, rec))
+        job = result.job
+        summary = {
+            "n_trials": result.n_trials,
+            "pareto_size": len(result.pareto),
+            "n_feasible_trials": sum(t.feasible for t in trials) if trials is not None else None,
+        }
+        tags = dict(extra_tags or {})
+        if rec is not None:
+            summary.update(
+                {
+                    "recommended_val_accuracy": rec.accuracy,
+                    "recommended_test_accuracy": rec.test_accuracy,
+                    "recommended_predicted_latency_ms": rec.latency_ms,
+                    "recommended_measured_latency_ms": rec.measured_latency_ms,
+                }
+            )
+            tags.update({"nasprune.recommended": rec.candidate_id, "nasprune.recommended_trial": str(rec.trial_number)})
+        self.on_parent("the job's summary", lambda c, p: _log(c, p, summary, tags))
+        for name in ("pareto.json", "pareto.png"):
+            if (out / name).is_file():
+                self.on_parent(name, lambda c, p, name=name: c.log_artifact(p, str(out / name)))
+        model = out / "model.onnx"
+        if rec is not None and model.is_file():
+            self.on_parent(
+                "the delivered model",
+                lambda c, p: self._log_model_now(c, p, model, job.space, input_example),
+            )
+        self.on_parent("the job's description", lambda c, p: c.set_tag(p, NOTE_TAG, self._describe(result)))
+        self.close()
 
-        self._submit(f"tags of trial {number}", tag)
+    def _log_candidate_now(self, cand, recommended) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        run_id = self.children.get(cand.trial_number)
+        if not run_id:
+            return
+        metrics, tags = candidate_figures(cand, self._trial_values.get(cand.trial_number))
+        tags.update({"pareto": "true", "verified": str(cand.verified).lower()})
+        is_rec = recommended is not None and cand.candidate_id == recommended.candidate_id
+        if is_rec:
+            tags["nasprune.recommended"] = "true"
+        now = int(time.time() * 1000)
+        self.tracker.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
+        )
+        if is_rec:
+            self.tracker.client.update_run(run_id, name=f"trial-{cand.trial_number} (recommended)")
+
+    def _log_model_now(self, client, parent: str, path: Path, space: str, input_example) -> None:
+        self.registered = log_onnx_model(
+            client, self._experiment_id(), parent, path, registered_model_name(space), input_example
+        )
+
+    def _describe(self, result) -> str:
+        """The parent run's description: the job in a sentence, the recommendation, the front as a table."""
+        job, rec = result.job, result.recommended
+        exp = self._exp_id
+        lines = [
+            f"**{job.space}** on **{job.device}**, latency budget **{job.latency_budget_ms:.4g} ms**: "
+            f"{result.n_trials} trials ({job.sampler}, {job.backend}).",
+            "",
+        ]
+        if rec is None:
+            lines.append("No recommendation: no candidate of the front was within the budget.")
+        else:
+            run = self.children.get(rec.trial_number)
+            where = (
+                f"[trial {rec.trial_number}](#/experiments/{exp}/runs/{run})"
+                if run and exp
+                else f"trial {rec.trial_number}"
+            )
+            lat = (
+                f"measured {rec.measured_latency_ms:.4g} ms (predicted {rec.latency_ms:.4g} ms)"
+                if rec.measured_latency_ms is not None
+                else f"predicted {rec.latency_ms:.4g} ms (not measured: {rec.unverified_reason or 'not verified'})"
+            )
+            test = f", test accuracy {rec.test_accuracy:.2%}" if rec.test_accuracy is not None else ""
+            lines.append(
+                f"**Recommended: {where}**: validation accuracy {rec.accuracy:.2%}{test}, {lat}, {rec.params:,} params."
+            )
+            if self.registered:
+                name, version = self.registered
+                lines.append(f"Registered as model `{name}` version {version} (alias `{RECOMMENDED_ALIAS}`).")
+        lines += [
+            "",
+            "**Pareto front** (feasible, non-dominated trials; plot: `pareto.png` in the artifacts):",
+            "",
+            "| trial | val acc. | test acc. | predicted ms | measured ms | params | MACs | verified | |",
+            "|---:|---:|---:|---:|---:|---:|---:|:---:|:---|",
+        ]
+
+        def pct(v):
+            return "" if v is None else f"{v:.2%}"
+
+        def ms(v):
+            return "" if v is None else f"{v:.4g}"
+
+        for c in sorted(result.pareto, key=lambda c: c.latency_ms):
+            run = self.children.get(c.trial_number)
+            trial = f"[{c.trial_number}](#/experiments/{exp}/runs/{run})" if run and exp else str(c.trial_number)
+            mark = "**recommended**" if rec is not None and c.candidate_id == rec.candidate_id else ""
+            lines.append(
+                f"| {trial} | {pct(c.accuracy)} | {pct(c.test_accuracy)} | {ms(c.latency_ms)} | "
+                f"{ms(c.measured_latency_ms)} | {c.params:,} | {c.macs:,} | {'yes' if c.verified else 'no'} | {mark} |"
+            )
+        return "\n".join(lines)
 
     def on_parent(self, label: str, fn: Callable[[object, str], None]) -> None:
         """Queue ``fn(client, parent_run_id)`` (skipped when there is no parent run)."""
@@ -508,3 +678,123 @@ class JobTracker:
             self._closed = True
             self._cv.notify_all()
         self._thread.join(timeout=30)
+
+
+def _log(client, run_id: str, metrics: dict, tags: dict) -> None:
+    """One batch of ``metrics`` (unset ones left out) and ``tags`` on ``run_id``."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+    )
+
+
+# How a candidate's fields are named on its trial's run: what each number is, said in its name.
+_CANDIDATE_METRIC_NAMES = {
+    "inherited_accuracy": "inherited_val_accuracy",
+    "finetuned_accuracy": "finetuned_val_accuracy",
+    "accuracy_se": "val_accuracy_se",
+}
+_CANDIDATE_SKIP = {"candidate_id", "trial_number", "config", "params", "macs", "feasible", "verified"}
+
+
+def candidate_figures(cand, trial: tuple[float, float] | None) -> tuple[dict[str, float], dict[str, str]]:
+    """``(metrics, tags)`` for a Pareto candidate's trial run; unset fields are left out.
+
+    Numbers become metrics (``measured_latency_ms``, ``test_accuracy``, ...), words and flags tags
+    (``nasprune.delivered``, ``nasprune.precision``, ...). The candidate's validation accuracy and
+    predicted latency are the trial's own unless fine-tuning or another precision changed them: then
+    they are logged as ``delivered_val_accuracy`` / ``delivered_predicted_latency_ms``.
+    """
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for key, value in cand.model_dump().items():
+        if value is None or key in _CANDIDATE_SKIP:
+            continue
+        if key in ("accuracy", "latency_ms"):
+            own = None if trial is None else trial[0 if key == "accuracy" else 1]
+            if own is None or abs(own - value) > 1e-12:
+                metrics["delivered_val_accuracy" if key == "accuracy" else "delivered_predicted_latency_ms"] = value
+        elif isinstance(value, bool):
+            tags[f"nasprune.{key}"] = str(value).lower()
+        elif isinstance(value, int | float):
+            metrics[_CANDIDATE_METRIC_NAMES.get(key, key)] = value
+        elif isinstance(value, str):
+            tags[f"nasprune.{key}"] = value
+        elif key == "accuracy_ci95" and len(value) == 2:
+            metrics["val_accuracy_ci95_low"], metrics["val_accuracy_ci95_high"] = value
+        else:
+            tags[f"nasprune.{key}"] = json.dumps(value)
+    return metrics, tags
+
+
+def log_onnx_model(
+    client, experiment_id: str, run_id: str, path: Path, name: str, input_example=None
+) -> tuple[str, str]:
+    """Log the ONNX file ``path`` as an MLflow logged model of ``run_id`` and register it as ``name``.
+
+    What ``mlflow.onnx.log_model(..., registered_model_name=name)`` does, through ``client`` alone
+    (``log_model`` reads the process-wide tracking URI and active run; a service runs several jobs
+    against its own URI at once): ``mlflow.onnx.save_model`` writes the MLmodel folder (ONNX
+    flavor and pyfunc, CPU execution provider, signature inferred from ``input_example`` and the
+    model's output on it, the model's ``nasprune.*`` metadata, preprocessing included), then the
+    logged model is created, filled, linked to the run as its output and marked ready, and a new
+    version of ``name`` gets the alias ``recommended``. Returns ``(name, version)``.
+    """
+    import mlflow.onnx
+    import onnx
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model, infer_signature
+
+    from nasprune.export import read_metadata
+
+    meta = read_metadata(path)
+    metadata = {"nasprune": {k: _json_or_str(v) for k, v in meta.items()}}
+    signature = None
+    if input_example is not None:
+        from nasprune.latency.timing import make_session
+
+        (logits,) = make_session(path).run(None, {"input": input_example})
+        signature = infer_signature(input_example, logits)
+    params = {k: meta[k] for k in ("space", "subnet_key", "precision", "delivered") if k in meta}
+    model = client.create_logged_model(
+        experiment_id, name="model", source_run_id=run_id, params=params, model_type="onnx"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model"
+        mlflow_model = Model(
+            artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id, model_id=model.model_id
+        )
+        mlflow.onnx.save_model(
+            onnx.load(str(path)),
+            str(local),
+            mlflow_model=mlflow_model,
+            signature=signature,
+            input_example=input_example,
+            metadata=metadata,
+            pip_requirements=mlflow.onnx.get_default_pip_requirements(),  # no inference subprocess
+            onnx_execution_providers=["CPUExecutionProvider"],
+            save_as_external_data=False,
+        )
+        client.log_model_artifacts(model.model_id, str(local))
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    try:
+        client.create_registered_model(name, description=f"Subnets nasprune delivered for '{meta.get('space')}'")
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = client.create_model_version(name, f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id)
+    client.set_registered_model_alias(name, RECOMMENDED_ALIAS, version.version)
+    return name, str(version.version)
+
+
+def _json_or_str(value: str):
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

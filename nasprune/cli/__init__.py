@@ -12,6 +12,7 @@ from nasprune.errors import NasPruneError
 from nasprune.space import format_validation_error
 
 _GROUPS = ["spaces", "data", "model", "export", "train", "search", "demo", "serve", "jobs", "lut", "worker"]
+_GROUPS.append("dashboard")  # optuna-dashboard on a job's trials
 
 
 def build_parser() -> argparse.ArgumentParser:

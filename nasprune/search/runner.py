@@ -153,7 +153,7 @@ def run_job(
         )
         _write_outputs(result, trials, job, out)
         if tracking:
-            _finish_tracking(tracking, result, out, extra)
+            _finish_tracking(tracking, result, out, extra, evaluator.dataset, trials)
             result.tracking_error = tracking.error
         (out / "result.json").write_text(result.model_dump_json(indent=2))
         ctx.on_progress(
@@ -541,7 +541,7 @@ def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJ
 def _start_tracking(job: SearchJob, ctx: JobContext, table):
     if not ctx.tracking_uri:
         return None
-    from nasprune.tracking import JobTracker, MlflowTracker
+    from nasprune.tracking import JobTracker, MlflowTracker, job_run_name
 
     marker = Path(ctx.output_dir) / "mlflow_run_id"
     tracking = JobTracker(MlflowTracker(ctx.tracking_uri), f"nasprune/{job.space}", marker=marker)
@@ -549,42 +549,20 @@ def _start_tracking(job: SearchJob, ctx: JobContext, table):
     params = {**job.model_dump(mode="json"), "job_id": ctx.job_id}
     err = _table_error(table) or {}
     metrics = {f"table_{k}": v for k, v in err.items() if isinstance(v, int | float)}
-    tracking.start(ctx.job_id, f"job-{ctx.job_id}", params, existing_run_id=existing, metrics=metrics)
+    metrics["latency_budget_ms"] = job.latency_budget_ms
+    name = job_run_name(job.space, job.latency_budget_ms, job.device, ctx.job_id)
+    tracking.start(ctx.job_id, name, params, existing_run_id=existing, metrics=metrics)
     return tracking
 
 
-def _finish_tracking(tracking, result: SearchResult, out: Path, extra: dict) -> None:
-    from mlflow.entities import Metric, RunTag
-
-    front = {c.trial_number: c for c in result.pareto}
-    for number, cand in front.items():
-        tracking.tag_trial(number, {"pareto": "true", "verified": str(cand.verified).lower()})
-    summary = {"n_trials": result.n_trials, "pareto_size": len(result.pareto)}
+def _finish_tracking(tracking, result: SearchResult, out: Path, extra: dict, dataset=None, trials=None) -> None:
+    """The front, the summary, the description and the delivered model into MLflow (``JobTracker.finish``)."""
     tags = {}
-    if result.recommended:
-        r = result.recommended
-        summary.update(
-            {
-                "best_accuracy": r.accuracy,
-                "best_predicted_latency_ms": r.latency_ms,
-                "best_measured_latency_ms": r.measured_latency_ms or 0.0,
-            }
-        )
-        tags["nasprune.recommended"] = r.candidate_id
     if extra.get("nodes"):
         tags["nasprune.ray_nodes"] = json.dumps(extra["nodes"])
         tags["nasprune.ray_node_ids"] = json.dumps(extra.get("node_ids", {}))
-    now = int(time.time() * 1000)
-    tracking.on_parent(
-        "the job's summary",
-        lambda c, p: c.log_batch(
-            p,
-            metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()],
-            tags=[RunTag(k, str(v)) for k, v in tags.items()],
-        ),
-    )
-    for name in ("pareto.json", "pareto.png"):
-        tracking.on_parent(name, lambda c, p, name=name: c.log_artifact(p, str(out / name)))
-    if (out / "model.onnx").is_file():
-        tracking.on_parent("model.onnx", lambda c, p: c.log_artifact(p, str(out / "model.onnx"), "model"))
-    tracking.close()
+    example = None
+    if dataset is not None:
+        x, _ = dataset.tensors("test")
+        example = x[:2].numpy()
+    tracking.finish(result, out, input_example=example, extra_tags=tags, trials=trials)

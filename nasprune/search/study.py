@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -23,6 +24,8 @@ from pydantic import BaseModel
 from nasprune.search.job import SearchJob
 
 DIRECTIONS = ["maximize", "minimize"]
+# What the two objectives are, for optuna.visualization and optuna-dashboard (not "Objective 0/1").
+METRIC_NAMES = ["val_accuracy", "predicted_latency_ms"]
 log = logging.getLogger(__name__)
 
 # Optuna logs a line per trial (and per study opened) at INFO. A search silences those in its own
@@ -72,6 +75,7 @@ class TrialRecord(BaseModel):
     macs: int
     feasible: bool
     duration_s: float | None = None
+    precision: Literal["fp32", "int8"] = "fp32"
 
 
 JOURNAL_SCHEME = "journal://"
@@ -207,7 +211,40 @@ def open_study(job: SearchJob, job_id: str, storage_url: str, sampler=None) -> o
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         log.info("job %s: trial %d was running when the last run stopped; marking it failed", job_id, t.number)
         study.tell(t.number, state=TrialState.FAIL)
+    describe_study(study, job)
     return study
+
+
+def describe_study(study: optuna.Study, job: SearchJob) -> None:
+    """Name the objectives and say what the study searched (user attrs), once per study."""
+    if study.metric_names != METRIC_NAMES:
+        import warnings
+
+        with warnings.catch_warnings():  # "experimental since Optuna 3.2": the API optuna.visualization reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES)
+    attrs = {
+        "space": job.space,
+        "model": job.model,
+        "device": job.device,
+        "latency_budget_ms": job.latency_budget_ms,
+        "sampler": job.sampler,
+        "backend": job.backend,
+        "dataset": job.dataset,
+    }
+    have = study.user_attrs
+    for k, v in attrs.items():
+        if v is not None and have.get(k) != v:
+            study.set_user_attr(k, v)
+
+
+def trial_constraints(t: FrozenTrial) -> dict[str, float] | None:
+    """A trial's constraint values by name (<= 0 is satisfied); None when it has none.
+
+    Optuna 5 stores each ``trial.set_constraint(name, v)`` under the system attr ``constraints:<name>``
+    (a study from the deprecated ``constraints_func`` has a list, read as ``"0"``, ``"1"``, ...).
+    """
+    return dict(t.constraints) or None
 
 
 def n_complete(study: optuna.Study) -> int:

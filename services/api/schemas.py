@@ -88,7 +88,10 @@ class JobLinks(BaseModel):
     mlflow: str | None = None
 
     @classmethod
-    def of(cls, record: JobRecord) -> JobLinks:
+    def of(cls, record: JobRecord, tracking_uri: str | None = None) -> JobLinks:
+        """The job's links; the MLflow one is made from the service's ``tracking_uri`` now (never stored)."""
+        from services.jobs.tracking import run_link
+
         base = f"/v1/jobs/{record.id}"
         return cls(
             self=base,
@@ -96,7 +99,7 @@ class JobLinks(BaseModel):
             trials=f"{base}/trials",
             pareto=f"{base}/pareto",
             model=f"{base}/model",
-            mlflow=record.mlflow_run_url,
+            mlflow=run_link(tracking_uri, record.mlflow_run_url),
         )
 
 
@@ -139,11 +142,12 @@ class JobPublic(BaseModel):
         return finite_or_none(p.model_dump())
 
     @classmethod
-    def of(cls, record: JobRecord) -> JobPublic:
+    def of(cls, record: JobRecord, tracking_uri: str | None = None) -> JobPublic:
         p = record.progress
         best = None
         if p is not None and (p.best_accuracy is not None or p.best_latency_ms is not None):
             best = Best(accuracy=p.best_accuracy, latency_ms=p.best_latency_ms)
+        links = JobLinks.of(record, tracking_uri)
         return cls(
             id=record.id,
             status=record.status,
@@ -158,8 +162,8 @@ class JobPublic(BaseModel):
             error=record.error,
             tracking_error=record.tracking_error,
             mlflow_run_id=record.mlflow_run_id,
-            mlflow_run_url=record.mlflow_run_url,
-            links=JobLinks.of(record),
+            mlflow_run_url=links.mlflow,
+            links=links,
         )
 
 

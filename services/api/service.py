@@ -67,6 +67,8 @@ class TrialReader:
             return self._storage
 
     def page(self, job_id: str, limit: int, offset: int) -> tuple[int, list[TrialPublic]]:
+        from nasprune.search.study import trial_constraints
+
         storage = self._open()
         try:
             study_id = storage.get_study_id_from_name(job_id)
@@ -80,7 +82,7 @@ class TrialReader:
                 values=finite_or_none(list(t.values)) if t.values is not None else None,
                 params=finite_or_none(dict(t.params)),
                 user_attrs=finite_or_none(dict(t.user_attrs)),
-                constraints=finite_or_none(list(t.system_attrs.get("constraints") or [])) or None,
+                constraints=finite_or_none(trial_constraints(t)),
                 started_at=_aware(t.datetime_start),
                 completed_at=_aware(t.datetime_complete),
             )
@@ -164,7 +166,7 @@ class JobService:
 
     def status(self, job_id: str) -> bytes:
         """The job as ``JobPublic`` JSON, read from the store now."""
-        return JobPublic.of(self.store.get(job_id)).model_dump_json().encode()
+        return JobPublic.of(self.store.get(job_id), self.settings.tracking_uri).model_dump_json().encode()
 
     async def recent_status(self, job_id: str) -> bytes:
         """``status(job_id)`` as read less than ``STATUS_CACHE_S`` ago (``StatusCache``).

@@ -3,6 +3,10 @@
 The search records the parent run id of a job in ``<job dir>/mlflow_run_id`` and tags the run
 with ``nasprune.job_id = <job id>`` (child runs, one per trial, carry ``mlflow.parentRunId``).
 Only a tracking *server* has a UI to link to; for other tracking URIs the service does not look.
+
+The job store keeps the run's place in the UI relative (``#/experiments/<id>/runs/<id>``); the link
+is made when a job is read, from the tracking URI the service runs with *now*, so links survive a
+restart on another port or host. Links stored absolute by older versions are rebuilt the same way.
 """
 
 from __future__ import annotations
@@ -22,14 +26,33 @@ def is_server(tracking_uri: str | None) -> bool:
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    return f"{public_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return run_link(tracking_uri, run_path(experiment_id, run_id))
+
+
+def run_path(experiment_id: str, run_id: str) -> str:
+    """A run's place in the MLflow UI, relative to the UI's address (what the job store keeps)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def run_link(tracking_uri: str | None, stored: str | None) -> str | None:
+    """The UI link of a stored run place on the server at ``tracking_uri`` (None without a server).
+
+    ``stored`` is a :func:`run_path`, or an absolute link an older version stored: its address part
+    (perhaps a port that no longer answers) is dropped and the current one put in its place.
+    """
+    if not stored or not is_server(tracking_uri):
+        return None
+    at = stored.find("#/")
+    if at < 0:
+        return None
+    return f"{public_uri(tracking_uri).rstrip('/')}/{stored[at:]}"
 
 
 RUN_ID_FILE = "mlflow_run_id"
 
 
 def find_job_run(tracking_uri: str, job_id: str, output_dir: Path | None = None) -> tuple[str, str] | None:
-    """``(run_id, ui_url)`` of the job's parent run on an MLflow server, or None if there is none (yet).
+    """``(run_id, run_path)`` of the job's parent run on an MLflow server, or None if there is none (yet).
 
     The search writes the run id to ``<output_dir>/mlflow_run_id``; without that file, the run is
     looked up by its ``nasprune.job_id`` tag.
@@ -42,7 +65,7 @@ def find_job_run(tracking_uri: str, job_id: str, output_dir: Path | None = None)
     marker = output_dir / RUN_ID_FILE if output_dir is not None else None
     if marker is not None and marker.is_file():
         run = client.get_run(marker.read_text().strip())
-        return run.info.run_id, run_url(tracking_uri, run.info.experiment_id, run.info.run_id)
+        return run.info.run_id, run_path(run.info.experiment_id, run.info.run_id)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return None
@@ -54,7 +77,7 @@ def find_job_run(tracking_uri: str, job_id: str, output_dir: Path | None = None)
     )
     for run in runs:
         if "mlflow.parentRunId" not in run.data.tags:
-            return run.info.run_id, run_url(tracking_uri, run.info.experiment_id, run.info.run_id)
+            return run.info.run_id, run_path(run.info.experiment_id, run.info.run_id)
     return None
 
 

@@ -58,7 +58,8 @@ async def submit(body: JobCreate, jobs: JobsDep, response: Response) -> JobSubmi
     warnings = []  # an uploaded model's table is built by its first job
     if body.model is None:
         warnings = jobs.catalog.budget_warnings(body.space, body.device, body.latency_budget_ms)
-    return JobSubmitted(id=record.id, status=record.status, links=JobLinks.of(record), warnings=warnings)
+    links = JobLinks.of(record, jobs.settings.tracking_uri)
+    return JobSubmitted(id=record.id, status=record.status, links=links, warnings=warnings)
 
 
 @router.get("", response_model=JobList, summary="list jobs, newest first", responses={401: ERRORS[401]})
@@ -70,7 +71,7 @@ def list_jobs(
 ) -> JobList:
     total, records = jobs.list(status, limit, offset)
     return JobList(
-        items=[JobPublic.of(r) for r in records],
+        items=[JobPublic.of(r, jobs.settings.tracking_uri) for r in records],
         total=total,
         limit=limit,
         offset=offset,
