@@ -3,7 +3,7 @@
     from nasprune.client import Client
 
     with Client("http://127.0.0.1:8000", token=None) as c:
-        job_id = c.submit("mlp_digits", latency_budget_ms=0.05, n_trials=50)
+        job_id = c.submit("mlp_digits", latency_budget_ms=0.03, n_trials=50)  # see c.spaces() for the range
         job = c.wait(job_id)                  # progress bar on stderr; raises JobFailed if it failed
         front = c.pareto(job_id)
         c.download_model(job_id, "model.onnx")
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,40 @@ class Client:
         constraints: dict | None = None,
         **options: Any,
     ) -> str:
-        """Submit a search; returns the job id. ``options``: other fields of the request (``timeout_s``...)."""
+        """Submit a search; returns the job id. ``options``: other fields of the request (``timeout_s``...).
+
+        The service's warnings about an accepted request (e.g. a budget every subnet fits) are issued
+        as :class:`UserWarning`; :meth:`submit_job` returns them instead.
+        """
+        answer = self.submit_job(
+            space,
+            latency_budget_ms,
+            device=device,
+            n_trials=n_trials,
+            sampler=sampler,
+            backend=backend,
+            seed=seed,
+            constraints=constraints,
+            **options,
+        )
+        for message in answer.get("warnings") or []:
+            warnings.warn(message, UserWarning, stacklevel=2)
+        return answer["id"]
+
+    def submit_job(
+        self,
+        space: str,
+        latency_budget_ms: float,
+        *,
+        device: str = "local-cpu",
+        n_trials: int = 100,
+        sampler: str = "nsga2",
+        backend: str = "optuna",
+        seed: int = 0,
+        constraints: dict | None = None,
+        **options: Any,
+    ) -> dict:
+        """Submit a search; returns the service's answer: ``{"id", "status", "links", "warnings"}``."""
         body = {
             "space": space,
             "latency_budget_ms": latency_budget_ms,
@@ -109,7 +143,7 @@ class Client:
             **({"constraints": constraints} if constraints else {}),
             **options,
         }
-        return self._json("POST", "/v1/jobs", json=body)["id"]
+        return self._json("POST", "/v1/jobs", json=body)
 
     def job(self, job_id: str) -> dict:
         return self._json("GET", f"/v1/jobs/{job_id}")
@@ -151,23 +185,34 @@ class Client:
 
     @staticmethod
     def _update_bar(bar, job: dict, p: dict):
-        from tqdm import tqdm
+        from nasprune.cli._common import progress_bar
 
         total = p.get("n_total") or job["spec"]["n_trials"]
         if bar is None:
-            bar = tqdm(total=total, unit="trial", file=sys.stderr, dynamic_ncols=True)
+            bar = progress_bar(total, job["status"], file=sys.stderr)
         bar.total = total
         bar.n = min(p.get("n_done", 0), total)
         best = job.get("best") or {}
-        acc = f" best acc {best['accuracy']:.4f}" if best.get("accuracy") is not None else ""
-        bar.set_description(f"{job['status']}: {p.get('stage', '')}{acc}", refresh=False)
+        acc = f"best in budget {best['accuracy']:.2%}" if best.get("accuracy") is not None else ""
+        bar.set_description(f"{job['status']}: {p.get('stage', '')}", refresh=False)
+        bar.set_postfix_str(acc, refresh=False)
         bar.refresh()
         return bar
 
     # results --------------------------------------------------------------------------------------
 
     def trials(self, job_id: str, *, limit: int = 100, offset: int = 0) -> dict:
+        """One page of the job's trials: ``{"items": [...], "total", "limit", "offset", "next"}``."""
         return self._json("GET", f"/v1/jobs/{job_id}/trials", params={"limit": limit, "offset": offset})
+
+    def all_trials(self, job_id: str, page: int = 500) -> list[dict]:
+        """Every trial of the job, in order (all pages)."""
+        items: list[dict] = []
+        while True:
+            got = self.trials(job_id, limit=page, offset=len(items))
+            items += got["items"]
+            if not got["items"] or len(items) >= got["total"]:
+                return items
 
     def pareto(self, job_id: str) -> dict:
         """The Pareto front: ``{"candidates": [...], "recommended_id", "latency_budget_ms", ...}``."""

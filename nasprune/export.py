@@ -163,8 +163,12 @@ def export_subnet(
 ) -> ExportResult:
     """Extract the subnet ``cfg`` (physically smaller tensors) and export it with checks and metadata.
 
-    ``model`` is the already extracted subnet when the caller has one (e.g. with BatchNorm
-    recalibrated by :class:`nasprune.evaluate.Evaluator`); by default it is extracted here.
+    ``model`` is the already extracted subnet when the caller has one; by default it is extracted
+    here *with the supernet's shared BatchNorm statistics*, which belong to no single subnet: a small
+    subnet exported that way can score near chance (one class for every image) although the search
+    scored it well. To export what the search scored, pass the subnet with its BatchNorm
+    recalibrated, ``model=Evaluator(supernet, dataset, checkpoint_id).subnet(cfg)``
+    (:class:`nasprune.evaluate.Evaluator`), as ``nasprune export`` and the search do.
     """
     cfg = supernet.space.parse_config(cfg)
     model = (model if model is not None else extract(supernet, cfg)).eval()

@@ -25,7 +25,16 @@ def test_spaces_list_and_show():
 def test_export_config_file(tmp_path):
     cfg = {"depths": {"blocks.0-2": 2}, "widths": {"stem.0": 32, "blocks.0.fc1": 16, "blocks.1.fc1": 24}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    r = run("export", "--space", "mlp_digits", "--config", str(tmp_path / "cfg.json"), "-o", str(tmp_path / "m.onnx"))
+    r = run(
+        "export",
+        "--space",
+        "mlp_digits",
+        "--config",
+        str(tmp_path / "cfg.json"),
+        "--untrained",
+        "-o",
+        str(tmp_path / "m.onnx"),
+    )
     assert r.returncode == 0, r.stderr
     model = onnx.load(str(tmp_path / "m.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
@@ -63,3 +72,43 @@ def test_errors_are_one_line_and_nonzero(tmp_path):
         assert needle in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _subparsers(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _subparsers(sub, (*path, name))
+
+
+def test_every_command_has_a_description():
+    from nasprune.cli import build_parser
+
+    commands = dict(_subparsers(build_parser()))
+    assert {("lut", "show"), ("lut", "list"), ("lut", "predict"), ("pareto",), ("trials",)} <= set(commands)
+    missing = [" ".join(path) for path, p in commands.items() if not (p.description or "").strip()]
+    assert not missing, f"commands without a description: {missing}"
+
+
+def test_progress_off_a_terminal_is_plain_lines_every_few_seconds():
+    import io
+
+    from nasprune.cli._common import LineProgress, progress_bar
+
+    assert isinstance(progress_bar(10, "x", file=io.StringIO()), LineProgress)  # not a terminal
+    out = io.StringIO()
+    bar = LineProgress(1000, "preparing supernet", "trial", out, every_s=3600)  # no line due from the clock
+    bar.set_description("searching")
+    for i in range(1000):
+        bar.n = i + 1
+        bar.set_postfix_str(f"best in budget {i / 1000:.2%}")
+        bar.refresh()  # every trial asks; a line is written at most every every_s
+    bar.set_description("verifying")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert lines[0].startswith("searching: 0/1000 trials") and lines[-1].startswith("verifying: 1000/1000 trials")
+    assert len(lines) == 2, lines  # one per stage change; the 1000 refreshes wrote none

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    if not sys.stderr.isatty():  # a log file: any tqdm bar (training, table builds) updates every 10 s at most
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

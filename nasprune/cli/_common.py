@@ -37,3 +37,108 @@ def human(n: float) -> str:
             return f"{n:.3g}{unit}"
         n /= 1000
     return f"{n:.3g}T"
+
+
+def front_table(candidates: list[dict], recommended_id: str | None, budget_ms: float | None = None) -> str:
+    """The Pareto front as a table, from candidates as dicts (``Candidate.model_dump()`` or the API's JSON).
+
+    Optional columns (standard error, test accuracy, precision) show only when some candidate has them.
+    """
+
+    def pct(v) -> str:
+        return "" if v is None else f"{v:.2%}"
+
+    def ms(v) -> str:
+        return "" if v is None else f"{v:.4f}"
+
+    has = {k: any(c.get(k) is not None for c in candidates) for k in ("accuracy_se", "test_accuracy", "precision")}
+    header = ["", "candidate", "trial", "val acc"]
+    header += ["+/- se"] * has["accuracy_se"] + ["test acc"] * has["test_accuracy"]
+    header += ["pred ms", "measured ms", "params", "MACs"] + ["precision"] * has["precision"] + ["verified"]
+    rows = []
+    for c in candidates:
+        latency = c["measured_latency_ms"] if c.get("measured_latency_ms") is not None else c["latency_ms"]
+        mark = "*" if c["candidate_id"] == recommended_id else ""
+        if budget_ms is not None and latency > budget_ms:
+            mark += "!"
+        row = [mark, c["candidate_id"], c["trial_number"], pct(c["accuracy"])]
+        row += [pct(c.get("accuracy_se"))] * has["accuracy_se"] + [pct(c.get("test_accuracy"))] * has["test_accuracy"]
+        row += [ms(c["latency_ms"]), ms(c.get("measured_latency_ms")), f"{c['params']:,}", f"{c['macs']:,}"]
+        row += [c.get("precision") or ""] * has["precision"] + ["yes" if c.get("verified") else ""]
+        rows.append(row)
+    notes = "* recommended" + ("; ! over the budget" if any("!" in r[0] for r in rows) else "")
+    return f"{table(rows, header)}\n({notes})"
+
+
+LINE_EVERY_S = 5.0
+
+
+def progress_bar(total: int, desc: str, unit: str = "trial", file=None):
+    """A tqdm bar on a terminal; elsewhere (a log file, CI) a :class:`LineProgress` that prints a
+    plain line every few seconds instead of a stream of carriage returns."""
+    import sys
+
+    file = file or sys.stderr
+    if hasattr(file, "isatty") and file.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, file=file, dynamic_ncols=True)
+    return LineProgress(total, desc, unit, file)
+
+
+class LineProgress:
+    """The part of tqdm's interface the CLI uses, for output that is not a terminal.
+
+    Prints ``desc: n/total units, postfix (elapsed)`` as a line of its own: at a change of stage
+    (description), at the end, and otherwise at most every ``every_s`` seconds.
+    """
+
+    def __init__(self, total: int, desc: str = "", unit: str = "it", file=None, every_s: float = LINE_EVERY_S):
+        import sys
+        import time
+
+        self.total, self.desc, self.unit, self.n, self.postfix = total, desc, unit, 0, ""
+        self.file = file or sys.stderr
+        self.every_s = every_s
+        self._t0 = time.monotonic()
+        self._last_t: float | None = None
+        self._last_line = ""
+
+    def _line(self) -> str:
+        import time
+
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {self.n}/{self.total} {self.unit}s{post} ({time.monotonic() - self._t0:.0f} s)"
+
+    def _emit(self, force: bool) -> None:
+        import time
+
+        now = time.monotonic()
+        line = self._line()
+        if line.split(" (")[0] == self._last_line.split(" (")[0]:
+            return  # nothing new to say
+        if force or self._last_t is None or now - self._last_t >= self.every_s:
+            print(line, file=self.file, flush=True)
+            self._last_t, self._last_line = now, line
+
+    def set_description(self, desc: str, refresh: bool = True) -> None:
+        changed = desc != self.desc
+        self.desc = desc
+        if changed:
+            self._emit(force=True)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self._emit(force=False)
+
+    def refresh(self) -> None:
+        self._emit(force=False)
+
+    def write(self, s: str) -> None:
+        print(s, file=self.file, flush=True)
+
+    def close(self) -> None:
+        self._emit(force=True)

@@ -60,7 +60,11 @@ def register(sub) -> None:
     add.add_argument("--space", help="also check that the data fits this space's model (input shape, classes)")
     add.add_argument("--data-dir", type=Path, help="data dir (default: NASPRUNE_DATA_DIR or ./.nasprune)")
     add.set_defaults(func=_add)
-    ls = s.add_parser("list", help="one line per dataset (built-in and added)")
+    ls = s.add_parser(
+        "list",
+        help="one line per dataset (built-in and added)",
+        description="List the built-in datasets and those added to the data dir, one line each.",
+    )
     ls.add_argument("--data-dir", type=Path, help="data dir (default: NASPRUNE_DATA_DIR or ./.nasprune)")
     ls.set_defaults(func=_list)
     show = s.add_parser(

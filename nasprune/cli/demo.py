@@ -49,7 +49,8 @@ def _start_service(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
 def _run(args) -> int:
     import numpy as np
 
-    from nasprune.cli._common import table
+    from nasprune.cli._common import front_table
+    from nasprune.cli.jobs import mlflow_link
     from nasprune.client import Client
     from nasprune.data import load_dataset
     from nasprune.latency import get_table
@@ -95,22 +96,11 @@ def _run(args) -> int:
         print(f"[3/5] submitting: {space.name}, budget {budget} ms, {args.trials} trials")
         job_id = client.submit(space.name, budget, n_trials=args.trials)
         state = client.wait(job_id, progress=True)
-        print(f"      job {job_id} {state['status']}; MLflow run: {state.get('mlflow_run_url')}")
+        print(f"      job {job_id} {state['status']}; MLflow run: {mlflow_link(client.base_url, state)}")
 
         front = client.pareto(job_id)
         print("[4/5] Pareto front (validation accuracy vs predicted latency):")
-        rows = [
-            [
-                c["candidate_id"],
-                f"{c['accuracy']:.2%}",
-                f"{c['latency_ms']:.4f}",
-                "" if c["measured_latency_ms"] is None else f"{c['measured_latency_ms']:.4f}",
-                f"{c['params']:,}",
-                "*" if c["candidate_id"] == front["recommended_id"] else "",
-            ]
-            for c in front["candidates"]
-        ]
-        print(table(rows, ["candidate", "val acc", "pred ms", "measured ms", "params", "chosen"]))
+        print(front_table(front["candidates"], front["recommended_id"], front["latency_budget_ms"]))
 
         path = client.download_model(job_id, args.output / f"{space.name}-{job_id}.onnx")
         x, y = load_dataset(space.dataset).tensors("test")

@@ -50,16 +50,34 @@ def register(sub) -> None:
     v.add_argument("--seed", type=int, default=12345)
     v.set_defaults(func=_validate)
 
-    sh = s.add_parser("show", help="device, correction, error and latency range of a table")
+    sh = s.add_parser(
+        "show",
+        help="device, correction, error and latency range of a table",
+        description=(
+            "Show a table's device profile, fitted correction, measured error and the predicted latency of the "
+            "fastest and slowest subnet: the range of budgets that make sense for a search."
+        ),
+    )
     _where(sh)
     sh.add_argument("--entries", action="store_true", help="also list every entry")
     sh.set_defaults(func=_show)
 
-    ls = s.add_parser("list", help="the tables in the tables folder")
+    ls = s.add_parser(
+        "list",
+        help="the tables in the data dir, with their latency ranges",
+        description=(
+            "One line per latency table in the data dir (built here, copied, or uploaded as a device): space, "
+            "device, when it was built, its validated error and the predicted latency range of its subnets."
+        ),
+    )
     ls.add_argument("--data-dir", type=Path, help="data dir (default: $NASPRUNE_DATA_DIR or ./.nasprune)")
     ls.set_defaults(func=_list)
 
-    pr = s.add_parser("predict", help="predicted latency of one subnet, per unit")
+    pr = s.add_parser(
+        "predict",
+        help="predicted latency of one subnet, per unit",
+        description="Predict one subnet's latency from a table, with each block's own share of it.",
+    )
     _where(pr)
     which = pr.add_mutually_exclusive_group(required=True)
     which.add_argument("--config", help='subnet config: a JSON file or inline JSON {"depths":..,"widths":..}')
@@ -214,26 +232,29 @@ def _list(args) -> int:
     files = sorted(tables_dir(args.data_dir).glob("*.json")) + sorted(
         (data_dir(args.data_dir) / "devices").glob("*/*.json")
     )
+    from nasprune.errors import NasPruneError
+    from nasprune.latency.table import LatencyTable
+
     rows = []
     for f in files:
         try:
             raw = json.loads(f.read_text())
             err = raw.get("error") or {}
-            rows.append(
-                [
-                    raw["space"]["name"],
-                    raw["device"]["name"],
-                    raw["built_at"],
-                    f"{err['median_ape']:.1f}%" if err else "-",
-                    str(f),
-                ]
-            )
+            row = [raw["space"]["name"], raw["device"]["name"], raw["built_at"][:19],
+                   f"{err['median_ape']:.1f}%" if err else "-"]  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
-            rows.append(["?", "?", "?", "unreadable", str(f)])
+            rows.append(["?", "?", "?", "unreadable", "-", str(f)])
+            continue
+        try:
+            t = LatencyTable.load(f)
+            span = f"{t.min_latency():.4g} .. {t.max_latency():.4g}"
+        except (NasPruneError, ValueError):
+            span = "unreadable"
+        rows.append([*row, span, str(f)])
     if not rows:
         print("no latency tables yet (nasprune lut build --space NAME)")
         return 0
-    print(grid(rows, ["space", "device", "built", "median APE", "file"]))
+    print(grid(rows, ["space", "device", "built", "median APE", "latency ms", "file"]))
     return 0
 
 

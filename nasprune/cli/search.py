@@ -43,15 +43,24 @@ def register(sub) -> None:
                    help="fine-tune the recommended subnet alone for N epochs, distilled from the original model "
                         "or the largest subnet; delivered when it scores better (%(default)s; 0: off)")  # fmt: skip
     p.add_argument("--finetune-seconds", type=float, metavar="S", help="stop fine-tuning after S seconds")
-    p.add_argument("--job-id", help="resume this job (default: a new id)")
+    p.add_argument("--job-id", help="resume this job (default: a new id, 32 hex digits as the service's)")
     p.add_argument(
         "--storage",
         help="Optuna storage: journal:///file, sqlite:///file or a database URL "
         "(default: a journal file in the data dir)",
     )
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: none)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: a local store, <data dir>/mlflow-local/mlflow.db, browsed with "
+        "'mlflow ui --backend-store-uri sqlite:///<that file>'); 'none' to log nothing",
+    )
     p.add_argument("--data-dir", type=Path, help="data dir (default: $NASPRUNE_DATA_DIR or ./.nasprune)")
-    p.add_argument("--output", type=Path, help="write pareto.json, pareto.png and model.onnx here")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="write pareto.json, pareto.png and model.onnx here (default: <data dir>/jobs/ID)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -129,35 +138,72 @@ def _job(SearchJob, Constraints, space_ref: str, args):
     )
 
 
-def _search(job, args, root) -> int:
-    from tqdm.auto import tqdm
+def local_tracking_uri(root: Path) -> str:
+    """The default MLflow store of local searches: SQLite under the data dir, artifacts beside it.
 
-    from nasprune.cli._common import table
+    Its own store, not the one ``nasprune serve`` runs its MLflow server on: that server's
+    experiments keep artifacts behind ``mlflow-artifacts:/`` URIs, which a client without a server
+    cannot write to.
+    """
+    folder = (root / "mlflow-local").resolve()
+    (folder / "artifacts").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _tracking(args, root: Path) -> str | None:
+    import os
+
+    if args.tracking_uri is not None:
+        return None if args.tracking_uri.lower() == "none" else args.tracking_uri
+    uri = local_tracking_uri(root)
+    # A client-side SQLite store puts new experiments' artifacts under ./mlruns of the current folder
+    # unless this (MLflow's own server setting, read when a store is made) names a root: here, the data
+    # dir. Set in this command's process only, and only when the user has not set it.
+    os.environ.setdefault(
+        "_MLFLOW_SERVER_ARTIFACT_ROOT", str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
+    )
+    return uri
+
+
+def _search(job, args, root) -> int:
+    from nasprune.budgets import budget_warnings, latency_range
+    from nasprune.cli._common import front_table, progress_bar
     from nasprune.search.job import JobContext
     from nasprune.search.runner import run_job
     from nasprune.search.study import journal_url
 
-    job_id = args.job_id or uuid.uuid4().hex[:12]
+    job_id = args.job_id or uuid.uuid4().hex
     out = args.output or root / "jobs" / job_id
     storage = args.storage or journal_url(root / "trials.journal")
-    bar = tqdm(total=job.n_trials, desc="search", unit="trial")
+    tracking_uri = _tracking(args, root)
+    bar = progress_bar(job.n_trials, "preparing supernet")
     t0 = time.perf_counter()
+    seen: set[str] = set()
 
     def on_progress(p):
+        if p.stage == "searching" and "searching" not in seen:
+            seen.add("searching")  # the table exists now: say which budgets make sense
+            rng = latency_range(job.space, job.device, root)
+            if rng.known:
+                bar.write(f"latency range of {job.space} on {job.device}: {rng.describe()} (budget "
+                          f"{job.latency_budget_ms:g} ms)")  # fmt: skip
+            for w in budget_warnings(job.latency_budget_ms, rng):
+                bar.write(f"warning: {w}")
+        bar.set_description(p.stage)
         if p.stage == "searching":
             bar.n = p.n_done
             best = f"{p.best_accuracy:.2%}@{p.best_latency_ms:.3f}ms" if p.best_accuracy is not None else "none yet"
             bar.set_postfix_str(f"best in budget {best}")
-            bar.refresh()
-        else:
-            bar.set_description(p.stage)
+        elif p.message:
+            bar.set_postfix_str(p.message)
+        bar.refresh()
 
     ctx = JobContext(
         job_id=job_id,
         storage_url=storage,
         output_dir=out,
         data_dir=root,
-        tracking_uri=args.tracking_uri,
+        tracking_uri=tracking_uri,
         ray_address=args.ray_address,
         on_progress=on_progress,
     )
@@ -166,20 +212,8 @@ def _search(job, args, root) -> int:
         res = run_job(job, ctx, progress_bar=True)
     finally:
         bar.close()
-    rows = [
-        [
-            c.candidate_id,
-            c.trial_number,
-            f"{c.accuracy:.2%}",
-            f"{c.latency_ms:.4f}",
-            "" if c.measured_latency_ms is None else f"{c.measured_latency_ms:.4f}",
-            f"{c.params:,}",
-            f"{c.macs:,}",
-            "yes" if c.verified else "",
-        ]
-        for c in res.pareto
-    ]
-    print(table(rows, ["candidate", "trial", "val acc", "pred ms", "measured ms", "params", "MACs", "verified"]))
+    recommended = res.recommended.candidate_id if res.recommended else None
+    print(front_table([c.model_dump() for c in res.pareto], recommended, job.latency_budget_ms))
     if res.recommended:
         r = res.recommended
         measured = (f"measured {r.measured_latency_ms:.4f} ms <= {job.latency_budget_ms:g} ms" if r.verified
@@ -191,6 +225,15 @@ def _search(job, args, root) -> int:
     else:
         print("no candidate's measured latency is within the budget; try a larger budget")
     print(f"{res.n_trials} trials in {time.perf_counter() - t0:.0f} s; outputs in {out}")
+    run_file = Path(out) / "mlflow_run_id"
+    if tracking_uri and run_file.is_file() and not res.tracking_error:
+        from nasprune.tracking import public_uri
+
+        run_id = run_file.read_text().strip()
+        if tracking_uri.startswith("sqlite:///"):
+            print(f"MLflow run {run_id}: browse with 'mlflow ui --backend-store-uri {tracking_uri}'")
+        else:
+            print(f"MLflow run {run_id} at {public_uri(tracking_uri)}")
     if res.tracking_error:
         print(f"warning: {res.tracking_error}")
     return 0 if res.recommended else 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nasprune.cli._common import human, table
 
 
@@ -12,32 +14,63 @@ def register(sub) -> None:
         description="List the registered search spaces or show one in detail.",
     )
     s = p.add_subparsers(dest="spaces_cmd", metavar="ACTION", required=True)
-    ls = s.add_parser("list", help="one line per registered space")
+    ls = s.add_parser(
+        "list",
+        help="one line per registered space, with its latency range per device",
+        description=(
+            "One line per registered space and device: size, params, and the predicted latency of its fastest "
+            "and slowest subnet where a latency table exists (a budget inside that range trades accuracy for "
+            "latency). Where none exists, says how to build it."
+        ),
+    )
+    _data_dir(ls)
     ls.set_defaults(func=_list)
-    show = s.add_parser("show", help="choices, size and min/max params and MACs of a space")
+    show = s.add_parser(
+        "show",
+        help="choices, size, min/max params and MACs, and latency range of a space",
+        description="Depth and width choices of a space, its extreme subnets, and its latency range on each device.",
+    )
     show.add_argument("name", help="space name (see 'nasprune spaces list') or path to a YAML file")
+    _data_dir(show)
     show.set_defaults(func=_show)
 
 
+def _data_dir(p) -> None:
+    p.add_argument(
+        "--data-dir", type=Path, help="where latency tables are (default: $NASPRUNE_DATA_DIR or ./.nasprune)"
+    )
+
+
 def _list(args) -> int:
+    from nasprune.budgets import latency_range, local_devices
     from nasprune.registry import create_supernet, list_spaces, load_space
 
-    rows = []
+    rows, hints = [], []
+    devices = local_devices(args.data_dir)
     for name in list_spaces():
         sp = load_space(name)
         net = create_supernet(sp)
-        rows.append(
-            [
-                name,
-                sp.model,
-                sp.dataset,
-                "x".join(map(str, sp.input_shape)),
-                f"{sp.size:,}",
-                f"{human(net.num_params(sp.smallest()))}-{human(net.num_params(sp.largest()))}",
-            ]
-        )
-    print(table(rows, ["space", "model", "dataset", "input", "subnets", "params"]))
+        for i, device in enumerate(devices):
+            rng = latency_range(sp, device, args.data_dir)
+            if not rng.known and device != devices[0]:
+                continue  # another device's tables cover other spaces: only the built-in device lists them all
+            if not rng.known:
+                hints.append(f"{name}: {rng.missing}")
+            head = (
+                [name, sp.model, sp.dataset, "x".join(map(str, sp.input_shape)), f"{sp.size:,}",
+                 f"{human(net.num_params(sp.smallest()))}-{human(net.num_params(sp.largest()))}"]
+                if i == 0 else [""] * 6
+            )  # fmt: skip
+            rows.append([*head, device, _range(rng)])
+    print(table(rows, ["space", "model", "dataset", "input", "subnets", "params", "device", "latency ms"]))
+    if hints:
+        print("\nno latency table yet (the range shows once one is built):")
+        print("\n".join(f"  {h}" for h in hints))
     return 0
+
+
+def _range(rng) -> str:
+    return f"{rng.min_ms:.4g} .. {rng.max_ms:.4g}" if rng.known else "no table"
 
 
 def _show(args) -> int:
@@ -57,4 +90,13 @@ def _show(args) -> int:
     for label, cfg in (("smallest", sp.smallest()), ("largest", sp.largest())):
         rows.append([label, f"{net.num_params(cfg):,}", f"{net.macs(cfg):,}", cfg.key()])
     print(table(rows, ["subnet", "params", "MACs", "key"]))
+    print()
+    from nasprune.budgets import latency_range, local_devices
+
+    ranges = [latency_range(sp, d, args.data_dir) for d in local_devices(args.data_dir)]
+    ranges = [r for r in ranges if r.known or r.device == ranges[0].device]
+    print(
+        table([[r.device, _range(r), "" if r.known else r.missing] for r in ranges], ["device", "latency ms", "note"])
+    )
+    print("a budget below the range is refused; at or above its top every subnet fits (the largest wins)")
     return 0

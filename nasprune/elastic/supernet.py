@@ -60,6 +60,9 @@ def extract(supernet: Supernet, cfg: SubnetConfig | dict, cache: SliceCache | No
     """A plain torch model of the subnet ``cfg``: physically smaller tensors, no elastic layers.
 
     Its output equals ``supernet`` under ``select(cfg)`` to float tolerance; train/eval mode is kept.
+    Its BatchNorm statistics are the supernet's shared ones, which fit no single subnet: recalibrate
+    them before use (``nasprune.evaluate.recalibrate_bn``, or ``Evaluator.subnet(cfg)``, which
+    extracts and recalibrates as the search does), or a small subnet may predict one class for all.
     ``cache`` shares weight copies between extractions of a supernet that no longer changes (the
     models are then read-only; see :func:`~nasprune.elastic.modules.export_module`).
     """

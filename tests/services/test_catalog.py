@@ -85,3 +85,25 @@ def test_listings_show_the_latency_range_and_how_to_build_a_missing_table(table_
         assert "at or above the slowest subnet" in warning and f"{mlp['max_ms']:.4g} ms" in warning
         r = client.post("/v1/jobs", json={"space": "mlp_digits", "latency_budget_ms": mlp["min_ms"] / 2})
         assert r.status_code == 422 and r.json()["code"] == "budget_unreachable"
+
+
+def test_cli_listings_show_the_range_and_submit_warns(table_dir):
+    from nasprune.settings import Settings
+    from tests.services.test_client_cli import cli
+
+    root, table = table_dir
+    lo, hi = f"{table.min_latency():.4g}", f"{table.max_latency():.4g}"
+    r = cli("spaces", "list", "--data-dir", str(root))
+    assert r.returncode == 0, r.stderr
+    (mlp,) = [line for line in r.stdout.splitlines() if line.startswith("mlp_digits")]
+    assert mlp.split()[-4:] == ["local-cpu", lo, "..", hi], mlp
+    assert "resnet_mnist: the first job builds it, or 'nasprune lut build --space resnet_mnist'" in r.stdout
+    r = cli("lut", "list", "--data-dir", str(root))
+    assert r.returncode == 0 and f"{lo} .. {hi}" in r.stdout, r.stdout + r.stderr
+
+    with running(Settings(data_dir=root, poll_s=0.05), instant_runner) as (client, _):
+        url = str(client.base_url).rstrip("/")
+        r = cli("submit", "--space", "mlp_digits", "--budget-ms", str(table.max_latency() * 2), "--url", url)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.startswith("warning: the latency budget") and "at or above the slowest subnet" in r.stderr
+        assert f"budgets between {lo} and {hi} ms" in r.stderr

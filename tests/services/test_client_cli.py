@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,7 +93,12 @@ def test_cli_submit_jobs_fetch_cancel(url, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     job_id = r.stdout.splitlines()[0]
+    assert re.fullmatch(r"[0-9a-f]{32}", job_id)
     assert "succeeded" in r.stdout and (tmp_path / "w.onnx").read_bytes() == FAKE_ONNX
+    # the front, as 'nasprune search' prints it: the fake's recommended candidate 1, the other 2
+    assert "recommended: 0000000000000001 (trial 1) accuracy 90.00%, measured 1.8000 ms <= 2 ms" in r.stdout
+    assert re.search(r"^\*\s+0000000000000001\s+1\s+90\.00%", r.stdout, re.M), r.stdout
+    assert "\r" not in r.stderr  # not a terminal: progress as plain lines
     r = cli("jobs", "--url", url)
     assert r.returncode == 0 and job_id in r.stdout and "succeeded" in r.stdout, r.stderr
     r = cli("jobs", job_id, "--url", url)
@@ -102,6 +109,49 @@ def test_cli_submit_jobs_fetch_cancel(url, tmp_path):
     assert r.returncode == 2 and "already succeeded" in r.stderr and "Traceback" not in r.stderr
     r = cli("submit", "--space", "mlp_digits", "--budget-ms", "-1", "--url", url)
     assert r.returncode == 2 and "greater than 0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "--budget-ms: " in r.stderr and "latency_budget_ms" not in r.stderr  # the CLI's flag, not the field
+
+
+def test_cli_pareto_trials_and_errors_in_cli_terms(url, tmp_path):
+    with Client(url) as c:
+        job_id = c.submit("mlp_digits", 2.0, n_trials=3)
+        c.wait(job_id, poll_s=0.05, timeout_s=20, progress=False)
+    r = cli("pareto", job_id, "--url", url)
+    assert r.returncode == 0, r.stderr
+    assert "recommended: 0000000000000001" in r.stdout and "0000000000000002" in r.stdout
+    r = cli("pareto", job_id, "--json", "--url", url)
+    front = json.loads(r.stdout)
+    assert front["recommended_id"] == "0000000000000001" and len(front["candidates"]) == 2
+    r = cli("trials", job_id, "--json", "--url", url)
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr  # the fake search stores no trials
+    r = cli("trials", job_id, "--url", url)
+    assert r.returncode == 0 and "(0 trials)" in r.stdout
+
+    r = cli("submit", "--space", "mlp_digits", "--budget-ms", "2", "-o", str(tmp_path / "m.onnx"), "--url", url)
+    assert r.returncode == 2 and "-o/--output needs --wait" in r.stderr and r.stdout == "", r.stderr
+    r = cli("submit", "--space", "mlp_digits", "--budget-ms", "2", "--device", "phone", "--url", url)
+    assert r.returncode == 2 and "--device: unknown device 'phone'" in r.stderr, r.stderr
+    assert "nasprune devices upload NAME TABLE.json" in r.stderr and "/v1/" not in r.stderr
+    r = cli("pareto", "nope", "--url", url)
+    assert r.returncode == 2 and "no job with id 'nope' (list jobs with nasprune jobs)" in r.stderr, r.stderr
+    r = cli("devices", "list", "--url", url)
+    assert r.returncode == 0 and "local-cpu" in r.stdout and "nasprune lut build --space mlp_digits" in r.stdout
+
+
+def test_front_printout_links_the_mlflow_run(capsys):
+    from nasprune.cli.jobs import _print_front
+    from tests.services.fakes import candidate
+
+    front = {
+        "candidates": [candidate(1, 0.9, 1.0, measured=1.1).model_dump(), candidate(2, 0.8, 3.0).model_dump()],
+        "recommended_id": "0000000000000001",
+        "latency_budget_ms": 2.0,
+        "n_trials": 5,
+    }
+    _print_front(front, "http://127.0.0.1:8000", {"mlflow_run_url": "/mlflow/#/experiments/1/runs/abc"})
+    out = capsys.readouterr().out
+    assert "MLflow run: http://127.0.0.1:8000/mlflow/#/experiments/1/runs/abc" in out
+    assert "(* recommended; ! over the budget)" in out and re.search(r"^!\s+0000000000000002", out, re.M)
 
 
 def test_serve_starts_api_and_mlflow(tmp_path):
