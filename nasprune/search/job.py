@@ -53,6 +53,19 @@ class SearchJob(BaseModel):
         None, description="stop fine-tuning after this many seconds, whatever the epochs"
     )
 
+    precisions: list[Literal["fp32", "int8"]] = Field(
+        default_factory=lambda: ["fp32"],
+        description="precisions of the candidates: ['fp32', 'int8'] adds onnxruntime static int8 (QDQ) candidates "
+        "to the front where they pay (docs/int8.md); fp32 is always searched",
+    )
+
+    @field_validator("precisions")
+    @classmethod
+    def _precisions(cls, v: list[str]) -> list[str]:
+        if "fp32" not in v:
+            raise ValueError("must include 'fp32' (the search scores architectures at fp32; allowed: fp32, int8)")
+        return list(dict.fromkeys(v))
+
     @field_validator("latency_budget_ms")
     @classmethod
     def _finite(cls, v: float) -> float:
@@ -64,8 +77,13 @@ class SearchJob(BaseModel):
 class Candidate(BaseModel):
     """One Pareto-optimal subnet."""
 
-    candidate_id: str = Field(description="the subnet key (16 hex digits)")
+    candidate_id: str = Field(description="the subnet key (16 hex digits; for int8 derived from it)")
     trial_number: int
+    precision: Literal["fp32", "int8"] = Field("fp32", description="what model.onnx runs: float or int8 QDQ")
+    calibration: str | None = Field(None, description="int8: the calibration method of its activation ranges")
+    fp32_accuracy: float | None = Field(
+        None, description="int8: the validation accuracy of the same architecture at fp32 (the drop is this - accuracy)"
+    )
     config: dict
     accuracy: float
     latency_ms: float = Field(description="predicted by the device's latency table")

@@ -135,8 +135,19 @@ def run_job(
         for t in pareto_trials(study):  # a seeded config may also be drawn by the sampler: one entry each
             unique.setdefault(t.user_attrs["subnet_key"], record_of(t))
         front = list(unique.values())
+        scorer = None
+        if "int8" in job.precisions:  # int8 candidates that can reach the front (nasprune.search.precision)
+            from nasprune.search import precision
+
+            report("verifying", "quantizing the int8 candidates that can reach the front")
+            table8 = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar, precision="int8")
+            scorer = precision.Int8Scorer(supernet, evaluator, out / "int8")
+            front = precision.expand_front(front, trials, job, table8, scorer)
         candidates, recommended = _verify(front, job, supernet, evaluator, table, out, verify)
-        if recommended is not None and job.finetune_epochs > 0 and not ctx.should_stop():
+        if scorer is not None:
+            precision.finish(candidates, scorer)
+        int8_chosen = recommended is not None and recommended.precision == "int8"  # not fine-tuned (docs/int8.md)
+        if recommended is not None and job.finetune_epochs > 0 and not ctx.should_stop() and not int8_chosen:
             report("verifying", f"fine-tuning the recommended subnet ({job.finetune_epochs} epoch(s))")
             _finetune(recommended, job, supernet, evaluator, out)
         if tracking:
@@ -367,6 +378,7 @@ def _verify(
     from nasprune.errors import LatencyTableError
     from nasprune.export import export_subnet, stamp_metadata
     from nasprune.latency.profile import check_runs_here
+    from nasprune.search.precision import deliver
 
     settings = settings or VerifySettings()
     try:
@@ -395,6 +407,7 @@ def _verify(
             cfg = supernet.space.parse_config(rec.config)
             # the model that scored ``rec.accuracy``: extracted, BatchNorm recalibrated
             res = export_subnet(supernet, cfg, models / f"{rec.subnet_key}.onnx", meta, model=evaluator.subnet(cfg))
+            deliver(res.path, rec, evaluator.dataset)  # int8: quantized in place; precision in the metadata
             paths.append(res.path)
             tested[rec.number] = evaluator.accuracy(cfg, "test")
         if not here:
