@@ -89,6 +89,8 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-params", type=int, help="also limit the parameter count")
     s.add_argument("--max-macs", type=int, help="also limit the MACs")
+    s.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32"],
+                   help="candidate precisions: fp32 int8 adds int8 candidates (docs/int8.md)")  # fmt: skip
     s.add_argument("--wait", action="store_true", help="wait for the job, showing progress, then print its front")
     s.add_argument("-o", "--output", type=Path, help="with --wait: download the recommended model here")
     _connection(s)
@@ -205,6 +207,7 @@ def _submit(args) -> int:
             backend=args.backend,
             seed=args.seed,
             constraints=constraints or None,
+            **({"precisions": args.precisions} if args.precisions != ["fp32"] else {}),
         )
         job_id = answer["id"]
         print(job_id, flush=True)

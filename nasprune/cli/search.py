@@ -38,6 +38,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-params", type=int, help="extra constraint: at most this many parameters")
     p.add_argument("--max-macs", type=int, help="extra constraint: at most this many MACs")
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32"],
+                   help="candidate precisions: fp32 int8 adds int8 candidates (docs/int8.md)")  # fmt: skip
     p.add_argument("--timeout", type=float, help="stop sampling after this many seconds")
     p.add_argument("--finetune-epochs", type=int, default=2, metavar="N",
                    help="fine-tune the recommended subnet alone for N epochs, distilled from the original model "
@@ -135,6 +137,7 @@ def _job(SearchJob, Constraints, space_ref: str, args):
         constraints=Constraints(max_params=args.max_params, max_macs=args.max_macs),
         finetune_epochs=args.finetune_epochs,
         finetune_seconds=args.finetune_seconds,
+        precisions=args.precisions,
     )
 
 
