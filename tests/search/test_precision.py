@@ -1,0 +1,130 @@
+"""Precision in the search: int8 candidates (onnxruntime static QDQ) scored on the quantized model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from nasprune.data import load_dataset
+from nasprune.evaluate import Evaluator
+from nasprune.export import read_metadata
+from nasprune.latency import ProfileSettings, build_table, table_path
+from nasprune.quantize import is_qdq, split_accuracy
+from nasprune.registry import load_space
+from nasprune.search import precision
+from nasprune.search.job import JobContext, SearchJob
+from nasprune.search.runner import run_job
+from nasprune.search.study import TrialRecord, load_trials
+from nasprune.train import load_checkpoint, supernet_path
+from tests.search.conftest import SPACE
+
+
+@pytest.fixture(scope="module")
+def int8_table(prepared):
+    root, _ = prepared
+    settings = ProfileSettings(op_rounds=4, op_burst=5, e2e_rounds=4, e2e_burst=10, warmup=5)
+    table = build_table(load_space(SPACE), n_fit=6, n_validate=3, settings=settings, precision="int8")
+    table.save(table_path(SPACE, "local-cpu", root, precision="int8"))
+    return table
+
+
+def test_precisions_field_is_validated():
+    job = SearchJob(space=SPACE, latency_budget_ms=1, precisions=["fp32", "int8", "int8"])
+    assert job.precisions == ["fp32", "int8"] and SearchJob(space=SPACE, latency_budget_ms=1).precisions == ["fp32"]
+    with pytest.raises(ValueError, match="must include 'fp32'"):
+        SearchJob(space=SPACE, latency_budget_ms=1, precisions=["int8"])
+    with pytest.raises(ValueError, match="fp16"):
+        SearchJob(space=SPACE, latency_budget_ms=1, precisions=["fp32", "fp16"])
+
+
+def test_int8_candidate_is_scored_on_the_quantized_model_and_delivered_as_scored(prepared, tmp_path):
+    root, _ = prepared
+    space = load_space(SPACE)
+    ds = load_dataset(space.dataset)
+    supernet = load_checkpoint(supernet_path(space, root))
+    ev = Evaluator(supernet, ds)
+    scorer = precision.Int8Scorer(supernet, ev, tmp_path / "int8")
+    cfg = space.uniform(0.5)
+    acc = scorer.accuracy(cfg)
+    assert scorer.quantized == 1 and scorer.accuracy(cfg) == acc and scorer.quantized == 1  # cached
+    assert json.loads((tmp_path / "int8" / "scores.json").read_text())[cfg.key()]["val"] == acc
+    assert abs(acc - ev.accuracy(cfg, "val")) <= 0.05  # int8 of a trained subnet, not a broken model
+    rec = TrialRecord(number=precision.INT8_NUMBER_OFFSET + 3, subnet_key=precision.candidate_id(cfg.key(), "int8"),
+                      config=cfg.model_dump(), accuracy=acc, latency_ms=0.01, params=1, macs=1, feasible=True,
+                      precision="int8")  # fmt: skip
+    assert rec.subnet_key != cfg.key() and len(rec.subnet_key) == 16
+    # the delivery path: the float export quantized in place is the model the search scored
+    from nasprune.export import export_subnet
+
+    path = tmp_path / "models" / f"{rec.subnet_key}.onnx"
+    export_subnet(supernet, cfg, path, {"accuracy": acc}, model=ev.subnet(cfg))
+    precision.deliver(path, rec, ds)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    meta = read_metadata(path)
+    assert is_qdq(path) and meta["precision"] == "int8" and meta["calibration"] == "minmax"
+    assert meta["subnet_key"] == cfg.key() and float(meta["accuracy"]) == acc
+    assert split_accuracy(path, ds, "val") == acc
+    per = precision.per_example(ev, rec, tmp_path)
+    assert per.accuracy == pytest.approx(acc) and per.loss.shape == per.correct.shape
+
+
+@pytest.mark.slow
+def test_search_with_both_precisions_states_precision_everywhere(prepared, int8_table, budget, tmp_path):
+    root, table = prepared
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=10, seed=3, precisions=["fp32", "int8"],
+                    finetune_epochs=0)  # fmt: skip
+    out = tmp_path / "job"
+    res = run_job(job, JobContext(job_id="prec", storage_url=f"sqlite:///{tmp_path / 't.db'}", output_dir=out,
+                                  data_dir=root))  # fmt: skip
+    assert res.pareto and all(c.precision in ("fp32", "int8") for c in res.pareto)
+    assert all(c.trial_number < res.n_trials for c in res.pareto)
+    pts = [(c.accuracy, c.latency_ms) for c in res.pareto]
+    assert not any(precision._dominated(a, ms, pts) for a, ms in pts)
+    for c in res.pareto:
+        if c.precision == "int8":
+            assert c.calibration == "minmax" and c.fp32_accuracy is not None
+            assert c.latency_ms == pytest.approx(int8_table.predict(table.space.parse_config(c.config)))
+    # every architecture quantized was within budget at int8 when it was chosen
+    scores = out / "int8" / "scores.json"
+    scored = json.loads(scores.read_text()) if scores.exists() else {}
+    configs = {t.subnet_key: t.config for t in load_trials(f"sqlite:///{tmp_path / 't.db'}", "prec")}
+    assert set(scored) <= set(configs)
+    assert all(int8_table.predict(table.space.parse_config(configs[k])) <= budget for k in scored)
+    assert res.recommended is not None
+    meta = read_metadata(out / "model.onnx")
+    assert meta["precision"] == res.recommended.precision
+    assert is_qdq(out / "model.onnx") == (res.recommended.precision == "int8")
+    on_disk = json.loads((out / "pareto.json").read_text())
+    assert all("precision" in c for c in on_disk["pareto"])
+
+
+def test_expand_front_gate_uses_fp32_accuracy_and_int8_latency(prepared, int8_table, tmp_path):
+    """Only architectures whose (fp32 accuracy, int8 latency) is not dominated are quantized."""
+    root, table = prepared
+    space = load_space(SPACE)
+    ds = load_dataset(space.dataset)
+    supernet = load_checkpoint(supernet_path(space, root))
+    ev = Evaluator(supernet, ds)
+    rng = np.random.default_rng(0)
+    cfgs = list({c.key(): c for c in (space.sample(rng) for _ in range(6))}.values())
+    trials = [
+        TrialRecord(number=i, subnet_key=c.key(), config=c.model_dump(), accuracy=ev.accuracy(c, "val"),
+                    latency_ms=table.predict(c), params=supernet.num_params(c), macs=supernet.macs(c), feasible=True)
+        for i, c in enumerate(cfgs)
+    ]  # fmt: skip
+    budget = max(int8_table.predict(c) for c in cfgs) + 1
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, precisions=["fp32", "int8"])
+    front = precision.pareto(trials)
+    scorer = precision.Int8Scorer(supernet, ev, tmp_path / "int8")
+    joint = precision.expand_front(front, trials, job, int8_table, scorer)
+    pts = [(r.accuracy, r.latency_ms) for r in front]
+    for t in trials:
+        lat8 = int8_table.predict(space.parse_config(t.config))
+        if precision._dominated(t.accuracy, lat8, pts):  # could not reach even the fp32 front: never quantized
+            assert t.subnet_key not in scorer.scores
+    assert all(r.precision == "int8" for r in joint if r.number >= precision.INT8_NUMBER_OFFSET)
+    jp = [(r.accuracy, r.latency_ms) for r in joint]
+    assert not any(precision._dominated(a, ms, jp) for a, ms in jp)
