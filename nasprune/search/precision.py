@@ -112,14 +112,14 @@ def expand_front(front: list, trials: list, job, table_int8, scorer: Int8Scorer,
             best[r.subnet_key] = r
     int8 = []
     for r in sorted(best.values(), key=lambda r: (-r.accuracy, r.latency_ms)):
-        if scorer.quantized >= max_quantized and space.parse_config(r.config).key() not in scorer.scores:
-            break
         cfg = space.parse_config(r.config)
         lat = table_int8.predict(cfg)
         if lat > job.latency_budget_ms or not _within_constraints(r, job):
             continue
         if _dominated(r.accuracy, lat, points):  # even at its fp32 accuracy it cannot reach the front
             continue
+        if scorer.quantized >= max_quantized and cfg.key() not in scorer.scores:
+            break  # the most accurate ones were tried first
         acc = scorer.accuracy(cfg, "val")
         rec = TrialRecord(
             number=INT8_NUMBER_OFFSET + r.number, subnet_key=candidate_id(r.subnet_key, "int8"), config=r.config,
