@@ -89,6 +89,8 @@ def register(sub) -> None:
 def _where(p, table: bool = True) -> None:
     p.add_argument("--space", help="space name or YAML path")
     p.add_argument("--device", default="local-cpu", help="device name (%(default)s)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="the fp32 table or the int8 one (units and subnets quantized; docs/int8.md)")  # fmt: skip
     if table:
         p.add_argument("--table", type=Path, help="table file (instead of --space/--device)")
     p.add_argument("--data-dir", type=Path, help="data dir (default: $NASPRUNE_DATA_DIR or ./.nasprune)")
@@ -103,7 +105,7 @@ def _table_file(args) -> Path:
         return args.table
     if not args.space:
         raise LatencyTableError("name the table: --space NAME [--device NAME], or --table FILE")
-    return table_path(load_space(args.space).name, args.device, args.data_dir)
+    return table_path(load_space(args.space).name, args.device, args.data_dir, args.precision)
 
 
 def _load(args):
@@ -113,7 +115,7 @@ def _load(args):
         return LatencyTable.load(args.table), args.table
     if not args.space:
         raise LatencyTableError("name the table: --space NAME [--device NAME], or --table FILE")
-    table = get_table(args.space, args.device, args.data_dir, build=False)
+    table = get_table(args.space, args.device, args.data_dir, build=False, precision=args.precision)
     return table, _table_file(args)
 
 
@@ -163,6 +165,7 @@ def _build(args) -> int:
             settings=settings,
             seed=args.seed,
             progress=progress,
+            precision=args.precision,
         )
     table.save(path)
     _summary(table)
