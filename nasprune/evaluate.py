@@ -18,6 +18,11 @@ from nasprune.elastic.supernet import Supernet, extract
 from nasprune.space import SubnetConfig
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are (inputs go there); CPU for a model without any."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def _norms(model: nn.Module) -> list[nn.Module]:
     from nasprune.graph.elastic import ElasticBatchNorm
 
@@ -40,9 +45,10 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor | tuple]) ->
             m.reset_running_stats()
             m.momentum = None
         model.train()
+        device = _device_of(model)
         for batch in batches:
             x = batch[0] if isinstance(batch, tuple | list) else batch
-            model(x)
+            model(x.to(device))
     finally:
         for m, mom in zip(norms, momenta, strict=True):
             m.momentum = mom
@@ -55,9 +61,9 @@ def accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: 
     """Top-1 accuracy (fraction) of ``model`` in eval mode."""
     was = model.training
     model.eval()
-    correct = 0
+    correct, device = 0, _device_of(model)
     for i in range(0, len(y), batch_size):
-        correct += (model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item()
+        correct += (model(x[i : i + batch_size].to(device)).argmax(1).cpu() == y[i : i + batch_size]).sum().item()
     model.train(was)
     return correct / len(y)
 
@@ -79,9 +85,9 @@ def per_example_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     """``model``'s correctness and loss on every example, in eval mode."""
     was = model.training
     model.eval()
-    correct, loss = [], []
+    correct, loss, device = [], [], _device_of(model)
     for i in range(0, len(y), batch_size):
-        logits, target = model(x[i : i + batch_size]), y[i : i + batch_size]
+        logits, target = model(x[i : i + batch_size].to(device)).cpu(), y[i : i + batch_size]
         correct.append(logits.argmax(1) == target)
         loss.append(nn.functional.cross_entropy(logits.double(), target, reduction="none"))
     model.train(was)

@@ -132,21 +132,28 @@ def _step_generator(cfg: TrainConfig, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(_seed_for(cfg, step, 1))
 
 
+def epoch_order(ds: Dataset, cfg: TrainConfig, epoch: int) -> list[torch.Tensor]:
+    """The training examples' indices, batch by batch, of ``epoch``: a permutation seeded by (seed, epoch)."""
+    n = len(ds.tensors("train")[1])
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+    return list(perm.split(cfg.batch_size))
+
+
 def _device_batches(ds: Dataset, cfg: TrainConfig, epoch: int, start: int, device: torch.device, shard=(0, 1)):
     """(step in epoch, x, y) from batch ``start`` of the epoch on, on ``device``.
 
-    The order is the seeded sampler of :func:`_batches` (so a resume at batch ``start`` continues the
-    same order); a data-parallel worker ``shard = (rank, world)`` takes every world-th example of each
-    batch. On CUDA each batch is copied from pinned memory without blocking, one batch ahead of the
-    one being trained on."""
+    The order is :func:`epoch_order` (a resume at batch ``start`` continues the same order); a
+    data-parallel worker ``shard = (rank, world)`` takes every world-th example of each batch. On
+    CUDA each batch is copied from pinned memory without blocking, one batch ahead of the one being
+    trained on."""
     x_all, y_all = ds.tensors("train")
     rank, world = shard
-    order = list(_batches(ds, cfg, epoch).batch_sampler)
+    order = epoch_order(ds, cfg, epoch)
     steps_per_epoch = len(order)
     cuda = device.type == "cuda"
 
     def prepare(i: int):
-        idx = torch.as_tensor(order[i])
+        idx = order[i]
         x = random_shift(x_all[idx], cfg.max_shift, _step_generator(cfg, epoch * steps_per_epoch + i))
         y = y_all[idx]
         if world > 1:
@@ -409,7 +416,7 @@ def run_training(
         net.reorder_channels()
     net.to(device).train()
     params = list(net.parameters())
-    steps_per_epoch = len(_batches(ds, cfg, 0))
+    steps_per_epoch = len(epoch_order(ds, cfg, 0))
     opt, sched = _sgd(params, cfg, cfg.epochs * steps_per_epoch)
     amp = device.type == "cuda"
     amp_dtype = torch.float16 if amp and not torch.cuda.is_bf16_supported() else torch.bfloat16

@@ -21,7 +21,7 @@ Sel = int | torch.Tensor
 def take(t: torch.Tensor, dim: int, sel: Sel) -> torch.Tensor:
     if isinstance(sel, int):
         return t if sel == t.shape[dim] else t.narrow(dim, 0, sel)
-    return t.index_select(dim, sel)
+    return t.index_select(dim, sel if sel.device == t.device else sel.to(t.device))
 
 
 def count(sel: Sel) -> int:
@@ -150,7 +150,7 @@ class ElasticBatchNorm(ElasticModule):
 
     def export(self, cache: SliceCache | None = None) -> nn.Module:
         c = count(self.sel)
-        m = self.cls(c, eps=self.eps, momentum=self.momentum, affine=self.affine)
+        m = self.cls(c, eps=self.eps, momentum=self.momentum, affine=self.affine, device=self.running_mean.device)
         with torch.no_grad():
             if self.affine:
                 m.weight.copy_(take(self.weight, 0, self.sel))
@@ -183,6 +183,7 @@ class _AffineNorm(ElasticModule):
 
     def _copy_affine(self, m: nn.Module) -> nn.Module:
         w, b = self._affine()
+        m = m.to(self.weight.device) if self.weight is not None else m
         with torch.no_grad():
             if w is not None:
                 m.weight.copy_(w)

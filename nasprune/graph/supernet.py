@@ -312,7 +312,7 @@ class GraphSupernet(Supernet):
         total = torch.zeros(self.analysis.group_size[group])
         for use, role, _, _ in self._members(group):
             if role == "out" and use.kind in ("conv1d", "conv2d", "linear") and not use.depthwise:
-                total += self._module(use.path).weight.detach().abs().flatten(1).sum(1)
+                total += self._module(use.path).weight.detach().abs().flatten(1).sum(1).cpu()
         return total
 
     @torch.no_grad()
@@ -336,7 +336,7 @@ class GraphSupernet(Supernet):
 
         def hook(layout):
             def fn(_module, _inputs, out):
-                per = out.detach().abs().transpose(0, 1).flatten(1).mean(1).double()
+                per = out.detach().abs().transpose(0, 1).flatten(1).mean(1).double().cpu()
                 off = 0
                 for seg in layout:
                     g = a.var_group.get(a.var_root[seg.var])
