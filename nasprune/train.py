@@ -351,7 +351,7 @@ def train_supernet(
 
     def epoch_done(rec: dict) -> None:
         if run:
-            tracker.log_epoch(run, rec)
+            tracker.log_epoch(run, {k: v for k, v in rec.items() if isinstance(v, int | float)})
         if on_epoch:
             on_epoch(rec)
 
@@ -543,6 +543,8 @@ def run_training(
             rec["val_acc_largest"] = ev.accuracy(largest, "val")
             rec["val_acc_smallest"] = ev.accuracy(smallest, "val")
         net.train()
+        if resumes:
+            rec["resumed_from_epoch"] = resumes[-1]["epoch"] + 1
         history.append(rec)
         st = snapshot(epoch + 1, 0)
         save_state(st, rec)

@@ -138,12 +138,47 @@ class SearchResult(BaseModel):
 class Progress(BaseModel):
     """What a running job reports: the stage it is in and, while searching, trials done and best so far."""
 
-    stage: Literal["queued", "preparing supernet", "building latency table", "searching", "verifying", "done"]
+    stage: Literal[
+        "queued", "preparing supernet", "training supernet", "building latency table", "searching", "verifying", "done"
+    ]
     n_done: int = 0
     n_total: int = 0
     best_accuracy: float | None = None
     best_latency_ms: float | None = None
     message: str = ""
+    training: TrainingProgress | None = Field(None, description="while the supernet trains: its last epoch")
+
+
+class TrainingProgress(BaseModel):
+    """The supernet training's last finished epoch, and where it resumed if it was interrupted."""
+
+    epoch: int
+    n_epochs: int
+    train_loss: float
+    val_acc_largest: float | None = None
+    val_acc_smallest: float | None = None
+    workers: int = 1
+    resumed_from_epoch: int | None = Field(None, description="the 1-based epoch a killed training resumed at")
+
+    @classmethod
+    def of(cls, rec: dict) -> TrainingProgress:
+        """From an epoch record of :func:`nasprune.train.train_supernet`."""
+        return cls(
+            epoch=rec["epoch"],
+            n_epochs=rec["epochs"],
+            train_loss=rec["train_loss"],
+            val_acc_largest=rec.get("val_acc_largest"),
+            val_acc_smallest=rec.get("val_acc_smallest"),
+            workers=rec.get("workers", 1),
+            resumed_from_epoch=rec.get("resumed_from_epoch"),
+        )
+
+    def describe(self) -> str:
+        accs = ""
+        if self.val_acc_largest is not None and self.val_acc_smallest is not None:
+            accs = f", val acc largest {self.val_acc_largest:.1%} smallest {self.val_acc_smallest:.1%}"
+        resumed = f" (resumed at epoch {self.resumed_from_epoch})" if self.resumed_from_epoch else ""
+        return f"training supernet: epoch {self.epoch}/{self.n_epochs}, loss {self.train_loss:.3f}{accs}{resumed}"
 
 
 @dataclass

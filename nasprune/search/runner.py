@@ -65,7 +65,25 @@ def run_job(
             message="loading the trained supernet (training it once if needed)",
         )
     )
-    supernet, ckpt = get_supernet(space, ctx.data_dir, progress=progress_bar)
+    from nasprune.search.job import TrainingProgress
+
+    def on_epoch(rec: dict) -> None:  # when this job trains the supernet (or resumes its killed training)
+        training = TrainingProgress.of(rec)
+        ctx.on_progress(
+            Progress(stage="training supernet", n_total=job.n_trials, message=training.describe(), training=training)
+        )
+
+    def on_note(msg: str) -> None:
+        ctx.on_progress(Progress(stage="training supernet", n_total=job.n_trials, message=msg))
+
+    train_tracker = None
+    if ctx.tracking_uri:
+        from nasprune.tracking import MlflowTracker
+
+        train_tracker = MlflowTracker(ctx.tracking_uri)  # the training's epochs as MLflow step metrics
+    supernet, ckpt = get_supernet(
+        space, ctx.data_dir, tracker=train_tracker, progress=progress_bar, on_epoch=on_epoch, notify=on_note
+    )
     ctx.on_progress(
         Progress(
             stage="building latency table",
