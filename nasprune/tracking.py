@@ -42,6 +42,9 @@ NOTE_TAG = "mlflow.note.content"  # the run's (or experiment's) description, mar
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
 RECOMMENDED_ALIAS = "recommended"
+# MLflow 3.17's UI picks its view from this query parameter (else the browser's last choice, GenAI by
+# default), not from the experiment kind: links to a run ask for the model-training view.
+UI_VIEW = "workflowType=machine_learning"
 
 
 def registered_model_name(space: str) -> str:
@@ -228,7 +231,8 @@ class MlflowTracker:
         run = self._safe(self.client.get_run, run_id)
         if run is None:
             return None
-        return f"{public_uri(self.tracking_uri).rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+        base = public_uri(self.tracking_uri).rstrip("/")
+        return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}?{UI_VIEW}"
 
     # -- training --------------------------------------------------------------------------------
     def start_training_run(self, space, recipe) -> str | None:
@@ -788,7 +792,9 @@ def log_onnx_model(
     except MlflowException as e:
         if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    version = client.create_model_version(name, f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id)
+    version = client.create_model_version(
+        name, f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id, await_creation_for=0
+    )
     client.set_registered_model_alias(name, RECOMMENDED_ALIAS, version.version)
     return name, str(version.version)
 

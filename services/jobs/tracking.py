@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nasprune.tracking import public_uri, server_problem, terminate
+from nasprune.tracking import UI_VIEW, public_uri, server_problem, terminate
 
 JOB_ID_TAG = "nasprune.job_id"
 
@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 
 def is_server(tracking_uri: str | None) -> bool:
     return bool(tracking_uri) and tracking_uri.startswith(("http://", "https://"))
-
-
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    return run_link(tracking_uri, run_path(experiment_id, run_id))
 
 
 def run_path(experiment_id: str, run_id: str) -> str:
@@ -45,7 +41,8 @@ def run_link(tracking_uri: str | None, stored: str | None) -> str | None:
     at = stored.find("#/")
     if at < 0:
         return None
-    return f"{public_uri(tracking_uri).rstrip('/')}/{stored[at:]}"
+    place = stored[at:].split("?", 1)[0]
+    return f"{public_uri(tracking_uri).rstrip('/')}/{place}?{UI_VIEW}"
 
 
 RUN_ID_FILE = "mlflow_run_id"

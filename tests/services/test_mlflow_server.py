@@ -31,7 +31,7 @@ def test_mlflow_server_runs_and_links_job_runs(tmp_path, settings):
             job = wait_for(api, job_id, ("succeeded",))
             assert job["mlflow_run_id"] and job["links"]["mlflow"] == job["mlflow_run_url"]
             assert job["mlflow_run_url"].startswith(f"{srv.url}/#/experiments/")
-            assert job["mlflow_run_url"].endswith(f"/runs/{job['mlflow_run_id']}")
+            assert job["mlflow_run_url"].endswith(f"/runs/{job['mlflow_run_id']}?workflowType=machine_learning")
             # without the marker file the run is found by its tag
             assert find_job_run(srv.url, job_id)[0] == job["mlflow_run_id"]
         assert (tmp_path / "mlflow" / "mlflow.db").is_file()
