@@ -157,14 +157,17 @@ def _tracking(args, root: Path) -> str | None:
     import os
 
     if args.tracking_uri is not None:
-        return None if args.tracking_uri.lower() == "none" else args.tracking_uri
-    uri = local_tracking_uri(root)
-    # A client-side SQLite store puts new experiments' artifacts under ./mlruns of the current folder
-    # unless this (MLflow's own server setting, read when a store is made) names a root: here, the data
-    # dir. Set in this command's process only, and only when the user has not set it.
-    os.environ.setdefault(
-        "_MLFLOW_SERVER_ARTIFACT_ROOT", str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
-    )
+        uri = None if args.tracking_uri.lower() == "none" else args.tracking_uri
+    else:
+        uri = local_tracking_uri(root)
+        # A client-side SQLite store puts new experiments' artifacts under ./mlruns of the current folder
+        # unless this (MLflow's own server setting, read when a store is made) names a root: here, the
+        # data dir. Set in this command's process only, and only when the user has not set it.
+        os.environ.setdefault("_MLFLOW_SERVER_ARTIFACT_ROOT", str(root.resolve() / "mlflow-local" / "artifacts"))
+    if uri is not None and not uri.startswith(("http://", "https://")):
+        # Without a server, MLflow's client-side model registry resolves 'models:/<id>' sources through
+        # the process-wide tracking URI, not the client's: point it at the same store (this process only).
+        os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
     return uri
 
 
@@ -192,13 +195,13 @@ def _search(job, args, root) -> int:
                           f"{job.latency_budget_ms:g} ms)")  # fmt: skip
             for w in budget_warnings(job.latency_budget_ms, rng):
                 bar.write(f"warning: {w}")
-        bar.set_description(p.stage)
+        bar.n = p.n_done
         if p.stage == "searching":
-            bar.n = p.n_done
             best = f"{p.best_accuracy:.2%}@{p.best_latency_ms:.3f}ms" if p.best_accuracy is not None else "none yet"
             bar.set_postfix_str(f"best in budget {best}")
-        elif p.message:
+        else:
             bar.set_postfix_str(p.message)
+        bar.set_description(p.stage)
         bar.refresh()
 
     ctx = JobContext(
