@@ -72,3 +72,73 @@ def test_only_the_searching_thread_is_quiet():
         optuna.logging.set_verbosity(before)
     created = [(thread, msg.rsplit(" ", 1)[-1]) for thread, msg in records.messages if "new study created" in msg]
     assert created == [("user", "by-the-user"), ("MainThread", "after")]
+
+
+def _job_study(tmp_path):
+    from nasprune.search.job import SearchJob
+    from nasprune.search.study import journal_url, open_study
+
+    job = SearchJob(space="mlp_digits", latency_budget_ms=0.5, n_trials=6, seed=1)
+    url = journal_url(tmp_path / "trials.journal")
+    study = open_study(job, "job-a", url)
+    for i in range(6):
+        trial = study.ask()
+        trial.set_constraint("latency_ms", (i - 3) / 10)  # three feasible, three over budget
+        study.tell(trial, [0.8 + i / 100, 0.2 + i / 10])
+    return job, url, study
+
+
+def test_a_jobs_study_names_its_objectives_and_says_what_it_searched(tmp_path):
+    from nasprune.search.study import open_study, trial_constraints
+
+    job, url, _ = _job_study(tmp_path)
+    study = open_study(job, "job-a", url)  # reopened, as the service and optuna-dashboard see it
+    assert study.metric_names == ["val_accuracy", "predicted_latency_ms"]
+    attrs = study.user_attrs
+    assert attrs["space"] == "mlp_digits" and attrs["device"] == "local-cpu" and attrs["latency_budget_ms"] == 0.5
+    assert "dataset" not in attrs and "model" not in attrs  # unset: not stored as None
+    # Optuna 5 keeps each set_constraint under its own name
+    assert [trial_constraints(t) for t in study.trials][:2] == [{"latency_ms": -0.3}, {"latency_ms": -0.2}]
+    # plotly is installed: optuna.visualization draws the job's front with the objectives' names
+    import optuna.visualization
+
+    fig = optuna.visualization.plot_pareto_front(study)
+    titles = {fig.layout.xaxis.title.text, fig.layout.yaxis.title.text}
+    assert titles == {"val_accuracy", "predicted_latency_ms"}
+    assert sum(len(d.x) for d in fig.data if d.x is not None) == 6
+
+
+def test_nasprune_dashboard_serves_the_jobs_study(tmp_path):
+    import httpx
+
+    from nasprune.mlflow_server import free_port
+
+    _job_study(tmp_path)
+    port = free_port()
+    cmd = [sys.executable, "-m", "nasprune", "dashboard", "job-a", "--data-dir", str(tmp_path), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the study is found, before the server starts
+        assert f"http://127.0.0.1:{port}/dashboard/studies/" in line, line
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            for _ in range(600):  # the server is up within seconds; each try waits on the connection
+                try:
+                    r = http.get("/api/studies")
+                    break
+                except httpx.ConnectError:
+                    assert proc.poll() is None, proc.stdout.read()
+                    threading.Event().wait(0.1)
+            studies = r.json()["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["job-a"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "nasprune", "dashboard", "no-such-job", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "no job 'no-such-job'" in out.stderr and "job-a" in out.stderr
+    assert "--data-dir" in out.stderr
