@@ -493,6 +493,7 @@ def run_training(
         if first == 0:
             totals = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
         digest = hashlib.sha256(str(epoch).encode())
+        t_epoch = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, x, y in _device_batches(ds, cfg, epoch, first, device, (dist.rank, dist.world)):
@@ -524,6 +525,7 @@ def run_training(
             if i % 10 == 0 or i == steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{loss.item():.3f}", phase="sandwich" if sandwich else "warmup")
         totals["loss"] += loss_sum.item()
+        seconds = time.perf_counter() - t_epoch
         totals["correct"] += correct_sum.item()
         loss_all, correct_all, seen_all = dist.sum([totals["loss"], totals["correct"], totals["seen"]])
         rec = {
@@ -533,6 +535,7 @@ def run_training(
             "train_acc_largest": correct_all / max(seen_all, 1),
             "lr": sched.get_last_lr()[0],
             "workers": dist.world,
+            "train_seconds": seconds,  # this run's share of the epoch (all of it unless resumed mid-epoch)
         }
         if dist.world > 1:
             rec["subnets_agree"] = dist.agree(int(digest.hexdigest()[:15], 16))
