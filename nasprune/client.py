@@ -3,7 +3,7 @@
     from nasprune.client import Client
 
     with Client("http://127.0.0.1:8000", token=None) as c:
-        job_id = c.submit("mlp_digits", latency_budget_ms=0.03, n_trials=50)  # see c.spaces() for the range
+        job_id = c.submit("mlp_digits", latency_budget_ms=0.01, n_trials=50)  # c.spaces(): each latency range
         job = c.wait(job_id)                  # progress bar on stderr; raises JobFailed if it failed
         front = c.pareto(job_id)
         c.download_model(job_id, "model.onnx")

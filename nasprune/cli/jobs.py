@@ -97,7 +97,8 @@ def register(sub) -> None:
     s.set_defaults(func=_submit)
 
     j = sub.add_parser("jobs", help="list jobs, or show one", description="List the service's jobs or show one.")
-    j.add_argument("job_id", nargs="?", help="show this job in full (JSON)")
+    j.add_argument("job_id", nargs="?", help="show this job: spec, progress, best so far, links")
+    j.add_argument("--json", action="store_true", help="print the service's answer as JSON (for scripts)")
     j.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     j.add_argument("--limit", type=int, default=20, help="jobs to list (%(default)s)")
     _connection(j)
@@ -258,9 +259,13 @@ def _jobs(args) -> int:
 
     with _client(args) as c:
         if args.job_id:
-            print(json.dumps(c.job(args.job_id), indent=2))
+            job = c.job(args.job_id)
+            print(json.dumps(job, indent=2) if args.json else _describe_job(job, c.base_url))
             return 0
         page = c.jobs(args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
     rows = []
     for j in page["items"]:
         p = j["progress"] or {}
@@ -282,6 +287,38 @@ def _jobs(args) -> int:
     if page["total"] > len(rows):
         print(f"({len(rows)} of {page['total']} jobs; --limit to see more)")
     return 0
+
+
+def _describe_job(job: dict, base_url: str) -> str:
+    spec, p = job["spec"], job.get("progress") or {}
+    best = job.get("best") or {}
+    lines = [
+        f"job       {job['id']}: {job['status']}" + (" (cancel requested)" if job.get("cancel_requested") else ""),
+        f"search    {spec['space']} on {spec['device']}, budget {spec['latency_budget_ms']:g} ms, "
+        f"{spec['n_trials']} trials ({spec['sampler']}, {spec['backend']}, seed {spec['seed']})",
+        f"progress  {p.get('stage', '')}: {p.get('n_done', 0)}/{p.get('n_total') or spec['n_trials']} trials"
+        + (f", {p['message']}" if p.get("message") else ""),
+    ]
+    if best.get("accuracy") is not None:
+        lines.append(f"best      accuracy {best['accuracy']:.2%} at {best['latency_ms']:.4f} ms (predicted)")
+    times = [
+        f"{k} {job[f'{k}_at'][:19].replace('T', ' ')}" for k in ("created", "started", "finished") if job.get(f"{k}_at")
+    ]
+    lines.append(
+        f"times     {', '.join(times)} (UTC)" + (f"; attempt {job['attempts']}" if job.get("attempts", 1) > 1 else "")
+    )
+    if job.get("error"):
+        lines.append(f"error     {job['error']}")
+    if job.get("tracking_error"):
+        lines.append(f"warning   {job['tracking_error']}")
+    link = mlflow_link(base_url, job)
+    if link:
+        lines.append(f"MLflow    {link}")
+    if job["status"] == "succeeded":
+        lines.append(f"next      nasprune pareto {job['id']}; nasprune fetch {job['id']} -o model.onnx")
+    else:
+        lines.append(f"next      nasprune trials {job['id']}")
+    return "\n".join(lines)
 
 
 def _local_result(args) -> dict | None:

@@ -102,7 +102,10 @@ def test_cli_submit_jobs_fetch_cancel(url, tmp_path):
     r = cli("jobs", "--url", url)
     assert r.returncode == 0 and job_id in r.stdout and "succeeded" in r.stdout, r.stderr
     r = cli("jobs", job_id, "--url", url)
-    assert r.returncode == 0 and f'"id": "{job_id}"' in r.stdout
+    assert r.returncode == 0 and f"job       {job_id}: succeeded" in r.stdout, r.stderr
+    assert "search    mlp_digits on local-cpu, budget 2 ms, 3 trials" in r.stdout and "nasprune pareto" in r.stdout
+    r = cli("jobs", job_id, "--json", "--url", url)
+    assert r.returncode == 0 and json.loads(r.stdout)["id"] == job_id
     r = cli("fetch", job_id, "-o", str(tmp_path / "f.onnx"), "--url", url)
     assert r.returncode == 0 and (tmp_path / "f.onnx").read_bytes() == FAKE_ONNX, r.stderr
     r = cli("cancel", job_id, "--url", url)
