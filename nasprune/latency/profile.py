@@ -75,12 +75,12 @@ class ProfileSettings(BaseModel):
     warmup: int = Field(20, ge=0, description="untimed calls per session before the first round")
 
 
-def _bar(progress: bool, total: int, desc: str):
+def _bar(progress: bool, total: int, desc: str, unit: str = "it"):
     if not progress:
         return contextlib.nullcontext(None)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="it", leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
 
 
 def profile_ops(
@@ -150,7 +150,7 @@ def export_all(supernet, cfgs: Sequence[SubnetConfig], folder: Path, progress: b
     from nasprune.export import export_subnet
 
     paths = []
-    with _bar(progress, len(cfgs), "exporting subnets") as bar:
+    with _bar(progress, len(cfgs), "exporting subnets", unit="subnet") as bar:
         for cfg in cfgs:
             path = folder / f"{supernet.space.digest()}-{cfg.key()}.onnx"
             if not path.exists():
@@ -197,7 +197,7 @@ def _time_all(
     """Sessions made as for deployment on ``device``, timed interleaved (see ``time_interleaved``)."""
     sessions = [make_session(m, device.threads, device.provider) for m in models]
     feeds = [feed_for(s, device.batch_size) for s in sessions]
-    with _bar(progress, rounds, desc) as bar:
+    with _bar(progress, rounds, f"{desc}, round", unit="round") as bar:  # the total counts rounds, not models
         return time_interleaved(
             sessions,
             feeds,
