@@ -86,6 +86,11 @@ def test_listings_show_the_latency_range_and_how_to_build_a_missing_table(table_
         r = client.post("/v1/jobs", json={"space": "mlp_digits", "latency_budget_ms": mlp["min_ms"] / 2})
         assert r.status_code == 422 and r.json()["code"] == "budget_unreachable"
 
+        from nasprune.client import Client
+
+        with Client(str(client.base_url)) as c, pytest.warns(UserWarning, match="at or above the slowest subnet"):
+            c.submit("mlp_digits", mlp["max_ms"] * 1.5, n_trials=1)
+
 
 def test_cli_listings_show_the_range_and_submit_warns(table_dir):
     from nasprune.settings import Settings
