@@ -1,10 +1,16 @@
 """int8 static quantization of exported models with onnxruntime, and scoring quantized models.
 
-The format is the one onnxruntime recommends for x86 CPUs: QDQ (QuantizeLinear/DequantizeLinear
-pairs that onnxruntime fuses into integer kernels when it loads the model), signed int8 weights
-*and* activations (S8S8), weights quantized per output channel, activation ranges calibrated on the
-dataset's calibration split through a :class:`onnxruntime.quantization.CalibrationDataReader`.
-``reduce_range`` stays off: it is for CPUs without VNNI.
+The format is QDQ (QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses into integer
+kernels when it loads the model), signed int8 weights quantized per output channel, activation
+ranges calibrated on the dataset's calibration split through a
+:class:`onnxruntime.quantization.CalibrationDataReader`. ``reduce_range`` stays off: it is for CPUs
+without VNNI.
+
+Activations are *unsigned* int8 by default (U8S8), not the signed S8S8 that onnxruntime's docs
+recommend for x86: measured here (onnxruntime 1.31, AVX-512 VNNI), S8S8 QDQ left 12 of the 20 convs
+of a resnet_mnist subnet unfused (DequantizeLinear -> float Conv -> QuantizeLinear, plus layout
+transposes) and ran the subnet 1.7-3x *slower* than fp32, while U8S8 fused every conv and add into
+QLinearConv/QLinearAdd and ran it ~1.5x faster (``docs/int8.md``). ``activations="s8"`` gives S8S8.
 
 The calibration method is chosen by measured accuracy (``benchmarks/int8.py``, ``docs/int8.md``):
 :data:`DEFAULT_CALIBRATION`.
@@ -29,6 +35,9 @@ DEFAULT_CALIBRATION: Calibration = "minmax"
 """MinMax: on the built-in subnets measured so far it scored as well as Entropy and Percentile
 (within one validation sample or two, see ``docs/int8.md``), is the only one of the three whose
 result does not depend on histogram settings, and calibrates several times faster."""
+
+Activations = Literal["u8", "s8"]
+DEFAULT_ACTIVATIONS: Activations = "u8"
 
 CALIB_SAMPLES = 256
 CALIB_BATCH = 32
@@ -97,10 +106,12 @@ def quantize_model(
     method: Calibration = DEFAULT_CALIBRATION,
     *,
     per_channel: bool = True,
+    activations: Activations = DEFAULT_ACTIVATIONS,
     input_name: str | None = None,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Quantize the float ONNX model ``src`` (a path or serialised bytes) to ``dst``: QDQ, S8S8, per-channel.
+    """Quantize the float ONNX model ``src`` (a path or serialised bytes) to ``dst``: QDQ, int8
+    weights per channel, ``activations`` unsigned (u8, default) or signed (s8) int8.
 
     ``calib`` are the calibration inputs (an array for the first graph input, or arrays by input
     name). The quantized file keeps the
@@ -109,6 +120,8 @@ def quantize_model(
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    if activations not in ("u8", "s8"):
+        raise ValueError(f"unknown activation type {activations!r}; allowed: u8, s8")
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nasprune-quant-") as tmp:
@@ -122,7 +135,7 @@ def quantize_model(
             str(out),
             _reader(calib, name, CALIB_BATCH),
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
             reduce_range=False,
@@ -149,14 +162,14 @@ def quantize_model(
 
 
 def is_qdq(path: str | Path) -> bool:
-    """Whether a model holds QuantizeLinear/DequantizeLinear pairs with int8 zero points."""
+    """Whether a model holds QuantizeLinear/DequantizeLinear pairs with 8-bit zero points."""
     proto = onnx.load(str(path))
     ops = {n.op_type for n in proto.graph.node}
     if not {"QuantizeLinear", "DequantizeLinear"} <= ops:
         return False
     zps = {i.name: i for i in proto.graph.initializer}
     return any(
-        zps[n.input[2]].data_type == onnx.TensorProto.INT8
+        zps[n.input[2]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
         for n in proto.graph.node
         if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in zps
     )
@@ -208,7 +221,7 @@ def random_inputs(proto: onnx.ModelProto, n: int = 4, seed: int = 0) -> dict[str
 
 def quantize_for_timing(model: str | Path | bytes, n: int = 4, seed: int = 0) -> bytes:
     """The int8 QDQ form of a model timed for its latency only (values do not change dense kernels'
-    speed): calibrated on ``n`` random inputs, otherwise exactly as :func:`quantize_model`."""
+    speed): calibrated on ``n`` random inputs, otherwise exactly as :func:`quantize_model` (defaults)."""
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
     with tempfile.TemporaryDirectory(prefix="nasprune-qtime-") as tmp:
         dst = quantize_model(proto.SerializeToString(), Path(tmp) / "q.onnx", random_inputs(proto, n, seed))

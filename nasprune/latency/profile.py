@@ -14,7 +14,7 @@
    but not fitted on) measure the table's error (:mod:`nasprune.latency.validate`).
 
 An ``int8`` table is built the same way from the same graphs, each quantized first
-(:func:`nasprune.quantize.quantize_for_timing`: static QDQ, S8S8, per-channel, as deployed).
+(:func:`nasprune.quantize.quantize_for_timing`: static QDQ, U8S8, per-channel, as deployed).
 """
 
 from __future__ import annotations

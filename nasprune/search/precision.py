@@ -7,7 +7,7 @@ predicted latency). After the search, :func:`expand_front` adds int8 candidates:
    (a lookup, no export);
 2. it *can reach the front* only if (its fp32 accuracy, its int8 latency) is within budget and not
    dominated by the points known so far (int8 is assumed to score at most its fp32 accuracy);
-3. those are quantized (:func:`nasprune.quantize.quantize_model`: static QDQ, S8S8, per-channel,
+3. those are quantized (:func:`nasprune.quantize.quantize_model`: static QDQ, U8S8, per-channel,
    calibrated on the calibration split) and scored by onnxruntime on the validation split, most
    accurate first, each result cached per (architecture, precision) in ``<job dir>/int8``;
 4. the front is the non-dominated set of the fp32 front and the measured int8 candidates.
@@ -95,7 +95,7 @@ class Int8Scorer:
 def int8_metadata(calibration: str) -> dict[str, str]:
     return {
         "nasprune.precision": "int8",
-        "nasprune.quantization": "onnxruntime static, QDQ, S8S8, per-channel weights",
+        "nasprune.quantization": "onnxruntime static, QDQ, U8S8 (uint8 activations, int8 weights), per-channel weights",
         "nasprune.calibration": calibration,
     }
 
