@@ -9,8 +9,9 @@ Two parts:
   absolute weight difference between the resumed run's checkpoint and an uninterrupted run's
   (same seed, same recipe, same thread count).
 - ``scale``: one supernet training of the largest built-in space (resnet_mnist) on the first
-  ``--train-images`` training images for ``--epochs`` epochs, in-process and on Ray Train with 1
-  and 2 CPU workers (a local Ray started once, its start-up reported apart). Reported: wall time
+  ``--train-images`` training images for ``--epochs`` epochs, in-process (torch's default threads,
+  and 1 thread: a Ray Train worker with one CPU runs 1 thread) and on Ray Train with 1 and 2 CPU
+  workers (a local Ray started once, its start-up reported apart). Reported: wall time
   (including Ray Train's worker start-up), training samples/s over the epochs' training time
   (validation excluded), and the validation accuracy of the largest and smallest subnets after the
   same epochs. Data-parallel workers split each batch (the global batch is the same), so the
@@ -103,6 +104,7 @@ def resume_part(root: Path) -> list[dict]:
 
 def scale_part(n_images: int, epochs: int, batch_size: int) -> tuple[list[dict], float]:
     import ray
+    import torch
 
     from nasprune.data import load_dataset
     from nasprune.registry import load_space
@@ -118,8 +120,17 @@ def scale_part(n_images: int, epochs: int, batch_size: int) -> tuple[list[dict],
     ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     ray_start = time.perf_counter() - t0
     try:
-        for label, workers in (("in-process", 1), ("ray-train-1", 1), ("ray-train-2", 2)):
+        runs = (
+            ("in-process", 1, None),
+            ("in-process-1-thread", 1, 1),
+            ("ray-train-1", 1, None),
+            ("ray-train-2", 2, None),
+        )
+        for label, workers, threads in runs:
             print(f"{label}: training ...", flush=True)
+            default_threads = torch.get_num_threads()
+            if threads:
+                torch.set_num_threads(threads)
             t0 = time.perf_counter()
             if label == "ray-train-1":  # one Ray Train worker: train_on_ray directly (train_supernet goes in-process)
                 from nasprune.train_ray import train_on_ray
@@ -129,10 +140,12 @@ def scale_part(n_images: int, epochs: int, batch_size: int) -> tuple[list[dict],
             else:
                 history = train_supernet(space, cfg, small, progress=False, workers=workers).history
             wall = time.perf_counter() - t0
+            torch.set_num_threads(default_threads)
             train_s = sum(h["train_seconds"] for h in history)
             rows.append({
                 "run": label,
                 "workers": workers,
+                "torch_threads": 1 if label.startswith("ray") else threads or default_threads,  # Ray: 1 per CPU
                 "wall_s": round(wall, 1),
                 "train_s": round(train_s, 1),
                 "samples_per_s": round(n_images * epochs / train_s, 1),
