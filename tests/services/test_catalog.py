@@ -48,7 +48,7 @@ def table_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("catalog") / "data"
     settings = ProfileSettings(op_rounds=3, op_burst=2, e2e_rounds=3, e2e_burst=3, warmup=2)
-    table = build_table(load_space("mlp_digits"), n_fit=4, n_validate=0, settings=settings)
+    table = build_table(load_space("mlp_digits"), n_fit=0, n_validate=0, settings=settings)  # op timings only
     table.save(table_path("mlp_digits", "local-cpu", root))
     return root, table
 
@@ -92,23 +92,25 @@ def test_listings_show_the_latency_range_and_how_to_build_a_missing_table(table_
             c.submit("mlp_digits", mlp["max_ms"] * 1.5, n_trials=1)
 
 
-def test_cli_listings_show_the_range_and_submit_warns(table_dir):
+def test_cli_listings_show_the_range_and_submit_warns(table_dir, capsys):
     from nasprune.settings import Settings
-    from tests.services.test_client_cli import cli
+    from tests.services.test_client_cli import in_process
 
     root, table = table_dir
     lo, hi = f"{table.min_latency():.4g}", f"{table.max_latency():.4g}"
-    r = cli("spaces", "list", "--data-dir", str(root))
+    r = in_process(capsys, "spaces", "list", "--data-dir", str(root))
     assert r.returncode == 0, r.stderr
     (mlp,) = [line for line in r.stdout.splitlines() if line.startswith("mlp_digits")]
     assert mlp.split()[-4:] == ["local-cpu", lo, "..", hi], mlp
     assert "resnet_mnist: the first job builds it, or 'nasprune lut build --space resnet_mnist'" in r.stdout
-    r = cli("lut", "list", "--data-dir", str(root))
+    r = in_process(capsys, "lut", "list", "--data-dir", str(root))
     assert r.returncode == 0 and f"{lo} .. {hi}" in r.stdout, r.stdout + r.stderr
 
     with running(Settings(data_dir=root, poll_s=0.05), instant_runner) as (client, _):
         url = str(client.base_url).rstrip("/")
-        r = cli("submit", "--space", "mlp_digits", "--budget-ms", str(table.max_latency() * 2), "--url", url)
+        r = in_process(
+            capsys, "submit", "--space", "mlp_digits", "--budget-ms", str(table.max_latency() * 2), "--url", url
+        )
         assert r.returncode == 0, r.stderr
         assert r.stderr.startswith("warning: the latency budget") and "at or above the slowest subnet" in r.stderr
         assert f"budgets between {lo} and {hi} ms" in r.stderr

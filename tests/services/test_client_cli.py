@@ -76,6 +76,15 @@ def cli(*args, timeout=120):
     )
 
 
+def in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """``nasprune ARGS`` run by ``main`` in this process, its output captured as a subprocess's would be."""
+    from nasprune.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["nasprune", *args], code, out.out, out.err)
+
+
 def test_cli_submit_jobs_fetch_cancel(url, tmp_path):
     r = cli(
         "submit",
@@ -115,29 +124,32 @@ def test_cli_submit_jobs_fetch_cancel(url, tmp_path):
     assert "--budget-ms: " in r.stderr and "latency_budget_ms" not in r.stderr  # the CLI's flag, not the field
 
 
-def test_cli_pareto_trials_and_errors_in_cli_terms(url, tmp_path):
+def test_cli_pareto_trials_and_errors_in_cli_terms(url, tmp_path, capsys):
+    """In this process (``main``), against the real server: the subprocess test above covers startup."""
     with Client(url) as c:
         job_id = c.submit("mlp_digits", 2.0, n_trials=3)
         c.wait(job_id, poll_s=0.05, timeout_s=20, progress=False)
-    r = cli("pareto", job_id, "--url", url)
+    r = in_process(capsys, "pareto", job_id, "--url", url)
     assert r.returncode == 0, r.stderr
     assert "recommended: 0000000000000001" in r.stdout and "0000000000000002" in r.stdout
-    r = cli("pareto", job_id, "--json", "--url", url)
+    r = in_process(capsys, "pareto", job_id, "--json", "--url", url)
     front = json.loads(r.stdout)
     assert front["recommended_id"] == "0000000000000001" and len(front["candidates"]) == 2
-    r = cli("trials", job_id, "--json", "--url", url)
+    r = in_process(capsys, "trials", job_id, "--json", "--url", url)
     assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr  # the fake search stores no trials
-    r = cli("trials", job_id, "--url", url)
+    r = in_process(capsys, "trials", job_id, "--url", url)
     assert r.returncode == 0 and "(0 trials)" in r.stdout
 
-    r = cli("submit", "--space", "mlp_digits", "--budget-ms", "2", "-o", str(tmp_path / "m.onnx"), "--url", url)
+    r = in_process(
+        capsys, "submit", "--space", "mlp_digits", "--budget-ms", "2", "-o", str(tmp_path / "m.onnx"), "--url", url
+    )
     assert r.returncode == 2 and "-o/--output needs --wait" in r.stderr and r.stdout == "", r.stderr
-    r = cli("submit", "--space", "mlp_digits", "--budget-ms", "2", "--device", "phone", "--url", url)
+    r = in_process(capsys, "submit", "--space", "mlp_digits", "--budget-ms", "2", "--device", "phone", "--url", url)
     assert r.returncode == 2 and "--device: unknown device 'phone'" in r.stderr, r.stderr
     assert "nasprune devices upload NAME TABLE.json" in r.stderr and "/v1/" not in r.stderr
-    r = cli("pareto", "nope", "--url", url)
+    r = in_process(capsys, "pareto", "nope", "--url", url)
     assert r.returncode == 2 and "no job with id 'nope' (list jobs with nasprune jobs)" in r.stderr, r.stderr
-    r = cli("devices", "list", "--url", url)
+    r = in_process(capsys, "devices", "list", "--url", url)
     assert r.returncode == 0 and "local-cpu" in r.stdout and "nasprune lut build --space mlp_digits" in r.stdout
 
 
