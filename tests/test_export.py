@@ -35,14 +35,21 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "nasprune", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_cli_export_refuses_untrained_weights_unless_asked(tmp_path):
+def test_cli_export_refuses_untrained_weights_unless_asked(tmp_path, capsys):
+    from nasprune.cli import main
+
     out = tmp_path / "m.onnx"
-    r = cli("export", "--space", "mlp_digits", "--smallest", "--data-dir", str(tmp_path / "empty"), "-o", str(out))
-    assert r.returncode == 2 and not out.exists(), r.stderr
-    assert "no trained supernet of 'mlp_digits'" in r.stderr and "--untrained" in r.stderr
-    assert "--checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = cli("export", "--space", "mlp_digits", "--smallest", "--untrained", "--data-dir", str(tmp_path), "-o", str(out))
-    assert r.returncode == 0 and "UNTRAINED weights" in r.stdout, r.stderr
+    code = main(
+        ["export", "--space", "mlp_digits", "--smallest", "--data-dir", str(tmp_path / "empty"), "-o", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists(), err
+    assert "no trained supernet of 'mlp_digits'" in err and "--untrained" in err
+    assert "--checkpoint" in err and len(err.strip().splitlines()) == 1
+    code = main(
+        ["export", "--space", "mlp_digits", "--smallest", "--untrained", "--data-dir", str(tmp_path), "-o", str(out)]
+    )
+    assert code == 0 and "UNTRAINED weights" in capsys.readouterr().out
     assert read_metadata(out)["weights"] == "untrained"
 
 
