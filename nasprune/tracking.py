@@ -42,6 +42,7 @@ NOTE_TAG = "mlflow.note.content"  # the run's (or experiment's) description, mar
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
 RECOMMENDED_ALIAS = "recommended"
+DESCRIPTION_BUDGET = 7000  # characters of the parent's description before the front table is cut short
 # MLflow 3.17's UI picks its view from this query parameter (else the browser's last choice, GenAI by
 # default), not from the experiment kind: links to a run ask for the model-training view.
 UI_VIEW = "workflowType=machine_learning"
@@ -296,7 +297,7 @@ class JobTracker:
         self.parent: str | None = None
         self.children: dict[int, str] = {}
         self._exp_id: str | None = None
-        self._best: float | None = None  # best feasible validation accuracy among the trials queued so far
+        self._best: float | None = None  # best feasible validation accuracy among the trials logged so far
         self._trial_values: dict[int, tuple[float, float]] = {}  # (val accuracy, predicted ms) per trial
         self.registered: tuple[str, str] | None = None  # (model name, version) of the delivered model
         self.killed_children: list[str] = []
@@ -441,8 +442,9 @@ class JobTracker:
         exp_id = self._experiment_id()
         if existing_run_id:
             try:
-                client.get_run(existing_run_id)
+                previous = client.get_run(existing_run_id)
                 self.parent = existing_run_id
+                self._best = previous.data.metrics.get("best_feasible_val_accuracy")
             except MlflowException as e:
                 if server_problem(self.tracker.tracking_uri) is not None:
                     raise
@@ -488,16 +490,17 @@ class JobTracker:
             return
         self.children[rec.number] = ""  # reserved; filled in when logged
         self._trial_values[rec.number] = (rec.accuracy, rec.latency_ms)
-        if rec.feasible and (self._best is None or rec.accuracy > self._best):
-            self._best = rec.accuracy
-        best = self._best
-        self._submit(f"trial {rec.number}", lambda: self._log_trial_now(rec, best), trial=rec.number)
+        self._submit(f"trial {rec.number}", lambda: self._log_trial_now(rec), trial=rec.number)
 
-    def _log_trial_now(self, rec, best: float | None = None) -> None:
+    def _log_trial_now(self, rec) -> None:
         from mlflow.entities import Metric, Param
 
         if self.parent is None:
             return
+        # on the queue's thread, in order: a resumed job's best so far was read back by _start_now
+        if rec.feasible and (self._best is None or rec.accuracy > self._best):
+            self._best = rec.accuracy
+        best = self._best
         client = self.tracker.client
         run_id = self.children.get(rec.number)
         if not run_id:  # on a retry the run may exist already
@@ -653,7 +656,11 @@ class JobTracker:
         def ms(v):
             return "" if v is None else f"{v:.4g}"
 
-        for c in sorted(result.pareto, key=lambda c: c.latency_ms):
+        front = sorted(result.pareto, key=lambda c: c.latency_ms)
+        for i, c in enumerate(front):
+            if sum(len(line) + 1 for line in lines) > DESCRIPTION_BUDGET:  # a tag holds 8,000 characters
+                lines.append(f"| ... {len(front) - i} more in `pareto.json` | | | | | | | | |")
+                break
             run = self.children.get(c.trial_number)
             trial = f"[{c.trial_number}](#/experiments/{exp}/runs/{run})" if run and exp else str(c.trial_number)
             mark = "**recommended**" if rec is not None and c.candidate_id == rec.candidate_id else ""
@@ -661,6 +668,12 @@ class JobTracker:
                 f"| {trial} | {pct(c.accuracy)} | {pct(c.test_accuracy)} | {ms(c.latency_ms)} | "
                 f"{ms(c.measured_latency_ms)} | {c.params:,} | {c.macs:,} | {'yes' if c.verified else 'no'} | {mark} |"
             )
+        if rec is not None and rec.delivered == "fine-tuned":
+            lines += [
+                "",
+                "The recommended subnet was fine-tuned after the search: its row shows the delivered weights' "
+                "accuracy (`delivered_val_accuracy` on its run; `val_accuracy` there is what the search saw).",
+            ]
         return "\n".join(lines)
 
     def on_parent(self, label: str, fn: Callable[[object, str], None]) -> None:

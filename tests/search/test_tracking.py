@@ -130,3 +130,43 @@ def test_supernet_training_lands_in_mlflow(tmp_path):
         )
         (art,) = _api(srv.url, f"artifacts/list?run_id={run_id}&path=checkpoint")["files"]
         assert art["path"] == "checkpoint/sn.pt" and int(art["file_size"]) == (tmp_path / "sn.pt").stat().st_size
+
+
+def test_job_links_are_made_from_the_current_tracking_uri():
+    from services.jobs.tracking import run_link, run_path
+
+    stored = run_path("3", "abc")
+    assert stored == "#/experiments/3/runs/abc"  # what the job store keeps: no address
+    view = "?workflowType=machine_learning"
+    assert run_link("http://u:secret@127.0.0.1:9000/mlflow", stored) == f"http://127.0.0.1:9000/mlflow/{stored}{view}"
+    # a link an older version stored absolute, with the port of a server long gone, follows the current one
+    old = "http://127.0.0.1:41234/#/experiments/3/runs/abc"
+    assert run_link("http://127.0.0.1:5000/", old) == f"http://127.0.0.1:5000/{stored}{view}"
+    assert run_link(f"sqlite:///{'x'}/mlflow.db", stored) is None and run_link("http://h:1", None) is None
+
+
+def test_a_candidates_figures_say_what_they_are_and_leave_unset_ones_out():
+    from nasprune.search.job import Candidate
+    from nasprune.tracking import candidate_figures
+
+    cand = Candidate(
+        candidate_id="0123456789abcdef",
+        trial_number=4,
+        config={},
+        accuracy=0.91,
+        latency_ms=0.5,
+        params=10,
+        macs=20,
+        feasible=True,
+        verified=True,
+        measured_latency_ms=0.52,
+        test_accuracy=0.9,
+        inherited_accuracy=0.88,
+        delivered="fine-tuned",
+    )
+    metrics, tags = candidate_figures(cand, (0.88, 0.5))  # the trial's own val accuracy and predicted latency
+    assert metrics["measured_latency_ms"] == 0.52 and metrics["test_accuracy"] == 0.9
+    assert metrics["inherited_val_accuracy"] == 0.88 and metrics["delivered_val_accuracy"] == 0.91
+    assert "delivered_predicted_latency_ms" not in metrics  # the same as the trial's
+    assert "machine_speed" not in metrics and "latency_spread" not in metrics  # unset: absent, not 0.0
+    assert tags["nasprune.delivered"] == "fine-tuned" and "None" not in tags.values()
