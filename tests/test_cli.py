@@ -112,3 +112,23 @@ def test_progress_off_a_terminal_is_plain_lines_every_few_seconds():
     assert "\r" not in out.getvalue()
     assert lines[0].startswith("searching: 0/1000 trials") and lines[-1].startswith("verifying: 1000/1000 trials")
     assert len(lines) == 2, lines  # one per stage change; the 1000 refreshes wrote none
+
+
+def test_pareto_reads_a_local_search_job(tmp_path, capsys):
+    from nasprune.cli import main
+    from nasprune.search.job import SearchJob, SearchResult
+    from tests.services.fakes import candidate
+
+    job_id = "0123456789abcdef0123456789abcdef"
+    best, other = candidate(1, 0.9, 0.008, measured=0.0085), candidate(2, 0.95, 0.012)
+    res = SearchResult(
+        job=SearchJob(space="mlp_digits", latency_budget_ms=0.01), n_trials=7, pareto=[best, other], recommended=best
+    )
+    (tmp_path / "jobs" / job_id).mkdir(parents=True)
+    (tmp_path / "jobs" / job_id / "result.json").write_text(res.model_dump_json())
+    assert main(["pareto", job_id, "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "recommended: 0000000000000001 (trial 1) accuracy 90.00%, measured 0.0085 ms <= 0.01 ms" in out
+    assert "7 trials; budget 0.01 ms" in out and "(* recommended; ! over the budget)" in out
+    assert main(["pareto", job_id, "--json", "--data-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["recommended_id"] == "0000000000000001"
