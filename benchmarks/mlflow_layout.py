@@ -55,11 +55,12 @@ def main() -> None:
             t0 = time.perf_counter()
             client.log_artifact(run, str(onnx_path), "model")
             plain.append((time.perf_counter() - t0) * 1000)
+        size = onnx_path.stat().st_size
     result = {
         "log_onnx_model": _summary(logged),
         "plain_artifact": _summary(plain),
         "repeats": args.repeats,
-        "onnx_bytes": onnx_path.stat().st_size if onnx_path.exists() else None,
+        "onnx_bytes": size,
         "load_avg": [round(v, 2) for v in os.getloadavg()],
     }
     print(
