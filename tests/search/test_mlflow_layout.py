@@ -28,7 +28,7 @@ from tests.search.conftest import SPACE
 from tests.search.test_service_e2e import Service
 
 N = 16
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # one serve with its MLflow server and a 16-trial job: ~40 s on a quiet machine
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _metrics(run: dict) -> dict[str, float]:
     return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
 
 
-def test_layout_through_the_rest_api(job):
+def test_layout_through_the_rest_api(job, monkeypatch):
     state = job.state
     # the link is built from the MLflow address serve has now; the job store keeps it relative
     exp_id = state["mlflow_run_url"].split("/")[-3]
@@ -160,6 +160,17 @@ def test_layout_through_the_rest_api(job):
     assert mlmodel["metadata"]["nasprune"]["normalization"]["mean"]  # the preprocessing travels with the model
     version = client.get_model_version_by_alias(f"nasprune-{SPACE}", "recommended")
     assert version.run_id == run["info"]["run_id"] and version.source == f"models:/{model.model_id}"
+    # and it loads by its alias, as docs/mlflow.md shows, and predicts
+    import mlflow.pyfunc
+
+    from nasprune.data import load_dataset
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", job.mlflow)
+    loaded = mlflow.pyfunc.load_model(f"models:/nasprune-{SPACE}@recommended")
+    x, y = load_dataset("digits").tensors("test")
+    out = loaded.predict(x[:50].numpy())
+    logits = out["logits"] if isinstance(out, dict) else np.asarray(out)
+    assert logits.shape == (50, 10) and np.mean(logits.argmax(1) == y[:50].numpy()) > 0.5
 
     # and the service log has no "View run trial-N" line per trial
     log = next(job.data_dir.glob("serve-*.log")).read_text(errors="replace")
