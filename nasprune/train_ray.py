@@ -60,12 +60,20 @@ def _worker_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     queue = config["queue"]
-    state = config["state"]
+    state_file = Path(config["state_file"]) if config["state_file"] else None
+    # Where to start: the furthest of Ray's latest registered checkpoint (after a worker failure),
+    # the state file beside the checkpoint (when this node sees it: rank 0 writes it each epoch, and
+    # Ray registers a report only when its controller next polls, which a worker dying at once
+    # can beat) and the state the run was started with.
+    found = [("saved state", config["state"])]
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            state = read_train_state(Path(d) / STATE_FILE)
-    state_file = Path(config["state_file"]) if config["state_file"] else None
+            found.append(("Ray Train checkpoint", read_train_state(Path(d) / STATE_FILE)))
+    if state_file is not None and state_file.is_file():
+        found.append(("state file", read_train_state(state_file)))
+    found = [(src, st) for src, st in found if st is not None]
+    source, state = max(found, key=lambda f: (f[1]["epoch"], f[1]["step"]), default=("", None))
 
     def save_state(st: dict, rec: dict) -> None:
         metrics = {k: v for k, v in rec.items() if isinstance(v, int | float)}
@@ -80,7 +88,7 @@ def _worker_loop(config: dict) -> None:
         queue.put(("epoch", rec))
 
     def notify(msg: str) -> None:
-        queue.put(("note", f"{msg} [{'Ray Train checkpoint' if restored else 'saved state'}, {world} workers]"))
+        queue.put(("note", f"{msg} [from the {source}, {world} workers]"))
 
     run_training(
         config["space"],

@@ -12,33 +12,59 @@ from __future__ import annotations
 from pathlib import Path
 
 _SITE = """
-import os, sys
+import importlib.abc, os, sys
 
 _step = os.environ.get("NASPRUNE_TEST_PAUSE_STEP")
 _ray_only = os.environ.get("NASPRUNE_TEST_PAUSE_RANK") is not None
-if _step and (not _ray_only or any(a.endswith("default_worker.py") for a in sys.argv)):
-    import nasprune.train as _train
 
-    _original = _train.step_subnets
-    _mark = os.environ["NASPRUNE_TEST_PAUSE_MARK"]
-    _rank = os.environ.get("NASPRUNE_TEST_PAUSE_RANK")
+
+def _install(train):
+    original = train.step_subnets
+    mark = os.environ["NASPRUNE_TEST_PAUSE_MARK"]
+    rank = os.environ.get("NASPRUNE_TEST_PAUSE_RANK")
 
     def step_subnets(space, cfg, step):
-        if step == int(_step) and not os.path.exists(_mark):
-            if _rank is None or _rank_now() == int(_rank):
-                tmp = _mark + ".tmp"
-                with open(tmp, "w") as f:
+        if step == int(_step) and not os.path.exists(mark):
+            if rank is None or _rank_now() == int(rank):
+                with open(mark + ".tmp", "w") as f:
                     f.write(str(os.getpid()))
-                os.replace(tmp, _mark)
+                os.replace(mark + ".tmp", mark)
                 import threading
                 threading.Event().wait()  # until killed
-        return _original(space, cfg, step)
+        return original(space, cfg, step)
 
-    def _rank_now():
-        import ray.train
-        return ray.train.get_context().get_world_rank()
+    train.step_subnets = step_subnets
 
-    _train.step_subnets = step_subnets
+
+def _rank_now():
+    import ray.train
+    return ray.train.get_context().get_world_rank()
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    # patches nasprune.train when (and only if) the process imports it: no torch import elsewhere
+    def find_spec(self, name, path, target=None):
+        if name != "nasprune.train":
+            return None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+        else:
+            return None
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _install(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if _step and (not _ray_only or any(a.endswith("default_worker.py") for a in sys.argv)):
+    sys.meta_path.insert(0, _PatchOnImport())
 """
 
 

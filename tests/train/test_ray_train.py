@@ -10,6 +10,7 @@ the checkpoint is the usual one, every epoch of it was trained by both workers o
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,7 +54,11 @@ def test_two_ray_train_workers_survive_a_worker_killed_mid_training(tmp_path, mo
         os.kill(int(mark.read_text()), signal.SIGKILL)
         stdout, _ = proc.communicate(timeout=500)
     assert proc.returncode == 0, stdout[-4000:]
-    assert "resuming from epoch 2/3, step 0/" in stdout and "[Ray Train checkpoint, 2 workers]" in stdout, stdout
+    # the restarted workers start from epoch 2: Ray's checkpoint of epoch 1, or the state file rank 0
+    # wrote beside the checkpoint when Ray's controller had not registered that report yet
+    assert re.search(
+        r"resuming from epoch 2/3, step 0/\d+ .* \[from the (Ray Train checkpoint|state file), 2 workers\]", stdout
+    ), stdout
     assert "2 Ray Train workers" in stdout
 
     meta = checkpoint_meta(out)
