@@ -3,7 +3,7 @@ MLflow server, one small job over HTTP, then MLflow's REST API (experiment kind,
 recommended trial, measured latency, the logged and registered model) and MLflow's UI in headless
 Chromium (the run page shows the recommended trial; the Pareto plot opens in the artifacts view).
 
-One service and one job serve every test of this module (about half a minute on a quiet machine).
+One service and one job serve every test of this module.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.search.conftest import SPACE
 from tests.search.test_service_e2e import Service
 
 N = 16
-pytestmark = pytest.mark.slow  # one serve with its MLflow server and a 16-trial job: ~40 s on a quiet machine
+pytestmark = pytest.mark.slow  # one serve, its MLflow server and a 16-trial job: ~3 min at load ~9 on 2 cores
 
 
 @dataclass
