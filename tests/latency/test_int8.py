@@ -17,6 +17,7 @@ def int8_table(tiny_resnet):
     return build_table(tiny_resnet, n_fit=6, n_validate=3, settings=FAST, precision="int8")
 
 
+@pytest.mark.slow
 def test_int8_table_has_the_same_keys_its_own_error_and_predicts(int8_table, resnet_table, tiny_resnet):
     assert int8_table.precision == "int8" and resnet_table.precision == "fp32"
     assert {e.op for e in int8_table.entries} == set(all_ops(tiny_resnet)) == {e.op for e in resnet_table.entries}
@@ -33,6 +34,7 @@ def test_int8_table_has_the_same_keys_its_own_error_and_predicts(int8_table, res
         tables.predict(tiny_resnet.smallest(), "int4")
 
 
+@pytest.mark.slow
 def test_files_by_precision_and_old_tables_load_as_fp32(int8_table, resnet_table, tiny_resnet, tmp_path):
     int8_table.save(table_path(tiny_resnet.name, "board", tmp_path, precision="int8"))
     raw = json.loads(resnet_table.to_json())
