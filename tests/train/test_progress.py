@@ -65,3 +65,34 @@ def test_a_resumed_training_reports_its_epochs_to_the_job_and_to_mlflow(tmp_path
     assert [v for _, v in sorted(steps["val_acc_smallest"])] == [h["val_acc_smallest"] for h in res.history[1:]]
     assert [v for _, v in steps["resumed_from_epoch"]] == [2, 2]
     assert [h["epoch"] for h in res.history] == [1, 2, 3]  # the checkpoint keeps the whole history
+
+
+@pytest.mark.slow
+def test_a_search_job_that_trains_its_supernet_shows_the_epochs(tmp_path, monkeypatch):
+    """``run_job`` on a data dir without a trained supernet: the job's progress has a 'training
+    supernet' stage per epoch (a 2-epoch recipe stands in for the 40-epoch default)."""
+    import nasprune.train
+    from nasprune.latency import ProfileSettings, build_table, table_path
+    from nasprune.registry import load_space
+    from nasprune.search.job import JobContext, SearchJob
+    from nasprune.search.runner import run_job
+
+    space = load_space("mlp_digits")
+    settings = ProfileSettings(op_rounds=10, op_burst=5, e2e_rounds=8, e2e_burst=10, warmup=5)
+    table = build_table(space, n_fit=8, n_validate=6, settings=settings)
+    table.save(table_path("mlp_digits", "local-cpu", tmp_path))
+    monkeypatch.setattr(nasprune.train, "default_recipe", lambda _space: RECIPE.model_copy(update={"epochs": 2}))
+    seen: list[Progress] = []
+    ctx = JobContext(
+        job_id="trains", storage_url=f"sqlite:///{tmp_path / 'trials.db'}", output_dir=tmp_path / "out",
+        data_dir=tmp_path, on_progress=seen.append,
+    )  # fmt: skip
+    job = SearchJob(space="mlp_digits", latency_budget_ms=table.min_latency() * 3, n_trials=3, verify_top_k=1,
+                    finetune_epochs=0)  # fmt: skip
+    run_job(job, ctx)
+    training = [p for p in seen if p.stage == "training supernet"]
+    assert [p.training.epoch for p in training] == [1, 2]
+    assert all(p.training.n_epochs == 2 and p.training.val_acc_smallest is not None for p in training)
+    stages = [p.stage for p in seen]
+    assert stages.index("training supernet") > stages.index("preparing supernet")
+    assert stages.index("building latency table") > stages.index("training supernet")
