@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from nasprune.mlflow_server import mlflow_server
 from nasprune.search.job import Progress, TrainingProgress
 from nasprune.tracking import MlflowTracker
 from nasprune.train import TrainConfig, resume_path, train_supernet
@@ -36,22 +35,16 @@ def test_a_resumed_training_reports_its_epochs_to_the_job_and_to_mlflow(tmp_path
         t = TrainingProgress.of(rec)
         shown.append(Progress(stage="training supernet", message=t.describe(), training=t))
 
-    with mlflow_server(tmp_path / "mlflow") as srv:
-        tracker = MlflowTracker(srv.url)
-        res = train_supernet(
-            "mlp_digits",
-            RECIPE,
-            progress=False,
-            checkpoint=ckpt,
-            tracker=tracker,
-            on_epoch=on_epoch,
-            notify=notes.append,
-        )
-        assert tracker.error is None
-        client = MlflowClient(srv.url)
-        (run,) = client.search_runs([client.get_experiment_by_name("nasprune/mlp_digits/train").experiment_id])
-        steps = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] for k in
-                 ("train_loss", "val_acc_largest", "val_acc_smallest", "resumed_from_epoch")}  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri)
+    res = train_supernet(
+        "mlp_digits", RECIPE, progress=False, checkpoint=ckpt, tracker=tracker, on_epoch=on_epoch, notify=notes.append
+    )
+    assert tracker.error is None
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("nasprune/mlp_digits/train").experiment_id])
+    steps = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] for k in
+             ("train_loss", "val_acc_largest", "val_acc_smallest", "resumed_from_epoch")}  # fmt: skip
 
     assert notes == [notes[0]] and notes[0].startswith("resuming from epoch 2/3, step 0/17")
     assert [p.training.epoch for p in shown] == [2, 3]
