@@ -22,7 +22,7 @@ class LatencyRange:
     """Predicted latency (ms, batch 1) of the fastest and slowest subnet of ``space`` on ``device``.
 
     ``min_ms``/``max_ms`` are None when there is no usable table; ``missing`` then says why and how
-    to build one.
+    to build one. ``precision`` is the candidates' (int8 tables are separate files).
     """
 
     space: str
@@ -30,6 +30,7 @@ class LatencyRange:
     min_ms: float | None = None
     max_ms: float | None = None
     missing: str | None = None
+    precision: str = "fp32"
 
     @property
     def known(self) -> bool:
@@ -42,23 +43,24 @@ class LatencyRange:
         return f"{self.min_ms:.4g} .. {self.max_ms:.4g} ms"
 
 
-def build_hint(space: str, device: str) -> str:
+def build_hint(space: str, device: str, precision: str = "fp32") -> str:
     """How to get the table of ``space`` on ``device``."""
+    flag = "" if precision == "fp32" else f" --precision {precision}"
     if device == LOCAL_CPU:
-        return f"the first job builds it, or 'nasprune lut build --space {space}'"
-    return f"run 'nasprune lut build --space {space} --device {device}' on that device and upload the file"
+        return f"the first job builds it, or 'nasprune lut build --space {space}{flag}'"
+    return f"run 'nasprune lut build --space {space} --device {device}{flag}' on that device and upload the file"
 
 
-def latency_range(space, device: str, data_dir: str | Path | None = None) -> LatencyRange:
+def latency_range(space, device: str, data_dir: str | Path | None = None, precision: str = "fp32") -> LatencyRange:
     """The range of ``space`` (a space or its name) on ``device`` from its table; never builds one."""
     from nasprune.latency.table import get_table
 
     name = space if isinstance(space, str) else space.name
     try:
-        table = get_table(space, device, data_dir, build=False)
-        return LatencyRange(name, device, float(table.min_latency()), float(table.max_latency()))
+        table = get_table(space, device, data_dir, build=False, precision=precision)
+        return LatencyRange(name, device, float(table.min_latency()), float(table.max_latency()), precision=precision)
     except NasPruneError:  # not built, stale for this machine, or unreadable: say how to build it
-        return LatencyRange(name, device, missing=build_hint(name, device))
+        return LatencyRange(name, device, missing=build_hint(name, device, precision), precision=precision)
 
 
 def budget_warnings(budget_ms: float, rng: LatencyRange) -> list[str]:
@@ -78,7 +80,7 @@ def local_devices(data_dir: str | Path | None = None) -> list[str]:
     from nasprune.paths import data_dir as root
     from nasprune.paths import tables_dir
 
-    names = {p.stem.split("__", 1)[1] for p in tables_dir(data_dir).glob("*__*.json")}
+    names = {p.stem.split("__")[1] for p in tables_dir(data_dir).glob("*__*.json")}  # <space>__<device>[__int8]
     uploads = root(data_dir) / "devices"
     if uploads.is_dir():
         names |= {d.name for d in uploads.iterdir() if d.is_dir() and any(d.glob("*.json"))}

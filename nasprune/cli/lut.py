@@ -243,7 +243,9 @@ def _list(args) -> int:
         try:
             raw = json.loads(f.read_text())
             err = raw.get("error") or {}
-            row = [raw["space"]["name"], raw["device"]["name"], raw["built_at"][:19],
+            precision = raw.get("precision", "fp32")
+            device = raw["device"]["name"] + ("" if precision == "fp32" else f" ({precision})")
+            row = [raw["space"]["name"], device, raw["built_at"][:19],
                    f"{err['median_ape']:.1f}%" if err else "-"]  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             rows.append(["?", "?", "?", "unreadable", "-", str(f)])

@@ -42,7 +42,7 @@ def _data_dir(p) -> None:
 
 
 def _list(args) -> int:
-    from nasprune.budgets import latency_range, local_devices
+    from nasprune.budgets import local_devices
     from nasprune.registry import create_supernet, list_spaces, load_space
 
     rows, hints = [], []
@@ -50,18 +50,17 @@ def _list(args) -> int:
     for name in list_spaces():
         sp = load_space(name)
         net = create_supernet(sp)
-        for i, device in enumerate(devices):
-            rng = latency_range(sp, device, args.data_dir)
-            if not rng.known and device != devices[0]:
-                continue  # another device's tables cover other spaces: only the built-in device lists them all
+        first = True
+        for rng in _ranges(sp, devices, args.data_dir):
             if not rng.known:
                 hints.append(f"{name}: {rng.missing}")
             head = (
                 [name, sp.model, sp.dataset, "x".join(map(str, sp.input_shape)), f"{sp.size:,}",
                  f"{human(net.num_params(sp.smallest()))}-{human(net.num_params(sp.largest()))}"]
-                if i == 0 else [""] * 6
+                if first else [""] * 6
             )  # fmt: skip
-            rows.append([*head, device, _range(rng)])
+            first = False
+            rows.append([*head, _device(rng), _range(rng)])
     print(table(rows, ["space", "model", "dataset", "input", "subnets", "params", "device", "latency ms"]))
     if hints:
         print("\nno latency table yet (the range shows once one is built):")
@@ -71,6 +70,23 @@ def _list(args) -> int:
 
 def _range(rng) -> str:
     return f"{rng.min_ms:.4g} .. {rng.max_ms:.4g}" if rng.known else "no table"
+
+
+def _device(rng) -> str:
+    return rng.device if rng.precision == "fp32" else f"{rng.device} ({rng.precision})"
+
+
+def _ranges(space, devices: list[str], data_dir) -> list:
+    """fp32 on the built-in device always (known or how to build it); other devices and int8 where a table exists."""
+    from nasprune.budgets import latency_range
+
+    out = []
+    for device in devices:
+        for precision in ("fp32", "int8"):
+            rng = latency_range(space, device, data_dir, precision)
+            if rng.known or (device == devices[0] and precision == "fp32"):
+                out.append(rng)
+    return out
 
 
 def _show(args) -> int:
@@ -91,12 +107,11 @@ def _show(args) -> int:
         rows.append([label, f"{net.num_params(cfg):,}", f"{net.macs(cfg):,}", cfg.key()])
     print(table(rows, ["subnet", "params", "MACs", "key"]))
     print()
-    from nasprune.budgets import latency_range, local_devices
+    from nasprune.budgets import local_devices
 
-    ranges = [latency_range(sp, d, args.data_dir) for d in local_devices(args.data_dir)]
-    ranges = [r for r in ranges if r.known or r.device == ranges[0].device]
+    ranges = _ranges(sp, local_devices(args.data_dir), args.data_dir)
     print(
-        table([[r.device, _range(r), "" if r.known else r.missing] for r in ranges], ["device", "latency ms", "note"])
+        table([[_device(r), _range(r), "" if r.known else r.missing] for r in ranges], ["device", "latency ms", "note"])
     )
     print("a budget below the range is refused; at or above its top every subnet fits (the largest wins)")
     return 0

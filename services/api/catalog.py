@@ -37,7 +37,7 @@ class TableValidationUnavailable(NotImplementedYet):
     """This build cannot validate latency tables (``nasprune.latency.table`` is missing)."""
 
 
-def cached_latency_range(space: str, device: str, data_dir: Path) -> LatencyRange:
+def cached_latency_range(space: str, device: str, data_dir: Path, precision: str = "fp32") -> LatencyRange:
     """The predicted latency range of ``space`` on ``device`` when its table is already built.
 
     Never builds a table (that takes minutes): without one the range is unknown and says how to
@@ -46,8 +46,8 @@ def cached_latency_range(space: str, device: str, data_dir: Path) -> LatencyRang
     try:
         from nasprune.budgets import latency_range
     except ImportError:
-        return LatencyRange(space, device, missing=build_hint(space, device))
-    return latency_range(space, device, data_dir)
+        return LatencyRange(space, device, missing=build_hint(space, device, precision), precision=precision)
+    return latency_range(space, device, data_dir, precision)
 
 
 def validate_table(payload: Any) -> Any:
@@ -84,7 +84,7 @@ class Catalog:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         self._now = clock  # monotonic seconds; tests pass their own and move it
-        self._ranges: dict[tuple[str, str], tuple[LatencyRange, float]] = {}
+        self._ranges: dict[tuple[str, str, str], tuple[LatencyRange, float]] = {}
         self._lock = threading.Lock()
 
     # spaces ---------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ class Catalog:
                     num_classes=sp.num_classes,
                     size=sp.size,
                     description=sp.description,
-                    latency=[_public(self.latency_range(name, d)) for d in devices],
+                    latency=[_public(r) for d in devices for r in self._ranges_of(name, d)],
                 )
             )
         return out
@@ -139,13 +139,13 @@ class Catalog:
         return [BUILTIN_DEVICE, *uploaded]
 
     def devices(self) -> list[DevicePublic]:
-        local = [self.latency_range(s, BUILTIN_DEVICE) for s in self.space_names()]
+        local = [r for s in self.space_names() for r in self._ranges_of(s, BUILTIN_DEVICE)]
         out = [
             DevicePublic(
                 name=BUILTIN_DEVICE,
                 builtin=True,
                 description=BUILTIN_DESCRIPTION,
-                spaces=[r.space for r in local if r.known],
+                spaces=list(dict.fromkeys(r.space for r in local if r.known)),
                 latency=[_public(r) for r in local],
             )
         ]
@@ -204,9 +204,14 @@ class Catalog:
 
     # budgets --------------------------------------------------------------------------------------
 
-    def latency_range(self, space: str, device: str) -> LatencyRange:
+    def _ranges_of(self, space: str, device: str) -> list[LatencyRange]:
+        """fp32 always (known or how to build it); int8 where its table exists."""
+        int8 = self.latency_range(space, device, "int8")
+        return [self.latency_range(space, device), *([int8] if int8.known else [])]
+
+    def latency_range(self, space: str, device: str, precision: str = "fp32") -> LatencyRange:
         """The predicted latency range when the table is built; unknown (with a build hint) otherwise."""
-        key = (space, device)
+        key = (space, device, precision)
         with self._lock:
             hit = self._ranges.get(key)
         if hit is not None:
@@ -214,10 +219,10 @@ class Catalog:
             if self._now() - read_at < (RANGE_CACHE_S if value.known else NO_TABLE_CACHE_S):
                 return value
         try:
-            value = cached_latency_range(space, device, self.settings.data_dir)
+            value = cached_latency_range(space, device, self.settings.data_dir, precision)
         except NasPruneError as e:
-            log.warning("latency range of %s on %s unavailable: %s", space, device, e)
-            return LatencyRange(space, device, missing=build_hint(space, device))
+            log.warning("latency range of %s on %s (%s) unavailable: %s", space, device, precision, e)
+            return LatencyRange(space, device, missing=build_hint(space, device, precision), precision=precision)
         with self._lock:
             self._ranges[key] = (value, self._now())
         return value
@@ -232,7 +237,9 @@ class Catalog:
 
 
 def _public(r: LatencyRange) -> LatencyRangePublic:
-    return LatencyRangePublic(space=r.space, device=r.device, min_ms=r.min_ms, max_ms=r.max_ms, missing=r.missing)
+    return LatencyRangePublic(
+        space=r.space, device=r.device, min_ms=r.min_ms, max_ms=r.max_ms, missing=r.missing, precision=r.precision
+    )
 
 
 def warm_imports() -> None:

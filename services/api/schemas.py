@@ -258,6 +258,9 @@ class LatencyRangePublic(BaseModel):
     min_ms: float | None = Field(description="predicted latency of the fastest subnet (ms, batch 1)")
     max_ms: float | None = Field(description="predicted latency of the slowest subnet (ms, batch 1)")
     missing: str | None = Field(None, description="when there is no table: how to build one")
+    precision: str = Field(
+        "fp32", description="the candidates' precision (int8 ranges show where an int8 table exists)"
+    )
 
 
 class SpacePublic(BaseModel):

@@ -197,11 +197,12 @@ def test_unreachable_budget_names_the_minimum(api, monkeypatch):
     app.state.services.catalog.forget()  # listings read before remember that no table is built
     calls = []
 
-    def built_table_range(space, device, data_dir):  # as if the table of resnet_mnist were built
+    def built_table_range(space, device, data_dir, precision="fp32"):  # as if resnet_mnist's table were built
         from nasprune.budgets import LatencyRange
 
         calls.append((space, device))
-        return LatencyRange(space, device, 0.75, 3.0) if space == "resnet_mnist" else LatencyRange(space, device)
+        built = space == "resnet_mnist" and precision == "fp32"
+        return LatencyRange(space, device, 0.75, 3.0) if built else LatencyRange(space, device)
 
     monkeypatch.setattr("services.api.catalog.cached_latency_range", built_table_range)
     r = client.post("/v1/jobs", json={**GOOD, "space": "resnet_mnist", "latency_budget_ms": 0.5})

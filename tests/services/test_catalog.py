@@ -3,6 +3,9 @@ they are remembered; the ranges and the budget warning through a real server."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from nasprune.budgets import LatencyRange
@@ -17,7 +20,7 @@ def test_a_missing_table_is_remembered_briefly(settings, monkeypatch):
     tables: dict[tuple[str, str], tuple[float, float]] = {}
     calls = []
 
-    def built_range(space, device, data_dir):
+    def built_range(space, device, data_dir, precision="fp32"):
         calls.append((space, device))
         if (space, device) in tables:
             return LatencyRange(space, device, *tables[(space, device)])
@@ -42,7 +45,8 @@ def test_a_missing_table_is_remembered_briefly(settings, monkeypatch):
 
 @pytest.fixture(scope="module")
 def table_dir(tmp_path_factory):
-    """A data dir with a real (quickly measured) local-cpu table of mlp_digits, none of the other spaces."""
+    """A data dir with a real (quickly measured) local-cpu table of mlp_digits, and the same numbers as its
+    int8 table (a stand-in: quantizing is not what these tests are about); none of the other spaces."""
     from nasprune.latency import ProfileSettings, build_table, table_path
     from nasprune.registry import load_space
 
@@ -50,6 +54,8 @@ def table_dir(tmp_path_factory):
     settings = ProfileSettings(op_rounds=3, op_burst=2, e2e_rounds=3, e2e_burst=3, warmup=2)
     table = build_table(load_space("mlp_digits"), n_fit=0, n_validate=0, settings=settings)  # op timings only
     table.save(table_path("mlp_digits", "local-cpu", root))
+    int8 = json.loads(table.to_json()) | {"precision": "int8"}
+    table_path("mlp_digits", "local-cpu", root, "int8").write_text(json.dumps(int8))
     return root, table
 
 
@@ -59,13 +65,15 @@ def test_listings_show_the_latency_range_and_how_to_build_a_missing_table(table_
     root, table = table_dir
     with running(Settings(data_dir=root, poll_s=0.05), instant_runner) as (client, _):
         spaces = {s["name"]: s for s in client.get("/v1/spaces").json()}
-        (mlp,) = spaces["mlp_digits"]["latency"]
+        mlp, mlp8 = spaces["mlp_digits"]["latency"]
+        assert mlp8["precision"] == "int8" and mlp8["max_ms"] == pytest.approx(table.max_latency())
         assert mlp == {
             "space": "mlp_digits",
             "device": "local-cpu",
             "min_ms": pytest.approx(table.min_latency()),
             "max_ms": pytest.approx(table.max_latency()),
             "missing": None,
+            "precision": "fp32",
         }
         assert mlp["min_ms"] < mlp["max_ms"]
         (resnet,) = spaces["resnet_mnist"]["latency"]
@@ -75,6 +83,7 @@ def test_listings_show_the_latency_range_and_how_to_build_a_missing_table(table_
         assert local["name"] == "local-cpu" and local["spaces"] == ["mlp_digits"]
         ranges = {r["space"]: r for r in local["latency"]}
         assert set(ranges) == set(spaces) and ranges["mlp_digits"]["max_ms"] == mlp["max_ms"]
+        assert len(local["latency"]) == len(spaces) + 1  # mlp_digits' int8 range too
 
         inside = (mlp["min_ms"] + mlp["max_ms"]) / 2
         r = client.post("/v1/jobs", json={"space": "mlp_digits", "latency_budget_ms": inside, "n_trials": 1})
@@ -102,6 +111,7 @@ def test_cli_listings_show_the_range_and_submit_warns(table_dir, capsys):
     assert r.returncode == 0, r.stderr
     (mlp,) = [line for line in r.stdout.splitlines() if line.startswith("mlp_digits")]
     assert mlp.split()[-4:] == ["local-cpu", lo, "..", hi], mlp
+    assert re.search(rf"^\s+local-cpu \(int8\)\s+{re.escape(lo)} \.\. {re.escape(hi)}$", r.stdout, re.M), r.stdout
     assert "resnet_mnist: the first job builds it, or 'nasprune lut build --space resnet_mnist'" in r.stdout
     r = in_process(capsys, "lut", "list", "--data-dir", str(root))
     assert r.returncode == 0 and f"{lo} .. {hi}" in r.stdout, r.stdout + r.stderr
