@@ -325,7 +325,7 @@ def _local_result(args) -> dict | None:
     """The front of a local 'nasprune search' job, in the shape the service answers, if it is there."""
     from nasprune.paths import data_dir
 
-    if args.url is not None or not re.fullmatch(r"[0-9a-f]{12}|[0-9a-f]{32}", args.job_id):
+    if args.url is not None or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", args.job_id):  # a folder name
         return None
     path = data_dir(args.data_dir) / "jobs" / args.job_id / "result.json"
     if not path.is_file():
