@@ -28,6 +28,7 @@ from nasprune.train import (
     read_train_state,
     resume_path,
     step_subnets,
+    train_supernet,
 )
 from tests.train.hooks import pause_site
 
@@ -128,3 +129,20 @@ def test_the_subnets_of_a_step_depend_on_seed_and_step_only():
     assert first == [s.key() for s in step_subnets(space, cfg, 41)]  # any worker, any process, after a resume
     assert first != [s.key() for s in step_subnets(space, cfg, 42)]
     assert first != [s.key() for s in step_subnets(space, cfg.model_copy(update={"seed": 2}), 41)]
+
+
+def test_restart_ignores_a_saved_state(tmp_path):
+    ckpt = tmp_path / "sn.pt"
+    cfg = TrainConfig(epochs=2, warmup_epochs=1, batch_size=64, n_random=1, max_shift=0)
+
+    def stop_after_first(rec):
+        if rec["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(SPACE, cfg, progress=False, checkpoint=ckpt, on_epoch=stop_after_first)
+    assert read_train_state(resume_path(ckpt))["epoch"] == 1
+    notes: list[str] = []
+    res = train_supernet(SPACE, cfg, progress=False, checkpoint=ckpt, resume=False, notify=notes.append)
+    assert notes == [] and res.resumed == [] and [h["epoch"] for h in res.history] == [1, 2]
+    assert checkpoint_meta(ckpt)["resumes"] == [] and not resume_path(ckpt).exists()
