@@ -733,7 +733,9 @@ def candidate_figures(cand, trial: tuple[float, float] | None) -> tuple[dict[str
             continue
         if key in ("accuracy", "latency_ms"):
             own = None if trial is None else trial[0 if key == "accuracy" else 1]
-            if own is None or abs(own - value) > 1e-12:
+            # a trial logged before a resume (own unknown): only fine-tuning is known to change it
+            fine_tuned = key == "accuracy" and cand.delivered == "fine-tuned"
+            if fine_tuned if own is None else abs(own - value) > 1e-12:
                 metrics["delivered_val_accuracy" if key == "accuracy" else "delivered_predicted_latency_ms"] = value
         elif isinstance(value, bool):
             tags[f"nasprune.{key}"] = str(value).lower()
