@@ -52,6 +52,14 @@ class SearchJob(BaseModel):
     finetune_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = Field(
         None, description="stop fine-tuning after this many seconds, whatever the epochs"
     )
+    selection: Literal["accuracy", "loss-tied", "loss"] = Field(
+        "accuracy",
+        description="how the candidates within budget are ordered for verification: 'accuracy' (default) the "
+        "highest validation accuracy; 'loss-tied' takes the candidates not significantly less accurate than the "
+        "most accurate one (McNemar, p >= 0.05, same validation images) by lowest validation loss; 'loss' the "
+        "lowest validation loss. benchmarks/selection.py measured the loss rules' picks 0.1-0.2 pt worse on test "
+        "(docs/results.md)",
+    )
 
     precisions: list[Literal["fp32", "int8"]] = Field(
         default_factory=lambda: ["fp32"],
@@ -119,6 +127,24 @@ class Candidate(BaseModel):
     inherited_test_accuracy: float | None = Field(None, description="test accuracy on the shared weights")
     finetuned_accuracy: float | None = Field(None, description="validation accuracy after fine-tuning alone")
     finetuned_test_accuracy: float | None = Field(None, description="test accuracy after fine-tuning alone")
+    accuracy_se: float | None = Field(
+        None, description="binomial standard error of 'accuracy' (the validation accuracy the search saw)"
+    )
+    accuracy_ci95: tuple[float, float] | None = Field(
+        None, description="Wilson 95% interval of the validation accuracy the search saw"
+    )
+    val_loss: float | None = Field(None, description="mean cross-entropy on the validation split (shared weights)")
+    p_worse_than_best: float | None = Field(
+        None,
+        description="McNemar exact p-value (one-sided, same validation images) that this candidate is less accurate "
+        "than the most accurate one within the predicted budget; null for that one",
+    )
+    tied_with_best: bool | None = Field(
+        None, description="not significantly less accurate than the most accurate candidate (p >= 0.05)"
+    )
+    selection_rank: int | None = Field(
+        None, description="the order in which candidates were considered for recommendation (0 = first)"
+    )
     delivered: Literal["inherited", "fine-tuned"] | None = Field(
         None,
         description="which weights model.onnx holds: the supernet's (inherited) or fine-tuned ones; 'accuracy' and "

@@ -377,8 +377,11 @@ def _verify(
     out: Path,
     settings: VerifySettings | None = None,
 ):
-    """Export and measure front candidates, most accurate first, ``verify_top_k`` at a time, until one
-    of them is within budget (or the front runs out).
+    """Export and measure front candidates, ``verify_top_k`` at a time, until one of them is within
+    budget (or the front runs out). The order is :func:`nasprune.search.select.rank`'s under the job's
+    ``selection`` rule: by default the candidates within the predicted budget that are not
+    significantly less accurate than the most accurate one (paired, on the same validation images)
+    come first, lowest validation loss first; each candidate carries its accuracy's uncertainty.
 
     Each batch is timed in interleaved rounds (:func:`time_rounds`); a model's latency is the
     minimum of its per-round medians, which a busy machine inflates least. The machine's speed
@@ -396,7 +399,7 @@ def _verify(
     from nasprune.errors import LatencyTableError
     from nasprune.export import export_subnet, stamp_metadata
     from nasprune.latency.profile import check_runs_here
-    from nasprune.search.precision import deliver
+    from nasprune.search.precision import deliver, per_example
 
     settings = settings or VerifySettings()
     try:
@@ -410,7 +413,17 @@ def _verify(
     tested: dict[int, float] = {}
     recommended_number = None
     references = _references(table, supernet, out / "latency_references") if here else []
-    queue = sorted(front, key=lambda r: (-r.accuracy, r.latency_ms))
+    from nasprune.search.select import rank
+
+    ranked = rank(
+        front,
+        lambda r: per_example(evaluator, r, out),
+        lambda r: r.latency_ms,
+        job.latency_budget_ms,
+        rule=job.selection,
+    )
+    selection = {r.number: sel for r, sel in ranked}
+    queue = [r for r, _ in ranked]
     while queue and recommended_number is None:
         batch, queue = (queue[: job.verify_top_k], queue[job.verify_top_k :]) if here else (queue[:1], [])
         paths = []
@@ -481,6 +494,12 @@ def _verify(
                 unverified_reason=m.unverified_reason if m else None,
                 latency_spread=round(m.spread, 4) if m and here else None,
                 load_avg=m.load_avg if m else None,
+                accuracy_se=round(selection[r.number].se, 6),
+                accuracy_ci95=tuple(round(v, 6) for v in selection[r.number].ci95),
+                val_loss=round(selection[r.number].loss, 6),
+                p_worse_than_best=selection[r.number].p_worse,
+                tied_with_best=selection[r.number].tied,
+                selection_rank=selection[r.number].rank,
             )
         )
     recommended = next((c for c in candidates if c.trial_number == recommended_number), None)
@@ -566,6 +585,7 @@ def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJ
         result.recommended.trial_number if result.recommended else None,
         out / "pareto.png",
         title=f"{job.space} on {job.device}: {len(trials)} trials ({job.sampler}, {job.backend})",
+        intervals={c.trial_number: c.accuracy_ci95 for c in result.pareto if c.accuracy_ci95},
     )
 
 

@@ -35,7 +35,7 @@ from nasprune.evaluate import PerExample
 
 Rule = Literal["accuracy", "loss", "loss-tied"]
 RULES: tuple[Rule, ...] = ("accuracy", "loss", "loss-tied")
-DEFAULT_RULE: Rule = "loss-tied"
+DEFAULT_RULE: Rule = "accuracy"
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,19 @@ def test_backend_conformance(backend, prepared, budget, tmp_path):
 
     rec = res.recommended
     assert rec is not None and rec.verified and rec.measured_latency_ms <= budget
-    assert rec.accuracy == max(c.accuracy for c in res.pareto if c.verified)
+    # robust selection: the first verified candidate in the selection order, which follows the paired
+    # comparison on the validation images (ties by validation loss), and every candidate carries its
+    # accuracy's uncertainty
+    assert sorted(c.selection_rank for c in res.pareto) == list(range(len(res.pareto)))
+    assert rec.selection_rank == min(c.selection_rank for c in res.pareto if c.verified)
+    first = min(res.pareto, key=lambda c: c.selection_rank)
+    assert first.tied_with_best and (first.p_worse_than_best is None or first.p_worse_than_best >= 0.05)
+    n_val = len(load_dataset("digits").tensors("val")[1])
+    for c in res.pareto:
+        searched = c.inherited_accuracy if c.delivered else c.accuracy
+        lo, hi = c.accuracy_ci95
+        assert lo <= searched <= hi and c.val_loss > 0
+        assert c.accuracy_se == pytest.approx((searched * (1 - searched) / n_val) ** 0.5, abs=1e-6)
     out = tmp_path / f"conf-{backend}"
     model = onnx.load(str(out / "model.onnx"))
     onnx.checker.check_model(model)

@@ -74,5 +74,11 @@ def test_tied_candidates_are_ordered_by_validation_loss_and_the_rest_by_accuracy
 
 def test_when_nothing_fits_the_budget_the_order_is_still_defined():
     items = {"a": (_ex(REF, 0.2), 2.0), "b": (_ex(_flip(REF, 1), 0.1), 3.0)}
-    ranked = rank(list(items), lambda n: items[n][0], lambda n: items[n][1], 1.0)
+    ranked = rank(list(items), lambda n: items[n][0], lambda n: items[n][1], 1.0, rule="loss-tied")
     assert [n for n, _ in ranked] == ["b", "a"]  # tied with the most accurate, lower loss
+
+
+def test_the_default_rule_is_plain_accuracy():
+    """benchmarks/selection.py measured the loss rules' picks worse on test: accuracy is the default."""
+    items = {"a": (_ex(REF, 0.2), 0.9), "b": (_ex(_flip(REF, 1), 0.1), 0.5)}
+    assert [n for n, _ in rank(list(items), lambda n: items[n][0], lambda n: items[n][1], 1.0)] == ["a", "b"]
