@@ -51,7 +51,7 @@ def test_build_show_predict_validate_list(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("lut", "show", "--space", "mlp_digits"), "no usable latency table for space 'mlp_digits'"),
+        (("lut", "show", "--space", "mlp_digits"), "no usable fp32 latency table for space 'mlp_digits'"),
         (("lut", "show", "--space", "mlp_digits", "--device", "pi5"), "build it on that device"),
         (("lut", "build", "--space", "mlp_digits", "--threads", "2"), "fixed at 1 thread and batch 1"),
         (("lut", "show"), "--space NAME"),

@@ -235,7 +235,7 @@ def test_get_table_builds_local_once_and_refuses_stale(tiny_mlp, tmp_path):
 
 
 def test_tables_of_other_devices_are_files_from_that_device(mlp_table, tiny_mlp, tmp_path):
-    with pytest.raises(LatencyTableError, match=r"no latency table .* device 'edge-box'.*build it on that device"):
+    with pytest.raises(LatencyTableError, match=r"no fp32 latency table .* device 'edge-box'.*build it on that device"):
         get_table(tiny_mlp, "edge-box", tmp_path)
     edge = DeviceProfile(
         name="edge-box", runtime_version="1.20.0", threads=4, cpu_model="Cortex-A76", cpu_cores=4, cpu_arch="aarch64"

@@ -145,6 +145,15 @@ def test_api_and_workers_share_postgresql_and_an_mlflow_server(prepared, budget,
         assert len(finished) == 150 and len({c.data.tags["nasprune.trial"] for c in finished}) == 150
         assert all(c.info.status in ("FINISHED", "KILLED") for c in children) and len(children) <= 152
         keys = s3.keys()
-        assert any(k.endswith(f"{parent.info.run_id}/artifacts/model/model.onnx") for k in keys), keys[:20]
-        local = client.download_artifacts(parent.info.run_id, "model/model.onnx", str(tmp_path))
-        onnx.checker.check_model(onnx.load(local))
+        # the delivered model: an MLflow logged model of the parent run, its files in the object store
+        (model,) = [
+            m
+            for m in client.search_logged_models(experiment_ids=[experiment.experiment_id])
+            if m.source_run_id == parent.info.run_id
+        ]
+        found = [k for k in keys if k.endswith(f"models/{model.model_id}/artifacts/model.onnx")]
+        assert len(found) == 1, keys[:20]
+        body = s3.client().get_object(Bucket=s3.bucket, Key=found[0])["Body"].read()
+        onnx.checker.check_model(onnx.load_from_string(body))
+        version = client.get_model_version_by_alias(f"nasprune-{SPACE}", "recommended")
+        assert version.source == f"models:/{model.model_id}"

@@ -27,7 +27,7 @@ from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.runner import run_job
 from nasprune.search.study import make_storage
 from tests.cluster import can_hide_paths, ray_cluster
-from tests.search.conftest import SPACE
+from tests.search.conftest import SPACE, assert_verified_or_too_busy
 
 N_TRIALS = 12
 
@@ -59,7 +59,8 @@ def test_trials_run_on_both_nodes_of_a_ray_cluster(prepared, budget, pg_server, 
         result = run_job(job, ctx)
         node_ids = cluster.node_ids
 
-    assert result.n_trials == N_TRIALS and result.recommended is not None and result.recommended.verified
+    assert result.n_trials == N_TRIALS and result.recommended is not None
+    assert_verified_or_too_busy(result.recommended, job.latency_budget_ms)
 
     study = optuna.load_study(study_name="on-cluster", storage=make_storage(storage))
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

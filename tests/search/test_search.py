@@ -21,7 +21,7 @@ from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.pareto import dominates
 from nasprune.search.runner import run_job
 from nasprune.search.study import journal_url, load_trials, make_storage
-from tests.search.conftest import SPACE
+from tests.search.conftest import SPACE, assert_verified_or_too_busy
 
 BACKENDS = ["optuna", "ray"]
 
@@ -64,12 +64,14 @@ def test_backend_conformance(backend, prepared, budget, tmp_path):
             assert any(dominates(f, (t.accuracy, t.latency_ms)) or f == (t.accuracy, t.latency_ms) for f in front)
 
     rec = res.recommended
-    assert rec is not None and rec.verified and rec.measured_latency_ms <= budget
+    assert rec is not None
+    assert_verified_or_too_busy(rec, budget)
     # robust selection: the first verified candidate in the selection order, which follows the paired
     # comparison on the validation images (ties by validation loss), and every candidate carries its
     # accuracy's uncertainty
     assert sorted(c.selection_rank for c in res.pareto) == list(range(len(res.pareto)))
-    assert rec.selection_rank == min(c.selection_rank for c in res.pareto if c.verified)
+    eligible = [c for c in res.pareto if c.verified or (c.unverified_reason and c.latency_ms <= budget)]
+    assert rec.selection_rank == min(c.selection_rank for c in eligible)
     first = min(res.pareto, key=lambda c: c.selection_rank)
     assert first.tied_with_best and (first.p_worse_than_best is None or first.p_worse_than_best >= 0.05)
     n_val = len(load_dataset("digits").tensors("val")[1])
@@ -180,15 +182,16 @@ def test_machine_speed_is_the_median_ratio_of_reference_times():
 
 
 def test_fine_tuning_the_winner_recovers_accuracy_and_can_be_turned_off(prepared, budget, tmp_path):
-    """An under-trained supernet (one epoch): the recommended subnet fine-tuned alone for 3 epochs with
-    distillation scores better than on inherited weights, and is what the job delivers."""
+    """An under-trained supernet (one epoch at a low learning rate: about 80% on validation): the
+    largest subnet fine-tuned alone for 3 epochs with distillation scores better than on inherited
+    weights (about 93-95%, seeds 0 and 1), and a job can turn fine-tuning off."""
     from nasprune.finetune import finetune_subnet
     from nasprune.registry import load_space
     from nasprune.train import TrainConfig, train_supernet
 
     ds = load_dataset("digits")
-    weak = train_supernet(load_space(SPACE), TrainConfig(epochs=1, warmup_epochs=0, batch_size=64, max_shift=0),
-                          ds, progress=False).supernet.eval()  # fmt: skip
+    recipe = TrainConfig(epochs=1, warmup_epochs=0, batch_size=128, lr=0.02, max_shift=0)
+    weak = train_supernet(load_space(SPACE), recipe, ds, progress=False).supernet.eval()
     from nasprune.evaluate import Evaluator
 
     cfg = weak.space.largest()
@@ -196,7 +199,7 @@ def test_fine_tuning_the_winner_recovers_accuracy_and_can_be_turned_off(prepared
     res = finetune_subnet(weak, cfg, ds, epochs=3)
     x, y = ds.tensors("val")
     after = float((res.model(x).argmax(1) == y).float().mean())
-    assert after > before + 0.02, (before, after)
+    assert after > before + 0.05, (before, after)
     assert res.epochs_done == pytest.approx(3, abs=0.05)
     # a job may turn it off: then nothing is fine-tuned and the inherited model is delivered
     root, _ = prepared

@@ -19,7 +19,7 @@ import pytest
 from nasprune.data import load_dataset
 from nasprune.latency.timing import make_session
 from nasprune.mlflow_server import free_port, start_mlflow_server
-from tests.search.conftest import SPACE
+from tests.search.conftest import SPACE, assert_verified_or_too_busy
 
 
 class Service:
@@ -123,7 +123,7 @@ def test_submit_search_fetch_run(prepared, data_dir, budget, tmp_path):
         assert state["progress"]["n_done"] == 24 and state["tracking_error"] is None
         front = svc.http.get(f"/v1/jobs/{job_id}/pareto").json()
         rec = next(c for c in front["candidates"] if c["candidate_id"] == front["recommended_id"])
-        assert rec["verified"] and rec["measured_latency_ms"] <= budget
+        assert_verified_or_too_busy(rec, budget)
 
         r = svc.http.get(f"/v1/jobs/{job_id}/model")
         assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"

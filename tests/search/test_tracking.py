@@ -8,7 +8,7 @@ import pytest
 from nasprune.mlflow_server import free_port, mlflow_server
 from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.runner import run_job
-from tests.search.conftest import SPACE
+from tests.search.conftest import SPACE, assert_verified_or_too_busy
 
 N = 10
 
@@ -66,7 +66,9 @@ def test_job_and_trials_land_in_mlflow(prepared, budget, tmp_path):
             assert t["pareto"] == str(int(t["nasprune.trial"]) in pareto_ids).lower()
             assert t["feasible"] in ("true", "false")
         verified = [(r, t) for r, t in children if t["verified"] == "true"]
-        assert verified and all(t["pareto"] == "true" for _, t in verified)
+        assert all(t["pareto"] == "true" for _, t in verified)
+        assert_verified_or_too_busy(res.recommended, budget)
+        assert bool(verified) == res.recommended.verified
         for run, _ in verified:  # measured, and scored on the test split
             metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
             assert metrics["measured_latency_ms"] > 0 and 0 < metrics["test_accuracy"] <= 1
