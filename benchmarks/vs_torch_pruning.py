@@ -172,6 +172,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=60, help="interleaved timing rounds of the final models")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--finetune-epochs", type=int, default=5,
+                    help="the job's fine-tune of its recommended subnet (its time counts, and Torch-Pruning "
+                    "fine-tunes for as long as nasprune took in all)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -216,7 +219,8 @@ def main() -> None:
         budget = frac * orig_ms
         tag = f"{round(frac * 100)}%"
         t0 = time.perf_counter()
-        job = SearchJob(space=str(space_file), latency_budget_ms=budget, n_trials=args.trials, seed=args.seed)
+        job = SearchJob(space=str(space_file), latency_budget_ms=budget, n_trials=args.trials, seed=args.seed,
+                        finetune_epochs=args.finetune_epochs)  # fmt: skip
         ctx = JobContext(f"vs_tp_{tag.rstrip('%')}", journal_url(tmp / f"trials_{tag.rstrip('%')}.journal"),
                          tmp / f"out_{tag.rstrip('%')}", data_dir=root)  # fmt: skip
         result = run_job(job, ctx)

@@ -26,13 +26,17 @@ from nasprune.search.study import TrialRecord, open_study, pareto_trials, record
 log = logging.getLogger(__name__)
 
 
-def check_budget(job: SearchJob, table) -> float:
-    """The fastest achievable predicted latency; raises :class:`BudgetError` if the budget is below it."""
-    fastest = table.min_latency()
+def check_budget(job: SearchJob, table, *others) -> float:
+    """The fastest achievable predicted latency over ``table`` and the tables of the job's other
+    precisions (``others``: an int8 subnet may run below the fastest fp32 one); raises
+    :class:`BudgetError` if the budget is below it."""
+    fastest = min(t.min_latency() for t in (table, *others))
     if job.latency_budget_ms < fastest:
+        held = " or ".join(dict.fromkeys(getattr(t, "precision", "fp32") for t in (table, *others)))
         raise BudgetError(
             f"latency budget {job.latency_budget_ms:g} ms is below the fastest subnet of '{job.space}' on "
-            f"'{job.device}' ({fastest:.4f} ms predicted); the smallest achievable budget is {fastest:.4f} ms"
+            f"'{job.device}' ({fastest:.4f} ms predicted at {held}); the smallest achievable budget is "
+            f"{fastest:.4f} ms"
         )
     return fastest
 
@@ -92,7 +96,10 @@ def run_job(
         )
     )
     table = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar)
-    check_budget(job, table)
+    table8 = None
+    if "int8" in job.precisions:  # built (or loaded) before the search: its floor counts for the budget
+        table8 = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar, precision="int8")
+    check_budget(job, table, *([table8] if table8 is not None else []))
     evaluator = Evaluator(supernet, load_dataset(space.dataset, data_dir=ctx.data_dir), checkpoint_id(ckpt))
     objective = Objective(supernet, evaluator, table, job)
 
@@ -158,7 +165,6 @@ def run_job(
             from nasprune.search import precision
 
             report("verifying", "quantizing the int8 candidates that can reach the front")
-            table8 = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar, precision="int8")
             scorer = precision.Int8Scorer(supernet, evaluator, out / "int8")
             front = precision.expand_front(front, trials, job, table8, scorer)
         candidates, recommended = _verify(front, job, supernet, evaluator, table, out, verify)

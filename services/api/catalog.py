@@ -74,6 +74,12 @@ def validate_table(payload: Any) -> Any:
         ) from None
 
 
+def _space_and_precision(path: Path) -> tuple[str, str]:
+    """``<space>.json`` holds an fp32 table, ``<space>__<precision>.json`` another precision's (save_device)."""
+    space, _, precision = path.stem.partition("__")
+    return space, precision or "fp32"
+
+
 class Catalog:
     """Spaces from the registry; devices are ``local-cpu`` plus tables uploaded under ``settings.devices_dir``.
 
@@ -151,13 +157,14 @@ class Catalog:
         ]
         for name in self.device_names()[1:]:
             tables = self._tables(name)
-            ranges = [self.latency_range(p.stem, name) for p in tables]
+            held = [_space_and_precision(p) for p in tables]
+            ranges = [self.latency_range(space, name, precision) for space, precision in held]
             out.append(
                 DevicePublic(
                     name=name,
                     builtin=False,
                     description="uploaded latency tables",
-                    spaces=[p.stem for p in tables],
+                    spaces=list(dict.fromkeys(space for space, _ in held)),
                     uploaded_at=datetime.fromtimestamp(max(p.stat().st_mtime for p in tables), UTC),
                     latency=[_public(r) for r in ranges],
                 )
@@ -176,8 +183,9 @@ class Catalog:
     def save_device(self, name: str, payload: Any) -> DevicePublic:
         """Validate an uploaded latency table and store it for device ``name``.
 
-        A table covers one space on one device: it is kept as ``<devices_dir>/<name>/<space>.json``
-        (where ``nasprune.latency.get_table`` finds it), replacing an older table of that space.
+        A table covers one space at one precision on one device: it is kept as
+        ``<devices_dir>/<name>/<space>.json`` (``<space>__int8.json`` for an int8 table; where
+        ``nasprune.latency.get_table`` finds it), replacing an older table of that space and precision.
         """
         if not re.fullmatch(DEVICE_NAME_PATTERN, name):
             raise InvalidRequest("name", f"'{name}' is not a device name: use lowercase letters, digits, '_', '.', '-'")
@@ -187,6 +195,9 @@ class Catalog:
             raise LatencyTableError(f"a latency table is a JSON object, not {type(payload).__name__}")
         table = validate_table(payload)
         space = getattr(getattr(table, "space", None), "name", None) or "table"
+        precision = getattr(table, "precision", "fp32")
+        if precision != "fp32":  # an int8 table sits beside the fp32 one of the same space, never over it
+            space = f"{space}__{precision}"
         folder = self.settings.devices_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{space}.json.tmp"
@@ -227,9 +238,11 @@ class Catalog:
             self._ranges[key] = (value, self._now())
         return value
 
-    def min_latency_ms(self, space: str, device: str) -> float | None:
-        """The smallest achievable latency when the table is built, else None (the job checks later)."""
-        return self.latency_range(space, device).min_ms
+    def min_latency_ms(self, space: str, device: str, precisions=("fp32",)) -> float | None:
+        """The smallest achievable latency at any of ``precisions`` when their tables are built, else
+        None (the job checks later: an int8 table not built yet may reach below the fp32 floor)."""
+        floors = [self.latency_range(space, device, p).min_ms for p in precisions]
+        return None if any(f is None for f in floors) else min(floors)
 
     def budget_warnings(self, space: str, device: str, budget_ms: float) -> list[str]:
         """Warnings for an accepted budget: at or above the slowest subnet, every subnet fits."""

@@ -133,7 +133,7 @@ class JobService:
         else:
             self.catalog.check_space(body.space)
             self.catalog.check_device(body.device)
-            min_ms = self.catalog.min_latency_ms(body.space, body.device)
+            min_ms = self.catalog.min_latency_ms(body.space, body.device, body.precisions)
             if min_ms is not None and body.latency_budget_ms < min_ms:
                 raise BudgetUnreachable(body.latency_budget_ms, min_ms, body.space, body.device)
         self.check_dataset(body)

@@ -128,3 +128,18 @@ def test_expand_front_gate_uses_fp32_accuracy_and_int8_latency(prepared, int8_ta
     assert all(r.precision == "int8" for r in joint if r.number >= precision.INT8_NUMBER_OFFSET)
     jp = [(r.accuracy, r.latency_ms) for r in joint]
     assert not any(precision._dominated(a, ms, jp) for a, ms in jp)
+
+
+def test_the_budget_floor_is_the_fastest_subnet_at_any_precision(prepared, int8_table):
+    """A job with int8 candidates may ask for less than the fastest fp32 subnet: the floor is the fastest
+    predicted latency over both tables, and a budget below it is refused naming both precisions."""
+    from nasprune.errors import BudgetError
+    from nasprune.search.runner import check_budget
+
+    _, fp32 = prepared
+    floor = min(fp32.min_latency(), int8_table.min_latency())
+    job = SearchJob(space=SPACE, latency_budget_ms=floor, precisions=["fp32", "int8"])
+    assert check_budget(job, fp32, int8_table) == floor
+    assert check_budget(job.model_copy(update={"precisions": ["fp32"]}), fp32) == fp32.min_latency()
+    with pytest.raises(BudgetError, match=r"predicted at fp32 or int8\); the smallest achievable budget"):
+        check_budget(job.model_copy(update={"latency_budget_ms": floor * 0.99}), fp32, int8_table)

@@ -124,3 +124,31 @@ def test_cli_listings_show_the_range_and_submit_warns(table_dir, capsys):
         assert r.returncode == 0, r.stderr
         assert r.stderr.startswith("warning: the latency budget") and "at or above the slowest subnet" in r.stderr
         assert f"budgets between {lo} and {hi} ms" in r.stderr
+
+
+def test_an_int8_upload_sits_beside_the_fp32_table_of_its_space(table_dir, tmp_path):
+    """Uploading a device's int8 table after its fp32 table keeps both: each precision has its own file."""
+    from nasprune.latency.table import get_table
+    from nasprune.registry import load_space
+    from nasprune.settings import Settings
+
+    _, table = table_dir
+    data = tmp_path / "data"
+    int8 = json.loads(table.to_json()) | {"precision": "int8"}
+    with running(Settings(data_dir=data, poll_s=0.05), instant_runner) as (client, _):
+        for body in (table.to_json(), json.dumps(int8)):
+            r = client.post("/v1/devices", params={"name": "edge-box"}, content=body,
+                            headers={"content-type": "application/json"})  # fmt: skip
+            assert r.status_code in (200, 201), r.text
+        (edge,) = [d for d in client.get("/v1/devices").json() if d["name"] == "edge-box"]
+        assert {(r["space"], r["precision"]) for r in edge["latency"] if r["min_ms"]} >= {
+            ("mlp_digits", "fp32"),
+            ("mlp_digits", "int8"),
+        }
+    assert sorted(p.name for p in (data / "devices" / "edge-box").glob("*.json")) == [
+        "mlp_digits.json",
+        "mlp_digits__int8.json",
+    ]
+    space = load_space("mlp_digits")
+    assert get_table(space, "edge-box", data, build=False).precision == "fp32"
+    assert get_table(space, "edge-box", data, build=False, precision="int8").precision == "int8"
