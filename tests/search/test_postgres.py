@@ -30,6 +30,8 @@ from services.jobs import JobStore
 from tests.cluster import mlflow_server, s3_server
 from tests.search.conftest import SPACE
 
+N_LONG = 60  # the job a worker is killed in (after its 10th trial); the other job has 20
+
 
 class Role:
     """``python -m nasprune <role>`` configured by environment variables only; waits for ``/readyz``."""
@@ -100,7 +102,7 @@ def test_api_and_workers_share_postgresql_and_an_mlflow_server(prepared, budget,
             api, workers = roles[0], roles[1:]
             http = httpx.Client(base_url=api.url, timeout=30)
             spec = {"space": SPACE, "latency_budget_ms": budget, "sampler": "tpe", "verify_top_k": 1}
-            long_id = http.post("/v1/jobs", json={**spec, "n_trials": 150, "seed": 1}).json()["id"]
+            long_id = http.post("/v1/jobs", json={**spec, "n_trials": N_LONG, "seed": 1}).json()["id"]
             short_id = http.post("/v1/jobs", json={**spec, "n_trials": 20, "seed": 2}).json()["id"]
 
             _wait(http, long_id, lambda j: j["progress"]["n_done"] >= 10)
@@ -127,7 +129,7 @@ def test_api_and_workers_share_postgresql_and_an_mlflow_server(prepared, budget,
 
         assert long_job["attempts"] == 2 and short_job["attempts"] == 1
         after = load_trials(db, long_id)
-        assert len(after) == 150 and len({t.number for t in after}) == 150
+        assert len(after) == N_LONG and len({t.number for t in after}) == N_LONG
         kept = {t.number: t for t in after}
         assert all(kept[t.number] == t for t in before)
 
@@ -142,8 +144,8 @@ def test_api_and_workers_share_postgresql_and_an_mlflow_server(prepared, budget,
         # one FINISHED child run per trial; a child the SIGKILL cut mid-write stays visible as KILLED
         # (the resumed job closes it so, then logs that trial again in full)
         finished = [c for c in children if c.info.status == "FINISHED"]
-        assert len(finished) == 150 and len({c.data.tags["nasprune.trial"] for c in finished}) == 150
-        assert all(c.info.status in ("FINISHED", "KILLED") for c in children) and len(children) <= 152
+        assert len(finished) == N_LONG and len({c.data.tags["nasprune.trial"] for c in finished}) == N_LONG
+        assert all(c.info.status in ("FINISHED", "KILLED") for c in children) and len(children) <= N_LONG + 2
         keys = s3.keys()
         # the delivered model: an MLflow logged model of the parent run, its files in the object store
         (model,) = [

@@ -55,7 +55,8 @@ def test_backend_conformance(backend, prepared, budget, tmp_path):
         assert t.feasible == (t.latency_ms <= budget)
         assert t.latency_ms == pytest.approx(table.predict(table.space.parse_config(t.config)))
 
-    front = [(c.accuracy, c.latency_ms) for c in res.pareto]
+    # the front as searched (the delivered candidate's accuracy may have risen by fine-tuning since)
+    front = [(c.inherited_accuracy if c.delivered else c.accuracy, c.latency_ms) for c in res.pareto]
     assert front and all(c.feasible and c.latency_ms <= budget for c in res.pareto)
     assert not any(dominates(a, b) for a in front for b in front if a != b)
     # every feasible trial is dominated by (or equal to) a front member
@@ -84,10 +85,13 @@ def test_backend_conformance(backend, prepared, budget, tmp_path):
     model = onnx.load(str(out / "model.onnx"))
     onnx.checker.check_model(model)
     meta = read_metadata(out / "model.onnx")  # the delivered model: inherited or fine-tuned weights
-    assert meta["subnet_key"] == rec.candidate_id and float(meta["measured_latency_ms"]) == rec.measured_latency_ms
-    # measured at the table's machine speed: the raw median over the speed of the table's own subnets
-    assert rec.machine_speed is not None and 0.2 < rec.machine_speed < 5
-    assert float(meta["measured_raw_ms"]) == pytest.approx(rec.measured_latency_ms * rec.machine_speed)
+    assert meta["subnet_key"] == rec.candidate_id and meta["verified"] == str(rec.verified).lower()
+    if rec.verified:  # measured at the table's machine speed: the raw median over the speed of the table's subnets
+        assert float(meta["measured_latency_ms"]) == rec.measured_latency_ms
+        assert rec.machine_speed is not None and 0.2 < rec.machine_speed < 5
+        assert float(meta["measured_raw_ms"]) == pytest.approx(rec.measured_latency_ms * rec.machine_speed)
+    else:  # too busy to trust (assert_verified_or_too_busy above): the reason travels with the model
+        assert meta["unverified_reason"] == rec.unverified_reason and "measured_latency_ms" not in meta
     assert json.loads((out / "pareto.json").read_text())["recommended"]["candidate_id"] == rec.candidate_id
     # the delivered file is the model that scored the reported accuracy: inherited (BN recalibrated) or,
     # when fine-tuning alone scored at least as well on the same split, fine-tuned
@@ -126,7 +130,7 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(storage_kind, prepared, 
         "sqlite": lambda: f"sqlite:///{tmp_path / 'trials.db'}",
         "postgresql": lambda: request.getfixturevalue("pg_server").create_database(),
     }[storage_kind]()
-    n = 200
+    n = 80  # killed after 20: most of the job is still ahead (TPE trials take tens of ms each)
     cmd = [
         sys.executable,
         "-m",
