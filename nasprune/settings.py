@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         5.0, description="how often a worker marks its running jobs alive; a job silent for 3x this is re-queued"
     )
     poll_s: Annotated[float, Field(gt=0)] = Field(1.0, description="how often idle workers look for queued jobs")
+    tracking_drain_s: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        60.0,
+        description="how long a finished job waits for an unreachable MLflow server to come back before it gives "
+        "up logging what is still queued (and says so in tracking_error)",
+    )
 
     @field_validator("database_url", "trials_url")
     @classmethod

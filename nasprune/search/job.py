@@ -221,5 +221,6 @@ class JobContext:
     data_dir: Path | None = None
     tracking_uri: str | None = None
     ray_address: str | None = None
+    tracking_drain_s: float = 60.0  # how long a finished job waits for MLflow to take what is still queued
     on_progress: Callable[[Progress], None] = field(default=lambda _p: None)
     should_stop: Callable[[], bool] = field(default=lambda: False)

@@ -615,7 +615,9 @@ def _start_tracking(job: SearchJob, ctx: JobContext, table):
     from nasprune.tracking import JobTracker, MlflowTracker, job_run_name
 
     marker = Path(ctx.output_dir) / "mlflow_run_id"
-    tracking = JobTracker(MlflowTracker(ctx.tracking_uri), f"nasprune/{job.space}", marker=marker)
+    tracking = JobTracker(
+        MlflowTracker(ctx.tracking_uri), f"nasprune/{job.space}", marker=marker, drain_timeout_s=ctx.tracking_drain_s
+    )
     existing = marker.read_text().strip() if marker.is_file() else None
     params = {**job.model_dump(mode="json"), "job_id": ctx.job_id}
     err = _table_error(table) or {}

@@ -209,6 +209,7 @@ class WorkerPool:
                 data_dir=self.settings.data_dir,
                 tracking_uri=self.tracking_uri,
                 ray_address=self.settings.ray_address,
+                tracking_drain_s=self.settings.tracking_drain_s,
                 on_progress=lambda p: self._on_progress(active, p),
                 should_stop=lambda: self._should_stop(active),
             )

@@ -23,11 +23,11 @@ from tests.search.conftest import SPACE, assert_verified_or_too_busy
 
 
 class Service:
-    def __init__(self, data_dir: Path, *extra: str):
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(data_dir / f"serve-{self.port}.log", "wb")  # noqa: SIM115
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NASPRUNE_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("NASPRUNE_")}, **(env or {})}
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -176,7 +176,8 @@ def test_sigkill_mid_job_then_restart_finishes_without_loss(data_dir, budget):
 
 def test_mlflow_stopped_mid_job_still_succeeds_and_says_so(data_dir, budget, tmp_path):
     mlflow = start_mlflow_server(tmp_path / "mlflow")
-    svc = Service(data_dir, "--tracking-uri", mlflow.url)
+    # a finished job waits NASPRUNE_TRACKING_DRAIN_S (default 60 s) for MLflow to take what is still queued
+    svc = Service(data_dir, "--tracking-uri", mlflow.url, env={"NASPRUNE_TRACKING_DRAIN_S": "5"})
     try:
         job_id = _submit(svc, budget, 100, sampler="random", seed=7)
         svc.wait(job_id, lambda s: s["progress"]["n_done"] >= 10)

@@ -97,9 +97,9 @@ def test_job_and_trials_land_in_mlflow(prepared, budget, tmp_path):
 def test_search_completes_when_tracking_server_is_down(prepared, budget, tmp_path):
     root, _ = prepared
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
-    res = run_job(
-        SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=6, seed=4), _ctx(root, "untracked", tmp_path, dead)
-    )
+    ctx = _ctx(root, "untracked", tmp_path, dead)
+    ctx.tracking_drain_s = 3.0  # what is still queued at the end waits this long for MLflow (default 60 s)
+    res = run_job(SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=6, seed=4), ctx)
     assert res.n_trials == 6 and res.recommended is not None
     assert res.tracking_error and "MLflow tracking at" in res.tracking_error and dead in res.tracking_error
     assert (tmp_path / "untracked" / "model.onnx").is_file()
