@@ -13,10 +13,14 @@ def pareto_plot(
     path: str | Path,
     title: str = "",
     intervals: dict[int, tuple[float, float]] | None = None,
+    int8: list[tuple[float, float]] | None = None,
+    chosen_point: tuple[float, float] | None = None,
 ) -> Path:
     """Every trial (validation accuracy vs predicted latency), the front, the budget and the chosen
     trial; ``intervals`` (trial number -> 95% interval of its validation accuracy, as fractions) draws
-    the front's uncertainty as error bars: where they overlap, the search could not tell them apart."""
+    the front's uncertainty as error bars: where they overlap, the search could not tell them apart.
+    ``int8``: the front's int8 candidates as (predicted int8 latency, quantized accuracy) points;
+    ``chosen_point`` places the recommendation's star when it is not its trial's fp32 point."""
     # The object-oriented API: no pyplot figure registry and no backend switch (``matplotlib.use``),
     # both process-wide, while plots are drawn in the service's worker threads.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -68,12 +72,23 @@ def pareto_plot(
                 alpha=0.6,
                 label="95% interval (validation)",
             )
+    if int8:
+        ax.scatter(
+            [ms for ms, _ in int8],
+            [100 * acc for _, acc in int8],
+            marker="D",
+            s=30,
+            c="#8e44ad",
+            zorder=4,
+            label=f"int8 on the front ({len(int8)})",
+        )
     ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"budget {budget_ms:g} ms")
     if chosen is not None:
         best = next(t for t in trials if t.number == chosen)
+        star = chosen_point or (best.latency_ms, best.accuracy)
         ax.scatter(
-            [best.latency_ms],
-            [100 * best.accuracy],
+            [star[0]],
+            [100 * star[1]],
             marker="*",
             s=220,
             c="#f0ad4e",

@@ -598,14 +598,19 @@ def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJ
             indent=2,
         )
     )
+    fp32 = [c for c in result.pareto if c.precision == "fp32"]
+    int8 = [c for c in result.pareto if c.precision != "fp32"]
+    rec = result.recommended
     pareto_plot(
         trials,
-        {c.trial_number for c in result.pareto},
+        {c.trial_number for c in fp32},
         job.latency_budget_ms,
-        result.recommended.trial_number if result.recommended else None,
+        rec.trial_number if rec else None,
         out / "pareto.png",
         title=f"{job.space} on {job.device}: {len(trials)} trials ({job.sampler}, {job.backend})",
-        intervals={c.trial_number: c.accuracy_ci95 for c in result.pareto if c.accuracy_ci95},
+        intervals={c.trial_number: c.accuracy_ci95 for c in fp32 if c.accuracy_ci95},
+        int8=[(c.latency_ms, c.accuracy) for c in int8],
+        chosen_point=(rec.latency_ms, rec.accuracy) if rec and rec.precision != "fp32" else None,
     )
 
 

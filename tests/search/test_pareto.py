@@ -24,3 +24,26 @@ def test_hypervolume_of_known_fronts():
     assert abs(hypervolume([(0.5, 1.0), (0.8, 2.0)], ref_latency=3.0) - (0.5 + 0.8)) < 1e-12
     # a dominated point adds nothing; a point beyond the reference adds nothing
     assert hypervolume([(0.5, 1.0), (0.4, 1.5), (0.9, 4.0)], ref_latency=3.0) == 1.0
+
+
+def test_the_plot_draws_int8_candidates_where_they_are(tmp_path):
+    """int8 front points are drawn at their own (int8 latency, quantized accuracy), and the star of an
+    int8 recommendation sits there too, not on its trial's fp32 point: the pixels differ from a plot
+    of the same trials without them."""
+    from PIL import Image
+
+    from nasprune.search.plot import pareto_plot
+    from nasprune.search.study import TrialRecord
+
+    def trial(i: int) -> TrialRecord:
+        acc, ms = 0.80 + 0.01 * i, 1.0 + 0.2 * i
+        return TrialRecord(number=i, subnet_key=f"k{i}", config={}, accuracy=acc, latency_ms=ms, params=100,
+                           macs=100, feasible=i < 8)  # fmt: skip
+
+    trials = [trial(i) for i in range(10)]
+    plain = pareto_plot(trials, {5, 6, 7}, 2.5, 7, tmp_path / "fp32.png")
+    mixed = pareto_plot(trials, {5, 6, 7}, 2.5, 7, tmp_path / "mixed.png", int8=[(0.9, 0.86)],
+                        chosen_point=(0.9, 0.86))  # fmt: skip
+    a = np.asarray(Image.open(plain).convert("RGB"), dtype=int)
+    b = np.asarray(Image.open(mixed).convert("RGB"), dtype=int)
+    assert a.shape == b.shape and (np.abs(a - b).sum(axis=2) > 0).sum() > 100
