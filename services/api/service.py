@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from services.jobs.errors import (
 from services.jobs.status import JobStatus
 from services.jobs.store import JobRecord, JobStore
 from services.jobs.worker import WorkerPool
+
+log = logging.getLogger(__name__)
 
 MODELS_DIR = "models"
 # Submissions run in at most this many threads: they serialise on the store's insert anyway, and a
@@ -188,7 +191,26 @@ class JobService:
         self.forget_status(job_id)
         if record.status is JobStatus.RUNNING and self.pool is not None:
             self.pool.cancel(job_id)
+        elif record.status is JobStatus.CANCELLED and record.attempts > 0:
+            self._close_run_later(job_id)
         return record
+
+    def _close_run_later(self, job_id: str) -> None:
+        """A job cancelled while queued *again* (its worker died mid-job) has an MLflow run left RUNNING
+        by that attempt: end it KILLED, off the request's thread (MLflow may be slow or down)."""
+        from services.jobs.tracking import close_job_run
+
+        uri = self.pool.tracking_uri if self.pool is not None else self.settings.effective_tracking_uri
+        if not uri:
+            return
+
+        def close() -> None:
+            try:
+                close_job_run(uri, self.settings.job_dir(job_id), "KILLED")
+            except Exception as e:  # the job is cancelled either way; the run's status is cosmetic here
+                log.warning("job %s: could not close its MLflow run: %s", job_id, e)
+
+        threading.Thread(target=close, name=f"close-run-{job_id[:8]}", daemon=True).start()
 
     # results --------------------------------------------------------------------------------------
 

@@ -41,3 +41,43 @@ def test_mlflow_server_runs_and_links_job_runs(tmp_path, settings):
         raise AssertionError("the MLflow server still answers after stop")
     except httpx.HTTPError:
         pass
+
+
+def test_a_job_cancelled_while_requeued_after_a_crash_closes_the_run_its_attempt_left_running(tmp_path):
+    """A worker died mid-job (its MLflow run is RUNNING), the job went back to the queue, and the user
+    cancels it before another worker takes it: the run ends KILLED, not RUNNING forever."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from nasprune.mlflow_server import mlflow_server
+    from nasprune.search.job import SearchJob
+    from nasprune.settings import Settings
+    from services.api.catalog import Catalog
+    from services.api.service import JobService
+    from services.jobs import JobStore
+    from services.jobs.status import JobStatus
+    from services.jobs.tracking import RUN_ID_FILE
+
+    with mlflow_server(tmp_path / "mlflow") as srv:
+        settings = Settings(data_dir=tmp_path / "data", tracking_uri=srv.url)
+        settings.data_dir.mkdir(parents=True)
+        store = JobStore(settings.db_url)
+        store.migrate()
+        job = store.create(SearchJob(space="mlp_digits", latency_budget_ms=1.0, n_trials=5))
+        assert store.claim_next("worker-a:1").id == job.id  # the first attempt starts ...
+        client = MlflowClient(srv.url)
+        run = client.create_run(client.create_experiment("nasprune/mlp_digits"))
+        settings.job_dir(job.id).mkdir(parents=True, exist_ok=True)
+        (settings.job_dir(job.id) / RUN_ID_FILE).write_text(run.info.run_id)
+        assert store.requeue(job.id)  # ... and its worker dies: re-queued, run left RUNNING
+        service = JobService(settings, store, None, Catalog(settings))
+        try:
+            assert service.cancel(job.id).status is JobStatus.CANCELLED
+            deadline = time.monotonic() + 60
+            while client.get_run(run.info.run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert client.get_run(run.info.run_id).info.status == "KILLED"
+        finally:
+            service.trials_reader.close()
+            store.close()
