@@ -478,13 +478,17 @@ def fit_correction(table: LatencyTable, samples: list[Sample]) -> Correction:
 # -- finding tables ----------------------------------------------------------------------------------------
 
 
+def precision_suffix(precision: str) -> str:
+    """What a table file's name adds for its precision: nothing for fp32, ``__int8`` for int8."""
+    return "" if precision == "fp32" else f"__{precision}"
+
+
 def table_path(space: str, device: str, data_dir: str | Path | None = None, precision: str = "fp32") -> Path:
     """Where the table of ``space`` on ``device`` is kept: ``<tables_dir>/<space>__<device>.json``
     (``...__int8.json`` for the int8 one)."""
     from nasprune.paths import tables_dir
 
-    suffix = "" if precision == "fp32" else f"__{precision}"
-    return tables_dir(data_dir) / f"{space}__{device}{suffix}.json"
+    return tables_dir(data_dir) / f"{space}__{device}{precision_suffix(precision)}.json"
 
 
 def _uploaded(space: str, device: str, data_dir: str | Path | None, precision: str = "fp32") -> Path | None:

@@ -26,13 +26,12 @@ from nasprune.search.study import TrialRecord, open_study, pareto_trials, record
 log = logging.getLogger(__name__)
 
 
-def check_budget(job: SearchJob, table, *others) -> float:
-    """The fastest achievable predicted latency over ``table`` and the tables of the job's other
-    precisions (``others``: an int8 subnet may run below the fastest fp32 one); raises
-    :class:`BudgetError` if the budget is below it."""
-    fastest = min(t.min_latency() for t in (table, *others))
+def check_budget(job: SearchJob, *tables) -> float:
+    """The fastest achievable predicted latency over the ``tables`` of the job's precisions (an int8
+    subnet may run below the fastest fp32 one); raises :class:`BudgetError` if the budget is below it."""
+    fastest = min(t.min_latency() for t in tables)
     if job.latency_budget_ms < fastest:
-        held = " or ".join(dict.fromkeys(getattr(t, "precision", "fp32") for t in (table, *others)))
+        held = " or ".join(dict.fromkeys(t.precision for t in tables))
         raise BudgetError(
             f"latency budget {job.latency_budget_ms:g} ms is below the fastest subnet of '{job.space}' on "
             f"'{job.device}' ({fastest:.4f} ms predicted at {held}); the smallest achievable budget is "
@@ -99,7 +98,7 @@ def run_job(
     table8 = None
     if "int8" in job.precisions:  # built (or loaded) before the search: its floor counts for the budget
         table8 = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar, precision="int8")
-    check_budget(job, table, *([table8] if table8 is not None else []))
+    check_budget(job, *(t for t in (table, table8) if t is not None))
     evaluator = Evaluator(supernet, load_dataset(space.dataset, data_dir=ctx.data_dir), checkpoint_id(ckpt))
     objective = Objective(supernet, evaluator, table, job)
 

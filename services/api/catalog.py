@@ -194,10 +194,11 @@ class Catalog:
         if not isinstance(payload, dict):
             raise LatencyTableError(f"a latency table is a JSON object, not {type(payload).__name__}")
         table = validate_table(payload)
+        from nasprune.latency.table import precision_suffix  # the latency stack is imported on use
+
+        # an int8 table sits beside the fp32 one of the same space, never over it
         space = getattr(getattr(table, "space", None), "name", None) or "table"
-        precision = getattr(table, "precision", "fp32")
-        if precision != "fp32":  # an int8 table sits beside the fp32 one of the same space, never over it
-            space = f"{space}__{precision}"
+        space += precision_suffix(getattr(table, "precision", "fp32"))
         folder = self.settings.devices_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{space}.json.tmp"

@@ -201,8 +201,6 @@ class JobService:
         from services.jobs.tracking import close_job_run
 
         uri = self.pool.tracking_uri if self.pool is not None else self.settings.effective_tracking_uri
-        if not uri:
-            return
 
         def close() -> None:
             try:
