@@ -12,9 +12,18 @@ Stages (each cached in --data-dir so a rerun skips what is done; results in benc
    fp32+int8 front (``nasprune.search.precision.expand_front``, the job's own step) of the same
    architectures (random + uniform-width), at 25/50/75% of the largest subnet's fp32 latency:
    hypervolume, best accuracy within budget, int8 accuracy drop per int8 candidate, time taken.
+5. ``qat``: does quantization-aware fine-tuning (``nasprune.finetune.Int8Simulation``) recover what
+   int8 loses? For ``--qat-archs`` architectures (uniform widths + random) of the same short supernet:
+   fp32 and int8 accuracy (onnxruntime, quantized as the search quantizes) on inherited weights, after
+   a plain fine-tune (``--ft-epochs``, distilled, then quantized) and after a quantization-aware one
+   (same budget and seed). Per variant: the int8 drop (its own fp32 minus its int8 accuracy) and the
+   int8 test accuracy, with paired differences QAT - plain over the architectures (mean and SE).
 
-    .venv/bin/python benchmarks/int8.py [--stages tables units calibration front] [--n-validate 50]
-        [--epochs 3] [--archs 60]
+``--space`` runs the stages on another space (results in ``int8_<space>.json``; default resnet_mnist
+writes ``int8.json``).
+
+    .venv/bin/python benchmarks/int8.py [--stages tables units calibration front qat] [--n-validate 50]
+        [--epochs 3] [--archs 60] [--space cnn1d_mnist1d] [--qat-archs 12] [--ft-epochs 2]
 """
 
 from __future__ import annotations
@@ -208,6 +217,85 @@ def stage_front(root: Path, epochs: int, n_archs: int, seed: int = 0) -> dict:
     return out
 
 
+def _split_accuracy(model, ds, split: str) -> float:
+    from nasprune.quantize import split_accuracy
+
+    return split_accuracy(model, ds, split)
+
+
+def stage_qat(root: Path, epochs: int, n_archs: int, ft_epochs: float, seed: int = 0) -> dict:
+    from nasprune.data import load_dataset
+    from nasprune.evaluate import Evaluator, accuracy_of
+    from nasprune.export import export_model
+    from nasprune.finetune import finetune_subnet
+    from nasprune.quantize import calibration_inputs, quantize_model
+    from nasprune.search import precision
+    from nasprune.train import default_recipe
+
+    space = load_space(SPACE)
+    supernet, _ = _trained(space, root, epochs)
+    ds = load_dataset(space.dataset)
+    ev = Evaluator(supernet, ds)
+    scorer = precision.Int8Scorer(supernet, ev, root / "qat_int8")
+    recipe = default_recipe(space)
+    rng = np.random.default_rng(seed)
+    cfgs = {c.key(): c for c in [space.uniform(w) for w in (0.25, 0.5, 0.75, 1.0)]}
+    while len(cfgs) < n_archs:
+        c = space.sample(rng)
+        cfgs.setdefault(c.key(), c)
+    calib = calibration_inputs(ds)
+    (root / "qat").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, cfg in enumerate(cfgs.values()):
+        row = {"config": cfg.model_dump(), "inherited": {
+            "fp32_val": ev.accuracy(cfg, "val"), "fp32_test": ev.accuracy(cfg, "test"),
+            "int8_val": scorer.accuracy(cfg, "val"), "int8_test": scorer.accuracy(cfg, "test")}}  # fmt: skip
+        for variant, fq in (("plain", False), ("qat", True)):
+            t0 = time.perf_counter()
+            res = finetune_subnet(supernet, cfg, ds, epochs=ft_epochs, batch_size=recipe.batch_size,
+                                  max_shift=recipe.max_shift, seed=seed, fake_quant=fq)  # fmt: skip
+            secs = time.perf_counter() - t0
+            flt, q8 = root / "qat" / f"{cfg.key()}.{variant}.onnx", root / "qat" / f"{cfg.key()}.{variant}.int8.onnx"
+            export_model(res.model, tuple(space.input_shape), flt)
+            quantize_model(flt, q8, calib)
+            xv, yv = ds.tensors("val")
+            xt, yt = ds.tensors("test")
+            row[variant] = {
+                "fp32_val": accuracy_of(res.model, xv, yv), "fp32_test": accuracy_of(res.model, xt, yt),
+                "int8_val": _split_accuracy(q8, ds, "val"), "int8_test": _split_accuracy(q8, ds, "test"),
+                "seconds": round(secs, 1),
+            }  # fmt: skip
+        for v in ("inherited", "plain", "qat"):
+            r = row[v]
+            r["drop_val"], r["drop_test"] = r["fp32_val"] - r["int8_val"], r["fp32_test"] - r["int8_test"]
+        rows.append(row)
+        print(f"[{i + 1}/{len(cfgs)}] int8 test: inherited {row['inherited']['int8_test']:.2%} "
+              f"(drop {row['inherited']['drop_test']:+.2%}), plain ft {row['plain']['int8_test']:.2%} "
+              f"(drop {row['plain']['drop_test']:+.2%}), QAT {row['qat']['int8_test']:.2%} "
+              f"(drop {row['qat']['drop_test']:+.2%})")  # fmt: skip
+
+    def paired(key: str, subset: list) -> dict:
+        d = [r["qat"][key] - r["plain"][key] for r in subset]
+        if not d:
+            return {"n": 0}
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+        return {"n": len(d), "mean": float(np.mean(d)), "se": se}
+
+    lossy = [r for r in rows if r["inherited"]["drop_val"] > 0.005]
+    summary = {
+        "mean": {v: {k: float(np.mean([r[v][k] for r in rows])) for k in ("int8_test", "drop_test", "drop_val")}
+                 for v in ("inherited", "plain", "qat")},
+        "qat_minus_plain_int8_test": paired("int8_test", rows),
+        "qat_minus_plain_int8_val": paired("int8_val", rows),
+        "qat_minus_plain_drop_test": paired("drop_test", rows),
+        "lossy_n": len(lossy),
+        "lossy_qat_minus_plain_int8_test": paired("int8_test", lossy),
+        "lossy_qat_minus_plain_int8_val": paired("int8_val", lossy),
+    }  # fmt: skip
+    print(json.dumps(summary, indent=1))
+    return {"space": SPACE, "epochs": epochs, "ft_epochs": ft_epochs, "rows": rows, "summary": summary}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", nargs="+", default=["tables", "units", "calibration", "front"])
@@ -216,9 +304,17 @@ def main(argv=None) -> int:
     ap.add_argument("--n-validate", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=3, help="resnet_mnist supernet epochs (a short recipe)")
     ap.add_argument("--archs", type=int, default=60, help="architectures scored for the front comparison")
+    ap.add_argument("--space", default="resnet_mnist", help="the space the stages run on")
+    ap.add_argument("--qat-archs", type=int, default=12, help="architectures of the qat stage")
+    ap.add_argument("--ft-epochs", type=float, default=2, help="fine-tuning epochs of the qat stage (the job default)")
     args = ap.parse_args(argv)
+    global SPACE
+    SPACE = args.space
+    name = "int8" if SPACE == "resnet_mnist" else f"int8_{SPACE}"
+    if SPACE != "resnet_mnist" and args.data_dir == Path(".nasprune/bench-int8"):
+        args.data_dir = Path(f".nasprune/bench-int8-{SPACE}")
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    prev = RESULTS / "int8.json"
+    prev = RESULTS / f"{name}.json"
     payload = json.loads(prev.read_text()) if prev.is_file() else {}
     payload.pop("machine", None)
     payload.setdefault("load_avg", {})
@@ -233,11 +329,13 @@ def main(argv=None) -> int:
             payload["calibration"] = stage_calibration(args.data_dir, args.epochs)
         elif stage == "front":
             payload["front"] = stage_front(args.data_dir, args.epochs, args.archs)
+        elif stage == "qat":
+            payload["qat"] = stage_qat(args.data_dir, args.epochs, args.qat_archs, args.ft_epochs)
         else:
-            ap.error(f"unknown stage {stage!r}; allowed: tables units calibration front")
+            ap.error(f"unknown stage {stage!r}; allowed: tables units calibration front qat")
         payload.setdefault("stage_seconds", {})[stage] = round(time.perf_counter() - t0, 1)
         payload["load_avg"][f"{stage}_after"] = _load_avg()
-        write("int8", payload)
+        write(name, payload)
     return 0
 
 

@@ -1,8 +1,14 @@
 """nasprune against Torch-Pruning on a model trained here, at the same *measured* latency.
 
-1. Train the plain ``resnet_mnist`` model (``nasprune/models/resnet_mnist.py``) on mnist5k: the
-   "user's trained model". Its weights go to a safetensors file.
-2. nasprune: convert it (the built-in space with these weights), train the supernet from them
+1. Train a plain PyTorch model, the "user's trained model" (``--target``):
+   - ``resnet_mnist`` (``nasprune/models/resnet_mnist.py``) on mnist5k, the built-in space;
+   - ``cnn1d_mnist1d`` (``nasprune/models/cnn1d.py``) on MNIST-1D, the built-in space where the
+     architecture matters;
+   - ``user``: ``benchmarks/user_model.py:dwse_net`` on mnist5k, a model nasprune has never seen
+     (depthwise convs, squeeze-excite, inverted residuals); its space is *derived from its graph*
+     here (``nasprune.graph.api.derive_space``, the defaults a user gets from ``nasprune model inspect``).
+   Its weights go to a safetensors file.
+2. nasprune: convert it (the space with these weights), train the supernet from them
    (original model as the distillation teacher), search each budget, deliver the recommended model
    (exported and verified by the job). Its cost is the supernet training plus that budget's search.
 3. Torch-Pruning 1.6 (``pip install torch-pruning==1.6.1 --no-deps``; a benchmark extra, never a
@@ -18,9 +24,13 @@
 Budgets are fractions of the original's measured latency (15%, 25%, 30% and 50% by default: the two
 issues' budgets). Every final model is scored from its ONNX file on the same test images, with the
 exact McNemar test of each against nasprune's. Also reported:
-the uniform-width subnet of the same supernet under each budget (no search), inherited weights.
+the uniform-width subnet of the same supernet under each budget (no search), inherited weights: the
+widest width multiplier within the budget at full depth, or at minimum depth where none fits at full depth.
 
-    .venv/bin/python benchmarks/vs_torch_pruning.py [--budgets 0.25 0.5] [--epochs 8] [--supernet-epochs 10]
+    .venv/bin/python benchmarks/vs_torch_pruning.py [--target resnet_mnist|cnn1d_mnist1d|user]
+        [--budgets 0.25 0.5] [--epochs N] [--supernet-epochs 10]
+
+Writes benchmarks/results/vs_torch_pruning.json (resnet_mnist) or vs_torch_pruning_<target>.json.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +51,7 @@ from nasprune.data import load_dataset, random_shift
 from nasprune.evaluate import Evaluator, accuracy_of
 from nasprune.export import export_model
 from nasprune.graph import build_model
+from nasprune.graph.api import derive_space
 from nasprune.graph.models import file_sha256
 from nasprune.latency.table import get_table
 from nasprune.latency.timing import feed_for, make_session, measure_model, time_interleaved
@@ -49,8 +61,14 @@ from nasprune.search.runner import run_job
 from nasprune.search.study import journal_url
 from nasprune.train import TrainConfig, _batches, _sgd, save_checkpoint, supernet_path, train_supernet
 
-REF = "nasprune.models.resnet_mnist:resnet_mnist"
-SHAPE = (1, 28, 28)
+HERE = Path(__file__).resolve().parent
+# target -> (model reference, dataset, input shape, built-in space or None to derive it, epochs of the original)
+TARGETS = {
+    "resnet_mnist": ("nasprune.models.resnet_mnist:resnet_mnist", "mnist5k", (1, 28, 28), "resnet_mnist", 8),
+    "cnn1d_mnist1d": ("nasprune.models.cnn1d:cnn1d", "mnist1d", (1, 40), "cnn1d_mnist1d", 30),
+    "user": ("user_model:dwse_net", "mnist5k", (1, 28, 28), None, 8),
+}
+SHAPE: tuple[int, ...] = (1, 28, 28)  # the target's input shape, set in main()
 
 
 def train_plain(model, ds, epochs: int, seed: int = 0, seconds: float | None = None, lr: float = 0.05):
@@ -115,7 +133,7 @@ def tp_prune(original, importance: str, target_share: float, folder: Path):
         imp = tp.importance.LAMPImportance(p=2) if importance == "lamp" else tp.importance.GroupMagnitudeImportance(p=2)
         pruner = tp.pruner.MetaPruner(
             model, torch.zeros(1, *SHAPE), importance=imp, global_pruning=True, pruning_ratio=ratio,
-            round_to=8, ignored_layers=[model.fc],
+            round_to=8, ignored_layers=[head(model)],
         )  # fmt: skip
         pruner.step()
         return model
@@ -136,6 +154,11 @@ def tp_prune(original, importance: str, target_share: float, folder: Path):
         path, _ = onnx_ms(model, folder, f"tp_{importance}_probe", runs=1)
         best = (0.95, model, share_of(path, folder / "original.onnx"))
     return best, tries
+
+
+def head(model) -> torch.nn.Linear:
+    """The classifier (the last Linear), which keeps its outputs."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
 
 
 def binomial_se(p: float, n: int) -> float:
@@ -165,9 +188,20 @@ def mcnemar(a: list[bool], b: list[bool]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--target",
+        choices=sorted(TARGETS),
+        default="resnet_mnist",
+        help="the trained model and data (see above); 'user' derives the space from the model's graph",
+    )
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.15, 0.25, 0.3, 0.5],
                     help="fractions of the original's measured latency")  # fmt: skip
-    ap.add_argument("--epochs", type=int, default=8, help="training epochs of the original model")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs of the original model (default: 8, 30 for cnn1d_mnist1d)",
+    )
     ap.add_argument("--supernet-epochs", type=int, default=10, help="supernet epochs from the trained weights")
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=60, help="interleaved timing rounds of the final models")
@@ -177,29 +211,40 @@ def main() -> None:
                     "fine-tunes for as long as nasprune took in all)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(1)
+    global SHAPE
+    ref, dataset, SHAPE, builtin, default_epochs = TARGETS[args.target]
+    args.epochs = args.epochs or default_epochs
+    # the user's model is imported by reference (user_model:dwse_net), here and in any worker process
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
 
     tmp = Path(tempfile.mkdtemp(prefix="vs_tp_"))
-    ds = load_dataset("mnist5k")
+    ds = load_dataset(dataset)
     xt, yt = ds.tensors("test")
     n_test = len(yt)
     out: dict = {"args": vars(args), "n_test": n_test}
 
     # 1. the user's trained model
     torch.manual_seed(args.seed)
-    original, t_orig, _ = train_plain(build_model(REF, {"num_classes": 10}), ds, args.epochs, args.seed)
+    original, t_orig, _ = train_plain(build_model(ref, {"num_classes": 10}), ds, args.epochs, args.seed)
     from safetensors.torch import save_file
 
-    weights = tmp / "resnet_mnist.safetensors"
+    weights = tmp / f"{args.target}.safetensors"
     save_file({k: v.contiguous() for k, v in original.state_dict().items()}, str(weights))
     _, orig_ms = onnx_ms(original, tmp, "original")
     out["original"] = {"test_accuracy": accuracy_of(original, xt, yt), "ms": orig_ms, "train_s": t_orig}
     print(f"original: {out['original']['test_accuracy']:.2%} test, {orig_ms:.4f} ms, trained in {t_orig:.0f} s")
 
     # 2. nasprune: supernet from the trained weights, one search per budget
-    base = load_space("resnet_mnist")
-    space = base.model_copy(update={"name": "resnet_mnist_trained", "weights": str(weights),
+    if builtin:
+        base = load_space(builtin)
+    else:  # derived from the trained model's graph, with the defaults `nasprune model inspect` uses
+        base = derive_space(copy.deepcopy(original), SHAPE, ref, name=args.target, dataset=dataset,
+                            model_kwargs={"num_classes": 10})  # fmt: skip
+        out["derived_groups"] = {k: v.widths for k, v in base.groups.items()}
+        print(f"derived space: {len(base.groups)} channel groups, {len(base.sequences)} depth sequences")
+    space = base.model_copy(update={"name": f"{args.target}_trained", "weights": str(weights),
                                     "weights_sha256": file_sha256(weights)})  # fmt: skip
-    space_file = tmp / "resnet_mnist_trained.yaml"
+    space_file = tmp / f"{args.target}_trained.yaml"
     space.save(space_file)
     space = load_space(space_file)
     root = tmp / "data"
@@ -240,11 +285,16 @@ def main() -> None:
         else:
             row["nasprune"] = None
             print(f"[{tag}] nasprune: no recommended model under {budget:.4f} ms")
-        # uniform width (no search): the widest uniform subnet the table predicts within the budget
+        # uniform width (no search): the widest uniform subnet the table predicts within the budget, at
+        # full depth, or at the minimum depth where no full-depth one fits
         fracs = sorted({w / max(c) for c in base.width_layers().values() for w in c}, reverse=True)
-        uni = next((space.uniform(f) for f in fracs if table.predict(space.uniform(f)) <= budget), None)
+        min_depths = {s: min(c) for s, c in space.depth_choices().items()}
+        uniforms = [space.uniform(f) for f in fracs]
+        uniforms += [space.config(min_depths, u.widths) for u in uniforms]
+        uni = next((u for u in uniforms if table.predict(u) <= budget), None)
         if uni is not None:
-            row["uniform"] = {"test_accuracy": ev.accuracy(uni, "test"), "config": uni.model_dump()}
+            row["uniform"] = {"test_accuracy": ev.accuracy(uni, "test"), "config": uni.model_dump(),
+                              "full_depth": uni.depths == space.largest().depths}  # fmt: skip
             path, _ = onnx_ms(ev.subnet(uni), tmp, f"uniform_{tag.rstrip('%')}")  # BN recalibrated, as scored
             finals[f"uniform@{tag}"] = path
         # Torch-Pruning, fine-tuned for the same wall-clock
@@ -286,7 +336,7 @@ def main() -> None:
             r["mcnemar_p_vs_nasprune"] = p
             print(f"{tag:>6}  {label:20}  {acc:6.2%} (+-{r['se']:.2%})  {ms:10.4f}   {ms / orig_t:6.1%}"
                   f"             {'' if p is None else f'{p:.3f}'}")  # fmt: skip
-    save_results("vs_torch_pruning", out)
+    save_results("vs_torch_pruning" if args.target == "resnet_mnist" else f"vs_torch_pruning_{args.target}", out)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ short budget, with the supernet's largest subnet (or the user's original model, 
 starts from trained weights) as the teacher: cross-entropy on the labels plus the KL divergence to
 the teacher's softened outputs. Tools a user would compare against (Torch-Pruning, ModelOpt) always
 fine-tune after pruning; without it the comparison is unfair to nasprune's own subnets.
+
+An int8 recommendation is fine-tuned *quantization-aware* (``fake_quant=True``): the training
+forward pass simulates the int8 model onnxruntime will run (:class:`Int8Simulation`), so the float
+weights learn to tolerate the rounding the static quantization then applies to them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from nasprune.data import Dataset, random_shift
 from nasprune.elastic.supernet import Supernet, extract
@@ -30,6 +35,65 @@ class FineTuneResult:
     epochs_done: float
     seconds: float
     history: list[dict] = field(default_factory=list)
+
+
+class _WeightInt8(nn.Module):
+    """Per-output-channel symmetric int8 fake quantization of a weight, as onnxruntime quantizes
+    weights (QInt8 per channel, symmetric: scale = max|w| / 127, zero point 0, values in [-127, 127], as
+    read back from its quantized models); gradients pass straight through."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-8)
+        scale = (amax / 127).float()
+        zero = torch.zeros(w.shape[0], dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127)
+
+
+class _InputUint8:
+    """Per-tensor asymmetric uint8 fake quantization of a layer's input, its range (always including 0,
+    as onnxruntime's MinMax calibration does) an exponential moving average of the batches' min/max."""
+
+    def __init__(self, momentum: float = 0.1):
+        self.momentum, self.lo, self.hi = momentum, None, None
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if module.training:
+            lo, hi = min(float(x.detach().min()), 0.0), max(float(x.detach().max()), 0.0)
+            if self.lo is None:
+                self.lo, self.hi = lo, hi
+            else:
+                self.lo += self.momentum * (lo - self.lo)
+                self.hi += self.momentum * (hi - self.hi)
+        if self.lo is None or self.hi - self.lo < 1e-8:
+            return None
+        scale = (self.hi - self.lo) / 255.0
+        zero = int(min(255, max(0, round(-self.lo / scale))))
+        return (torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255), *args[1:])
+
+
+class Int8Simulation:
+    """Simulate onnxruntime's static U8S8 quantization (``nasprune.quantize``) in a float model while it
+    trains: every Conv/Linear weight is fake-quantized per output channel to int8 and every Conv/Linear
+    input per tensor to uint8 (straight-through gradients). :meth:`remove` takes the simulation out and
+    leaves the trained float weights, which onnxruntime then quantizes as usual. Per-channel weight
+    quantization commutes with folding BatchNorm into the conv (a per-channel scale), so simulating it
+    before the fold is exact; activation ranges are approximated (the calibration sets the real ones)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+        self.hooks = []
+        for m in self.layers:
+            parametrize.register_parametrization(m, "weight", _WeightInt8())
+            self.hooks.append(m.register_forward_pre_hook(_InputUint8()))
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        for m in self.layers:
+            if parametrize.is_parametrized(m, "weight"):
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+        self.hooks, self.layers = [], []
 
 
 def teacher_of(supernet: Supernet) -> nn.Module:
@@ -56,6 +120,7 @@ def finetune_subnet(
     max_shift: int = 0,
     temperature: float = 2.0,
     seed: int = 0,
+    fake_quant: bool = False,
 ) -> FineTuneResult:
     """Train the subnet ``cfg`` alone, starting from its inherited weights.
 
@@ -64,6 +129,8 @@ def finetune_subnet(
     from the first steps' speed). Loss: cross-entropy + ``temperature**2`` x KL to the teacher's
     softened outputs. BatchNorm statistics are then recomputed on the calibration split, as for the
     inherited subnet, so both are scored the same way. The supernet is not changed.
+    ``fake_quant`` trains under :class:`Int8Simulation` (quantization-aware fine-tuning); the model
+    returned is float, to be quantized by :func:`nasprune.quantize.quantize_model`.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -74,6 +141,7 @@ def finetune_subnet(
         p.requires_grad_(False)
     per_epoch = len(dataset.loader("train", batch_size, shuffle=True, seed=seed))
     planned = max(1, round(epochs * per_epoch))
+    sim = Int8Simulation(model) if fake_quant else None
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-5)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=planned)
     t0 = time.perf_counter()
@@ -105,7 +173,8 @@ def finetune_subnet(
                 planned = done
         history.append({"epoch": epoch, "loss": totals["loss"] / max(totals["n"], 1)})
         epoch += 1
+    if sim is not None:
+        sim.remove()
     xc, _ = dataset.tensors("calib")
     recalibrate_bn(model, [xc])
     return FineTuneResult(model.eval(), done / per_epoch, time.perf_counter() - t0, history)
-

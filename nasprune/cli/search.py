@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 import uuid
 from pathlib import Path
@@ -45,6 +46,11 @@ def register(sub) -> None:
                    help="fine-tune the recommended subnet alone for N epochs, distilled from the original model "
                         "or the largest subnet; delivered when it scores better (%(default)s; 0: off)")  # fmt: skip
     p.add_argument("--finetune-seconds", type=float, metavar="S", help="stop fine-tuning after S seconds")
+    p.add_argument("--qat-min-drop", type=_fraction_or_off, default=0.005, metavar="F",
+                   help="with --precisions fp32 int8: an int8 recommended model that lost more than F of validation "
+                        "accuracy to quantization (0.005 = 0.5 pt) is fine-tuned quantization-aware for "
+                        "--finetune-epochs, then delivered if it scores better as int8 "
+                        "(%(default)s; 'off': never)")  # fmt: skip
     p.add_argument("--job-id", help="resume this job (default: a new id, 32 hex digits as the service's)")
     p.add_argument(
         "--storage",
@@ -113,6 +119,7 @@ def _run(args) -> int:
     space_ref = args.space or _derived_space(args, root)
     flags = {"latency_budget_ms": "--budget-ms", "n_trials": "--trials", "timeout_s": "--timeout", "seed": "--seed",
              "finetune_epochs": "--finetune-epochs", "finetune_seconds": "--finetune-seconds",
+             "qat_min_drop": "--qat-min-drop",
              "constraints.max_params": "--max-params", "constraints.max_macs": "--max-macs"}  # fmt: skip
     try:
         job = _job(SearchJob, Constraints, space_ref, args)
@@ -137,8 +144,18 @@ def _job(SearchJob, Constraints, space_ref: str, args):
         constraints=Constraints(max_params=args.max_params, max_macs=args.max_macs),
         finetune_epochs=args.finetune_epochs,
         finetune_seconds=args.finetune_seconds,
+        qat_min_drop=args.qat_min_drop,
         precisions=args.precisions,
     )
+
+
+def _fraction_or_off(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none", "null"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is neither a fraction (e.g. 0.005) nor 'off'") from None
 
 
 def local_tracking_uri(root: Path) -> str:

@@ -52,6 +52,12 @@ class SearchJob(BaseModel):
     finetune_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = Field(
         None, description="stop fine-tuning after this many seconds, whatever the epochs"
     )
+    qat_min_drop: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        0.005,
+        description="an int8 recommendation whose validation accuracy is more than this below its fp32 accuracy "
+        "(0.005 = 0.5 pt) is fine-tuned quantization-aware (finetune_epochs, int8 simulated in training) and "
+        "delivered when it then scores better as int8; null never fine-tunes int8 models",
+    )
     selection: Literal["accuracy", "loss-tied", "loss"] = Field(
         "accuracy",
         description="how the candidates within budget are ordered for verification: 'accuracy' (default) the "

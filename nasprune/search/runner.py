@@ -169,10 +169,11 @@ def run_job(
         candidates, recommended = _verify(front, job, supernet, evaluator, table, out, verify)
         if scorer is not None:
             precision.finish(candidates, scorer)
-        int8_chosen = recommended is not None and recommended.precision == "int8"  # not fine-tuned (docs/int8.md)
-        if recommended is not None and job.finetune_epochs > 0 and not ctx.should_stop() and not int8_chosen:
-            report("verifying", f"fine-tuning the recommended subnet ({job.finetune_epochs} epoch(s))")
-            _finetune(recommended, job, supernet, evaluator, out)
+        tune = recommended is not None and job.finetune_epochs > 0 and _wants_finetune(recommended, job)
+        if tune and not ctx.should_stop():
+            how = "quantization-aware, " if recommended.precision == "int8" else ""
+            report("verifying", f"fine-tuning the recommended subnet ({how}{job.finetune_epochs} epoch(s))")
+            _finetune(recommended, job, supernet, evaluator, out, scorer.calibration if scorer else None)
         if tracking:
             for rec in trials:
                 if rec.number not in tracking.children:
@@ -528,12 +529,23 @@ def _verify(
     return candidates, recommended
 
 
-def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) -> None:
+def _wants_finetune(rec: Candidate, job: SearchJob) -> bool:
+    """An fp32 recommendation is always fine-tuned (when ``finetune_epochs`` > 0); an int8 one only when
+    quantizing lost more than ``qat_min_drop`` of validation accuracy, and then quantization-aware."""
+    if rec.precision != "int8":
+        return True
+    if job.qat_min_drop is None or rec.fp32_accuracy is None:
+        return False
+    return rec.fp32_accuracy - rec.accuracy > job.qat_min_drop
+
+
+def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, calibration: str | None = None) -> None:
     """Fine-tune the recommended subnet alone (:mod:`nasprune.finetune`), score it on the validation
     split the search used, and deliver it when it scores at least as well as the inherited one: its
     ONNX (exported, checked) replaces ``model.onnx`` after it is timed against the verified inherited
     model in interleaved rounds (same architecture: the ratio of the two is the check). ``rec`` says
-    what was delivered and both accuracies."""
+    what was delivered and both accuracies. An int8 recommendation is fine-tuned quantization-aware,
+    quantized as the search quantized it (``calibration``) and scored as int8 with onnxruntime."""
     from nasprune.data import preprocessing_metadata
     from nasprune.evaluate import accuracy_of
     from nasprune.export import export_model, read_metadata, stamp_metadata
@@ -541,30 +553,48 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) ->
     from nasprune.latency.timing import feed_for, make_session, time_interleaved
     from nasprune.train import default_recipe
 
+    int8 = rec.precision == "int8"
     space = supernet.space
     cfg = space.parse_config(rec.config)
     recipe = default_recipe(space)
     ds = evaluator.dataset
     res = finetune_subnet(supernet, cfg, ds, epochs=job.finetune_epochs, seconds=job.finetune_seconds,
-                          batch_size=recipe.batch_size, max_shift=recipe.max_shift, seed=job.seed)  # fmt: skip
-    xv, yv = ds.tensors("val")
-    xt, yt = ds.tensors("test")
-    rec.finetuned_accuracy = accuracy_of(res.model, xv, yv)
-    rec.finetuned_test_accuracy = accuracy_of(res.model, xt, yt)
-    rec.inherited_accuracy, rec.inherited_test_accuracy = rec.accuracy, rec.test_accuracy
-    if rec.finetuned_accuracy < rec.accuracy:
-        rec.delivered = "inherited"
-        stamp_metadata(out / "model.onnx", {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy})
-        return
+                          batch_size=recipe.batch_size, max_shift=recipe.max_shift, seed=job.seed,
+                          fake_quant=int8)  # fmt: skip
     inherited = out / "models" / f"{rec.candidate_id}.onnx"
     meta = {k.removeprefix("nasprune."): v for k, v in read_metadata(inherited).items()}
     meta.update(preprocessing_metadata(ds))
     path = out / "models" / f"{rec.candidate_id}.finetuned.onnx"
-    export_model(res.model, tuple(space.input_shape), path, {
-        **meta, "delivered": "fine-tuned", "inherited_accuracy": rec.accuracy, "accuracy": rec.finetuned_accuracy,
+    if int8:
+        from nasprune.quantize import calibration_inputs, quantize_model, split_accuracy
+
+        flt = path.with_name(f"{rec.candidate_id}.finetuned.fp32.onnx")
+        export_model(res.model, tuple(space.input_shape), flt, meta)
+        quantize_model(flt, path, calibration_inputs(ds), calibration or meta.get("calibration", "minmax"))
+        flt.unlink()
+        rec.finetuned_accuracy = split_accuracy(path, ds, "val")
+        rec.finetuned_test_accuracy = split_accuracy(path, ds, "test")
+    else:
+        xv, yv = ds.tensors("val")
+        xt, yt = ds.tensors("test")
+        rec.finetuned_accuracy = accuracy_of(res.model, xv, yv)
+        rec.finetuned_test_accuracy = accuracy_of(res.model, xt, yt)
+    rec.inherited_accuracy, rec.inherited_test_accuracy = rec.accuracy, rec.test_accuracy
+    if rec.finetuned_accuracy < rec.accuracy:
+        rec.delivered = "inherited"
+        path.unlink(missing_ok=True)
+        stamp_metadata(out / "model.onnx", {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy})
+        return
+    finetuned = {
+        "delivered": "fine-tuned", "inherited_accuracy": rec.accuracy, "accuracy": rec.finetuned_accuracy,
         "test_accuracy": rec.finetuned_test_accuracy, "finetune_epochs": round(res.epochs_done, 3),
         "finetune_seconds": round(res.seconds, 1),
-    })  # fmt: skip
+        **({"finetune": "quantization-aware (int8 weights per channel and uint8 inputs simulated)"} if int8 else {}),
+    }  # fmt: skip
+    if int8:
+        stamp_metadata(path, finetuned)
+    else:
+        export_model(res.model, tuple(space.input_shape), path, {**meta, **finetuned})
     if rec.measured_latency_ms is not None:  # re-verify: the same architecture must time the same
         sessions = [make_session(p) for p in (inherited, path)]
         t_inh, t_ft = time_interleaved(sessions, [feed_for(x) for x in sessions], rounds=20, burst=5, warmup=10)

@@ -93,6 +93,7 @@ def test_size_limit_on_bytes_read_and_bad_files_leave_nothing(api):
     uploads = app.state.services.datasets
     limit, uploads.limit = uploads.limit, 4096
     try:
+
         def chunks():  # no Content-Length: only counting the bytes read can stop it
             for _ in range(10):
                 yield b"\0" * 1024

@@ -143,3 +143,96 @@ def test_the_budget_floor_is_the_fastest_subnet_at_any_precision(prepared, int8_
     assert check_budget(job.model_copy(update={"precisions": ["fp32"]}), fp32) == fp32.min_latency()
     with pytest.raises(BudgetError, match=r"predicted at fp32 or int8\); the smallest achievable budget"):
         check_budget(job.model_copy(update={"latency_budget_ms": floor * 0.99}), fp32, int8_table)
+
+
+def test_int8_simulation_models_what_onnxruntime_runs(tmp_path):
+    """Quantization-aware fine-tuning trains under a simulation of onnxruntime's static int8 model: its
+    weights are exactly the int8 model's dequantized weights, its first input is quantized with the
+    same scale and zero point, its outputs are closer to the int8 model's than the float model's are
+    (intermediate ranges differ a little: the simulation observes its own quantized activations), and
+    taking the simulation out leaves the plain float model with its parameters."""
+    import torch
+    from onnx import numpy_helper
+
+    from nasprune.export import export_model
+    from nasprune.finetune import Int8Simulation
+    from nasprune.latency.timing import make_session
+    from nasprune.quantize import quantize_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(8 * 4 * 4, 5),
+    ).eval()  # fmt: skip
+    names = [n for n, _ in model.named_parameters()]
+    x = torch.randn(64, 1, 8, 8)
+    export_model(model, (1, 8, 8), tmp_path / "f.onnx")
+    quantize_model(tmp_path / "f.onnx", tmp_path / "q.onnx", x.numpy())
+    (q,) = make_session(tmp_path / "q.onnx").run(None, {"input": x.numpy()})
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    with torch.no_grad():
+        flt = model(x)
+        sim = Int8Simulation(model)
+        model.train()(x)  # the first batch sets each input's range: the data the calibration saw
+        simulated = model.eval()(x)
+        for i in (0, 2, 5):
+            w8 = next(v for k, v in inits.items() if k.startswith(f"{i}.weight") and k.endswith("quantized"))
+            scale = inits[f"{i}.weight_scale"].reshape(-1, *[1] * (w8.ndim - 1))
+            assert np.array_equal(model[i].weight.numpy(), (w8.astype(np.float32) * scale).astype(np.float32))
+        (first,) = model[0]._forward_pre_hooks.values()
+        scale = (first.hi - first.lo) / 255
+        assert scale == pytest.approx(float(inits["input_scale"]), rel=1e-6)
+        assert round(-first.lo / scale) == int(inits["input_zero_point"])
+    err_sim = float((simulated - torch.from_numpy(q)).abs().mean())
+    err_flt = float((flt - torch.from_numpy(q)).abs().mean())
+    assert err_sim < err_flt, (err_sim, err_flt)
+    sim.remove()
+    assert sorted(n for n, _ in model.named_parameters()) == sorted(names)
+    with torch.no_grad():
+        assert torch.equal(model(x), flt)  # the float weights are untouched by the simulation itself
+
+
+def test_an_int8_recommendation_is_fine_tuned_quantization_aware_when_it_lost_accuracy(prepared, tmp_path):
+    """An int8 recommendation that lost more than ``qat_min_drop`` is fine-tuned with int8 simulated,
+    quantized as the search quantized it, scored as int8, and delivered only when it scores at least
+    as well; one that lost less, or a job with ``qat_min_drop: null``, is delivered as scored."""
+    from nasprune.export import export_subnet
+    from nasprune.search.job import Candidate
+    from nasprune.search.runner import _finetune, _wants_finetune
+
+    root, _ = prepared
+    space = load_space(SPACE)
+    ds = load_dataset(space.dataset)
+    supernet = load_checkpoint(supernet_path(space, root))
+    ev = Evaluator(supernet, ds)
+    out = tmp_path / "job"
+    scorer = precision.Int8Scorer(supernet, ev, out / "int8")
+    cfg = space.uniform(0.5)
+    acc, fp32 = scorer.accuracy(cfg, "val"), ev.accuracy(cfg, "val")
+    cid = precision.candidate_id(cfg.key(), "int8")
+    rec = Candidate(candidate_id=cid, trial_number=1, precision="int8", calibration="minmax", fp32_accuracy=acc + 0.01,
+                    config=cfg.model_dump(), accuracy=acc, latency_ms=0.01, params=1, macs=1, feasible=True,
+                    test_accuracy=scorer.accuracy(cfg, "test"))  # fmt: skip
+    job = SearchJob(space=SPACE, latency_budget_ms=1, precisions=["fp32", "int8"], finetune_epochs=2)
+    assert _wants_finetune(rec, job)
+    assert not _wants_finetune(rec.model_copy(update={"fp32_accuracy": acc + 0.004}), job)
+    assert not _wants_finetune(rec, job.model_copy(update={"qat_min_drop": None}))
+    assert _wants_finetune(rec.model_copy(update={"precision": "fp32"}), job)  # fp32 is always fine-tuned
+    path = out / "models" / f"{cid}.onnx"
+    export_subnet(supernet, cfg, path, {"accuracy": acc}, model=ev.subnet(cfg))
+    precision.deliver(path, rec, ds)
+    (out / "model.onnx").write_bytes(path.read_bytes())
+    _finetune(rec, job, supernet, ev, out, "minmax")
+    assert rec.inherited_accuracy == acc and rec.finetuned_accuracy is not None
+    delivered = out / "model.onnx"
+    meta = read_metadata(delivered)
+    assert is_qdq(delivered) and meta["precision"] == "int8" and meta["calibration"] == "minmax"
+    assert split_accuracy(delivered, ds, "val") == rec.accuracy  # what it states is what it scores
+    if rec.finetuned_accuracy >= acc:
+        assert rec.delivered == "fine-tuned" and meta["delivered"] == "fine-tuned"
+        assert meta["finetune"].startswith("quantization-aware") and rec.accuracy == rec.finetuned_accuracy
+    else:
+        assert rec.delivered == "inherited" and rec.accuracy == acc
+        assert not (out / "models" / f"{cid}.finetuned.onnx").exists()
+    assert not (out / "models" / f"{cid}.finetuned.fp32.onnx").exists()
+    assert fp32 > 0.5  # a trained architecture
