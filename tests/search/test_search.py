@@ -200,6 +200,13 @@ def test_fine_tuning_the_winner_recovers_accuracy_and_can_be_turned_off(prepared
 
     cfg = weak.space.largest()
     before = Evaluator(weak, ds).accuracy(cfg, "val")
+    # the teacher (no trained weights in the space: the largest subnet) scores as the search scores it,
+    # BatchNorm recalibrated, not on the shared statistics that fit no single subnet
+    from nasprune.evaluate import accuracy_of
+    from nasprune.finetune import teacher_of
+
+    xv, yv = ds.tensors("val")
+    assert accuracy_of(teacher_of(weak, ds), xv, yv) == before
     res = finetune_subnet(weak, cfg, ds, epochs=3)
     x, y = ds.tensors("val")
     after = float((res.model(x).argmax(1) == y).float().mean())
