@@ -46,11 +46,11 @@ def register(sub) -> None:
                    help="fine-tune the recommended subnet alone for N epochs, distilled from the original model "
                         "or the largest subnet; delivered when it scores better (%(default)s; 0: off)")  # fmt: skip
     p.add_argument("--finetune-seconds", type=float, metavar="S", help="stop fine-tuning after S seconds")
-    p.add_argument("--qat-min-drop", type=_fraction_or_off, default=0.005, metavar="F",
-                   help="with --precisions fp32 int8: an int8 recommended model that lost more than F of validation "
-                        "accuracy to quantization (0.005 = 0.5 pt) is fine-tuned quantization-aware for "
-                        "--finetune-epochs, then delivered if it scores better as int8 "
-                        "(%(default)s; 'off': never)")  # fmt: skip
+    p.add_argument("--qat-min-drop", type=_fraction_or_off, default=None, metavar="F",
+                   help="with --precisions fp32 int8: an int8 recommended model is fine-tuned and quantized again; "
+                        "if quantizing cost it more than F of validation accuracy (0.005 = 0.5 pt) the fine-tuning "
+                        "is quantization-aware (default: off; it measured no better than float fine-tuning, "
+                        "docs/int8.md)")  # fmt: skip
     p.add_argument("--job-id", help="resume this job (default: a new id, 32 hex digits as the service's)")
     p.add_argument(
         "--storage",

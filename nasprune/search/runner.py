@@ -169,9 +169,8 @@ def run_job(
         candidates, recommended = _verify(front, job, supernet, evaluator, table, out, verify)
         if scorer is not None:
             precision.finish(candidates, scorer)
-        tune = recommended is not None and job.finetune_epochs > 0 and _wants_finetune(recommended, job)
-        if tune and not ctx.should_stop():
-            how = "quantization-aware, " if recommended.precision == "int8" else ""
+        if recommended is not None and job.finetune_epochs > 0 and not ctx.should_stop():
+            how = "quantization-aware, " if _quantization_aware(recommended, job) else ""
             report("verifying", f"fine-tuning the recommended subnet ({how}{job.finetune_epochs} epoch(s))")
             _finetune(recommended, job, supernet, evaluator, out, scorer.calibration if scorer else None)
         if tracking:
@@ -529,12 +528,11 @@ def _verify(
     return candidates, recommended
 
 
-def _wants_finetune(rec: Candidate, job: SearchJob) -> bool:
-    """An fp32 recommendation is always fine-tuned (when ``finetune_epochs`` > 0); an int8 one only when
-    quantizing lost more than ``qat_min_drop`` of validation accuracy, and then quantization-aware."""
-    if rec.precision != "int8":
-        return True
-    if job.qat_min_drop is None or rec.fp32_accuracy is None:
+def _quantization_aware(rec: Candidate, job: SearchJob) -> bool:
+    """Whether fine-tuning the recommended candidate simulates int8 (:class:`nasprune.finetune.Int8Simulation`):
+    only for an int8 candidate that lost more than ``qat_min_drop`` of validation accuracy to quantization.
+    Every other candidate, int8 included, is fine-tuned in float (an int8 one is then quantized again)."""
+    if rec.precision != "int8" or job.qat_min_drop is None or rec.fp32_accuracy is None:
         return False
     return rec.fp32_accuracy - rec.accuracy > job.qat_min_drop
 
@@ -544,8 +542,9 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, ca
     split the search used, and deliver it when it scores at least as well as the inherited one: its
     ONNX (exported, checked) replaces ``model.onnx`` after it is timed against the verified inherited
     model in interleaved rounds (same architecture: the ratio of the two is the check). ``rec`` says
-    what was delivered and both accuracies. An int8 recommendation is fine-tuned quantization-aware,
-    quantized as the search quantized it (``calibration``) and scored as int8 with onnxruntime."""
+    what was delivered and both accuracies. An int8 recommendation is quantized again after fine-tuning,
+    as the search quantized it (``calibration``), and scored as int8 with onnxruntime; it is fine-tuned
+    quantization-aware when quantizing had cost it more than ``qat_min_drop``."""
     from nasprune.data import preprocessing_metadata
     from nasprune.evaluate import accuracy_of
     from nasprune.export import export_model, read_metadata, stamp_metadata
@@ -560,7 +559,7 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, ca
     ds = evaluator.dataset
     res = finetune_subnet(supernet, cfg, ds, epochs=job.finetune_epochs, seconds=job.finetune_seconds,
                           batch_size=recipe.batch_size, max_shift=recipe.max_shift, seed=job.seed,
-                          fake_quant=int8)  # fmt: skip
+                          fake_quant=_quantization_aware(rec, job))  # fmt: skip
     inherited = out / "models" / f"{rec.candidate_id}.onnx"
     meta = {k.removeprefix("nasprune."): v for k, v in read_metadata(inherited).items()}
     meta.update(preprocessing_metadata(ds))
@@ -589,7 +588,8 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, ca
         "delivered": "fine-tuned", "inherited_accuracy": rec.accuracy, "accuracy": rec.finetuned_accuracy,
         "test_accuracy": rec.finetuned_test_accuracy, "finetune_epochs": round(res.epochs_done, 3),
         "finetune_seconds": round(res.seconds, 1),
-        **({"finetune": "quantization-aware (int8 weights per channel and uint8 inputs simulated)"} if int8 else {}),
+        **({"finetune": "quantization-aware (int8 weights per channel and uint8 inputs simulated), then quantized"
+                        if _quantization_aware(rec, job) else "in float, then quantized again"} if int8 else {}),
     }  # fmt: skip
     if int8:
         stamp_metadata(path, finetuned)

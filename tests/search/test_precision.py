@@ -192,47 +192,50 @@ def test_int8_simulation_models_what_onnxruntime_runs(tmp_path):
         assert torch.equal(model(x), flt)  # the float weights are untouched by the simulation itself
 
 
-def test_an_int8_recommendation_is_fine_tuned_quantization_aware_when_it_lost_accuracy(prepared, tmp_path):
-    """An int8 recommendation that lost more than ``qat_min_drop`` is fine-tuned with int8 simulated,
-    quantized as the search quantized it, scored as int8, and delivered only when it scores at least
-    as well; one that lost less, or a job with ``qat_min_drop: null``, is delivered as scored."""
+def test_an_int8_recommendation_is_fine_tuned_then_quantized_again(prepared, tmp_path):
+    """An int8 recommendation is fine-tuned (quantization-aware when it lost more than ``qat_min_drop``
+    to quantization, in float otherwise), quantized as the search quantized it, scored as int8, and
+    delivered only when it scores at least as well: the accuracy it states is the delivered file's."""
     from nasprune.export import export_subnet
     from nasprune.search.job import Candidate
-    from nasprune.search.runner import _finetune, _wants_finetune
+    from nasprune.search.runner import _finetune, _quantization_aware
 
     root, _ = prepared
     space = load_space(SPACE)
     ds = load_dataset(space.dataset)
     supernet = load_checkpoint(supernet_path(space, root))
     ev = Evaluator(supernet, ds)
-    out = tmp_path / "job"
-    scorer = precision.Int8Scorer(supernet, ev, out / "int8")
     cfg = space.uniform(0.5)
-    acc, fp32 = scorer.accuracy(cfg, "val"), ev.accuracy(cfg, "val")
     cid = precision.candidate_id(cfg.key(), "int8")
-    rec = Candidate(candidate_id=cid, trial_number=1, precision="int8", calibration="minmax", fp32_accuracy=acc + 0.01,
-                    config=cfg.model_dump(), accuracy=acc, latency_ms=0.01, params=1, macs=1, feasible=True,
-                    test_accuracy=scorer.accuracy(cfg, "test"))  # fmt: skip
-    job = SearchJob(space=SPACE, latency_budget_ms=1, precisions=["fp32", "int8"], finetune_epochs=2)
-    assert _wants_finetune(rec, job)
-    assert not _wants_finetune(rec.model_copy(update={"fp32_accuracy": acc + 0.004}), job)
-    assert not _wants_finetune(rec, job.model_copy(update={"qat_min_drop": None}))
-    assert _wants_finetune(rec.model_copy(update={"precision": "fp32"}), job)  # fp32 is always fine-tuned
-    path = out / "models" / f"{cid}.onnx"
-    export_subnet(supernet, cfg, path, {"accuracy": acc}, model=ev.subnet(cfg))
-    precision.deliver(path, rec, ds)
-    (out / "model.onnx").write_bytes(path.read_bytes())
-    _finetune(rec, job, supernet, ev, out, "minmax")
-    assert rec.inherited_accuracy == acc and rec.finetuned_accuracy is not None
-    delivered = out / "model.onnx"
-    meta = read_metadata(delivered)
-    assert is_qdq(delivered) and meta["precision"] == "int8" and meta["calibration"] == "minmax"
-    assert split_accuracy(delivered, ds, "val") == rec.accuracy  # what it states is what it scores
-    if rec.finetuned_accuracy >= acc:
-        assert rec.delivered == "fine-tuned" and meta["delivered"] == "fine-tuned"
-        assert meta["finetune"].startswith("quantization-aware") and rec.accuracy == rec.finetuned_accuracy
-    else:
-        assert rec.delivered == "inherited" and rec.accuracy == acc
-        assert not (out / "models" / f"{cid}.finetuned.onnx").exists()
-    assert not (out / "models" / f"{cid}.finetuned.fp32.onnx").exists()
-    assert fp32 > 0.5  # a trained architecture
+    job = SearchJob(space=SPACE, latency_budget_ms=1, precisions=["fp32", "int8"], finetune_epochs=2,
+                    qat_min_drop=0.005)  # fmt: skip
+    for qat, min_drop in ((True, 0.005), (False, None)):
+        out = tmp_path / f"job-{qat}"
+        scorer = precision.Int8Scorer(supernet, ev, out / "int8")
+        acc = scorer.accuracy(cfg, "val")
+        rec = Candidate(candidate_id=cid, trial_number=1, precision="int8", calibration="minmax",
+                        fp32_accuracy=acc + 0.01, config=cfg.model_dump(), accuracy=acc, latency_ms=0.01, params=1,
+                        macs=1, feasible=True, test_accuracy=scorer.accuracy(cfg, "test"))  # fmt: skip
+        this = job.model_copy(update={"qat_min_drop": min_drop})
+        assert _quantization_aware(rec, this) is qat
+        path = out / "models" / f"{cid}.onnx"
+        export_subnet(supernet, cfg, path, {"accuracy": acc}, model=ev.subnet(cfg))
+        precision.deliver(path, rec, ds)
+        (out / "model.onnx").write_bytes(path.read_bytes())
+        _finetune(rec, this, supernet, ev, out, "minmax")
+        assert rec.inherited_accuracy == acc and rec.finetuned_accuracy is not None
+        delivered = out / "model.onnx"
+        meta = read_metadata(delivered)
+        assert is_qdq(delivered) and meta["precision"] == "int8" and meta["calibration"] == "minmax"
+        assert split_accuracy(delivered, ds, "val") == rec.accuracy  # what it states is what it scores
+        if rec.finetuned_accuracy >= acc:
+            assert rec.delivered == "fine-tuned" and meta["delivered"] == "fine-tuned"
+            assert meta["finetune"].startswith("quantization-aware" if qat else "in float")
+            assert rec.accuracy == rec.finetuned_accuracy
+        else:
+            assert rec.delivered == "inherited" and rec.accuracy == acc
+            assert not (out / "models" / f"{cid}.finetuned.onnx").exists()
+        assert not (out / "models" / f"{cid}.finetuned.fp32.onnx").exists()
+    # only an int8 candidate that lost more than qat_min_drop is fine-tuned quantization-aware
+    assert not _quantization_aware(rec.model_copy(update={"fp32_accuracy": rec.inherited_accuracy + 0.004}), job)
+    assert not _quantization_aware(rec.model_copy(update={"precision": "fp32"}), job)
