@@ -217,18 +217,12 @@ def stage_front(root: Path, epochs: int, n_archs: int, seed: int = 0) -> dict:
     return out
 
 
-def _split_accuracy(model, ds, split: str) -> float:
-    from nasprune.quantize import split_accuracy
-
-    return split_accuracy(model, ds, split)
-
-
 def stage_qat(root: Path, epochs: int, n_archs: int, ft_epochs: float, seed: int = 0) -> dict:
     from nasprune.data import load_dataset
     from nasprune.evaluate import Evaluator, accuracy_of
     from nasprune.export import export_model
     from nasprune.finetune import finetune_subnet
-    from nasprune.quantize import calibration_inputs, quantize_model
+    from nasprune.quantize import calibration_inputs, quantize_model, split_accuracy
     from nasprune.search import precision
     from nasprune.train import default_recipe
 
@@ -262,7 +256,7 @@ def stage_qat(root: Path, epochs: int, n_archs: int, ft_epochs: float, seed: int
             xt, yt = ds.tensors("test")
             row[variant] = {
                 "fp32_val": accuracy_of(res.model, xv, yv), "fp32_test": accuracy_of(res.model, xt, yt),
-                "int8_val": _split_accuracy(q8, ds, "val"), "int8_test": _split_accuracy(q8, ds, "test"),
+                "int8_val": split_accuracy(q8, ds, "val"), "int8_test": split_accuracy(q8, ds, "test"),
                 "seconds": round(secs, 1),
             }  # fmt: skip
         for v in ("inherited", "plain", "qat"):

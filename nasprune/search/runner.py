@@ -172,7 +172,7 @@ def run_job(
         if recommended is not None and job.finetune_epochs > 0 and not ctx.should_stop():
             how = "quantization-aware, " if _quantization_aware(recommended, job) else ""
             report("verifying", f"fine-tuning the recommended subnet ({how}{job.finetune_epochs} epoch(s))")
-            _finetune(recommended, job, supernet, evaluator, out, scorer.calibration if scorer else None)
+            _finetune(recommended, job, supernet, evaluator, out)
         if tracking:
             for rec in trials:
                 if rec.number not in tracking.children:
@@ -537,13 +537,13 @@ def _quantization_aware(rec: Candidate, job: SearchJob) -> bool:
     return rec.fp32_accuracy - rec.accuracy > job.qat_min_drop
 
 
-def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, calibration: str | None = None) -> None:
+def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) -> None:
     """Fine-tune the recommended subnet alone (:mod:`nasprune.finetune`), score it on the validation
     split the search used, and deliver it when it scores at least as well as the inherited one: its
     ONNX (exported, checked) replaces ``model.onnx`` after it is timed against the verified inherited
     model in interleaved rounds (same architecture: the ratio of the two is the check). ``rec`` says
     what was delivered and both accuracies. An int8 recommendation is quantized again after fine-tuning,
-    as the search quantized it (``calibration``), and scored as int8 with onnxruntime; it is fine-tuned
+    as the search quantized it (its ``calibration``), and scored as int8 with onnxruntime; it is fine-tuned
     quantization-aware when quantizing had cost it more than ``qat_min_drop``."""
     from nasprune.data import preprocessing_metadata
     from nasprune.evaluate import accuracy_of
@@ -552,24 +552,24 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, ca
     from nasprune.latency.timing import feed_for, make_session, time_interleaved
     from nasprune.train import default_recipe
 
-    int8 = rec.precision == "int8"
+    int8, qat = rec.precision == "int8", _quantization_aware(rec, job)
     space = supernet.space
     cfg = space.parse_config(rec.config)
     recipe = default_recipe(space)
     ds = evaluator.dataset
     res = finetune_subnet(supernet, cfg, ds, epochs=job.finetune_epochs, seconds=job.finetune_seconds,
                           batch_size=recipe.batch_size, max_shift=recipe.max_shift, seed=job.seed,
-                          fake_quant=_quantization_aware(rec, job))  # fmt: skip
+                          fake_quant=qat)  # fmt: skip
     inherited = out / "models" / f"{rec.candidate_id}.onnx"
     meta = {k.removeprefix("nasprune."): v for k, v in read_metadata(inherited).items()}
     meta.update(preprocessing_metadata(ds))
     path = out / "models" / f"{rec.candidate_id}.finetuned.onnx"
     if int8:
-        from nasprune.quantize import calibration_inputs, quantize_model, split_accuracy
+        from nasprune.quantize import DEFAULT_CALIBRATION, calibration_inputs, quantize_model, split_accuracy
 
         flt = path.with_name(f"{rec.candidate_id}.finetuned.fp32.onnx")
         export_model(res.model, tuple(space.input_shape), flt, meta)
-        quantize_model(flt, path, calibration_inputs(ds), calibration or meta.get("calibration", "minmax"))
+        quantize_model(flt, path, calibration_inputs(ds), rec.calibration or DEFAULT_CALIBRATION)
         flt.unlink()
         rec.finetuned_accuracy = split_accuracy(path, ds, "val")
         rec.finetuned_test_accuracy = split_accuracy(path, ds, "test")
@@ -588,9 +588,10 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, ca
         "delivered": "fine-tuned", "inherited_accuracy": rec.accuracy, "accuracy": rec.finetuned_accuracy,
         "test_accuracy": rec.finetuned_test_accuracy, "finetune_epochs": round(res.epochs_done, 3),
         "finetune_seconds": round(res.seconds, 1),
-        **({"finetune": "quantization-aware (int8 weights per channel and uint8 inputs simulated), then quantized"
-                        if _quantization_aware(rec, job) else "in float, then quantized again"} if int8 else {}),
     }  # fmt: skip
+    if int8:
+        finetuned["finetune"] = ("quantization-aware (int8 weights per channel and uint8 inputs simulated), then "
+                                 "quantized" if qat else "in float, then quantized again")  # fmt: skip
     if int8:
         stamp_metadata(path, finetuned)
     else:

@@ -222,7 +222,7 @@ def test_an_int8_recommendation_is_fine_tuned_then_quantized_again(prepared, tmp
         export_subnet(supernet, cfg, path, {"accuracy": acc}, model=ev.subnet(cfg))
         precision.deliver(path, rec, ds)
         (out / "model.onnx").write_bytes(path.read_bytes())
-        _finetune(rec, this, supernet, ev, out, "minmax")
+        _finetune(rec, this, supernet, ev, out)
         assert rec.inherited_accuracy == acc and rec.finetuned_accuracy is not None
         delivered = out / "model.onnx"
         meta = read_metadata(delivered)
