@@ -110,7 +110,7 @@ class Catalog:
             out.append(
                 SpacePublic(
                     name=name,
-                    family=sp.family,
+                    model=sp.model,
                     dataset=sp.dataset,
                     input_shape=list(sp.input_shape),
                     num_classes=sp.num_classes,

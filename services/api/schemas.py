@@ -265,7 +265,10 @@ class LatencyRangePublic(BaseModel):
 
 class SpacePublic(BaseModel):
     name: str
-    family: str
+    model: str = Field(
+        description="the model the space was derived from: a torchvision architecture (torchvision:NAME) "
+        "or a factory (PKG.MODULE:FACTORY)"
+    )
     dataset: str
     input_shape: list[int]
     num_classes: int

@@ -169,6 +169,7 @@ def test_catalog_health_and_docs(api):
     client, _ = api
     spaces = {s["name"]: s for s in client.get("/v1/spaces").json()}
     assert {"mlp_digits", "resnet_mnist"} <= set(spaces) and spaces["mlp_digits"]["size"] > 1
+    assert spaces["resnet_mnist"]["model"] == "nasprune.models.resnet_mnist:resnet_mnist"  # what it is derived from
     devices = client.get("/v1/devices").json()
     assert devices[0]["name"] == "local-cpu" and devices[0]["builtin"]
     assert client.get("/readyz").json() == {"status": "ready", "checks": {"database": "ok", "mlflow": "ok"}}
