@@ -35,6 +35,11 @@ def main() -> None:
     ap.add_argument("--max-choices", type=int, default=8, help="width choices per group (fewer: fewer keys)")
     ap.add_argument("--n-fit", type=int, default=20)
     ap.add_argument("--n-validate", type=int, default=50)
+    ap.add_argument(
+        "--save",
+        type=Path,
+        help="also write each table (entries, fit and held-out samples) to DIR/<model>.json, for refitting offline",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     out: dict = {}
@@ -60,6 +65,8 @@ def main() -> None:
             "min_ms": table.min_latency(),
             "max_ms": table.max_latency(),
         }
+        if args.save:
+            table.save(args.save / f"{name}.json")
         print(f"{name:20} keys {out[name]['keys']:5}  {err.summary()}  build {seconds:.0f} s", flush=True)
     path = Path(__file__).resolve().parent / "results" / "graph_lut_fidelity.json"
     path.write_text(json.dumps(out, indent=1))
