@@ -7,11 +7,10 @@
    (:func:`~nasprune.latency.timing.time_interleaved`), so drift and load bursts spread over all
    ops alike. An entry is a key's time minus its baseline's.
 2. ``n_fit`` subnets (the smallest, the largest and random ones) go through the real deployment
-   path (``export_subnet`` -> onnxruntime session) and are timed end to end, in the same
-   interleaved rounds as the op graphs (so a slow spell of the machine hits ops and subnets alike).
+   path (``export_subnet`` -> onnxruntime session) and are timed end to end, again interleaved.
 3. :func:`fit_correction` maps the summed op latencies to those end-to-end latencies (see
    :class:`~nasprune.latency.table.Correction`).
-4. ``n_validate`` held-out random subnets (exported and timed in the same rounds as the fit ones,
+4. ``n_validate`` held-out random subnets (exported and timed in the same session as the fit ones,
    but not fitted on) measure the table's error (:mod:`nasprune.latency.validate`).
 
 An ``int8`` table is built the same way from the same graphs, each quantized first
@@ -100,40 +99,28 @@ def profile_ops(
     graph but the null one is quantized (the null graph is the fixed cost of a call, whatever runs).
     """
     check_runs_here(device)
-    plan = _OpPlan(keys, precision)
-    timings = _time_all(
-        plan.models, device, settings, settings.op_rounds, settings.op_burst, seed, progress, f"timing {len(keys)} ops"
+    consumers = sorted({c for k in keys if (c := consumer_of(k)) is not None})
+    producers = sorted(
+        {p for k in keys if (p := producer_of(k)) is not None} | {consumer_baseline(c) for c in consumers}
     )
-    return plan.entries(timings)
-
-
-class _OpPlan:
-    """The graphs that time a set of op keys (each key's graph, the producers and consumers it is
-    measured against, the null graph last), and how their timings become entries."""
-
-    def __init__(self, keys: Sequence[OpKey], precision: str):
-        self.keys = list(keys)
-        self.consumers = sorted({c for k in keys if (c := consumer_of(k)) is not None})
-        self.producers = sorted(
-            {p for k in keys if (p := producer_of(k)) is not None} | {consumer_baseline(c) for c in self.consumers}
-        )
-        models = [op_model(k) for k in keys] + [producer_model(p) for p in self.producers]
-        models += [consumer_model(c) for c in self.consumers]
-        self.models = [*at_precision(models, precision), null_model()]
-
-    def entries(self, timings: Sequence[Timing]) -> tuple[dict[OpKey, Timing], Timing]:
-        null = timings[-1]
-        n_k, n_p = len(self.keys), len(self.producers)
-        base = dict(zip(self.producers, timings[n_k : n_k + n_p], strict=True))
-        # a consumer's own time: producer + consumer, minus the producer alone
-        cons = {c: t.median_ms - base[consumer_baseline(c)].median_ms
-                for c, t in zip(self.consumers, timings[n_k + n_p : -1], strict=True)}  # fmt: skip
-        entries = {}
-        for key, t in zip(self.keys, timings, strict=False):
-            p, c = producer_of(key), consumer_of(key)
-            b = (base[p] if p is not None else null).median_ms + (cons[c] if c is not None else 0.0)
-            entries[key] = Timing(t.median_ms - b, t.p90_ms - b, t.count)
-        return entries, null
+    models = [op_model(k) for k in keys] + [producer_model(p) for p in producers]
+    models += [consumer_model(c) for c in consumers]
+    models = [*at_precision(models, precision), null_model()]
+    timings = _time_all(
+        models, device, settings, settings.op_rounds, settings.op_burst, seed, progress, f"timing {len(keys)} ops"
+    )
+    null = timings[-1]
+    n_k, n_p = len(keys), len(producers)
+    base = dict(zip(producers, timings[n_k : n_k + n_p], strict=True))
+    # a consumer's own time: producer + consumer, minus the producer alone
+    cons = {c: t.median_ms - base[consumer_baseline(c)].median_ms
+            for c, t in zip(consumers, timings[n_k + n_p : -1], strict=True)}  # fmt: skip
+    entries = {}
+    for key, t in zip(keys, timings, strict=False):
+        p, c = producer_of(key), consumer_of(key)
+        b = (base[p] if p is not None else null).median_ms + (cons[c] if c is not None else 0.0)
+        entries[key] = Timing(t.median_ms - b, t.p90_ms - b, t.count)
+    return entries, null
 
 
 def deployable_supernet(space):
@@ -202,7 +189,7 @@ def _time_all(
     device: DeviceProfile,
     settings: ProfileSettings,
     rounds: int,
-    burst: int | Sequence[int],
+    burst: int,
     seed: int,
     progress: bool,
     desc: str,
@@ -294,25 +281,16 @@ def build_table(
     settings = settings or ProfileSettings()
     check_runs_here(device)
     t0 = time.perf_counter()
-    plan = _OpPlan(all_ops(space), precision)
+    keys = all_ops(space)
+    entries, overhead = profile_ops(keys, device, settings, progress=progress, seed=seed, precision=precision)
+    table = LatencyTable.from_measurements(space, device, entries, overhead, settings, precision=precision)
     fit = fit_configs(space, n_fit, np.random.default_rng(seed))
     held = sample_configs(space, n_validate, np.random.default_rng(seed + 1), exclude={c.key() for c in fit})
-    with workdir(folder) as tmp:
-        paths = export_all(deployable_supernet(space), [*fit, *held], tmp, progress) if fit or held else []
-        # The op graphs and the subnets (fit and held-out) are timed in the same interleaved rounds.
-        # This machine's speed drifts over minutes (likely other tenants of the host): timed one after
-        # the other, a slow spell during the ops left resnet18's big convs at 2.0-2.7x what they took
-        # when timed again minutes later, while the subnets timed after them were not slowed; no
-        # correction fitted on the subnets can undo an error that differs from op to op.
-        models = [*plan.models, *at_precision(paths, precision)]
-        bursts = [settings.op_burst] * len(plan.models) + [settings.e2e_burst] * len(paths)
-        rounds = max(settings.op_rounds, settings.e2e_rounds) if paths else settings.op_rounds
-        what = f"timing {len(plan.keys)} ops" + (f" and {len(paths)} subnets" if paths else "")
-        timings = _time_all(models, device, settings, rounds, bursts, seed, progress, what)
-    entries, overhead = plan.entries(timings[: len(plan.models)])
-    table = LatencyTable.from_measurements(space, device, entries, overhead, settings, precision=precision)
-    timings = timings[len(plan.models) :]
     if fit or held:
+        with workdir(folder) as tmp:
+            paths = export_all(deployable_supernet(space), [*fit, *held], tmp, progress)
+            # one interleaved session for both sets: drift between them cannot pose as prediction error
+            timings = measure_models(paths, device, settings, progress, seed=seed + 2, precision=precision)
         if fit:
             table = table.refit([Sample.of(space, c, t) for c, t in zip(fit, timings, strict=False)])
         if held:

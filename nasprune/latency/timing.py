@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def time_interleaved(
     sessions: list,
     feeds: list[dict[str, np.ndarray]],
     rounds: int,
-    burst: int | Sequence[int] = 1,
+    burst: int = 1,
     settle: int = 0,
     warmup: int = 10,
     seed: int = 0,
@@ -77,13 +76,10 @@ def time_interleaved(
 ) -> list[Timing]:
     """Time several sessions against each other: every round visits them all in a fresh random order.
 
-    Each visit makes ``settle`` untimed then ``burst`` timed calls (one number, or one per session).
-    Interleaving spreads machine drift and bursts of load evenly over the sessions, so none of them
-    is biased by when it ran. ``on_round()`` is called after each round (for progress bars).
+    Each visit makes ``settle`` untimed then ``burst`` timed calls. Interleaving spreads machine
+    drift and bursts of load evenly over the sessions, so none of them is biased by when it ran.
+    ``on_round()`` is called after each round (for progress bars).
     """
-    bursts = [burst] * len(sessions) if isinstance(burst, int) else list(burst)
-    if len(bursts) != len(sessions):
-        raise ValueError(f"{len(bursts)} bursts for {len(sessions)} sessions")
     rng = np.random.default_rng(seed)
     for sess, feed in zip(sessions, feeds, strict=True):
         for _ in range(warmup):
@@ -94,7 +90,7 @@ def time_interleaved(
             sess, feed, out = sessions[i], feeds[i], samples[i]
             for _ in range(settle):
                 sess.run(None, feed)
-            for _ in range(bursts[i]):
+            for _ in range(burst):
                 t0 = time.perf_counter_ns()
                 sess.run(None, feed)
                 out.append((time.perf_counter_ns() - t0) / 1e6)

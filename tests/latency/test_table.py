@@ -113,28 +113,6 @@ def test_table_knows_its_fit_and_error(table):
         assert s.predicted_ms == pytest.approx(table.predict(s.config)) and s.measured_ms > 0
 
 
-def test_ops_and_subnets_are_timed_in_the_same_rounds(table):
-    """One interleaved pass times op graphs and subnets (a slow spell of the machine hits both): every
-    entry and every subnet has max(op_rounds, e2e_rounds) visits of its own burst."""
-    st = table.settings
-    rounds = max(st.op_rounds, st.e2e_rounds)
-    assert {e.count for e in table.entries} == {rounds * st.op_burst}
-    assert {s.count for s in [*table.fit_samples, *table.error.samples]} == {rounds * st.e2e_burst}
-
-
-def test_interleaved_timing_takes_a_burst_per_session(tiny_mlp, tmp_path):
-    from nasprune.export import export_subnet
-    from nasprune.latency.timing import feed_for, make_session, time_interleaved
-
-    path = export_subnet(deployable_supernet(tiny_mlp), tiny_mlp.smallest(), tmp_path / "s.onnx").path
-    sessions = [make_session(path), make_session(path)]
-    feeds = [feed_for(s) for s in sessions]
-    a, b = time_interleaved(sessions, feeds, rounds=3, burst=[2, 5], warmup=1)
-    assert (a.count, b.count) == (6, 15)
-    with pytest.raises(ValueError, match="1 bursts for 2 sessions"):
-        time_interleaved(sessions, feeds, rounds=1, burst=[2])
-
-
 def test_prediction_follows_measurement(mlp_table):
     """Even measured quickly, the table ranks held-out subnets roughly like the clock does."""
     e = mlp_table.error
