@@ -180,7 +180,6 @@ def run_space(
             "split": split,
             "split_sizes": sizes,
             "standalone_seeds": seeds,
-            "train_samples": sizes["train"],
             "pick": how,
             "pairs": pairs,
             "kendall_tau": tau,

@@ -592,7 +592,6 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) ->
     if int8:
         finetuned["finetune"] = ("quantization-aware (int8 weights per channel and uint8 inputs simulated), then "
                                  "quantized" if qat else "in float, then quantized again")  # fmt: skip
-    if int8:
         stamp_metadata(path, finetuned)
     else:
         export_model(res.model, tuple(space.input_shape), path, {**meta, **finetuned})

@@ -155,7 +155,8 @@ def test_submit_search_fetch_run(prepared, data_dir, budget, tmp_path):
 
 
 def _complete_trials(journal: Path, job_id: str) -> dict[int, list[float]]:
-    """The finished trials of a job, read from the Optuna journal the service writes (not through the API)."""
+    """The finished trials of a job, read from the Optuna journal the service writes (not through the API).
+    A plain reader: ``make_storage`` would also repair the file under the writers' lock while the service runs."""
     if not journal.exists():
         return {}
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
