@@ -7,7 +7,7 @@ For each model (randomly initialised; latency does not depend on weight values):
 profile every unit key with onnxruntime (1 thread, batch 1), fit the correction on ``--n-fit``
 subnets and measure ``--n-validate`` held-out random subnets end to end (export + interleaved
 timing). Prints median/p90 APE, the share within +-10%, Spearman, the number of keys and the build
-time; writes benchmarks/results/graph_lut_fidelity.json. Goal (issue "Prune your own model"):
+time; updates each model's entry in benchmarks/results/graph_lut_fidelity.json. Goal (issue "Prune your own model"):
 median APE <= 3% and >= 99% within +-10% on 50 held-out subnets.
 """
 
@@ -54,6 +54,10 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         err = table.error
         out[name] = {
+            "command": "benchmarks/graph_lut_fidelity.py " + " ".join(sys.argv[1:]),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "n_fit": args.n_fit,
+            "max_choices": args.max_choices,
             "keys": len(all_ops(space)),
             "build_s": seconds,
             "median_ape": err.median_ape,
@@ -69,7 +73,9 @@ def main() -> None:
             table.save(args.save / f"{name}.json")
         print(f"{name:20} keys {out[name]['keys']:5}  {err.summary()}  build {seconds:.0f} s", flush=True)
     path = Path(__file__).resolve().parent / "results" / "graph_lut_fidelity.json"
-    path.write_text(json.dumps(out, indent=1))
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(out)  # one model per run is common: keep the other models' last figures
+    path.write_text(json.dumps(merged, indent=1))
     print(f"written {path}")
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -54,6 +55,11 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     n_random: int = Field(2, ge=0, description="random subnets per step besides largest and smallest")
     max_shift: int = Field(2, ge=0, description="random translation augmentation in pixels (images only)")
+    importance: Literal["l1", "activation"] = Field(
+        "l1",
+        description="how channels are ranked before they are sorted: the L1 norm of the filters writing them, or "
+        "their mean |activation| on the calibration split (benchmarks/importance.py compares the two)",
+    )
     seed: int = 0
 
 
@@ -412,8 +418,20 @@ def run_training(
         for p in teacher.parameters():
             p.requires_grad_(False)
     net = create_supernet(space, weights)
+
+    def sort_channels() -> None:
+        scores = None
+        if cfg.importance == "activation":
+            x = ds.tensors("calib")[0]
+            was = net.training
+            net.eval()
+            at = next(net.parameters()).device
+            scores = net.activation_importance([b.to(at) for b in x.split(256)])
+            net.train(was)
+        net.reorder_channels(scores)
+
     if weights is not None:
-        net.reorder_channels()
+        sort_channels()
     net.to(device).train()
     params = list(net.parameters())
     steps_per_epoch = len(epoch_order(ds, cfg, 0))
@@ -487,7 +505,7 @@ def run_training(
     for epoch in range(start_epoch, cfg.epochs):
         first = start_step if epoch == start_epoch else 0
         if epoch == cfg.warmup_epochs and cfg.warmup_epochs > 0 and first == 0:
-            net.reorder_channels()
+            sort_channels()
             opt.state.clear()  # momentum buffers belong to the old channel order
         sandwich = epoch >= cfg.warmup_epochs
         if first == 0:

@@ -72,6 +72,9 @@ class Entry(_Strict):
     median_ms: Annotated[float, Field(ge=-NOISE_MS)]
     p90_ms: Annotated[float, Field(ge=-NOISE_MS)]
     count: Annotated[int, Field(ge=1)]
+    adjust_ms: float = 0.0
+    """What end-to-end subnets say this unit costs beyond ``scale * median_ms`` in a network (its
+    in-context time minus its scaled isolated time; :func:`fit_key_adjustments`). 0 when not fitted."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Entry:
@@ -81,7 +84,7 @@ class Entry(_Strict):
 
     @classmethod
     def of(cls, op: OpKey, timing: Timing) -> Entry:
-        """An entry from a measurement, its noise below zero stored as 0."""
+        """An entry from a measurement, its noise below zero stored as 0 (no adjustment)."""
         median = max(0.0, timing.median_ms)
         return cls(op=op, median_ms=median, p90_ms=max(median, timing.p90_ms), count=timing.count)
 
@@ -114,13 +117,16 @@ class Sample(_Strict):
 class Correction(_Strict):
     """From op latencies to end-to-end latency.
 
-    ``ms = intercept_ms + scale * T + cache_ms_per_mweight * max(0, W - cache_free_weights) / 1e6``
+    ``ms = intercept_ms + scale * T + cache_ms_per_mweight * max(0, W - cache_free_weights) / 1e6 + A``
 
     where ``T`` is the sum over the subnet's ops of ``max(0, entry median)`` (each op's own time)
     and ``W`` the weights of the whole subnet; ``overhead_ms`` is the measured fixed cost of one
-    onnxruntime call, which the intercept replaces after a fit. The last term is the cost of
+    onnxruntime call, which the intercept replaces after a fit. The cache term is the cost of
     streaming weights that no longer fit the caches: minimal graphs are timed warm, a large network
-    evicts its own weights between runs.
+    evicts its own weights between runs. ``A`` is the sum of the ops' ``adjust_ms``: per-unit
+    corrections fitted to the end-to-end subnets by ridge regression towards 0 (``key_ridge`` is the
+    strength chosen by leave-one-out error; None: not fitted, because it did not predict held-out
+    fit subnets better, or there were fewer than ``MIN_KEY_FIT`` of them).
     """
 
     overhead_ms: NonNeg
@@ -130,6 +136,11 @@ class Correction(_Strict):
     cache_free_weights: Annotated[int, Field(ge=0)] = 0
     fit_subnets: Annotated[int, Field(ge=0)] = 0
     fit_median_ape: float | None = None
+    key_ridge: Annotated[float, Field(gt=0)] | None = None
+    key_loo_ape: float | None = None
+    """Mean leave-one-out APE (%) over the fit subnets with the per-unit adjustments (None: not fitted)."""
+    base_loo_ape: float | None = None
+    """The same without them (in-sample for the constant/scale/cache terms)."""
 
     def apply(self, ops_ms: float, weights: int) -> float:
         spill = max(0, weights - self.cache_free_weights) / 1e6
@@ -189,6 +200,7 @@ class LatencyTable(_Strict):
     """The stored validation result (None until validated)."""
 
     _ms: dict[OpKey, float] = PrivateAttr(default_factory=dict)
+    _adj: dict[OpKey, float] = PrivateAttr(default_factory=dict)
     _extremes: dict = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
@@ -218,6 +230,11 @@ class LatencyTable(_Strict):
             if e.op in seen:
                 raise ValueError(f"{e.op.describe()} is listed twice: the file is corrupt")
             seen.add(e.op)
+            if self.correction.scale * max(0.0, e.median_ms) + e.adjust_ms < -NOISE_MS:
+                raise ValueError(
+                    f"{e.op.describe()}: adjust_ms {e.adjust_ms:g} makes its time negative "
+                    f"(scale {self.correction.scale:g} x median_ms {e.median_ms:g}): the file is corrupt"
+                )
         self._check_positive()
         return self
 
@@ -242,6 +259,7 @@ class LatencyTable(_Strict):
 
     def model_post_init(self, _ctx: Any) -> None:
         self._ms = {e.op: max(0.0, e.median_ms) for e in self.entries}
+        self._adj = {e.op: e.adjust_ms for e in self.entries if e.adjust_ms}
 
     # -- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -272,8 +290,18 @@ class LatencyTable(_Strict):
         return type(self)(**{**dict(self), **changes})
 
     def refit(self, samples: list[Sample]) -> LatencyTable:
-        """The table with its correction fitted to ``samples`` (end-to-end measurements)."""
-        return self._update(correction=fit_correction(self, samples), fit_samples=samples, error=None)
+        """The table with its correction fitted to ``samples`` (end-to-end measurements): constant,
+        scale and cache term first, then the per-unit adjustments on what they leave."""
+        raw = [e.model_copy(update={"adjust_ms": 0.0}) for e in self.entries]
+        base = self._update(entries=raw, correction=fit_correction(self, samples), fit_samples=samples, error=None)
+        adjust, ridge, loo, base_loo = fit_key_adjustments(base, samples)
+        c = base.correction.model_copy(update={"key_ridge": ridge, "key_loo_ape": loo, "base_loo_ape": base_loo})
+        entries = [e.model_copy(update={"adjust_ms": adjust.get(e.op, 0.0)}) for e in raw]
+        fitted = base._update(entries=entries, correction=c)
+        if samples and adjust:
+            ape = [abs(fitted.predict(s.config) - s.measured_ms) / s.measured_ms * 100 for s in samples]
+            fitted = fitted._update(correction=c.model_copy(update={"fit_median_ape": float(np.median(ape))}))
+        return fitted
 
     def with_error(self, report: ErrorReport) -> LatencyTable:
         return self._update(error=report)
@@ -318,9 +346,14 @@ class LatencyTable(_Strict):
         """Keys of ``space`` (default: the table's) that the table lacks."""
         return [k for k in all_ops(space or self.space) if k not in self._ms]
 
+    def adjust_ms(self, key: OpKey) -> float:
+        """The op's fitted per-unit adjustment (0 if none; see :class:`Correction`)."""
+        return self._adj.get(key, 0.0)
+
     def predict_ops(self, ops: Iterable[OpKey]) -> float:
         ops = list(ops)
-        return self.correction.apply(sum(self.op_ms(k) for k in ops), sum(k.weights for k in ops))
+        base = self.correction.apply(sum(self.op_ms(k) for k in ops), sum(k.weights for k in ops))
+        return base + sum(self._adj.get(k, 0.0) for k in ops)
 
     def predict(self, cfg: SubnetConfig | dict) -> float:
         """Predicted end-to-end latency of ``cfg`` in milliseconds on the table's device."""
@@ -335,7 +368,10 @@ class LatencyTable(_Strict):
         if pick.__name__ not in self._extremes:
             c = self.correction
             self._extremes[pick.__name__] = extreme_config(
-                self.space, lambda k: (self.op_ms(k), k.weights), pick, lambda v: c.apply(v[0], round(v[1]))
+                self.space,
+                lambda k: (self.op_ms(k), k.weights, self.adjust_ms(k)),
+                pick,
+                lambda v: c.apply(v[0], round(v[1])) + v[2],
             )
         return self._extremes[pick.__name__]
 
@@ -473,6 +509,71 @@ def fit_correction(table: LatencyTable, samples: list[Sample]) -> Correction:
         fit_subnets=len(samples),
         fit_median_ape=float(np.median(ape)),
     )
+
+
+MIN_KEY_FIT = 12
+"""Fewer fit subnets than this: no per-unit adjustments (leave-one-out cannot choose their strength)."""
+KEY_RIDGES = (1.0, 0.3, 0.1, 0.03)
+"""Ridge strengths tried for the per-unit adjustments, strongest first."""
+KEY_SIGMA_FLOOR_MS = 0.002
+"""The prior scale of a unit's adjustment is its scaled time plus this (about the cost of dispatching a node)."""
+
+
+def fit_key_adjustments(
+    table: LatencyTable, samples: list[Sample]
+) -> tuple[dict[OpKey, float], float | None, float | None, float | None]:
+    """Per-unit corrections from end-to-end subnets: ``(adjust_ms per key, ridge, loo APE, base loo APE)``.
+
+    A unit timed alone (warm caches, its own layout reorders, a producer in front) does not cost
+    exactly ``scale`` times that inside a network, and the error differs per unit: on torchvision
+    models the constant/scale/cache correction alone left 10-12% median error. Each subnet's residual
+    after that correction is explained as a sum of per-unit adjustments ``d``, by least squares on
+    relative error with a ridge penalty ``(ridge * d_k / sigma_k)^2`` pulling each towards 0
+    (``sigma_k`` = the unit's scaled time + :data:`KEY_SIGMA_FLOOR_MS`, so a unit may move by about its
+    own size) and ``d_k >= -scale * median_k`` (no unit costs less than nothing). The ridge is chosen
+    among :data:`KEY_RIDGES` by leave-one-out APE over the fit subnets, and the adjustments are kept
+    only if that beats the correction without them. Additive per unit, so the space's exact minimum
+    and maximum stay exact.
+    """
+    if len(samples) < MIN_KEY_FIT:
+        return {}, None, None, None
+    from scipy.optimize import lsq_linear
+
+    c = table.correction
+    rows = [ops_for(table.space, s.config) for s in samples]
+    keys = sorted({k for ops in rows for k in ops})
+    col = {k: i for i, k in enumerate(keys)}
+    n = np.zeros((len(samples), len(keys)))
+    for r, ops in enumerate(rows):
+        for k in ops:
+            n[r, col[k]] += 1
+    y = np.array([s.measured_ms for s in samples])
+    base = np.array([table.predict_ops(ops) for ops in rows])
+    scaled = np.array([c.scale * table.op_ms(k) for k in keys])
+    sigma = scaled + KEY_SIGMA_FLOOR_MS
+    lower, upper = -scaled, np.full(len(keys), np.inf)
+
+    def solve(rows_: np.ndarray, ridge: float) -> np.ndarray:
+        w = 1.0 / y[rows_]
+        a = np.vstack([n[rows_] * w[:, None], np.diag(ridge / sigma)])
+        b = np.concatenate([(y[rows_] - base[rows_]) * w, np.zeros(len(keys))])
+        return lsq_linear(a, b, bounds=(lower, upper), method="bvls").x
+
+    every = np.arange(len(y))
+    base_loo = float(np.mean(np.abs(base - y) / y) * 100)
+    best: tuple[float, float] | None = None
+    for ridge in KEY_RIDGES:
+        errs = []
+        for i in every:
+            d = solve(every[every != i], ridge)
+            errs.append(abs(base[i] + n[i] @ d - y[i]) / y[i])
+        loo = float(np.mean(errs) * 100)
+        if best is None or loo < best[0]:
+            best = (loo, ridge)
+    if best[0] >= base_loo:
+        return {}, None, best[0], base_loo
+    d = solve(every, best[1])
+    return {k: float(v) for k, v in zip(keys, d, strict=True) if v != 0.0}, best[1], best[0], base_loo
 
 
 # -- finding tables ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from nasprune.errors import LatencyTableError
 from nasprune.latency import DeviceProfile, LatencyTable, ProfileSettings, build_table, get_table, table_path
 from nasprune.latency.ops import all_ops, ops_for
 from nasprune.latency.profile import deployable_supernet, extend_table, measure_subnet, profile_ops
+from nasprune.latency.table import Sample, fit_correction
 from nasprune.registry import list_spaces, load_space
 from nasprune.space import parse_space
 from tests.latency.conftest import FAST, TINY_RESNET, every_config
@@ -113,6 +114,48 @@ def test_table_knows_its_fit_and_error(table):
         assert s.predicted_ms == pytest.approx(table.predict(s.config)) and s.measured_ms > 0
 
 
+def _synthetic_samples(table, cfgs, offsets):
+    """End-to-end "measurements" that differ from the table by a fixed cost per unit (``offsets``)."""
+    from nasprune.latency.timing import Timing
+
+    out = []
+    for cfg in cfgs:
+        ms = table.predict(cfg) + sum(offsets[k] for k in ops_for(table.space, cfg))
+        out.append(Sample.of(table.space, cfg, Timing(ms, ms * 1.1, 100)))
+    return out
+
+
+def test_per_unit_adjustments_learn_what_units_cost_in_a_network(resnet_table):
+    """Units whose in-network cost differs from their isolated timing (here: a hidden per-unit offset
+    of up to +-40% of its scaled time) are corrected from end-to-end subnets, held-out subnets are
+    predicted better than by the constant/scale fit alone, and min/max stay exact."""
+    space = resnet_table.space
+    cfgs = every_config(space)
+    rng = np.random.default_rng(0)
+    rng.shuffle(cfgs)
+    scale = resnet_table.correction.scale
+    offsets = {k: float(rng.uniform(-0.4, 0.4)) * scale * resnet_table.op_ms(k) for k in all_ops(space)}
+    fit, held = (
+        _synthetic_samples(resnet_table, cfgs[:30], offsets),
+        _synthetic_samples(resnet_table, cfgs[30:], offsets),
+    )
+    refit = resnet_table.refit(fit)
+    c = refit.correction
+    assert c.key_ridge is not None and c.key_loo_ape < c.base_loo_ape
+    assert any(e.adjust_ms for e in refit.entries)
+
+    def ape(t):
+        return np.median([abs(t.predict(s.config) - s.measured_ms) / s.measured_ms for s in held])
+
+    without = resnet_table.model_copy(update={"correction": fit_correction(resnet_table, fit)})
+    assert ape(refit) < 0.5 * ape(without)
+    assert resnet_table.refit(fit[:11]).correction.key_ridge is None  # too few to choose a ridge
+    preds = [refit.predict(cfg) for cfg in cfgs]
+    assert refit.min_latency() == pytest.approx(min(preds)) and refit.max_latency() == pytest.approx(max(preds))
+    assert all(scale_ms >= -1e-9 for scale_ms in (refit.correction.scale * refit.op_ms(e.op) + e.adjust_ms
+                                                   for e in refit.entries))  # fmt: skip
+
+
 def test_prediction_follows_measurement(mlp_table):
     """Even measured quickly, the table ranks held-out subnets roughly like the clock does."""
     e = mlp_table.error
@@ -172,6 +215,7 @@ def test_device_fingerprint_mismatch_is_a_clear_error(resnet_table, tmp_path):
         (lambda raw: raw["entries"][0]["op"].update(kind="attention"), r"corrupt: entries\.0\.op\.kind"),
         (lambda raw: raw["space"]["groups"]["stem_conv"]["widths"].append(24), "does not match its digest"),
         (lambda raw: raw["correction"].update(scale=-1), r"corrupt: correction\.scale"),
+        (lambda raw: raw["entries"][0].update(adjust_ms=-1.0), "adjust_ms -1 makes its time negative"),
     ],
 )
 def test_hand_corrupted_tables_are_clear_errors(resnet_table, tmp_path, change, message):
