@@ -16,6 +16,8 @@ published table is for 4,000 training sequences). ``--fresh-samples N`` (generat
 ``mnist1d``) scores every pair on N newly generated sequences as well (split ``fresh``; the
 generator's seed differs from the dataset's, normalised with the train statistics): with 3,000 held-out
 sequences one subnet's accuracy moves ~0.3 pt between test sets, as much as the top subnets differ.
+``--reuse-standalone JSON`` takes the standalone runs from an earlier results file (same subnets,
+recipe and splits), so supernet variants are compared against one fixed reference.
 
     .venv/bin/python benchmarks/supernet_quality.py [--spaces resnet_mnist mlp_digits] [--k 8] [--seeds 1]
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import multiprocessing
 import sys
 import time
@@ -157,6 +160,31 @@ def standalone_runs(
     return out
 
 
+SUPERNET_ONLY = {"n_random", "sampling", "importance", "warmup_epochs", "seed"}
+"""Recipe fields that standalone training does not read (seed: the reused runs keep their own)."""
+
+
+def reused_runs(path: Path, name: str, cfgs: list, recipe, seeds: int, sizes: dict) -> dict[str, list[dict]]:
+    """Standalone runs from an earlier JSON of this script, for the same subnets, recipe and splits:
+    supernet variants are then compared against one fixed reference (and 5 minutes sooner)."""
+    old = json.loads(path.read_text())["spaces"][name]
+    same = {k: v for k, v in recipe.model_dump().items() if k not in SUPERNET_ONLY}
+    was = {k: v for k, v in old["recipe"].items() if k not in SUPERNET_ONLY}
+    problems = []
+    if same != was:
+        problems.append(f"recipe {was} != {same}")
+    if old["split_sizes"] != sizes:
+        problems.append(f"splits {old['split_sizes']} != {sizes}")
+    if [p["key"] for p in old["pairs"]] != [c.key() for c in cfgs]:
+        problems.append("other subnets")
+    if old["standalone_seeds"] < seeds:
+        problems.append(f"{old['standalone_seeds']} standalone seeds < --seeds {seeds}")
+    if problems:
+        raise SystemExit(f"--reuse-standalone {path}: cannot reuse its runs ({'; '.join(problems)})")
+    print(f"standalone runs reused from {path}")
+    return {p["key"]: p["standalone_runs"][:seeds] for p in old["pairs"]}
+
+
 def run_space(
     name: str,
     k: int,
@@ -167,6 +195,7 @@ def run_space(
     workers: int,
     train_samples: int | None,
     fresh: int | None = None,
+    reuse: Path | None = None,
 ) -> dict:
     space = load_space(name)
     recipe = default_recipe(space).model_copy(update=overrides)
@@ -188,7 +217,10 @@ def run_space(
     pairs, rows = [], []
     t0 = time.perf_counter()
     cfgs = spread(space, k, how=how)
-    runs_of = standalone_runs(name, cfgs, recipe, seeds, workers, train_samples, fresh)
+    if reuse is not None:
+        runs_of = reused_runs(reuse, name, cfgs, recipe, seeds, sizes)
+    else:
+        runs_of = standalone_runs(name, cfgs, recipe, seeds, workers, train_samples, fresh)
     for cfg in cfgs:
         inh = {s: ev.accuracy(cfg, s) for s in scored_splits(ds)}
         runs = runs_of[cfg.key()]
@@ -230,6 +262,7 @@ def run_space(
             "split": split,
             "split_sizes": sizes,
             "standalone_seeds": seeds,
+            "standalone_reused_from": str(reuse) if reuse else None,
             "pick": how,
             "pairs": pairs,
             "kendall_tau": tau,
@@ -285,6 +318,12 @@ def main() -> None:
         help="mnist1d only: also score every pair on this many newly generated sequences (split 'fresh')",
     )
     ap.add_argument(
+        "--reuse-standalone",
+        type=Path,
+        metavar="JSON",
+        help="take the standalone runs from an earlier results file of the same subnets, recipe and splits",
+    )
+    ap.add_argument(
         "--out", default="supernet_quality", help="results file name under benchmarks/results (default %(default)s)"
     )
     args = ap.parse_args()
@@ -303,6 +342,7 @@ def main() -> None:
             args.workers,
             args.train_samples,
             args.fresh_samples,
+            args.reuse_standalone,
         )
         for name in args.spaces
     }

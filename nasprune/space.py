@@ -163,6 +163,20 @@ class _SpaceBase(_Strict, ABC):
         widths = {layer: int(rng.choice(layers[layer])) for layer in self.active_layers(depths)}
         return self.config(depths, widths)
 
+    def sample_at(self, rng: np.random.Generator, level: float) -> SubnetConfig:
+        """A random config around ``level`` (0: the smallest, 1: the largest): each depth and active
+        width is the ``Binomial(n - 1, level)``-th of its ``n`` sorted choices. With ``level`` drawn
+        uniformly, subnets of every size come up about equally often, where :meth:`sample` puts nearly
+        all of them in the middle of the space."""
+
+        def pick(choices) -> int:
+            ordered = sorted(choices)
+            return int(ordered[rng.binomial(len(ordered) - 1, level)])
+
+        depths = {s: pick(c) for s, c in self.depth_choices().items()}
+        layers = self.width_layers()
+        return self.config(depths, {layer: pick(layers[layer]) for layer in self.active_layers(depths)})
+
     @cached_property
     def size(self) -> int:
         """Number of distinct subnets (architectures) in the space."""

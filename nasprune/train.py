@@ -60,6 +60,11 @@ class TrainConfig(BaseModel):
         description="how channels are ranked before they are sorted: the L1 norm of the filters writing them, or "
         "their mean |activation| on the calibration split (benchmarks/importance.py compares the two)",
     )
+    sampling: Literal["uniform", "sizes"] = Field(
+        "uniform",
+        description="how the n_random subnets are drawn: every choice uniformly (most subnets mid-sized), or "
+        "around a uniformly drawn size level (SearchSpace.sample_at: small, mid and large subnets alike)",
+    )
     seed: int = 0
 
 
@@ -130,6 +135,8 @@ def step_subnets(space, cfg: TrainConfig, step: int) -> list[SubnetConfig]:
     """The random subnets of global step ``step``, a function of (seed, step) alone: every data-parallel
     worker trains the same architectures in a step, and a resumed run the same as an uninterrupted one."""
     rng = np.random.default_rng(_seed_for(cfg, step, 0))
+    if cfg.sampling == "sizes":
+        return [space.sample_at(rng, float(rng.uniform())) for _ in range(cfg.n_random)]
     return [space.sample(rng) for _ in range(cfg.n_random)]
 
 

@@ -245,22 +245,9 @@ def sample_configs(space, n: int, rng: np.random.Generator, exclude: set[str] = 
     return list(out.values())
 
 
-def level_config(space, level: float, rng: np.random.Generator) -> SubnetConfig:
-    """A random config around ``level`` (0: smallest, 1: largest): each depth and active width is the
-    ``Binomial(n - 1, level)``-th of its ``n`` sorted choices."""
-
-    def pick(choices) -> int:
-        ordered = sorted(choices)
-        return int(ordered[rng.binomial(len(ordered) - 1, level)])
-
-    depths = {s: pick(c) for s, c in space.depth_choices().items()}
-    layers = space.width_layers()
-    return space.config(depths, {layer: pick(layers[layer]) for layer in space.active_layers(depths)})
-
-
 def fit_configs(space, n: int, rng: np.random.Generator) -> list[SubnetConfig]:
     """Configs for the correction fit: the extremes of the space, then random ones spread over its
-    size (:func:`level_config` at evenly spaced levels): uniform sampling would put nearly all of
+    size (``space.sample_at`` at evenly spaced levels): uniform sampling would put nearly all of
     them in the middle, where the per-unit fit learns least about small and large subnets."""
     if n <= 0:
         return []
@@ -269,7 +256,7 @@ def fit_configs(space, n: int, rng: np.random.Generator) -> list[SubnetConfig]:
     levels = (np.arange(n - len(picked)) + 0.5) / max(1, n - len(picked))
     for level in levels:
         for _ in range(50):
-            cfg = level_config(space, float(level), rng)
+            cfg = space.sample_at(rng, float(level))
             if cfg.key() not in picked:
                 picked[cfg.key()] = cfg
                 break
