@@ -201,6 +201,14 @@ def _summary(table) -> None:
         f"correction {c.intercept_ms:.4f} ms + {c.scale:.4f} x ops{cache} "
         f"(call cost {c.overhead_ms * 1000:.2f} us; fit on {c.fit_subnets} subnets)"
     )
+    if c.key_ridge is not None:
+        n = sum(1 for e in table.entries if e.adjust_ms)
+        print(
+            f"           + per-unit adjustments on {n} units (ridge {c.key_ridge:g}; leave-one-out APE "
+            f"{c.key_loo_ape:.2f}% vs {c.base_loo_ape:.2f}% without)"
+        )
+    elif c.base_loo_ape is not None:
+        print(f"           no per-unit adjustments: they did not beat {c.base_loo_ape:.2f}% leave-one-out APE")
     print(f"error      {table.error.summary() if table.error else 'not validated (nasprune lut validate)'}")
     rows = [
         ["fastest", f"{table.min_latency():.4f}", table.min_config().key()],
@@ -218,11 +226,18 @@ def _show(args) -> int:
     _summary(table)
     if args.entries:
         rows = [
-            [e.op.describe(), f"{e.median_ms * 1000:.2f}", f"{e.p90_ms * 1000:.2f}", e.count, f"{e.op.macs:,}"]
+            [
+                e.op.describe(),
+                f"{e.median_ms * 1000:.2f}",
+                f"{e.p90_ms * 1000:.2f}",
+                f"{e.adjust_ms * 1000:+.2f}",
+                e.count,
+                f"{e.op.macs:,}",
+            ]
             for e in sorted(table.entries, key=lambda e: e.op)
         ]
         print()
-        print(grid(rows, ["op", "median us", "p90 us", "count", "MACs"]))
+        print(grid(rows, ["op", "median us", "p90 us", "adjust us", "count", "MACs"]))
     return 0
 
 
