@@ -30,7 +30,13 @@ def register(sub) -> None:
     _where(b, table=False)
     b.add_argument("--threads", type=int, default=1, help="intra-op threads (%(default)s; local-cpu: 1)")
     b.add_argument("--batch", type=int, default=1, help="batch size (%(default)s; local-cpu: 1)")
-    b.add_argument("--fit", type=int, default=20, help="subnets to fit the correction on (%(default)s)")
+    b.add_argument(
+        "--fit",
+        type=int,
+        default=20,
+        help="subnets to fit the correction on (%(default)s; with 12 or more it also fits per-unit adjustments, "
+        "docs/latency.md)",
+    )
     b.add_argument("--validate", type=int, default=20, help="held-out subnets to measure the error (%(default)s)")
     b.add_argument("--op-rounds", type=int, help="rounds over all ops when timing them (default 40)")
     b.add_argument("--seed", type=int, default=0)
