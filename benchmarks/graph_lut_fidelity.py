@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--max-choices", type=int, default=8, help="width choices per group (fewer: fewer keys)")
     ap.add_argument("--n-fit", type=int, default=20)
     ap.add_argument("--n-validate", type=int, default=50)
+    ap.add_argument("--flush-kb", type=int, default=0, help="ProfileSettings.flush_kb (units timed with cold weights)")
     ap.add_argument(
         "--save",
         type=Path,
@@ -50,13 +51,15 @@ def main() -> None:
         space = derive_space(analysis, f"fidelity_{name}", ref, 10, model_kwargs={"num_classes": 10},
                              max_choices=args.max_choices)  # fmt: skip
         t0 = time.perf_counter()
-        table = build_table(space, n_fit=args.n_fit, n_validate=args.n_validate, settings=ProfileSettings())
+        settings = ProfileSettings(flush_kb=args.flush_kb)
+        table = build_table(space, n_fit=args.n_fit, n_validate=args.n_validate, settings=settings)
         seconds = time.perf_counter() - t0
         err = table.error
         out[name] = {
             "command": "benchmarks/graph_lut_fidelity.py " + " ".join(sys.argv[1:]),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "n_fit": args.n_fit,
+            "flush_kb": args.flush_kb,
             "max_choices": args.max_choices,
             "keys": len(all_ops(space)),
             "build_s": seconds,
@@ -74,7 +77,8 @@ def main() -> None:
         print(f"{name:20} keys {out[name]['keys']:5}  {err.summary()}  build {seconds:.0f} s", flush=True)
     path = Path(__file__).resolve().parent / "results" / "graph_lut_fidelity.json"
     merged = json.loads(path.read_text()) if path.is_file() else {}
-    merged.update(out)  # one model per run is common: keep the other models' last figures
+    # one model per run is common: keep the other models' last figures (and the runs without a flush)
+    merged.update({f"{k}+flush{args.flush_kb}kb" if args.flush_kb else k: v for k, v in out.items()})
     path.write_text(json.dumps(merged, indent=1))
     print(f"written {path}")
 

@@ -73,6 +73,13 @@ class ProfileSettings(BaseModel):
     e2e_burst: int = Field(20, ge=1, description="timed calls per subnet per round")
     settle: int = Field(2, ge=0, description="untimed calls before each burst")
     warmup: int = Field(20, ge=0, description="untimed calls per session before the first round")
+    flush_kb: int = Field(
+        0,
+        ge=0,
+        le=65536,
+        description="KiB of memory written before every timed op call (0: off): the unit's weights then come "
+        "from beyond the core's private caches, as inside a network (docs/results.md, benchmarks/unit_cache.py)",
+    )
 
 
 def _bar(progress: bool, total: int, desc: str, unit: str = "it"):
@@ -107,8 +114,9 @@ def profile_ops(
     models += [consumer_model(c) for c in consumers]
     models = [*at_precision(models, precision), null_model()]
     timings = _time_all(
-        models, device, settings, settings.op_rounds, settings.op_burst, seed, progress, f"timing {len(keys)} ops"
-    )
+        models, device, settings, settings.op_rounds, settings.op_burst, seed, progress, f"timing {len(keys)} ops",
+        flush_bytes=settings.flush_kb * 1024,
+    )  # fmt: skip
     null = timings[-1]
     n_k, n_p = len(keys), len(producers)
     base = dict(zip(producers, timings[n_k : n_k + n_p], strict=True))
@@ -193,6 +201,7 @@ def _time_all(
     seed: int,
     progress: bool,
     desc: str,
+    flush_bytes: int = 0,
 ) -> list[Timing]:
     """Sessions made as for deployment on ``device``, timed interleaved (see ``time_interleaved``)."""
     sessions = [make_session(m, device.threads, device.provider) for m in models]
@@ -207,6 +216,7 @@ def _time_all(
             warmup=settings.warmup,
             seed=seed,
             on_round=bar.update if bar is not None else None,
+            flush_bytes=flush_bytes,
         )
 
 

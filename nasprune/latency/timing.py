@@ -73,14 +73,18 @@ def time_interleaved(
     warmup: int = 10,
     seed: int = 0,
     on_round=None,
+    flush_bytes: int = 0,
 ) -> list[Timing]:
     """Time several sessions against each other: every round visits them all in a fresh random order.
 
     Each visit makes ``settle`` untimed then ``burst`` timed calls. Interleaving spreads machine
     drift and bursts of load evenly over the sessions, so none of them is biased by when it ran.
-    ``on_round()`` is called after each round (for progress bars).
+    ``on_round()`` is called after each round (for progress bars). ``flush_bytes`` > 0: that much
+    memory is written before every timed call (untimed), so a small graph's weights are no longer in
+    the core's private caches, as inside a network whose other layers have just run.
     """
     rng = np.random.default_rng(seed)
+    flush = np.zeros(flush_bytes // 8) if flush_bytes > 0 else None
     for sess, feed in zip(sessions, feeds, strict=True):
         for _ in range(warmup):
             sess.run(None, feed)
@@ -91,6 +95,8 @@ def time_interleaved(
             for _ in range(settle):
                 sess.run(None, feed)
             for _ in range(burst):
+                if flush is not None:
+                    flush += 1.0
                 t0 = time.perf_counter_ns()
                 sess.run(None, feed)
                 out.append((time.perf_counter_ns() - t0) / 1e6)

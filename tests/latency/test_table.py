@@ -156,6 +156,17 @@ def test_per_unit_adjustments_learn_what_units_cost_in_a_network(resnet_table):
                                                    for e in refit.entries))  # fmt: skip
 
 
+def test_units_can_be_timed_with_cold_weights(tiny_mlp):
+    """``ProfileSettings.flush_kb``: memory is written before every timed op call; the table records the
+    setting and still has every unit (the effect on accuracy is a benchmark figure, not a test)."""
+    settings = FAST.model_copy(update={"flush_kb": 256})
+    table = build_table(tiny_mlp, n_fit=0, n_validate=0, settings=settings)
+    assert table.settings.flush_kb == 256 and not table.missing()
+    assert LatencyTable.from_json(table.to_json()).settings.flush_kb == 256
+    with pytest.raises(ValueError, match="less than or equal to 65536"):
+        ProfileSettings(flush_kb=1 << 20)
+
+
 def test_prediction_follows_measurement(mlp_table):
     """Even measured quickly, the table ranks held-out subnets roughly like the clock does."""
     e = mlp_table.error
