@@ -7,7 +7,8 @@ a network whose weights outgrow the caches, every unit reads its weights from fu
 few random subnets of the model's derived space (``--max-choices 2``, as in graph_lut_fidelity.py)
 this times every unit's graph twice in interleaved rounds, *hot* (calls back to back, as the table
 does) and *cold* (``--flush-mb`` of memory written before each call), each minus its producer and
-consumer timed the same way, and the subnet itself end to end. It prints, per subnet, the summed
+consumer timed the same way (``profile_ops`` with ``ProfileSettings.flush_kb``), and the subnet
+itself end to end. It prints, per subnet, the summed
 hot and cold unit times next to the measured latency, and writes benchmarks/results/unit_cache.json.
 """
 
@@ -26,42 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.graph_models import MODELS
-from nasprune.export import export_subnet
 from nasprune.graph import analyze_model, build_model, derive_space
-from nasprune.latency.graphs import (
-    consumer_baseline,
-    consumer_model,
-    consumer_of,
-    null_model,
-    op_model,
-    producer_model,
-    producer_of,
-)
+from nasprune.latency.device import DeviceProfile
 from nasprune.latency.ops import ops_for
-from nasprune.latency.profile import deployable_supernet
-from nasprune.latency.timing import feed_for, make_session
-
-
-def time_all(models: list, rounds: int, burst: int, flush: np.ndarray | None, seed: int) -> list[float]:
-    """Median ms per model over interleaved rounds; with ``flush``, the buffer is written before every call."""
-    sessions = [make_session(m, 1) for m in models]
-    feeds = [feed_for(s, 1) for s in sessions]
-    for s, f in zip(sessions, feeds, strict=True):
-        for _ in range(5):
-            s.run(None, f)
-    samples: list[list[float]] = [[] for _ in models]
-    rng = np.random.default_rng(seed)
-    for _ in range(rounds):
-        for i in rng.permutation(len(models)):
-            s, f = sessions[i], feeds[i]
-            s.run(None, f)  # settle
-            for _ in range(burst):
-                if flush is not None:
-                    flush += 1.0
-                t0 = time.perf_counter_ns()
-                s.run(None, f)
-                samples[i].append((time.perf_counter_ns() - t0) / 1e6)
-    return [float(np.median(x)) for x in samples]
+from nasprune.latency.profile import ProfileSettings, deployable_supernet, export_all, measure_models, profile_ops
 
 
 def main() -> None:
@@ -82,35 +51,18 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     cfgs = [space.smallest(), space.largest()] + [space.sample(rng) for _ in range(args.subnets - 2)]
     keys = sorted({k for c in cfgs for k in ops_for(space, c)})
-    producers = sorted({p for k in keys if (p := producer_of(k)) is not None})
-    consumers = sorted({c for k in keys if (c := consumer_of(k)) is not None})
-    cbase = sorted({consumer_baseline(c) for c in consumers} - set(producers))
-    graphs = [op_model(k) for k in keys] + [producer_model(p) for p in producers]
-    graphs += [consumer_model(c) for c in consumers] + [producer_model(p) for p in cbase] + [null_model()]
-    flush = np.zeros(int(args.flush_mb * 2**20) // 8)
-    print(f"{args.model}: {len(keys)} units in {len(cfgs)} subnets, {len(graphs)} graphs timed hot and cold")
+    device = DeviceProfile.local()
+    print(f"{args.model}: {len(keys)} units in {len(cfgs)} subnets, timed hot and cold")
     own = {}
-    for mode, buf in (("hot", None), ("cold", flush)):
-        ms = time_all(graphs, args.rounds, args.burst, buf, args.seed)
-        n_k, n_p, n_c = len(keys), len(producers), len(consumers)
-        base = dict(zip(producers + cbase, ms[n_k : n_k + n_p] + ms[n_k + n_p + n_c : -1], strict=True))
-        cons = {
-            c: t - base[consumer_baseline(c)] for c, t in zip(consumers, ms[n_k + n_p : n_k + n_p + n_c], strict=True)
-        }
-        null = ms[-1]
-        own[mode] = {
-            k: t
-            - (base[p] if (p := producer_of(k)) is not None else null)
-            - (cons[c] if (c := consumer_of(k)) else 0.0)
-            for k, t in zip(keys, ms[:n_k], strict=False)
-        }
+    for mode, kb in (("hot", 0), ("cold", round(args.flush_mb * 1024))):
+        # the table's own op profiling: each unit minus its producer and consumer, interleaved rounds
+        settings = ProfileSettings(op_rounds=args.rounds, op_burst=args.burst, settle=1, warmup=5, flush_kb=kb)
+        entries, _ = profile_ops(keys, device, settings, seed=args.seed)
+        own[mode] = {k: t.median_ms for k, t in entries.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        net = deployable_supernet(space)
-        paths = []
-        for i, c in enumerate(cfgs):
-            export_subnet(net, c, Path(tmp) / f"s{i}.onnx")
-            paths.append(str(Path(tmp) / f"s{i}.onnx"))
-        measured = time_all(paths, args.rounds * 2, args.burst * 2, None, args.seed + 1)
+        paths = export_all(deployable_supernet(space), cfgs, Path(tmp))
+        e2e = ProfileSettings(e2e_rounds=args.rounds * 2, e2e_burst=args.burst * 2, settle=1, warmup=5)
+        measured = [t.median_ms for t in measure_models(paths, device, e2e, seed=args.seed + 1)]
     rows = []
     for c, m in zip(cfgs, measured, strict=True):
         ops = ops_for(space, c)

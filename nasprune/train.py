@@ -433,12 +433,10 @@ def run_training(
     def sort_channels() -> None:
         scores = None
         if cfg.importance == "activation":
-            x = ds.tensors("calib")[0]
-            was = net.training
-            net.eval()
             at = next(net.parameters()).device
-            scores = net.activation_importance([b.to(at) for b in x.split(256)])
-            net.train(was)
+            net.eval()  # BatchNorm running statistics, not the calibration batch's own
+            scores = net.activation_importance([b.to(at) for b in ds.tensors("calib")[0].split(256)])
+            net.train()  # both callers train next
         net.reorder_channels(scores)
 
     if weights is not None:
