@@ -235,6 +235,12 @@ def _summary(table) -> None:
     elif c.base_loo_ape is not None:
         print(f"           no per-unit adjustments: they did not beat {c.base_loo_ape:.2f}% leave-one-out APE")
     print(f"error      {table.error.summary() if table.error else 'not validated (nasprune lut validate)'}")
+    if table.error is not None and table.error.coarse():
+        from textwrap import wrap
+
+        from nasprune.latency.table import COARSE_HINT
+
+        print("\n".join(" " * 11 + line for line in wrap(COARSE_HINT, 96)))
     rows = [
         ["fastest", f"{table.min_latency():.4f}", table.min_config().key()],
         ["slowest", f"{table.max_latency():.4f}", table.max_config().key()],

@@ -147,6 +147,18 @@ class Correction(_Strict):
         return self.intercept_ms + self.scale * ops_ms + self.cache_ms_per_mweight * spill
 
 
+COARSE_MEDIAN_APE = 5.0
+COARSE_WITHIN_10 = 0.9
+COARSE_MIN_N = 10
+COARSE_HINT = (
+    "coarse for this space: the search still measures the model it delivers, so a budget holds, but it may "
+    "leave headroom. Spaces whose late layers run on tiny feature maps (e.g. torchvision models on 32x32 inputs) "
+    "are bound by reading weights, which units timed one at a time cannot predict to 10%; more fit subnets "
+    "(--fit) did not help there. See docs/latency.md, 'Where a table of units holds'."
+)
+"""What ``nasprune lut build``/``show`` add under a coarse table's error (:meth:`ErrorReport.coarse`)."""
+
+
 class ErrorReport(_Strict):
     """A table's error on held-out subnets; APEs in percent, ``within_10`` a fraction."""
 
@@ -158,6 +170,12 @@ class ErrorReport(_Strict):
     spearman: float | None
     validated_at: str
     samples: list[Sample] = []
+
+    def coarse(self) -> bool:
+        """Whether the table predicts held-out subnets clearly worse than it does on spaces bound by
+        arithmetic (median APE above :data:`COARSE_MEDIAN_APE`, or fewer than :data:`COARSE_WITHIN_10`
+        within +-10%), judged on at least :data:`COARSE_MIN_N` subnets."""
+        return self.n >= COARSE_MIN_N and (self.median_ape > COARSE_MEDIAN_APE or self.within_10 < COARSE_WITHIN_10)
 
     def summary(self) -> str:
         rho = "n/a" if self.spearman is None else f"{self.spearman:.3f}"

@@ -64,3 +64,23 @@ def test_errors_are_one_line(tmp_path, capsys, args, message):
     assert main([*args, *(["--data-dir", str(tmp_path)] if "--table" not in args else [])]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_show_says_when_a_table_is_coarse(mlp_table, tmp_path, capsys):
+    """A table that predicts its held-out subnets coarsely says so, what that costs and where to read
+    why; a good one does not (the error report decides, on enough subnets)."""
+    from nasprune.latency.table import ErrorReport
+
+    def shown(**error) -> str:
+        report = ErrorReport(n=20, p90_ape=9.0, max_ape=20.0, spearman=0.9, validated_at="2026-12-03", **error)
+        path = mlp_table.with_error(report).save(tmp_path / "t.json")
+        assert main(["lut", "show", "--table", str(path)]) == 0
+        return " ".join(capsys.readouterr().out.split())  # the hint is wrapped over lines
+
+    for coarse in ({"median_ape": 6.0, "within_10": 0.95}, {"median_ape": 3.0, "within_10": 0.8}):
+        out = shown(**coarse)
+        assert "coarse for this space" in out and "Where a table of units holds" in out
+    assert "coarse for this space" not in shown(median_ape=2.0, within_10=1.0)
+    assert not ErrorReport(
+        n=3, median_ape=9.0, p90_ape=9.0, max_ape=9.0, within_10=0.0, spearman=None, validated_at="x"
+    ).coarse()  # too few subnets to judge
