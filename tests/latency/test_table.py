@@ -128,7 +128,18 @@ def _synthetic_samples(table, cfgs, offsets):
 def test_per_unit_adjustments_learn_what_units_cost_in_a_network(resnet_table):
     """Units whose in-network cost differs from their isolated timing (here: a hidden per-unit offset
     of up to +-40% of its scaled time) are corrected from end-to-end subnets, held-out subnets are
-    predicted better than by the constant/scale fit alone, and min/max stay exact."""
+    predicted better than by the constant/scale fit alone, and min/max stay exact.
+
+    The unit times are set from each unit's MACs (1 us + 1 us per 50K MACs) instead of the measured
+    ones, so what the fit has to recover does not depend on how loaded the machine was when the
+    fixture's table was built (with measured entries the gain swung from > 2x to 1.35x)."""
+    from nasprune.latency.table import Correction, Entry
+
+    synthetic = [Entry(op=e.op, median_ms=0.001 + e.op.macs / 5e7, p90_ms=0.002 + e.op.macs / 4e7, count=10)
+                 for e in resnet_table.entries]  # fmt: skip
+    resnet_table = resnet_table._update(
+        entries=synthetic, correction=Correction(overhead_ms=0.004, intercept_ms=0.004), fit_samples=[], error=None
+    )
     space = resnet_table.space
     cfgs = every_config(space)
     rng = np.random.default_rng(0)
