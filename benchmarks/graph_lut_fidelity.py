@@ -97,7 +97,7 @@ def main() -> None:
         print(f"{name:20} keys {out[name]['keys']:5}  {err.summary()}  build {seconds:.0f} s", flush=True)
     path = Path(__file__).resolve().parent / "results" / "graph_lut_fidelity.json"
     merged = json.loads(path.read_text()) if path.is_file() else {}
-    # one model per run is common: keep the other models' last figures (and the runs without a flush)
+    # one model per run is common: keep the other models' last figures, and other settings' (see _key)
     merged.update({_key(k, args): v for k, v in out.items()})
     path.write_text(json.dumps(merged, indent=1))
     print(f"written {path}")

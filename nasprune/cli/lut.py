@@ -200,12 +200,14 @@ def _validate(args) -> int:
 def _flush_kb(text: str) -> int:
     import argparse
 
+    from nasprune.latency.profile import MAX_FLUSH_KB
+
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of KiB") from None
-    if not 0 <= value <= 65536:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0..65536 KiB")
+    if not 0 <= value <= MAX_FLUSH_KB:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0..{MAX_FLUSH_KB} KiB")
     return value
 
 

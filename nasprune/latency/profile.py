@@ -62,6 +62,10 @@ def at_precision(models: Sequence, precision: str) -> list:
     return [quantize_for_timing(m) for m in models]
 
 
+MAX_FLUSH_KB = 65536
+"""The most memory ``ProfileSettings.flush_kb`` may write before a timed call (64 MiB)."""
+
+
 class ProfileSettings(BaseModel):
     """How hard to measure. Defaults give stable tables in well under a minute of timing per space."""
 
@@ -76,7 +80,7 @@ class ProfileSettings(BaseModel):
     flush_kb: int = Field(
         0,
         ge=0,
-        le=65536,
+        le=MAX_FLUSH_KB,
         description="KiB of memory written before every timed op call (0: off): the unit's weights then come "
         "from beyond the core's private caches, as inside a network (docs/results.md, benchmarks/unit_cache.py)",
     )
