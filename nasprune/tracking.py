@@ -571,6 +571,8 @@ class JobTracker:
                     "recommended_test_accuracy": rec.test_accuracy,
                     "recommended_predicted_latency_ms": rec.latency_ms,
                     "recommended_measured_latency_ms": rec.measured_latency_ms,
+                    "budget_use": result.budget_use,
+                    "recommended_finetune_steps": rec.finetune_steps,
                 }
             )
             tags.update({"nasprune.recommended": rec.candidate_id, "nasprune.recommended_trial": str(rec.trial_number)})
@@ -637,7 +639,8 @@ class JobTracker:
             )
             test = f", test accuracy {rec.test_accuracy:.2%}" if rec.test_accuracy is not None else ""
             lines.append(
-                f"**Recommended: {where}**: validation accuracy {rec.accuracy:.2%}{test}, {lat}, {rec.params:,} params."
+                f"**Recommended: {where}**: validation accuracy {rec.accuracy:.2%}{test}, {lat} "
+                f"({result.budget_use:.0%} of the budget), {rec.params:,} params."
             )
             if self.registered:
                 name, version = self.registered

@@ -243,6 +243,8 @@ def _print_front(front: dict, base_url: str | None, job: dict | None) -> None:
         test = f", test {rec['test_accuracy']:.2%}" if rec.get("test_accuracy") is not None else ""
         what = f"{rec['candidate_id']} (trial {rec['trial_number']}) accuracy {rec['accuracy']:.2%}{test}"
         print(f"recommended: {what}, {lat}")
+        if front.get("budget_use") is not None:
+            print(f"  budget use: {front['budget_use']:.0%} of {budget:g} ms")
     else:
         print("no candidate's measured latency is within the budget; try a larger budget")
     print(f"{front['n_trials']} trials; budget {budget:g} ms")
@@ -338,6 +340,7 @@ def _local_result(args) -> dict | None:
         "latency_budget_ms": res["job"]["latency_budget_ms"],
         "n_trials": res["n_trials"],
         "recommended_id": rec["candidate_id"] if rec else None,
+        "budget_use": res.get("budget_use"),
         "candidates": res["pareto"],
         "table_error": res.get("table_error"),
         "tracking_error": res.get("tracking_error"),

@@ -42,9 +42,17 @@ def register(sub) -> None:
     p.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32"],
                    help="candidate precisions: fp32 int8 adds int8 candidates (docs/int8.md)")  # fmt: skip
     p.add_argument("--timeout", type=float, help="stop sampling after this many seconds")
-    p.add_argument("--finetune-epochs", type=int, default=2, metavar="N",
-                   help="fine-tune the recommended subnet alone for N epochs, distilled from the original model "
-                        "or the largest subnet; delivered when it scores better (%(default)s; 0: off)")  # fmt: skip
+    p.add_argument("--refine-trials", type=int, metavar="N",
+                   help="of --trials, spend N growing the best candidates towards the budget while the latency "
+                        "table says they fit (default: a quarter of the trials; 0: off)")  # fmt: skip
+    p.add_argument("--finetune-steps", type=int, metavar="N",
+                   help="recovery budget: fine-tune the best verified candidates alone for N steps each, distilled "
+                        "from the original model or the largest subnet, and deliver the best when it scores better "
+                        "(default: sized to the dataset, 4 epochs within 500-3,000 steps; 0: off)")  # fmt: skip
+    p.add_argument("--finetune-epochs", type=float, metavar="E",
+                   help="the recovery budget in passes over the train split instead of --finetune-steps")  # fmt: skip
+    p.add_argument("--finetune-top-k", type=int, default=2, metavar="K",
+                   help="fine-tune the first K verified candidates and deliver the most accurate (%(default)s)")
     p.add_argument("--finetune-seconds", type=float, metavar="S", help="stop fine-tuning after S seconds")
     p.add_argument("--qat-min-drop", type=_fraction_or_off, default=None, metavar="F",
                    help="with --precisions fp32 int8: an int8 recommended model is fine-tuned and quantized again; "
@@ -119,6 +127,8 @@ def _run(args) -> int:
     space_ref = args.space or _derived_space(args, root)
     flags = {"latency_budget_ms": "--budget-ms", "n_trials": "--trials", "timeout_s": "--timeout", "seed": "--seed",
              "finetune_epochs": "--finetune-epochs", "finetune_seconds": "--finetune-seconds",
+             "finetune_steps": "--finetune-steps", "finetune_top_k": "--finetune-top-k",
+             "refine_trials": "--refine-trials", "": "--finetune-steps/--finetune-epochs",
              "qat_min_drop": "--qat-min-drop",
              "constraints.max_params": "--max-params", "constraints.max_macs": "--max-macs"}  # fmt: skip
     try:
@@ -142,8 +152,11 @@ def _job(SearchJob, Constraints, space_ref: str, args):
         seed=args.seed,
         timeout_s=args.timeout,
         constraints=Constraints(max_params=args.max_params, max_macs=args.max_macs),
+        refine_trials=args.refine_trials,
+        finetune_steps=args.finetune_steps,
         finetune_epochs=args.finetune_epochs,
         finetune_seconds=args.finetune_seconds,
+        finetune_top_k=args.finetune_top_k,
         qat_min_drop=args.qat_min_drop,
         precisions=args.precisions,
     )
@@ -242,9 +255,12 @@ def _search(job, args, root) -> int:
         measured = (f"measured {r.measured_latency_ms:.4f} ms <= {job.latency_budget_ms:g} ms" if r.verified
                     else f"unverified: {r.unverified_reason}")  # fmt: skip
         print(f"recommended: {r.candidate_id} (trial {r.trial_number}) accuracy {r.accuracy:.2%}, {measured}")
+        print(f"  budget use: {res.budget_use:.0%} of {job.latency_budget_ms:g} ms"
+              f"{'' if r.measured_latency_ms is not None else ' (predicted)'}")  # fmt: skip
         if r.delivered is not None:
             print(f"  weights: {r.delivered} (validation {r.inherited_accuracy:.2%} inherited, "
-                  f"{r.finetuned_accuracy:.2%} fine-tuned; test {r.test_accuracy:.2%})")  # fmt: skip
+                  f"{r.finetuned_accuracy:.2%} after {r.finetune_steps} fine-tuning steps; "
+                  f"test {r.test_accuracy:.2%})")  # fmt: skip
     else:
         print("no candidate's measured latency is within the budget; try a larger budget")
     print(f"{res.n_trials} trials in {time.perf_counter() - t0:.0f} s; outputs in {out}")

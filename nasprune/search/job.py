@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 Sampler = Literal["nsga2", "tpe", "random"]
 Backend = Literal["optuna", "ray"]
@@ -44,28 +44,45 @@ class SearchJob(BaseModel):
     constraints: Constraints = Field(default_factory=Constraints)
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     verify_top_k: Annotated[int, Field(ge=1, le=20)] = 3
-    finetune_epochs: Annotated[int, Field(ge=0, le=100)] = Field(
-        2,
-        description="fine-tune the recommended subnet alone for this many epochs (distilled from the largest "
-        "subnet or the original model) and deliver it when it scores better; 0 turns fine-tuning off",
+    refine_trials: Annotated[int, Field(ge=0, le=100_000)] | None = Field(
+        None,
+        description="of n_trials, how many are spent near the budget after sampling: each takes one of the best "
+        "candidates within the budget, shrinks it a little at random, then grows its widths and depths one step at "
+        "a time while the latency table says it fits (nasprune.search.refine); default a quarter of n_trials "
+        "(none below 8 trials); 0 turns it off",
+    )
+    finetune_steps: Annotated[int, Field(ge=0, le=1_000_000)] | None = Field(
+        None,
+        description="recovery budget: fine-tune the best verified candidates alone for this many steps (distilled "
+        "from the original model or the largest subnet) and deliver the best of them when it scores better; "
+        "default (null) sized to the dataset (4 epochs, at least 500 and at most 3,000 steps: "
+        "nasprune.finetune.default_steps); 0 turns fine-tuning off",
+    )
+    finetune_epochs: Annotated[float, Field(ge=0, le=100)] | None = Field(
+        None, description="the recovery budget in passes over the train split instead of finetune_steps; 0: off"
     )
     finetune_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = Field(
-        None, description="stop fine-tuning after this many seconds, whatever the epochs"
+        None, description="stop fine-tuning each candidate after this many seconds, whatever the steps"
+    )
+    finetune_top_k: Annotated[int, Field(ge=1, le=10)] = Field(
+        2,
+        description="fine-tune this many of the verified candidates (in selection order) and deliver the one that "
+        "scores best on the validation split after fine-tuning",
     )
     qat_min_drop: Annotated[float, Field(ge=0, le=1)] | None = Field(
         None,
-        description="an int8 recommendation is fine-tuned (finetune_epochs) and quantized again; when quantizing "
+        description="an int8 recommendation is fine-tuned (finetune_steps) and quantized again; when quantizing "
         "cost it more than this much validation accuracy (0.005 = 0.5 pt) the fine-tuning is quantization-aware "
         "(int8 simulated in training). Off (null) by default: on resnet_mnist and cnn1d_mnist1d no candidate lost "
         "0.5 pt and quantization-aware fine-tuning scored the same as float fine-tuning (docs/int8.md)",
     )
-    selection: Literal["accuracy", "loss-tied", "loss"] = Field(
-        "accuracy",
-        description="how the candidates within budget are ordered for verification: 'accuracy' (default) the "
-        "highest validation accuracy; 'loss-tied' takes the candidates not significantly less accurate than the "
-        "most accurate one (McNemar, p >= 0.05, same validation images) by lowest validation loss; 'loss' the "
-        "lowest validation loss. benchmarks/selection.py measured the loss rules' picks 0.1-0.2 pt worse on test "
-        "(docs/results.md)",
+    selection: Literal["largest-tied", "accuracy", "loss-tied", "loss"] = Field(
+        "largest-tied",
+        description="how the candidates within budget are ordered for verification and fine-tuning: 'largest-tied' "
+        "(default) takes the candidates not significantly less accurate than the most accurate one (McNemar, "
+        "p >= 0.05, same validation images) slowest first, so the budget is used unless a smaller candidate is "
+        "shown to be better; 'accuracy' the highest validation accuracy; 'loss-tied' the tied ones by lowest "
+        "validation loss; 'loss' the lowest validation loss (docs/search.md)",
     )
 
     precisions: list[Literal["fp32", "int8"]] = Field(
@@ -80,6 +97,28 @@ class SearchJob(BaseModel):
         if "fp32" not in v:
             raise ValueError("must include 'fp32' (the search scores architectures at fp32; allowed: fp32, int8)")
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _one_recovery_unit(self) -> SearchJob:
+        if self.finetune_steps is not None and self.finetune_epochs is not None:
+            raise ValueError("give the fine-tuning budget as finetune_steps or finetune_epochs, not both")
+        return self
+
+    def n_refine(self) -> int:
+        """How many of ``n_trials`` are spent growing the best candidates towards the budget."""
+        if self.refine_trials is not None:
+            return min(self.refine_trials, self.n_trials)
+        return self.n_trials // 4 if self.n_trials >= 8 else 0
+
+    def finetune_plan(self, n_train: int, batch_size: int) -> int:
+        """Fine-tuning steps per candidate for a train split of ``n_train`` samples (0: no fine-tuning)."""
+        from nasprune.finetune import default_steps
+
+        if self.finetune_steps is not None:
+            return self.finetune_steps
+        if self.finetune_epochs is not None:
+            return round(self.finetune_epochs * math.ceil(n_train / batch_size))
+        return default_steps(n_train, batch_size)
 
     @field_validator("latency_budget_ms")
     @classmethod
@@ -152,6 +191,7 @@ class Candidate(BaseModel):
     selection_rank: int | None = Field(
         None, description="the order in which candidates were considered for recommendation (0 = first)"
     )
+    finetune_steps: int | None = Field(None, description="optimiser steps this candidate was fine-tuned for")
     delivered: Literal["inherited", "fine-tuned"] | None = Field(
         None,
         description="which weights model.onnx holds: the supernet's (inherited) or fine-tuned ones; 'accuracy' and "
@@ -166,6 +206,16 @@ class SearchResult(BaseModel):
     recommended: Candidate | None = Field(description="most accurate candidate whose measured latency is in budget")
     table_error: dict | None = None
     tracking_error: str | None = None
+
+    @computed_field
+    @property
+    def budget_use(self) -> float | None:
+        """The delivered model's latency over the budget: measured where it was verified, else predicted."""
+        rec = self.recommended
+        if rec is None:
+            return None
+        ms = rec.measured_latency_ms if rec.measured_latency_ms is not None else rec.latency_ms
+        return ms / self.job.latency_budget_ms
 
 
 class Progress(BaseModel):

@@ -46,20 +46,35 @@ def run(objective: Objective, job: SearchJob, ctx: JobContext, on_trial: Callabl
     while done < job.n_trials:
         if ctx.should_stop() or (deadline is not None and time.monotonic() > deadline):
             break
-        t0 = time.perf_counter()
-        trial = study.ask()
-        cfg = objective.suggest(trial)
-        metrics = objective.evaluate(cfg)
-        trial.set_user_attr("metrics", metrics.model_dump())
-        finished = study.tell(trial, [metrics.accuracy, metrics.latency_ms])
-        durable.add_trial(finished)  # the one durable write: from here on a crash keeps this trial
-        number, n_durable, done = n_durable, n_durable + 1, done + 1
-        on_trial(
-            TrialRecord(
-                number=number,
-                subnet_key=cfg.key(),
-                config=cfg.model_dump(),
-                duration_s=time.perf_counter() - t0,
-                **metrics.model_dump(),
-            )
+        run_trial(study, durable, objective, n_durable, on_trial)
+        n_durable, done = n_durable + 1, done + 1
+
+
+def run_trial(
+    study: optuna.Study,
+    durable: optuna.Study,
+    objective: Objective,
+    number: int,
+    on_trial: Callable[[TrialRecord], None],
+    attrs: dict | None = None,
+) -> None:
+    """Ask the in-memory ``study`` for a trial (an enqueued one first), score it, write it to ``durable``
+    as trial ``number`` in one write, and report it."""
+    t0 = time.perf_counter()
+    trial = study.ask()
+    cfg = objective.suggest(trial)
+    for k, v in (attrs or {}).items():
+        trial.set_user_attr(k, v)
+    metrics = objective.evaluate(cfg)
+    trial.set_user_attr("metrics", metrics.model_dump())
+    finished = study.tell(trial, [metrics.accuracy, metrics.latency_ms])
+    durable.add_trial(finished)  # the one durable write: from here on a crash keeps this trial
+    on_trial(
+        TrialRecord(
+            number=number,
+            subnet_key=cfg.key(),
+            config=cfg.model_dump(),
+            duration_s=time.perf_counter() - t0,
+            **metrics.model_dump(),
         )
+    )

@@ -48,7 +48,7 @@ def run_job(
     from nasprune.evaluate import Evaluator
     from nasprune.latency.table import get_table
     from nasprune.registry import load_space
-    from nasprune.train import checkpoint_id, get_supernet
+    from nasprune.train import checkpoint_id, default_recipe, get_supernet
 
     out = Path(ctx.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,14 +131,20 @@ def run_job(
 
         report("searching")
         extra: dict = {}
+        sampled = job.model_copy(update={"n_trials": job.n_trials - job.n_refine()})  # the rest: refine.run
         if job.backend == "ray":
             from nasprune.search import ray_backend
 
-            extra = ray_backend.run(objective, job, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
+            extra = ray_backend.run(objective, sampled, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
         else:
             from nasprune.search import optuna_backend
 
-            optuna_backend.run(objective, job, ctx, on_trial)
+            optuna_backend.run(objective, sampled, ctx, on_trial)
+        if job.n_refine() and not ctx.should_stop():
+            from nasprune.search import refine
+
+            report("searching", "growing the best candidates towards the budget")
+            refine.run(objective, job, ctx, on_trial)
 
         study = open_study(job, ctx.job_id, ctx.storage_url)
         trials = trial_records(study)
@@ -166,13 +172,17 @@ def run_job(
             report("verifying", "quantizing the int8 candidates that can reach the front")
             scorer = precision.Int8Scorer(supernet, evaluator, out / "int8")
             front = precision.expand_front(front, trials, job, table8, scorer)
-        candidates, recommended = _verify(front, job, supernet, evaluator, table, out, verify)
+        candidates, recommended, eligible = _verify(front, job, supernet, evaluator, table, out, verify)
         if scorer is not None:
             precision.finish(candidates, scorer)
-        if recommended is not None and job.finetune_epochs > 0 and not ctx.should_stop():
-            how = "quantization-aware, " if _quantization_aware(recommended, job) else ""
-            report("verifying", f"fine-tuning the recommended subnet ({how}{job.finetune_epochs} epoch(s))")
-            _finetune(recommended, job, supernet, evaluator, out)
+        steps = job.finetune_plan(len(evaluator.dataset.tensors("train")[1]), default_recipe(space).batch_size)
+        if recommended is not None and steps > 0 and not ctx.should_stop():
+            tuned = eligible[: job.finetune_top_k]
+            for i, rec in enumerate(tuned, 1):
+                how = "quantization-aware, " if _quantization_aware(rec, job) else ""
+                report("verifying", f"fine-tuning candidate {i}/{len(tuned)} ({how}{steps} steps)")
+                _finetune(rec, job, supernet, evaluator, out, steps)
+            recommended = _deliver(tuned, out)
         if tracking:
             for rec in trials:
                 if rec.number not in tracking.children:
@@ -425,6 +435,7 @@ def _verify(
     measured: dict[int, _Measured] = {}
     tested: dict[int, float] = {}
     recommended_number = None
+    eligible: list[int] = []  # trial numbers that may be delivered, in selection order (verified ones first)
     references = _references(table, supernet, out / "latency_references") if here else []
     from nasprune.search.select import rank
 
@@ -456,6 +467,7 @@ def _verify(
             tested[rec.number] = evaluator.accuracy(cfg, "test")
         if not here:
             recommended_number = batch[0].number
+            eligible = [recommended_number]
             stamp_metadata(paths[0], {"verified": False, "unverified_reason": not_here})
             measured[batch[0].number] = _Measured(None, 1.0, 0.0, None, not_here)
             break
@@ -491,8 +503,10 @@ def _verify(
         untrusted = [r for r in batch if measured[r.number].unverified_reason and r.latency_ms <= job.latency_budget_ms]
         if verified:
             recommended_number = verified[0].number
+            eligible = [r.number for r in verified]
         elif untrusted:  # nothing trusted within budget here; timing more of the front would not do better
             recommended_number = untrusted[0].number
+            eligible = [recommended_number]
     candidates = []
     for r in front:
         m = measured.get(r.number)
@@ -525,7 +539,8 @@ def _verify(
     if recommended is not None:
         src = models / f"{recommended.candidate_id}.onnx"
         (out / "model.onnx").write_bytes(src.read_bytes())
-    return candidates, recommended
+    by_number = {c.trial_number: c for c in candidates}
+    return candidates, recommended, [by_number[n] for n in eligible]
 
 
 def _quantization_aware(rec: Candidate, job: SearchJob) -> bool:
@@ -537,13 +552,14 @@ def _quantization_aware(rec: Candidate, job: SearchJob) -> bool:
     return rec.fp32_accuracy - rec.accuracy > job.qat_min_drop
 
 
-def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) -> None:
-    """Fine-tune the recommended subnet alone (:mod:`nasprune.finetune`), score it on the validation
-    split the search used, and deliver it when it scores at least as well as the inherited one: its
-    ONNX (exported, checked) replaces ``model.onnx`` after it is timed against the verified inherited
-    model in interleaved rounds (same architecture: the ratio of the two is the check). ``rec`` says
-    what was delivered and both accuracies. An int8 recommendation is quantized again after fine-tuning,
-    as the search quantized it (its ``calibration``), and scored as int8 with onnxruntime; it is fine-tuned
+def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, steps: int) -> None:
+    """Fine-tune one verified candidate alone for ``steps`` optimiser steps (:mod:`nasprune.finetune`),
+    score it on the validation split the search used, and keep the fine-tuned file beside the inherited
+    one when it scores at least as well (``rec.delivered`` says which of the two :func:`_deliver` would
+    hand out; ``rec.accuracy`` and ``rec.test_accuracy`` are that file's). Its ONNX (exported, checked)
+    is timed against the verified inherited model in interleaved rounds (same architecture: the ratio of
+    the two is the check). An int8 candidate is quantized again after fine-tuning, as the search
+    quantized it (its ``calibration``), and scored as int8 with onnxruntime; it is fine-tuned
     quantization-aware when quantizing had cost it more than ``qat_min_drop``."""
     from nasprune.data import preprocessing_metadata
     from nasprune.evaluate import accuracy_of
@@ -557,7 +573,7 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) ->
     cfg = space.parse_config(rec.config)
     recipe = default_recipe(space)
     ds = evaluator.dataset
-    res = finetune_subnet(supernet, cfg, ds, epochs=job.finetune_epochs, seconds=job.finetune_seconds,
+    res = finetune_subnet(supernet, cfg, ds, steps=steps, seconds=job.finetune_seconds,
                           batch_size=recipe.batch_size, max_shift=recipe.max_shift, seed=job.seed,
                           fake_quant=qat)  # fmt: skip
     inherited = out / "models" / f"{rec.candidate_id}.onnx"
@@ -579,15 +595,18 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) ->
         rec.finetuned_accuracy = accuracy_of(res.model, xv, yv)
         rec.finetuned_test_accuracy = accuracy_of(res.model, xt, yt)
     rec.inherited_accuracy, rec.inherited_test_accuracy = rec.accuracy, rec.test_accuracy
+    rec.finetune_steps = res.steps
     if rec.finetuned_accuracy < rec.accuracy:
         rec.delivered = "inherited"
         path.unlink(missing_ok=True)
-        stamp_metadata(out / "model.onnx", {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy})
+        stamp_metadata(inherited, {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy,
+                                   "finetune_steps": res.steps})  # fmt: skip
         return
     finetuned = {
         "delivered": "fine-tuned", "inherited_accuracy": rec.accuracy, "accuracy": rec.finetuned_accuracy,
-        "test_accuracy": rec.finetuned_test_accuracy, "finetune_epochs": round(res.epochs_done, 3),
-        "finetune_seconds": round(res.seconds, 1),
+        "test_accuracy": rec.finetuned_test_accuracy, "finetune_steps": res.steps,
+        "finetune_epochs": round(res.epochs_done, 3), "finetune_seconds": round(res.seconds, 1),
+        "finetune_recipe": res.recipe,
     }  # fmt: skip
     if int8:
         finetuned["finetune"] = ("quantization-aware (int8 weights per channel and uint8 inputs simulated), then "
@@ -602,8 +621,8 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) ->
         ms = rec.measured_latency_ms * ratio
         if ms > job.latency_budget_ms:  # timing noise on a model at the budget's edge: keep the verified one
             rec.delivered = "inherited"
-            stamp_metadata(out / "model.onnx", {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy,
-                                                "finetuned_over_budget_ms": ms})  # fmt: skip
+            stamp_metadata(inherited, {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy,
+                                       "finetuned_over_budget_ms": ms})  # fmt: skip
             return
         raw = float(meta["measured_raw_ms"]) * ratio if "measured_raw_ms" in meta else None
         stamp_metadata(path, {"measured_latency_ms": ms, "verified": True,
@@ -611,7 +630,20 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path) ->
         rec.measured_latency_ms = ms
     rec.delivered = "fine-tuned"
     rec.accuracy, rec.test_accuracy = rec.finetuned_accuracy, rec.finetuned_test_accuracy
-    (out / "model.onnx").write_bytes(path.read_bytes())
+
+
+def _deliver(tuned: list[Candidate], out: Path) -> Candidate:
+    """Of the fine-tuned candidates, the most accurate on validation (the slower of equals: it uses the
+    budget), copied to ``model.onnx``; it says how it compared (``finetune_rank`` in its metadata)."""
+    from nasprune.export import stamp_metadata
+
+    best = max(tuned, key=lambda c: (c.accuracy, c.measured_latency_ms or c.latency_ms))
+    suffix = ".finetuned.onnx" if best.delivered == "fine-tuned" else ".onnx"
+    src = out / "models" / f"{best.candidate_id}{suffix}"
+    (out / "model.onnx").write_bytes(src.read_bytes())
+    others = {c.candidate_id: c.accuracy for c in tuned if c is not best}
+    stamp_metadata(out / "model.onnx", {"finetuned_candidates": len(tuned), "finetune_others_accuracy": others})
+    return best
 
 
 def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJob, out: Path) -> None:

@@ -11,10 +11,12 @@ them apart:
 2. every candidate is compared with it on the *same* images (paired: McNemar's exact test on the
    images one gets right and the other wrong); a candidate is *tied* with the reference unless it is
    worse with p < ``alpha``;
-3. tied candidates within the predicted budget come first, ordered by a statistic that resolves
-   small differences (``rule``, default the mean validation cross-entropy: it uses the confidence
-   on every image, not one bit per image); then the other candidates within budget, most accurate
-   first; then those over the predicted budget, most accurate first.
+3. tied candidates within the predicted budget come first, in the order of ``rule``: by default
+   (``largest-tied``) the slowest first, so a job uses its budget unless a smaller candidate is shown
+   to be more accurate (a larger subnet also recovers more when it is fine-tuned); ``loss-tied``
+   orders them by mean validation cross-entropy (the confidence on every image, not one bit per
+   image); then the other candidates within budget, most accurate first; then those over the
+   predicted budget, most accurate first.
 
 Each candidate's accuracy carries its binomial standard error and a Wilson 95% interval, shown in
 the API, the CLI and the plot. ``benchmarks/selection.py`` measures which rule picks the subnets
@@ -33,9 +35,9 @@ from scipy.stats import binomtest
 
 from nasprune.evaluate import PerExample
 
-Rule = Literal["accuracy", "loss", "loss-tied"]
-RULES: tuple[Rule, ...] = ("accuracy", "loss", "loss-tied")
-DEFAULT_RULE: Rule = "accuracy"
+Rule = Literal["largest-tied", "accuracy", "loss", "loss-tied"]
+RULES: tuple[Rule, ...] = ("largest-tied", "accuracy", "loss", "loss-tied")
+DEFAULT_RULE: Rule = "largest-tied"
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ def rank(
             return (over, -s["accuracy"], lat[i], i)
         if rule == "loss":
             return (over, s["loss"], lat[i], i)
+        if rule == "largest-tied":  # the tied group slowest first (use the budget), then the rest by accuracy
+            return (over, not s["tied"], -lat[i] if s["tied"] else -s["accuracy"], lat[i], i)
         # loss-tied: the tied group by loss, then the rest by accuracy
         return (over, not s["tied"], s["loss"] if s["tied"] else -s["accuracy"], lat[i], i)
 

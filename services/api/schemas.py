@@ -218,6 +218,9 @@ class ParetoFront(BaseModel):
     latency_budget_ms: float
     n_trials: int
     recommended_id: str | None
+    budget_use: float | None = Field(
+        description="the recommended model's latency over the budget (measured where verified, else predicted)"
+    )
     candidates: list[CandidatePublic]
     table_error: dict | None
     tracking_error: str | None

@@ -198,7 +198,7 @@ def test_an_int8_recommendation_is_fine_tuned_then_quantized_again(prepared, tmp
     delivered only when it scores at least as well: the accuracy it states is the delivered file's."""
     from nasprune.export import export_subnet
     from nasprune.search.job import Candidate
-    from nasprune.search.runner import _finetune, _quantization_aware
+    from nasprune.search.runner import _deliver, _finetune, _quantization_aware
 
     root, _ = prepared
     space = load_space(SPACE)
@@ -222,7 +222,8 @@ def test_an_int8_recommendation_is_fine_tuned_then_quantized_again(prepared, tmp
         export_subnet(supernet, cfg, path, {"accuracy": acc}, model=ev.subnet(cfg))
         precision.deliver(path, rec, ds)
         (out / "model.onnx").write_bytes(path.read_bytes())
-        _finetune(rec, this, supernet, ev, out)
+        _finetune(rec, this, supernet, ev, out, steps=40)
+        assert _deliver([rec], out) is rec and rec.finetune_steps == 40
         assert rec.inherited_accuracy == acc and rec.finetuned_accuracy is not None
         delivered = out / "model.onnx"
         meta = read_metadata(delivered)

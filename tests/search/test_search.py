@@ -39,8 +39,10 @@ def _ctx(root, job_id, tmp_path, **kw):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_conformance(backend, prepared, budget, tmp_path):
     root, table = prepared
-    n = 16  # 3 seeds (feasible by construction) + 13 sampled: some infeasible (see the budget fixture)
-    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=n, backend=backend, seed=1)
+    # 3 seeds (feasible by construction) + 13 sampled: some infeasible (see the budget fixture); then 4 grown
+    # towards the budget (nasprune.search.refine, feasible by construction)
+    n = 20
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=n, backend=backend, seed=1, refine_trials=4)
     stages = []
     res = run_job(job, _ctx(root, f"conf-{backend}", tmp_path, on_progress=lambda p: stages.append(p.stage)))
 
@@ -72,7 +74,13 @@ def test_backend_conformance(backend, prepared, budget, tmp_path):
     # accuracy's uncertainty
     assert sorted(c.selection_rank for c in res.pareto) == list(range(len(res.pareto)))
     eligible = [c for c in res.pareto if c.verified or (c.unverified_reason and c.latency_ms <= budget)]
-    assert rec.selection_rank == min(c.selection_rank for c in eligible)
+    # the first finetune_top_k eligible candidates were fine-tuned; the most accurate of them is delivered
+    tuned = sorted((c for c in res.pareto if c.finetuned_accuracy is not None), key=lambda c: c.selection_rank)
+    assert 1 <= len(tuned) <= job.finetune_top_k and rec in tuned
+    assert [c.selection_rank for c in tuned] == sorted(c.selection_rank for c in eligible)[: len(tuned)]
+    assert rec.accuracy == max(c.accuracy for c in tuned)
+    steps = job.finetune_plan(len(load_dataset("digits").tensors("train")[1]), 64)
+    assert all(c.finetune_steps == steps for c in tuned) and steps == 500  # digits: the 500-step floor
     first = min(res.pareto, key=lambda c: c.selection_rank)
     assert first.tied_with_best and (first.p_worse_than_best is None or first.p_worse_than_best >= 0.05)
     n_val = len(load_dataset("digits").tensors("val")[1])
@@ -95,7 +103,8 @@ def test_backend_conformance(backend, prepared, budget, tmp_path):
     assert json.loads((out / "pareto.json").read_text())["recommended"]["candidate_id"] == rec.candidate_id
     # the delivered file is the model that scored the reported accuracy: inherited (BN recalibrated) or,
     # when fine-tuning alone scored at least as well on the same split, fine-tuned
-    assert meta["delivered"] == rec.delivered
+    assert meta["delivered"] == rec.delivered and int(meta["finetune_steps"]) == rec.finetune_steps
+    assert int(meta["finetuned_candidates"]) == len(tuned)
     assert rec.finetuned_accuracy is not None and rec.inherited_accuracy is not None
     assert rec.accuracy == max(rec.inherited_accuracy, rec.finetuned_accuracy)  # the better one is delivered
     assert rec.test_accuracy == (rec.finetuned_test_accuracy if rec.delivered == "fine-tuned"

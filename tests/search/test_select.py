@@ -78,7 +78,16 @@ def test_when_nothing_fits_the_budget_the_order_is_still_defined():
     assert [n for n, _ in ranked] == ["b", "a"]  # tied with the most accurate, lower loss
 
 
-def test_the_default_rule_is_plain_accuracy():
-    """benchmarks/selection.py measured the loss rules' picks worse on test: accuracy is the default."""
-    items = {"a": (_ex(REF, 0.2), 0.9), "b": (_ex(_flip(REF, 1), 0.1), 0.5)}
-    assert [n for n, _ in rank(list(items), lambda n: items[n][0], lambda n: items[n][1], 1.0)] == ["a", "b"]
+def test_the_default_rule_prefers_the_slowest_of_the_tied_candidates():
+    """largest-tied: a smaller candidate comes first only when the larger ones are shown to be worse."""
+    items = {
+        "best": (_ex(REF, 0.2), 0.5),  # most accurate, half the budget
+        "tied_larger": (_ex(_flip(REF, 2), 0.1), 0.95),  # 2 images worse of 500: tied, uses the budget
+        "tied_mid": (_ex(_flip(REF, 1), 0.1), 0.7),
+        "worse_largest": (_ex(_flip(REF, 20), 0.3), 0.99),  # significantly worse: after every tied one
+    }
+    names = list(items)
+    ranked = [n for n, _ in rank(names, lambda n: items[n][0], lambda n: items[n][1], 1.0)]
+    assert ranked == ["tied_larger", "tied_mid", "best", "worse_largest"]
+    by_acc = [n for n, _ in rank(names, lambda n: items[n][0], lambda n: items[n][1], 1.0, rule="accuracy")]
+    assert by_acc == ["best", "tied_mid", "tied_larger", "worse_largest"]

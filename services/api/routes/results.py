@@ -58,6 +58,7 @@ def pareto(job_id: str, jobs: JobsDep) -> ParetoFront:
         latency_budget_ms=budget,
         n_trials=result.n_trials,
         recommended_id=result.recommended.candidate_id if result.recommended else None,
+        budget_use=result.budget_use,
         candidates=candidates,
         table_error=result.table_error,
         tracking_error=result.tracking_error,

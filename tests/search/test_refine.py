@@ -1,0 +1,63 @@
+"""The refinement phase (nasprune.search.refine): trials spent on the budget's boundary."""
+
+from __future__ import annotations
+
+import random
+
+import optuna
+
+from nasprune.search.job import JobContext, SearchJob
+from nasprune.search.refine import _steps, grow, propose, shrink
+from nasprune.search.runner import run_job
+from nasprune.search.study import make_storage
+from tests.search.conftest import SPACE
+
+
+def _maximal(space, cfg, fits) -> bool:
+    return fits(cfg) and not any(fits(c) for c in _steps(space, cfg, up=True))
+
+
+def test_grown_subnets_fit_and_no_single_step_widens_them(prepared, budget):
+    _, table = prepared
+    space = table.space
+    fits = lambda c: table.predict(c) <= budget  # noqa: E731
+    rng = random.Random(0)
+    for start in (space.smallest(), space.uniform(0.25), space.uniform(0.5)):
+        if not fits(start):
+            continue
+        grown = grow(space, start, fits, rng)
+        assert _maximal(space, grown, fits)
+        assert table.predict(grown) >= table.predict(start)
+        assert all(grown.widths.get(k, 0) >= w for k, w in start.widths.items() if k in grown.widths)
+    big = space.largest()
+    assert grow(space, big, lambda c: True, rng) == big  # nothing to grow
+    small = shrink(space, big, 3, rng)
+    assert table.predict(small) < table.predict(big) and small != big
+    assert shrink(space, space.smallest(), 2, rng) == space.smallest()
+    # deterministic in (seed, index): a resumed job proposes what the interrupted one would have
+    ranked = [space.smallest()]
+    assert propose(space, ranked, set(), fits, 5, seed=3) == propose(space, ranked, set(), fits, 5, seed=3)
+    assert propose(space, [], set(), fits, 0, seed=3) is None
+
+
+def test_a_job_spends_its_refinement_trials_on_distinct_maximal_subnets(prepared, budget, tmp_path):
+    root, table = prepared
+    space = table.space
+    url = f"sqlite:///{tmp_path / 'trials.db'}"
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=14, refine_trials=6, sampler="random", seed=4,
+                    finetune_steps=0)  # fmt: skip
+    res = run_job(job, JobContext(job_id="refine", storage_url=url, output_dir=tmp_path / "out", data_dir=root))
+    assert res.n_trials == 14
+    trials = optuna.load_study(study_name="refine", storage=make_storage(url)).get_trials()
+    refined = [t for t in trials if t.user_attrs.get("origin") == "refine"]
+    assert len(refined) == 6 and all(t.number >= 8 for t in refined)  # after the sampler's 8
+    keys = [t.user_attrs["subnet_key"] for t in trials]
+    assert len(set(keys)) == len(keys)  # none scored twice
+    fits = lambda c: table.predict(c) <= budget  # noqa: E731
+    for t in refined:
+        cfg = space.parse_config(t.user_attrs["config"])
+        assert _maximal(space, cfg, fits), t.number
+    rec = res.recommended
+    shown = rec.measured_latency_ms if rec.measured_latency_ms is not None else rec.latency_ms
+    assert res.budget_use == shown / budget and res.model_dump()["budget_use"] == res.budget_use
+    assert rec.verified is False or res.budget_use <= 1.0
