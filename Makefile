@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q -c constraints.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install fashion-mnist demo test lint bench clean
 
 # torch first and pinned (the CPU build on this machine); then the package with the same constraints.
 $(STAMP): pyproject.toml constraints.txt
@@ -15,7 +15,24 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -c "import torch, nasprune; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) fashion-mnist
+
+# The built-in dataset fashion_mnist reads the gzipped IDX files of the Debian package dataset-fashion-mnist
+# (MIT, 31 MB). Installed here when they are missing and we are root with apt-get; otherwise (or if apt fails)
+# one line says how to get them. Never fails the install; costs one file test when the files are there.
+FMNIST := /usr/share/datasets/fashion-mnist
+FMNIST_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+FMNIST_HINT := fashion_mnist needs Fashion-MNIST: run 'apt-get update && apt-get install dataset-fashion-mnist' as root, or set NASPRUNE_FASHION_MNIST_DIR to a folder with its four IDX .gz files
+
+fashion-mnist: $(STAMP)
+	@missing=0; for f in $(FMNIST_FILES); do test -f $(FMNIST)/$$f || missing=1; done; \
+	if [ $$missing = 0 ] || [ -n "$$NASPRUNE_FASHION_MNIST_DIR" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist) with apt-get"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } \
+			>$(VENV)/apt-fashion-mnist.log 2>&1 \
+		|| echo "apt-get could not install dataset-fashion-mnist (see $(VENV)/apt-fashion-mnist.log); $(FMNIST_HINT)"; \
+	else echo "$(FMNIST_HINT)"; fi
 
 demo: install
 	$(BIN)/python -m nasprune demo

