@@ -67,19 +67,25 @@ TARGETS = {
     "resnet_mnist": ("nasprune.models.resnet_mnist:resnet_mnist", "mnist5k", (1, 28, 28), "resnet_mnist", 8),
     "cnn1d_mnist1d": ("nasprune.models.cnn1d:cnn1d", "mnist1d", (1, 40), "cnn1d_mnist1d", 30),
     "user": ("user_model:dwse_net", "mnist5k", (1, 28, 28), None, 8),
+    # Fashion-MNIST (54,000 train / 6,000 val / 10,000 test): data where the architecture matters
+    "fashion_user": ("user_model:dwse_net", "fashion_mnist", (1, 28, 28), None, 8),
+    "fashion_resnet20": ("fashion_models:resnet20", "fashion_mnist", (1, 28, 28), None, 8),
+    "fashion_mobilenet_v2": ("fashion_models:mobilenet_v2_28", "fashion_mnist", (1, 28, 28), None, 8),
 }
 SHAPE: tuple[int, ...] = (1, 28, 28)  # the target's input shape, set in main()
 
 
-def train_plain(model, ds, epochs: int, seed: int = 0, seconds: float | None = None, lr: float = 0.05):
-    """SGD (nesterov, cosine) with the supernet recipe's augmentation; for ``seconds`` if given
-    (the number of steps is set from the first steps' speed so that the schedule completes)."""
+def train_plain(model, ds, epochs: int, seed: int = 0, seconds: float | None = None, lr: float = 0.05,
+                steps: int | None = None):  # fmt: skip
+    """SGD (nesterov, cosine) with the supernet recipe's augmentation, for ``steps`` (or ``epochs``);
+    for ``seconds`` if given (the number of steps is set from the first steps' speed so that the
+    schedule completes)."""
     cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     per_epoch = len(_batches(ds, cfg, 0))
-    steps = epochs * per_epoch
+    steps = steps if steps is not None else epochs * per_epoch
     t0 = time.perf_counter()
     if seconds is not None:  # measure the step rate on a few steps, then fix the schedule's length
         probe = copy.deepcopy(model)
@@ -206,11 +212,20 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=60, help="interleaved timing rounds of the final models")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--finetune-epochs", type=int, default=5,
-                    help="the job's fine-tune of its recommended subnet (its time counts, and Torch-Pruning "
-                    "fine-tunes for as long as nasprune took in all)")  # fmt: skip
+    ap.add_argument("--finetune-steps", type=int, default=None,
+                    help="the job's recovery budget per fine-tuned candidate (default: the job's own, sized to the "
+                    "dataset); its time counts")  # fmt: skip
+    ap.add_argument("--regimes", nargs="+", choices=["steps", "wall"], default=["steps", "wall"],
+                    help="Torch-Pruning's fine-tuning: 'steps' as many steps as nasprune's delivered model got "
+                    "(architecture quality), 'wall' nasprune's whole wall time for that budget (what a user waits)")
+    ap.add_argument("--wall-budgets", type=float, nargs="+", default=None,
+                    help="run the 'wall' regime only at these budgets (default: every budget)")
+    ap.add_argument("--train-samples", type=int, default=None,
+                    help="train everything on a stratified subset of this many train images, registered as a "
+                    "user dataset with the val and test splits kept whole (default: the whole train split)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training (timing uses 1 thread)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     global SHAPE
     ref, dataset, SHAPE, builtin, default_epochs = TARGETS[args.target]
     args.epochs = args.epochs or default_epochs
@@ -218,7 +233,10 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
 
     tmp = Path(tempfile.mkdtemp(prefix="vs_tp_"))
+    root = tmp / "data"
     ds = load_dataset(dataset)
+    if args.train_samples:
+        dataset, ds = as_user_dataset(ds, args.train_samples, root)
     xt, yt = ds.tensors("test")
     n_test = len(yt)
     out: dict = {"args": vars(args), "n_test": n_test}
@@ -247,7 +265,6 @@ def main() -> None:
     space_file = tmp / f"{args.target}_trained.yaml"
     space.save(space_file)
     space = load_space(space_file)
-    root = tmp / "data"
     t0 = time.perf_counter()
     res = train_supernet(space, TrainConfig(epochs=args.supernet_epochs, seed=args.seed), ds, progress=True)
     t_supernet = time.perf_counter() - t0
@@ -265,23 +282,28 @@ def main() -> None:
         tag = f"{round(frac * 100)}%"
         t0 = time.perf_counter()
         job = SearchJob(space=str(space_file), latency_budget_ms=budget, n_trials=args.trials, seed=args.seed,
-                        finetune_epochs=args.finetune_epochs)  # fmt: skip
+                        finetune_steps=args.finetune_steps)  # fmt: skip
         ctx = JobContext(f"vs_tp_{tag.rstrip('%')}", journal_url(tmp / f"trials_{tag.rstrip('%')}.journal"),
                          tmp / f"out_{tag.rstrip('%')}", data_dir=root)  # fmt: skip
         result = run_job(job, ctx)
         t_search = time.perf_counter() - t0
         spent = t_supernet + t_search
         rec = result.recommended
-        row = {"budget_ms": budget, "nasprune_s": spent, "search_s": t_search}
+        row = {"budget_ms": budget, "nasprune_s": spent, "search_s": t_search, "budget_use": result.budget_use}
         if rec is not None:
             acc = rec.test_accuracy
             finals[f"nasprune@{tag}"] = ctx.output_dir / "model.onnx"
             row["nasprune"] = {"test_accuracy": acc, "config": rec.config, "params": rec.params,
                                "verified": rec.verified, "delivered": rec.delivered,
                                "inherited_test_accuracy": rec.inherited_test_accuracy,
-                               "finetuned_test_accuracy": rec.finetuned_test_accuracy}  # fmt: skip
-            print(f"[{tag}] nasprune: {acc:.2%} test ({rec.delivered or 'inherited'} weights), "
-                  f"{rec.params:,} params, {spent:.0f} s")  # fmt: skip
+                               "finetuned_test_accuracy": rec.finetuned_test_accuracy,
+                               "finetune_steps": rec.finetune_steps, "budget_use": result.budget_use,
+                               "tuned": [{"id": c.candidate_id, "val": c.accuracy, "test": c.test_accuracy,
+                                          "inherited_val": c.inherited_accuracy, "ms": c.measured_latency_ms}
+                                         for c in result.pareto if c.finetuned_accuracy is not None]}  # fmt: skip
+            print(f"[{tag}] nasprune: {acc:.2%} test ({rec.delivered or 'inherited'} weights, "
+                  f"{rec.finetune_steps} steps), {rec.params:,} params, {result.budget_use:.0%} of the budget, "
+                  f"{spent:.0f} s")  # fmt: skip
         else:
             row["nasprune"] = None
             print(f"[{tag}] nasprune: no recommended model under {budget:.4f} ms")
@@ -297,20 +319,29 @@ def main() -> None:
                               "full_depth": uni.depths == space.largest().depths}  # fmt: skip
             path, _ = onnx_ms(ev.subnet(uni), tmp, f"uniform_{tag.rstrip('%')}")  # BN recalibrated, as scored
             finals[f"uniform@{tag}"] = path
-        # Torch-Pruning, fine-tuned for the same wall-clock
+        # Torch-Pruning, fine-tuned (a) for as many steps as nasprune's delivered model got, (b) for nasprune's
+        # whole wall time for this budget (supernet training + search + fine-tuning)
+        ft_steps = (rec.finetune_steps if rec is not None else None) or job.finetune_plan(
+            len(ds.tensors("train")[1]), TrainConfig().batch_size)
         for imp in ("lamp", "group_magnitude"):
             t0 = time.perf_counter()
-            (ratio, model, ms), tries = tp_prune(original, imp, frac, tmp)
+            (ratio, pruned, ms), tries = tp_prune(original, imp, frac, tmp)
             prune_s = time.perf_counter() - t0
-            model, ft_s, steps = train_plain(model, ds, epochs=1, seed=args.seed, seconds=spent, lr=0.01)
-            acc = accuracy_of(model, xt, yt)
-            path, _ = onnx_ms(model, tmp, f"tp_{imp}_{tag.rstrip('%')}")
-            finals[f"tp-{imp}@{tag}"] = path
-            row[f"tp_{imp}"] = {"test_accuracy": acc, "ratio": ratio, "probe_share": ms, "fine_tune_s": ft_s,
-                                "steps": steps, "prune_s": prune_s,
-                                "params": sum(p.numel() for p in model.parameters()),
-                                "bisection": tries}  # fmt: skip
-            print(f"[{tag}] torch-pruning {imp}: {acc:.2%} test, ratio {ratio:.3f}, fine-tuned {ft_s:.0f} s")
+            for regime in args.regimes:
+                if regime == "wall" and args.wall_budgets and not any(math.isclose(frac, b) for b in args.wall_budgets):
+                    continue
+                limit = {"steps": ft_steps} if regime == "steps" else {"seconds": spent}
+                model, ft_s, steps = train_plain(copy.deepcopy(pruned), ds, epochs=1, seed=args.seed, lr=0.01,
+                                                 **limit)  # fmt: skip
+                acc = accuracy_of(model, xt, yt)
+                path, _ = onnx_ms(model, tmp, f"tp_{imp}_{regime}_{tag.rstrip('%')}")
+                finals[f"tp-{imp}-{regime}@{tag}"] = path
+                row[f"tp_{imp}_{regime}"] = {"test_accuracy": acc, "ratio": ratio, "probe_share": ms,
+                                             "fine_tune_s": ft_s, "steps": steps, "prune_s": prune_s,
+                                             "params": sum(p.numel() for p in model.parameters()),
+                                             "bisection": tries}  # fmt: skip
+                print(f"[{tag}] torch-pruning {imp} ({regime}): {acc:.2%} test, ratio {ratio:.3f}, {steps} steps, "
+                      f"fine-tuned {ft_s:.0f} s")  # fmt: skip
         rows[tag] = row
     out["budgets"] = rows
 
@@ -323,8 +354,10 @@ def main() -> None:
     print("\nbudget  model                 test acc (+-SE)    measured ms   share of original  McNemar p vs nasprune")
     orig_t = out["measured_ms"]["original"]
     for tag, row in rows.items():
-        for key, label in (("nasprune", "nasprune"), ("uniform", "uniform"), ("tp_lamp", "tp-lamp"),
-                           ("tp_group_magnitude", "tp-group_magnitude")):  # fmt: skip
+        labels = [("nasprune", "nasprune"), ("uniform", "uniform")]
+        labels += [(k, k.replace("_", "-").replace("group-magnitude", "group_magnitude")) for k in row
+                   if k.startswith("tp_")]  # fmt: skip
+        for key, label in labels:
             r = row.get(key)
             name = f"{label}@{tag}"
             if not r or name not in out["measured_ms"]:
@@ -336,7 +369,37 @@ def main() -> None:
             r["mcnemar_p_vs_nasprune"] = p
             print(f"{tag:>6}  {label:20}  {acc:6.2%} (+-{r['se']:.2%})  {ms:10.4f}   {ms / orig_t:6.1%}"
                   f"             {'' if p is None else f'{p:.3f}'}")  # fmt: skip
+    # (c) every budget from one supernet against one Torch-Pruning run per budget: total wall time
+    total = {"nasprune": out["nasprune_supernet_s"] + out["table_s"] + sum(r["search_s"] for r in rows.values())}
+    for key in {k for r in rows.values() for k in r if k.startswith("tp_")}:
+        total[key] = sum(r[key]["prune_s"] + r[key]["fine_tune_s"] for r in rows.values() if key in r)
+    out["total_s"] = total
+    print("\ntotal wall time over the budgets: " + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(total.items())))
+    out["load_avg_end"] = list(os.getloadavg())
     save_results("vs_torch_pruning" if args.target == "resnet_mnist" else f"vs_torch_pruning_{args.target}", out)
+
+
+def as_user_dataset(ds, n: int, root: Path):
+    """``ds`` with its train split cut to a stratified ``n`` (val and test whole), added to the dataset store
+    under ``root`` as a user dataset with its own split (so the search job loads it by name, as a user's)."""
+    import numpy as np
+    from supernet_quality import subsample_train
+
+    from nasprune.datasets.store import DatasetStore, datasets_dir
+
+    sub = subsample_train(ds, n)
+    mean, std = ds.info.normalization.arrays(ds.input_shape)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        x, y = sub.tensors(split)
+        arrays[f"x_{split}"] = (x.numpy() * std + mean).astype(np.float32)  # back to the raw 0-255 scale
+        arrays[f"y_{split}"] = y.numpy()
+    path = root / f"{ds.name}_{n}.npz"
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays, class_names=np.array(ds.info.class_names))
+    name = f"{ds.name}_{n}"
+    DatasetStore(datasets_dir(root)).add(name, path, fmt="npz")
+    return name, load_dataset(name, data_dir=root)
 
 
 if __name__ == "__main__":
