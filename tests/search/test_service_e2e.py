@@ -127,6 +127,9 @@ def test_submit_search_fetch_run(prepared, data_dir, budget, tmp_path):
         front = svc.http.get(f"/v1/jobs/{job_id}/pareto").json()
         rec = next(c for c in front["candidates"] if c["candidate_id"] == front["recommended_id"])
         assert_verified_or_too_busy(rec, budget)
+        # how much of the budget the delivered model uses: measured where verified, else predicted
+        shown = rec["measured_latency_ms"] if rec["measured_latency_ms"] is not None else rec["latency_ms"]
+        assert front["budget_use"] == pytest.approx(shown / budget) and front["budget_use"] <= 1.0
 
         r = svc.http.get(f"/v1/jobs/{job_id}/model")
         assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
@@ -150,6 +153,9 @@ def test_submit_search_fetch_run(prepared, data_dir, budget, tmp_path):
             },
         ).json()["runs"]
         assert parent["info"]["status"] == "FINISHED" and len(children) == 24
+        metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+        assert metrics["budget_use"] == pytest.approx(front["budget_use"])
+        assert metrics["recommended_finetune_steps"] == rec["finetune_steps"] > 0
     finally:
         svc.kill()
 
