@@ -63,6 +63,19 @@ def run_job(
         space = space.model_copy(update={"dataset": job.dataset})  # its own checkpoint (the digest covers it)
     ctx.on_progress(
         Progress(
+            stage="building latency table",
+            n_total=job.n_trials,
+            message=f"latency table for '{job.device}' (measured once if needed)",
+        )
+    )
+    table = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar)
+    table8 = None
+    if "int8" in job.precisions:  # built (or loaded) before the search: its floor counts for the budget
+        table8 = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar, precision="int8")
+    # before the supernet: a budget no subnet can meet is refused without training anything
+    check_budget(job, *(t for t in (table, table8) if t is not None))
+    ctx.on_progress(
+        Progress(
             stage="preparing supernet",
             n_total=job.n_trials,
             message="loading the trained supernet (training it once if needed)",
@@ -87,18 +100,6 @@ def run_job(
     supernet, ckpt = get_supernet(
         space, ctx.data_dir, tracker=train_tracker, progress=progress_bar, on_epoch=on_epoch, notify=on_note
     )
-    ctx.on_progress(
-        Progress(
-            stage="building latency table",
-            n_total=job.n_trials,
-            message=f"latency table for '{job.device}' (measured once if needed)",
-        )
-    )
-    table = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar)
-    table8 = None
-    if "int8" in job.precisions:  # built (or loaded) before the search: its floor counts for the budget
-        table8 = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar, precision="int8")
-    check_budget(job, *(t for t in (table, table8) if t is not None))
     evaluator = Evaluator(supernet, load_dataset(space.dataset, data_dir=ctx.data_dir), checkpoint_id(ckpt))
     objective = Objective(supernet, evaluator, table, job)
 

@@ -113,7 +113,7 @@ def test_backend_conformance(backend, prepared, budget, tmp_path):
     (logits,) = make_session(out / "model.onnx").run(None, {"input": x.numpy()})
     assert abs((logits.argmax(1) == y.numpy()).mean() - rec.accuracy) <= 0.005
     assert (out / "pareto.png").stat().st_size > 5000
-    assert stages[0] == "preparing supernet" and "searching" in stages and stages[-1] == "done"
+    assert stages[0] == "building latency table" and "searching" in stages and stages[-1] == "done"
 
 
 def test_impossible_budget_is_refused_with_the_minimum(prepared, tmp_path):
@@ -184,6 +184,22 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(storage_kind, prepared, 
         assert kept[t.number] == t
     states = [t.state for t in optuna.load_study(study_name="killme", storage=make_storage(storage)).trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == n
+
+
+def test_an_impossible_budget_is_refused_before_any_training(prepared, tmp_path):
+    """The budget is checked against the table before the supernet: a data dir with a table and no
+    trained supernet refuses at once, and trains nothing."""
+    from nasprune.latency import table_path
+
+    _, table = prepared
+    fresh = tmp_path / "fresh"
+    table.save(table_path(SPACE, "local-cpu", fresh))
+    stages = []
+    job = SearchJob(space=SPACE, latency_budget_ms=table.min_latency() * 0.5, n_trials=5)
+    with pytest.raises(BudgetError, match="smallest achievable budget"):
+        run_job(job, _ctx(fresh, "early", tmp_path, on_progress=lambda p: stages.append(p.stage)))
+    assert stages == ["building latency table"]
+    assert not list(fresh.rglob("*.pt"))
 
 
 def test_machine_speed_is_the_median_ratio_of_reference_times():
