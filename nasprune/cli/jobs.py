@@ -22,6 +22,10 @@ FLAGS = {
     "constraints.max_params": "--max-params",
     "constraints.max_macs": "--max-macs",
     "candidate_id": "--candidate",
+    "refine_trials": "--refine-trials",
+    "finetune_steps": "--finetune-steps",
+    "finetune_epochs": "--finetune-epochs",
+    "finetune_top_k": "--finetune-top-k",
 }
 ROUTES = [
     (r"GET /v1/jobs/\S+/pareto", "nasprune pareto JOB"),
@@ -91,6 +95,13 @@ def register(sub) -> None:
     s.add_argument("--max-macs", type=int, help="also limit the MACs")
     s.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32"],
                    help="candidate precisions: fp32 int8 adds int8 candidates (docs/int8.md)")  # fmt: skip
+    s.add_argument("--refine-trials", type=int, metavar="N",
+                   help="of the trials, spend N growing the best candidates towards the budget (default: a quarter)")
+    s.add_argument("--finetune-steps", type=int, metavar="N",
+                   help="recovery budget per fine-tuned candidate in steps (default: sized to the dataset; 0: off)")
+    s.add_argument("--finetune-epochs", type=float, metavar="E", help="the recovery budget in epochs instead")
+    s.add_argument("--finetune-top-k", type=int, metavar="K",
+                   help="fine-tune K verified candidates and deliver the most accurate (default 2)")
     s.add_argument("--wait", action="store_true", help="wait for the job, showing progress, then print its front")
     s.add_argument("-o", "--output", type=Path, help="with --wait: download the recommended model here")
     _connection(s)
@@ -209,6 +220,8 @@ def _submit(args) -> int:
             seed=args.seed,
             constraints=constraints or None,
             **({"precisions": args.precisions} if args.precisions != ["fp32"] else {}),
+            **{k: v for k in ("refine_trials", "finetune_steps", "finetune_epochs", "finetune_top_k")
+               if (v := getattr(args, k)) is not None},
         )
         job_id = answer["id"]
         print(job_id, flush=True)

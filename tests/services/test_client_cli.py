@@ -94,6 +94,8 @@ def test_cli_submit_jobs_fetch_cancel(url, tmp_path):
         "2",
         "--n-trials",
         "3",
+        "--finetune-steps",
+        "7",
         "--url",
         url,
         "--wait",
@@ -115,6 +117,7 @@ def test_cli_submit_jobs_fetch_cancel(url, tmp_path):
     assert "search    mlp_digits on local-cpu, budget 2 ms, 3 trials" in r.stdout and "nasprune pareto" in r.stdout
     r = cli("jobs", job_id, "--json", "--url", url)
     assert r.returncode == 0 and json.loads(r.stdout)["id"] == job_id
+    assert json.loads(r.stdout)["spec"]["finetune_steps"] == 7  # the recovery budget travels with the job
     r = cli("fetch", job_id, "-o", str(tmp_path / "f.onnx"), "--url", url)
     assert r.returncode == 0 and (tmp_path / "f.onnx").read_bytes() == FAKE_ONNX, r.stderr
     r = cli("cancel", job_id, "--url", url)
@@ -122,6 +125,8 @@ def test_cli_submit_jobs_fetch_cancel(url, tmp_path):
     r = cli("submit", "--space", "mlp_digits", "--budget-ms", "-1", "--url", url)
     assert r.returncode == 2 and "greater than 0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "--budget-ms: " in r.stderr and "latency_budget_ms" not in r.stderr  # the CLI's flag, not the field
+    r = cli("submit", "--space", "mlp_digits", "--budget-ms", "2", "--finetune-steps", "-5", "--url", url)
+    assert r.returncode == 2 and "--finetune-steps: " in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_pareto_trials_and_errors_in_cli_terms(url, tmp_path, capsys):
