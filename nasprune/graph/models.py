@@ -42,17 +42,57 @@ def build_model(ref: str, kwargs: dict | None = None) -> nn.Module:
             return tv.models.get_model(name, weights=None, **kwargs)
         except TypeError as e:
             raise GraphError(f"torchvision:{name} does not take these arguments {kwargs}: {e}") from None
-    try:
-        module = importlib.import_module(source)
-    except ImportError as e:
-        raise GraphError(f"cannot import '{source}' for model '{ref}': {e}") from None
+    module = _import_user_module(source, ref)
     factory = getattr(module, name, None)
     if not callable(factory):
         raise GraphError(f"'{source}' has no callable '{name}' (model reference '{ref}')")
-    model = factory(**kwargs)
+    model = factory(**_accepted(factory, kwargs))
     if not isinstance(model, nn.Module):
         raise GraphError(f"'{ref}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _import_user_module(source: str, ref: str):
+    """``source`` imported as ``python -m`` would find it: from the installed packages, then from the
+    current directory (a model file beside the user, e.g. ``mymodel:make_model`` run where
+    ``mymodel.py`` lies). The current directory is searched after everything else, so it never shadows
+    an installed package."""
+    import os
+    import sys
+
+    cwd = os.getcwd()
+    try:
+        return importlib.import_module(source)
+    except ModuleNotFoundError as e:
+        if e.name != source.split(".")[0]:  # the module was found; something it imports was not
+            raise GraphError(f"cannot import '{source}' for model '{ref}': {e}") from None
+        error: ImportError = e
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+        try:
+            return importlib.import_module(source)
+        except ImportError as e:
+            error = e
+    path = source.replace(".", "/")
+    raise GraphError(
+        f"cannot import '{source}' for model '{ref}': {error} (looked on the Python path and in the current "
+        f"directory {cwd} for {path}.py or {path}/__init__.py; run from the folder that holds it or add that "
+        "folder to PYTHONPATH)"
+    )
+
+
+def _accepted(factory, kwargs: dict) -> dict:
+    """The ``kwargs`` the factory's signature takes (all of them where it takes ``**kwargs``): a factory
+    without ``num_classes`` is called without it, and its output size is checked against the data later."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: pass everything, as before
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
 def file_sha256(path: str | Path) -> str:

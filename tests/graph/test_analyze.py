@@ -155,3 +155,26 @@ def test_skipping_blocks_keeps_shapes_and_drops_their_groups():
     assert isinstance(plain.blocks[0], nn.Identity) and isinstance(plain.blocks[1], nn.Identity)
     with torch.no_grad(), net.select(cfg):
         assert (plain(X) - net(X)).abs().max().item() <= 1e-5
+
+
+def test_a_model_file_in_the_current_directory_is_found_and_a_factory_without_num_classes_works(
+    tmp_path, monkeypatch
+):
+    import sys
+
+    from nasprune.errors import GraphError
+    from nasprune.graph import build_model
+
+    (tmp_path / "here_model_x1.py").write_text(
+        "import torch.nn as nn\n"
+        "def make_model():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "here_model_x1", raising=False)
+    model = build_model("here_model_x1:make_model", {"num_classes": 10})  # the factory takes no num_classes
+    assert model[1].out_features == 10
+    assert sys.path[-1] == str(tmp_path)  # searched after every installed package
+    with pytest.raises(GraphError, match=r"current directory .* for not_here_x1\.py .*PYTHONPATH"):
+        build_model("not_here_x1:make_model", {})
