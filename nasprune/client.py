@@ -70,7 +70,10 @@ class Client:
         try:
             r = self._http.request(method, path, **kw)
         except httpx.HTTPError as e:
-            raise ServiceError(f"cannot reach the nasprune service at {self.base_url}: {e}") from None
+            raise ServiceError(
+                f"cannot reach the nasprune service at {self.base_url}: {e} (start one with 'nasprune serve', or "
+                "point at a running one with --url or NASPRUNE_URL)"
+            ) from None
         if r.status_code >= 400:
             try:
                 body = r.json()

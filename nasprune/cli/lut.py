@@ -14,7 +14,8 @@ def register(sub) -> None:
         description=(
             "A latency table predicts a subnet's latency on one device from its config. Build it on the "
             "device itself (this machine is the built-in device 'local-cpu'); for other hardware run "
-            "'nasprune lut build --device NAME' there and copy the file into the tables folder."
+            "'nasprune lut build --device NAME' there, copy the JSON back and upload it to the service "
+            "('nasprune devices upload NAME TABLE.json', or POST /v1/devices)."
         ),
     )
     s = p.add_subparsers(dest="lut_cmd", metavar="ACTION", required=True)
