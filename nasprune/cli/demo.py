@@ -101,6 +101,8 @@ def _run(args) -> int:
         front = client.pareto(job_id)
         print("[4/5] Pareto front (validation accuracy vs predicted latency):")
         print(front_table(front["candidates"], front["recommended_id"], front["latency_budget_ms"]))
+        if front.get("budget_use") is not None:
+            print(f"      the recommended model uses {front['budget_use']:.0%} of the {budget} ms budget")
 
         path = client.download_model(job_id, args.output / f"{space.name}-{job_id}.onnx")
         x, y = load_dataset(space.dataset).tensors("test")
