@@ -13,6 +13,7 @@ from nasprune.space import format_validation_error
 
 _GROUPS = ["spaces", "data", "model", "export", "train", "search", "demo", "serve", "jobs", "lut", "worker"]
 _GROUPS.append("dashboard")  # optuna-dashboard on a job's trials
+_GROUPS.append("prune")  # tier 0: a model under the budget in minutes, without training
 
 
 def build_parser() -> argparse.ArgumentParser:
