@@ -34,9 +34,10 @@ def register(sub) -> None:
     p.add_argument("--budget-ms", type=float, required=True, help="latency budget in ms at batch 1")
     p.add_argument(
         "--importance",
-        choices=["fisher", "taylor"],
+        choices=["fisher", "taylor", "l1"],
         default="fisher",
-        help="channel and block importance: fisher (second order, default) or taylor (first order)",
+        help="the order channels are kept in: fisher (second order, default), taylor (first order) or l1 (filter "
+        "norms); how much each width and depth costs is measured on the calibration split either way",
     )
     p.add_argument("--repair", choices=["ls", "bn", "none"], default="ls",
                    help="ls: BatchNorm recalibration and least-squares layer reconstruction (default); bn: "
@@ -117,7 +118,8 @@ def _run(args) -> int:
     from nasprune.search.tier0 import Tier0
     from nasprune.search.tier0.deliver import deliver
 
-    pruner = Tier0(source, space, table, ds, importance=args.importance)
+    # a trained supernet keeps its channel order (its subnets were trained on it); a model is sorted
+    pruner = Tier0(source, space, table, ds, importance=args.importance, reorder=checkpoint is None)
     refs = root / "tier0" / "latency_references" / f"{space.name}__{args.device}"
     out = deliver(pruner, args.budget_ms, args.output, repair=args.repair, retries=args.retries,
                   references_dir=refs, on_progress=say)  # fmt: skip

@@ -51,12 +51,14 @@ class Tier0:
 
     ``source`` is the trained model (a plain torch model of the space's architecture) or a
     :class:`~nasprune.graph.GraphSupernet` of the space; it is copied, never changed. :meth:`prepare`
-    scores and sorts the channels once; then :meth:`choose` and :meth:`build` answer any budget (a
-    caller whose measured model misses the budget asks again for less).
+    scores (and, with ``reorder``, sorts) the channels once; then :meth:`choose` and :meth:`build`
+    answer any budget (a caller whose measured model misses the budget asks again for less). Keep
+    ``reorder`` off for a *trained supernet*: its subnets were trained on the channels in its order,
+    and sorting them anew loses that (on the test supernet, Fisher order kept less than its reverse).
     """
 
     def __init__(self, source: nn.Module, space, table, dataset, importance: str = "fisher",
-                 values: str = "measured", batch_size: int = 128):  # fmt: skip
+                 values: str = "measured", reorder: bool = True, batch_size: int = 128):  # fmt: skip
         from nasprune.graph import GraphSupernet
 
         if importance not in KINDS:
@@ -66,7 +68,7 @@ class Tier0:
         if values == "estimate" and importance == "l1":
             raise ValueError("values 'estimate' need importance in loss units: 'fisher' or 'taylor', not 'l1'")
         self.space, self.table, self.dataset = space, table, dataset
-        self.kind, self.value_kind, self.batch_size = importance, values, batch_size
+        self.kind, self.value_kind, self.reorder, self.batch_size = importance, values, reorder, batch_size
         t0 = time.perf_counter()
         if isinstance(source, GraphSupernet):
             self.supernet = copy.deepcopy(source).eval()
@@ -85,8 +87,9 @@ class Tier0:
         x, y = self.dataset.tensors("calib")
         t0 = time.perf_counter()
         scores = estimate(self.supernet, x, y, self.kind, self.batch_size)
-        perms = self.supernet.reorder_channels(scores.channels)
-        self.scores = scores.permuted(perms)
+        if self.reorder:
+            scores = scores.permuted(self.supernet.reorder_channels(scores.channels))
+        self.scores = scores
         self.timings["importance_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if self.value_kind == "measured":
@@ -144,12 +147,15 @@ def prune_to_budget(
     budget_ms: float,
     importance: str = "fisher",
     repair: str = "ls",
+    values: str = "measured",
+    reorder: bool = True,
     **repair_options,
 ) -> Tier0Result:
     """Prune a trained model (or a supernet of ``space``) to ``budget_ms`` predicted by ``table``, from
     ``dataset``'s calibration split alone: importance, knapsack, extraction, repair (see the module doc)."""
     t0 = time.perf_counter()
-    result = Tier0(source, space, table, dataset, importance).prune(budget_ms, repair, **repair_options)
+    pruner = Tier0(source, space, table, dataset, importance, values, reorder)
+    result = pruner.prune(budget_ms, repair, **repair_options)
     result.timings["total_s"] = time.perf_counter() - t0
     return result
 

@@ -112,8 +112,10 @@ class Knapsack:
             if scope2[0] != ("w", g):
                 both = both.T
             self.factors.append((scope2, both, np.zeros_like(both), np.zeros_like(both)))
+        self._unary: dict[Var, int] = {}  # a depth's own factor: where relaxed() pins it
         for s, seq in space.sequences.items():
             loss = np.array([values.sequences[s][d] for d in seq.depths])
+            self._unary[("d", s)] = len(self.factors)
             self.factors.append(((("d", s),), loss, np.zeros_like(loss), np.zeros_like(loss)))
         self._plan = self._elimination_plan() if self.probes else None
 
@@ -204,14 +206,18 @@ class Knapsack:
         present = {scope[k] for k in order}
         return arr.reshape([len(self.choices[v]) if v in present else 1 for v in union])
 
-    def relaxed(self, lam: float, cache_on: bool) -> SubnetConfig | None:
-        """The config minimising ``loss + lam * latency`` (latency's weight term linear, or dropped)."""
+    def relaxed(self, lam: float, cache_on: bool, pinned: dict[Var, int] | None = None) -> SubnetConfig | None:
+        """The config minimising ``loss + lam * latency`` (latency's weight term linear, or dropped), with
+        the depths in ``pinned`` held at their values."""
         if self._plan is None:
             return None
         steps, _final = self._plan
         c = self.table.correction
         slope = c.cache_ms_per_mweight / 1e6 if cache_on else 0.0
         tables = [loss + lam * (lin + slope * wts) for _, loss, lin, wts in self.factors]
+        for var, value in (pinned or {}).items():
+            i = self._unary[var]
+            tables[i] = tables[i] + np.where(np.array(self.choices[var]) == value, 0.0, np.inf)
         scopes = [f[0] for f in self.factors]
         trace = []
         for var, touching, union, new_scope in steps:
@@ -232,48 +238,69 @@ class Knapsack:
         return self.space.config(depths, widths)
 
     # -- one budget ------------------------------------------------------------------------------------
-    def solve(self, budget_ms: float, max_seconds: float = 20.0) -> Choice:
+    def solve(self, budget_ms: float, max_seconds: float = 20.0, starts: int = 4) -> Choice:
         """The config with the least estimated loss the table predicts within ``budget_ms`` (see the module
-        docstring for how exact that is). Raises :class:`BudgetError` when even the fastest config is over."""
+        docstring for how exact that is). Raises :class:`BudgetError` when even the fastest config is over.
+
+        The relaxation is priced once freely and once per pinned value of each depth (a depth is a large,
+        discrete step that one price can jump over); the ``starts`` least lossy configs within the budget
+        and the nearest ones over it start the exact repair, and the best repaired config wins."""
         t0 = time.perf_counter()
         predict, loss = self.table.predict, lambda cfg: self.values.loss(self.space, cfg)
-        best, lam_best, hull_ms = None, None, None
         largest = self.space.largest()
         if predict(largest) <= budget_ms:
-            best, lam_best, hull_ms = largest, 0.0, predict(largest)
-        elif self._plan is not None:  # the relaxation, priced by bisection
-            span = max(self.table.max_latency() - self.table.min_latency(), 1e-9)
-            scale = max(sum(max(v.values()) for v in self.values.groups.values())
-                        + sum(max(v.values()) for v in self.values.sequences.values()), 1e-12)  # fmt: skip
-            lo, hi = -60.0, 60.0  # log2 of lam / (loss range / latency range)
-            c = self.table.correction
-            for _ in range(48):
-                mid = (lo + hi) / 2
-                lam = 2.0**mid * scale / span
-                cfg = self.relaxed(lam, False)
-                if c.cache_ms_per_mweight and sum(k.weights for k in _ops(self.space, cfg)) > c.cache_free_weights:
-                    cfg = self.relaxed(lam, True)
-                ms = predict(cfg)
-                if ms <= budget_ms:
-                    hi = mid
-                    if best is None or loss(cfg) < loss(best):
-                        best, lam_best, hull_ms = cfg, lam, ms
-                else:
-                    lo = mid
-                if hi - lo < 1e-3:
-                    break
-        start = best if best is not None else self.space.largest()
-        cfg, steps = self._repair(start, budget_ms, t0 + max_seconds)
-        if predict(cfg) > budget_ms:  # greedy descent got stuck: grow from the fastest config instead
-            cfg, steps = self._repair(self.table.min_config(), budget_ms, t0 + max_seconds)
-        if predict(cfg) > budget_ms:
+            ms = predict(largest)
+            return Choice(largest, ms, loss(largest), budget_ms, 0.0, ms, {}, time.perf_counter() - t0)
+        seen: dict[str, tuple[SubnetConfig, float, float | None]] = {}
+        if self._plan is not None:
+            pins: list[dict[Var, int]] = [{}]
+            pins += [{("d", s): d} for s, opts in self.space.depth_choices().items() for d in opts]
+            for pinned in pins:
+                for cfg, lam in self._bisect(budget_ms, pinned):
+                    seen.setdefault(cfg.key(), (cfg, predict(cfg), lam))
+        fits = sorted((v for v in seen.values() if v[1] <= budget_ms), key=lambda v: loss(v[0]))[:starts]
+        over = sorted((v for v in seen.values() if v[1] > budget_ms), key=lambda v: v[1])[: max(1, starts // 2)]
+        best, deadline = None, t0 + max_seconds
+        for cfg, ms, lam in [*fits, *over] or [(largest, predict(largest), None)]:
+            done, steps = self._repair(cfg, budget_ms, deadline)
+            if predict(done) <= budget_ms and (best is None or loss(done) < best[0]):
+                best = (loss(done), done, lam, ms, steps)
+        if best is None:  # greedy descent got stuck: grow from the fastest config instead
+            done, steps = self._repair(self.table.min_config(), budget_ms, deadline + max_seconds)
+            if predict(done) <= budget_ms:
+                best = (loss(done), done, None, None, steps)
+        if best is None:
             from nasprune.errors import BudgetError
 
             raise BudgetError(
                 f"latency budget {budget_ms:g} ms is below the fastest subnet of '{self.space.name}' on "
                 f"'{self.table.device.name}'; the smallest achievable budget is {self.table.min_latency():.4f} ms"
             )
-        return Choice(cfg, predict(cfg), loss(cfg), budget_ms, lam_best, hull_ms, steps, time.perf_counter() - t0)
+        lv, cfg, lam, hull_ms, steps = best
+        return Choice(cfg, predict(cfg), lv, budget_ms, lam, hull_ms, steps, time.perf_counter() - t0)
+
+    def _bisect(self, budget_ms: float, pinned: dict[Var, int]) -> list[tuple[SubnetConfig, float]]:
+        """The relaxation's configs on both sides of the budget as its price is bisected: the cheapest
+        price within the budget and the dearest over it."""
+        predict, c = self.table.predict, self.table.correction
+        span = max(self.table.max_latency() - self.table.min_latency(), 1e-9)
+        scale = max(sum(max(v.values()) for v in self.values.groups.values())
+                    + sum(max(v.values()) for v in self.values.sequences.values()), 1e-12)  # fmt: skip
+        lo, hi = -60.0, 60.0  # log2 of lam / (loss range / latency range)
+        inside = outside = None
+        for _ in range(48):
+            mid = (lo + hi) / 2
+            lam = 2.0**mid * scale / span
+            cfg = self.relaxed(lam, False, pinned)
+            if c.cache_ms_per_mweight and sum(k.weights for k in _ops(self.space, cfg)) > c.cache_free_weights:
+                cfg = self.relaxed(lam, True, pinned)
+            if predict(cfg) <= budget_ms:
+                hi, inside = mid, (cfg, lam)
+            else:
+                lo, outside = mid, (cfg, lam)
+            if hi - lo < 1e-3:
+                break
+        return [v for v in (inside, outside) if v is not None]
 
     def _moves(self, cfg: SubnetConfig) -> list[tuple[Var, int]]:
         assign = self._assign(cfg)
