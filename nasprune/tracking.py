@@ -572,6 +572,7 @@ class JobTracker:
                     "recommended_predicted_latency_ms": rec.latency_ms,
                     "recommended_measured_latency_ms": rec.measured_latency_ms,
                     "budget_use": result.budget_use,
+                    **{f"table_in_use_{k}": v for k, v in (result.table_error_in_use or {}).items()},
                     "recommended_finetune_steps": rec.finetune_steps,
                 }
             )

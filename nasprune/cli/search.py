@@ -263,6 +263,10 @@ def _search(job, args, root) -> int:
                   f"test {r.test_accuracy:.2%})")  # fmt: skip
     else:
         print("no candidate's measured latency is within the budget; try a larger budget")
+    if res.table_error_in_use:
+        e = res.table_error_in_use
+        print(f"latency table on this job's {e['n']} measured candidate(s): median error {e['median_ape']:.1f}%, "
+              f"max {e['max_ape']:.1f}%")  # fmt: skip
     print(f"{res.n_trials} trials in {time.perf_counter() - t0:.0f} s; outputs in {out}")
     run_file = Path(out) / "mlflow_run_id"
     if tracking_uri and run_file.is_file() and not res.tracking_error:

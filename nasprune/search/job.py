@@ -209,6 +209,20 @@ class SearchResult(BaseModel):
 
     @computed_field
     @property
+    def table_error_in_use(self) -> dict | None:
+        """The latency table checked by this job's own measurements: the absolute percentage error of its
+        predictions on the candidates measured here (at the table's machine speed); None when none was."""
+        ape = [abs(c.latency_ms - c.measured_latency_ms) / c.measured_latency_ms * 100 for c in self.pareto
+               if c.measured_latency_ms and c.precision == "fp32"]  # fmt: skip
+        if not ape:
+            return None
+        ape.sort()
+        mid = len(ape) // 2
+        median = ape[mid] if len(ape) % 2 else (ape[mid - 1] + ape[mid]) / 2
+        return {"n": len(ape), "median_ape": round(median, 3), "max_ape": round(ape[-1], 3)}
+
+    @computed_field
+    @property
     def budget_use(self) -> float | None:
         """The delivered model's latency over the budget: measured where it was verified, else predicted."""
         rec = self.recommended

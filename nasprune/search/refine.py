@@ -72,7 +72,7 @@ def propose(
     fits: Fits,
     index: int,
     seed: int,
-    tries: int = 30,
+    tries: int = 50,
 ) -> SubnetConfig | None:
     """The ``index``-th refinement trial's subnet: a grown neighbour of a parent from ``ranked`` (the
     candidates within budget, best first) that no trial has scored yet (keys in ``seen``); None when
@@ -87,7 +87,7 @@ def propose(
             parent, n_shrink = ranked[index], 0  # first the top candidates themselves, grown as they are
         else:
             parent = ranked[0] if rng.random() < 0.7 else ranked[rng.randrange(top)]
-            n_shrink = 1 + (attempt > tries // 2) + rng.randrange(2)
+            n_shrink = 1 + attempt // 10 + rng.randrange(2)  # wider jumps when the near ones are all scored
         child = grow(space, shrink(space, parent, n_shrink, rng), fits, rng)
         if child.key() not in seen:
             return child
@@ -96,7 +96,8 @@ def propose(
 
 def run(objective, job, ctx, on_trial) -> int:
     """Run the job's refinement trials (``job.n_refine()``) after the sampler's, until the study holds
-    ``job.n_trials`` complete trials; returns how many refinement trials the study holds."""
+    ``job.n_trials`` complete trials or no unscored grown subnet is found (a small space near its budget);
+    returns how many refinement trials the study holds."""
     from optuna.trial import TrialState
 
     from nasprune.search.optuna_backend import mirror, run_trial

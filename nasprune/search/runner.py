@@ -132,20 +132,25 @@ def run_job(
 
         report("searching")
         extra: dict = {}
-        sampled = job.model_copy(update={"n_trials": job.n_trials - job.n_refine()})  # the rest: refine.run
-        if job.backend == "ray":
-            from nasprune.search import ray_backend
+        def sample(upto: SearchJob) -> None:
+            nonlocal extra
+            if job.backend == "ray":
+                from nasprune.search import ray_backend
 
-            extra = ray_backend.run(objective, sampled, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
-        else:
-            from nasprune.search import optuna_backend
+                extra = ray_backend.run(objective, upto, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
+            else:
+                from nasprune.search import optuna_backend
 
-            optuna_backend.run(objective, sampled, ctx, on_trial)
+                optuna_backend.run(objective, upto, ctx, on_trial)
+
+        sample(job.model_copy(update={"n_trials": job.n_trials - job.n_refine()}))  # the rest: refine.run
         if job.n_refine() and not ctx.should_stop():
             from nasprune.search import refine
 
             report("searching", "growing the best candidates towards the budget")
             refine.run(objective, job, ctx, on_trial)
+            if len(done) < job.n_trials and not ctx.should_stop():  # nothing new left to grow: sample the rest
+                sample(job)
 
         study = open_study(job, ctx.job_id, ctx.storage_url)
         trials = trial_records(study)

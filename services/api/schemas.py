@@ -223,6 +223,11 @@ class ParetoFront(BaseModel):
     )
     candidates: list[CandidatePublic]
     table_error: dict | None
+    table_error_in_use: dict | None = Field(
+        None,
+        description="the latency table's error on this job's own measurements: n, median_ape and max_ape (%) of "
+        "its predictions for the candidates measured here",
+    )
     tracking_error: str | None
 
     @field_serializer("candidates")

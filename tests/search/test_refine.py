@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import optuna
+import pytest
 
 from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.refine import _steps, grow, propose, shrink
@@ -50,7 +51,9 @@ def test_a_job_spends_its_refinement_trials_on_distinct_maximal_subnets(prepared
     assert res.n_trials == 14
     trials = optuna.load_study(study_name="refine", storage=make_storage(url)).get_trials()
     refined = [t for t in trials if t.user_attrs.get("origin") == "refine"]
-    assert len(refined) == 6 and all(t.number >= 8 for t in refined)  # after the sampler's 8
+    # after the sampler's 8; on this small space the grown neighbourhood of the best can run out of unscored
+    # subnets before the 6, and the sampler then runs the rest: the job still runs its 14 trials
+    assert 1 <= len(refined) <= 6 and [t.number for t in refined] == list(range(8, 8 + len(refined)))
     keys = [t.user_attrs["subnet_key"] for t in trials]
     assert len(set(keys)) == len(keys)  # none scored twice
     fits = lambda c: table.predict(c) <= budget  # noqa: E731
@@ -61,3 +64,11 @@ def test_a_job_spends_its_refinement_trials_on_distinct_maximal_subnets(prepared
     shown = rec.measured_latency_ms if rec.measured_latency_ms is not None else rec.latency_ms
     assert res.budget_use == shown / budget and res.model_dump()["budget_use"] == res.budget_use
     assert rec.verified is False or res.budget_use <= 1.0
+    # the table checked against this job's own measurements
+    measured = [c for c in res.pareto if c.measured_latency_ms is not None]
+    err = res.table_error_in_use
+    assert (err is None) == (not measured)
+    if measured:
+        apes = [abs(c.latency_ms - c.measured_latency_ms) / c.measured_latency_ms * 100 for c in measured]
+        assert err["n"] == len(measured) and err["max_ape"] == pytest.approx(max(apes), abs=1e-3)
+        assert res.model_dump()["table_error_in_use"] == err

@@ -61,6 +61,7 @@ def pareto(job_id: str, jobs: JobsDep) -> ParetoFront:
         budget_use=result.budget_use,
         candidates=candidates,
         table_error=result.table_error,
+        table_error_in_use=result.table_error_in_use,
         tracking_error=result.tracking_error,
     )
 
