@@ -473,6 +473,9 @@ class _Walker:
             return out
         if t in _CONCAT_FUNCTIONS:
             parts = node.args[0]
+            if not isinstance(parts, list | tuple):  # a tuple another op computed (a split's parts, reordered)
+                self.freeze(node, name, "concatenation of a computed tuple of tensors", lays)
+                return self.new(shape[1]) if len(shape) >= 2 else None
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             layouts = [self.layout.get(p.name) if isinstance(p, fx.Node) else None for p in parts]
             if any(x is None for x in layouts):
