@@ -57,6 +57,7 @@ def _inspect(args) -> int:
     import torch
 
     from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space, fixed_groups, load_weights
+    from nasprune.graph.units import UnitPlan
 
     shape = parse_shape(args.input_shape)
     if not 0 < args.min_fraction <= 1:
@@ -76,6 +77,7 @@ def _inspect(args) -> int:
         analysis, name, args.model, num_classes=max(classes, 2), model_kwargs=kwargs,
         channel_divisor=args.divisor, min_fraction=args.min_fraction, max_choices=args.max_choices,
     )  # fmt: skip
+    plan = UnitPlan(analysis, [b for seq in space.sequences.values() for b in seq.blocks])  # before conversion
     net = GraphSupernet(space, model)
     print(f"{args.model}: input {shape}, output {analysis.output_shape}, graph digest {analysis.digest}")
     print(f"{len(space.groups)} channel groups, {len(space.sequences)} depth sequences, {space.size:.3g} subnets")
@@ -101,7 +103,13 @@ def _inspect(args) -> int:
     for label, cfg in (("smallest", space.smallest()), ("largest", space.largest())):
         rows.append([label, f"{net.num_params(cfg):,}", f"{net.macs(cfg):,} ({human(net.macs(cfg))})"])
     print(table(rows, ["subnet", "params", "MACs"]))
-    print("\npredicted latency: needs a latency table for graph-derived spaces (not built yet for this kind of space)")
+    exported = plan.exported
+    print(f"\nlatency units: {len(plan.units)} (what onnxruntime runs, after its fusions)")
+    if exported:
+        shown = "; ".join(f"{unit} ({ops})" for unit, ops in list(exported.items())[:8])
+        more = f"; and {len(exported) - 8} more" if len(exported) > 8 else ""
+        print(f"  {len(exported)} hold ops without a hand-written unit, timed as torch exports them: {shown}{more}")
+    print("predicted latency: build the space's latency table ('nasprune lut build --space FILE.yaml' after --save)")
     if args.save:
         space.save(args.save)
         print(f"\nspace written to {args.save}")

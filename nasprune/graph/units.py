@@ -6,8 +6,15 @@ it (ReLU, ReLU6/Clip, HardSwish, HardSigmoid, ...) and, for a conv without activ
 residual ``Add`` (and the activation after it); pooling (a mean over the spatial dims is a global
 average pool); element-wise ops that stay on their own (a squeeze-excite multiply, an unfused add or
 activation); concatenations. Reshapes, flattens, dropout and identities cost nothing and have no key.
-An op the planner does not know has no key: the plan lists it, and asking for latency keys raises
-:class:`LatencyTableError` naming it (never a silent zero).
+
+Every other op that runs (GELU, Mish, a LayerNorm, an adaptive pool to 2x2, a split, a softmax, a
+module fx could not trace, a conv with a non-square kernel, ...) is an ``op`` unit of its own: its
+key names the op (:func:`describe_nodes`: the module or function, its arguments, how its nodes
+connect) with its tensors' shapes at the config, and it is timed by exporting exactly that op with
+torch (:class:`~nasprune.latency.graphs.TorchOp`). An op with one tensor input and an output of the
+same shape that directly follows a conv or linear layer is fused into that layer's unit (timed with
+it), where onnxruntime may fuse it into the layer's kernel. No list of known ops decides whether an
+op gets a unit: every op does.
 
 Shapes come from the analysis: spatial sizes are fixed, channel counts follow the config through the
 channel layouts, so ``UnitPlan.ops(cfg)`` is a few dictionary look-ups per unit.
@@ -16,8 +23,12 @@ channel layouts, so ``UnitPlan.ops(cfg)`` is a few dictionary look-ups per unit.
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import itertools
+import math
 import operator
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -25,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from nasprune.errors import LatencyTableError
-from nasprune.graph.analyze import Analysis, Layout
+from nasprune.graph.analyze import WEIGHTED_TYPES, Analysis, LayerUse, Layout, _target_name
+from nasprune.latency.graphs import TorchOp, register_torch_op
 from nasprune.latency.ops import OpKey
 from nasprune.space import GraphSpace, SubnetConfig
 
@@ -41,7 +52,7 @@ _ACT_FUNCTIONS = {
 }  # fmt: skip
 _ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh"}
 _FREE_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Flatten)
-_FREE_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, torch.flatten, torch.reshape, getattr, operator.getitem}
+_FREE_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, torch.flatten, torch.reshape, getattr}
 _FREE_METHODS = {"view", "reshape", "flatten", "contiguous", "clone", "size", "dim", "float", "detach"}
 _BINARY = {
     operator.add: "add", operator.iadd: "add", torch.add: "add", "add": "add", "add_": "add",
@@ -59,6 +70,53 @@ _ADAPTIVE = {
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """A tensor a generic unit reads or writes: its traced shape (batch 1) and the layout of its dim 1
+    (channel counts follow the config; None: the shape is fixed)."""
+
+    shape: tuple[int, ...]
+    layout: Layout | None = None
+
+    def at(self, widths: dict[int, int | None]) -> tuple[int, ...]:
+        if self.layout is None:
+            return self.shape
+        return (self.shape[0], UnitPlan._count(self.layout, widths), *self.shape[2:])
+
+
+@dataclass(frozen=True)
+class InnerLayer:
+    """A prunable layer of the model inside a generic unit: resized to the config when timed."""
+
+    use: LayerUse
+    macs_per: int
+    """MACs per (input channel per group x output channel): kernel size x output positions (0 for norms)."""
+    weights_per: int
+    """Weights per (input channel per group x output channel): the kernel size (0 for norms)."""
+    folded: bool = False
+    """A BatchNorm folded into the conv before it (no weights of its own when deployed)."""
+
+    def sizes(self, widths: dict[int, int | None]) -> tuple[int, int]:
+        return UnitPlan._count(self.use.in_layout, widths), UnitPlan._count(self.use.out_layout, widths)
+
+
+@dataclass(frozen=True)
+class GenericOp:
+    """An op without a hand-written graph, as one unit: what it is, what it reads and writes, what of
+    the model's prunable layers it holds, and the fixed-size weights it carries."""
+
+    op: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    layers: tuple[InnerLayer, ...] = ()
+    fixed_weights: int = 0
+    graph_input: bool = False
+
+    def layouts(self) -> list[Layout]:
+        out = [t.layout for t in (*self.inputs, *self.outputs) if t.layout]
+        return out + [lay for inner in self.layers for lay in (inner.use.in_layout, inner.use.out_layout)]
+
+
+@dataclass(frozen=True)
 class UnitSpec:
     """One executed unit: its kind, the channel layouts that set its sizes, its fixed attributes."""
 
@@ -71,6 +129,14 @@ class UnitSpec:
     block: str | None = None
     tied: bool = False
     """conv/linear whose input and output are the same channels (depthwise, or a conv joined to its input)."""
+    generic: GenericOp | None = None
+    """For kind ``op``: the op, timed by exporting it with torch."""
+
+    def layouts(self) -> list[Layout]:
+        """Every layout whose channel counts change this unit's key."""
+        if self.generic is not None:
+            return self.generic.layouts()
+        return [self.ins[0], self.out]
 
 
 def _first(x):
@@ -78,14 +144,25 @@ def _first(x):
 
 
 class UnitPlan:
-    """The units of an analysed model and, per config, their latency keys."""
+    """The units of an analysed model and, per config, their latency keys.
+
+    Every op that runs gets a unit: the ones with a hand-written graph (conv, linear, pool, eltwise,
+    concat) and, for anything else, an ``op`` unit exported by torch (``generic``).
+    """
 
     def __init__(self, analysis: Analysis, blocks: Iterable[str] = ()):
         self.analysis = analysis
         self.blocks = list(blocks)
         self.units: list[UnitSpec] = []
-        self.unsupported: list[str] = []
+        self._memo: dict[tuple, OpKey] = {}
+        self._exported: dict[str, str] = {}
         self._plan()
+
+    @property
+    def exported(self) -> dict[str, str]:
+        """Unit name -> the ops in it that no hand-written graph describes (timed as torch exports them):
+        ``op`` units, and conv or linear units with an op fused behind them."""
+        return dict(self._exported)
 
     # -- planning ------------------------------------------------------------------------------------
     def _block_of(self, node: fx.Node) -> str | None:
@@ -122,15 +199,17 @@ class UnitPlan:
         a = self.analysis
         gm = a.graph
         if gm is None:
+            from nasprune.errors import LatencyTableError
+
             raise LatencyTableError("the analysis has no graph to plan units from")
         self.modules = dict(gm.named_modules())
-        consumed: set[fx.Node] = set()
+        self._index = {n: i for i, n in enumerate(gm.graph.nodes)}
+        consumed: set[fx.Node] = set()  # nodes that are part of a unit already
         for node in gm.graph.nodes:
-            if node in consumed or node.op in ("placeholder", "output", "get_attr"):
+            if node in consumed or node.op not in ("call_module", "call_function", "call_method"):
                 continue
-            shape = a.node_shapes.get(node.name)
-            if shape is None:
-                continue
+            if a.node_shapes.get(node.name) is None and not (_tensor_shapes(node) and not self._free(node)):
+                continue  # no tensor out (sizes, attributes, the items of a tuple); a tuple of them: a split, ...
             unit = self._unit(node, consumed)
             if unit is not None:
                 self.units.append(unit)
@@ -138,26 +217,121 @@ class UnitPlan:
     def _lay(self, node) -> Layout:
         return self.analysis.node_layouts.get(node.name) or ()
 
+    def _free(self, node: fx.Node) -> bool:
+        """Reshapes, flattens, dropout, identities, reading attributes or items of a tuple: no kernel."""
+        if node.op == "call_module":
+            return isinstance(self.modules.get(str(node.target)), _FREE_MODULES)
+        if node.op == "call_method":
+            return node.target in _FREE_METHODS
+        if node.op == "call_function":
+            if node.target is operator.getitem:  # of a tuple (a split's parts, sizes); indexing a tensor is not free
+                first = node.args[0] if node.args else None
+                return not (isinstance(first, fx.Node) and first.name in self.analysis.node_shapes)
+            try:
+                return node.target in _FREE_FUNCTIONS
+            except TypeError:
+                return False
+        return False
+
     def _unit(self, node: fx.Node, consumed: set) -> UnitSpec | None:
         a = self.analysis
-        shape = a.node_shapes[node.name]
         path = str(node.target) if node.op == "call_module" else node.name
         block = self._block_of(node)
         module = self.modules.get(str(node.target)) if node.op == "call_module" else None
+        use = a.layers.get(path) if node.op == "call_module" else None
+        if use is not None and use.kind in ("conv1d", "conv2d", "linear") and self._keyed_layer(use, module):
+            return self._weighted(node, use, module, consumed, block)
+        if self._free(node):
+            return None
+        if self._eligible(node, consumed) or self._joinable(node, consumed):
+            run = self._component(node, consumed)
+            if any(self._eligible(n, consumed) for n in run):
+                consumed.update(run)
+                return self._generic(run, block)
+        consumed.add(node)
+        return self._known(node, module, path, block)
+
+    @staticmethod
+    def _keyed_layer(use: LayerUse, module) -> bool:
+        """A prunable layer with a hand-written graph: a linear layer, a conv with square kernel, stride,
+        padding and dilation (any other conv is a generic unit)."""
+        if use.kind == "linear":
+            return True
+        k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
+        return not isinstance(p, str) and all(len(set(v)) == 1 for v in (k, s, p, d))
+
+    def _eligible(self, node: fx.Node, consumed: set) -> bool:
+        """Whether ``node`` is an op without a hand-written unit: a generic unit (with its neighbours)."""
+        if node in consumed or node.op not in ("call_module", "call_function", "call_method"):
+            return False
+        if not _tensor_shapes(node) or self._free(node):
+            return False
+        module = self.modules.get(str(node.target)) if node.op == "call_module" else None
+        path = str(node.target) if node.op == "call_module" else node.name
+        use = self.analysis.layers.get(path) if node.op == "call_module" else None
+        if use is not None:
+            if use.kind in ("conv1d", "conv2d", "linear"):
+                return not self._keyed_layer(use, module)
+            return use.kind in ("layernorm", "groupnorm")
+        if isinstance(module, WEIGHTED_TYPES):  # a layer the analysis keeps whole (grouped, shared, ...)
+            return True
+        if node.name not in self.analysis.node_shapes:  # several tensors out
+            return True
+        return self._known(node, module, path, None) is None
+
+    def _joinable(self, node: fx.Node, consumed: set) -> bool:
+        """Whether ``node`` is a keyed element-wise op on one tensor (an activation, arithmetic with a
+        constant, a BatchNorm): such an op joins the generic unit of an op it reads or feeds."""
+        if node in consumed or node.op not in ("call_module", "call_function", "call_method"):
+            return False
+        if node.name not in self.analysis.node_shapes or self._free(node):
+            return False
+        module = self.modules.get(str(node.target)) if node.op == "call_module" else None
+        path = str(node.target) if node.op == "call_module" else node.name
+        use = self.analysis.layers.get(path) if node.op == "call_module" else None
+        if use is not None and use.kind != "batchnorm":
+            return False
+        tensors = [x for x in node.all_input_nodes if x.op != "get_attr" and _tensor_shapes(x)]
+        if len(tensors) != 1:
+            return False
+        known = self._known(node, module, path, None)
+        return known is not None and known.kind == "eltwise"
+
+    def _component(self, node: fx.Node, consumed: set) -> list[fx.Node]:
+        """``node`` and the ops joined to it, in graph order: ops without hand-written units (and keyed
+        element-wise ops on one tensor) linked through tensors that only such ops read. One unit, so
+        that what onnxruntime fuses among them (a transpose or a scale into a matmul, the nodes of a
+        GELU, a BatchNorm into a grouped conv and its activation after it) is timed fused, as it runs."""
+        def ok(y: fx.Node) -> bool:
+            return y in members or self._eligible(y, consumed) or self._joinable(y, consumed)
+
+        members = {node}
+        changed = True
+        while changed:  # to a fixed point: a tensor joins its readers when they can all join
+            changed = False
+            for x in sorted(members, key=self._index.__getitem__):
+                near = list(x.users) if x.users and all(ok(u) for u in x.users) else []
+                # an op whose readers all joined joins too; not a keyed one, which a conv before it may fuse
+                near += [p for p in x.all_input_nodes if p.users and all(u in members for u in p.users)
+                         and self._eligible(p, consumed)]  # fmt: skip
+                for y in near:
+                    if y not in members and ok(y):
+                        members.add(y)
+                        changed = True
+        return sorted(members, key=self._index.__getitem__)
+
+    def _known(self, node: fx.Node, module, path: str, block: str | None) -> UnitSpec | None:
+        """The unit of an op with a hand-written graph (no side effects), or None."""
+        a = self.analysis
+        shape = a.node_shapes[node.name]
         args = [x for x in node.args if isinstance(x, fx.Node)]
         x = args[0] if args else None
         in_shape = a.node_shapes.get(x.name, ()) if x is not None else ()
         use = a.layers.get(path) if node.op == "call_module" else None
-        if use is not None and use.kind in ("conv1d", "conv2d", "linear"):
-            return self._weighted(node, use, module, consumed, block)
-        if module is not None and isinstance(module, _FREE_MODULES):
-            return None
-        if node.op == "call_function" and node.target in _FREE_FUNCTIONS:
-            return None
-        if node.op == "call_method" and node.target in _FREE_METHODS:
-            return None
         if use is not None and use.kind == "batchnorm":
             return self._elt(path, "batchnorm", node, block)
+        if use is not None:
+            return None  # LayerNorm, GroupNorm: generic, resized with the config
         act = self._act(node)
         if act is not None:
             return self._elt(path, act, node, block)
@@ -168,38 +342,52 @@ class UnitPlan:
         if pool is not None:
             return UnitSpec(path, "pool", (self._lay(x),), self._lay(node), tuple(in_shape[2:]), pool, block)
         if node.op == "call_function" and node.target in (torch.cat, torch.concat):
+            if not isinstance(node.args[0], list | tuple):
+                return None  # a tuple computed by another op (a split's parts)
             parts = [p for p in node.args[0] if isinstance(p, fx.Node)]
-            return UnitSpec(path, "concat", (self._lay(node),), self._lay(node), tuple(shape[2:]),
-                            {"mid": len(parts)}, block)  # fmt: skip
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if len(shape) >= 2 and dim % len(shape) == 1:
+                return UnitSpec(path, "concat", (self._lay(node),), self._lay(node), tuple(shape[2:]),
+                                {"mid": len(parts)}, block)  # fmt: skip
+            return None
         if (node.op == "call_method" and node.target == "mean") or (
             node.op == "call_function" and node.target is torch.mean
         ):
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            if dims is None or not in_shape:
+                return None
             dims = {d % len(in_shape) for d in (dims if isinstance(dims, list | tuple) else [dims])}
             if dims == set(range(2, len(in_shape))):
                 return UnitSpec(path, "pool", (self._lay(x),), self._lay(node), tuple(in_shape[2:]),
                                 {"op": "global_avg"}, block)  # fmt: skip
-        self.unsupported.append(f"{node.name} ({_describe(node, module)})")
         return None
 
     def _pool(self, node, module, in_shape, shape) -> dict | None:
+        """A pooling unit with a hand-written graph: square kernel, stride and padding, no dilation, padding
+        counted; anything else (an adaptive pool to another size than 1, ...) is a generic unit."""
         target = type(module) if module is not None else node.target
         if target in _ADAPTIVE:  # the exporter writes a global pool even where the input is already 1x1
             kind = _ADAPTIVE[target]
             if all(s == 1 for s in shape[2:]):
                 return {"op": f"global_{kind}"}
-            return None  # an adaptive pool to another size has no key: the plan lists it as unsupported
+            return None
         if target in _POOL_MODULES or target in _POOL_FUNCTIONS:
             kind = _POOL_MODULES.get(target) or _POOL_FUNCTIONS.get(target)
             if module is not None:
                 k, s, p = module.kernel_size, module.stride, module.padding
                 ceil = int(getattr(module, "ceil_mode", False))
                 dil = getattr(module, "dilation", 1)
+                plain = (getattr(module, "count_include_pad", True) and getattr(module, "divisor_override", None)
+                         is None and not getattr(module, "return_indices", False))  # fmt: skip
             else:
                 k = node.args[1] if len(node.args) > 1 else node.kwargs["kernel_size"]
                 s = node.args[2] if len(node.args) > 2 else node.kwargs.get("stride") or k
                 p = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
                 ceil, dil = int(node.kwargs.get("ceil_mode", False)), node.kwargs.get("dilation", 1)
+                extra = set(node.kwargs) - {"kernel_size", "stride", "padding", "ceil_mode", "dilation"}
+                plain = len(node.args) <= 4 and not extra
+            if not plain or any(len(set(v)) > 1 for v in (k, s, p, dil) if isinstance(v, list | tuple)):
+                return None
             if _first(dil) != 1:
                 return None
             return {"op": kind, "kernel": _first(k), "stride": _first(s), "padding": _first(p), "ceil": ceil}
@@ -221,18 +409,35 @@ class UnitPlan:
         return UnitSpec(path, "eltwise", (self._lay(node),), self._lay(node), tuple(out_shape[2:]),
                         {"op": op, "mid": int(broadcast)}, block)  # fmt: skip
 
-    def _weighted(self, node, use, module, consumed, block) -> UnitSpec:
+    def _follower(self, cur: fx.Node, consumed: set) -> fx.Node | None:
+        """The op right after a conv or linear unit that fuses into it: ``cur``'s only user, reading
+        nothing else, writing a tensor of the same shape, an op without a hand-written unit that holds
+        no layer of its own."""
+        nxt = self._only_user(cur)
+        if nxt is None or nxt.all_input_nodes != [cur] or not self._eligible(nxt, consumed):
+            return None
+        shapes = self.analysis.node_shapes
+        if shapes.get(nxt.name) is None or shapes.get(nxt.name) != shapes.get(cur.name):
+            return None
+        module = self.modules.get(str(nxt.target)) if nxt.op == "call_module" else None
+        if isinstance(module, WEIGHTED_TYPES) or str(nxt.target) in self.analysis.layers:
+            return None
+        return nxt
+
+    def _weighted(self, node, use, module, consumed, block) -> UnitSpec | None:
         fixed: dict = {}
         if node.args and isinstance(node.args[0], fx.Node) and node.args[0].op == "placeholder":
             fixed["graph_input"] = 1
+        consumed.add(node)
         cur = node
         nxt = self._only_user(cur)
+        nxt = nxt if nxt not in consumed else None
         norm = self.analysis.layers.get(str(nxt.target)) if nxt is not None and nxt.op == "call_module" else None
         if norm is not None and norm.kind == "batchnorm":
             consumed.add(nxt)
             cur = nxt
         nxt = self._only_user(cur)
-        act = self._act(nxt) if nxt is not None else None
+        act = self._act(nxt) if nxt is not None and nxt not in consumed else None
         if act is not None:
             fixed["activation"] = act
             consumed.add(nxt)
@@ -251,13 +456,14 @@ class UnitPlan:
                     if post is not None:
                         fixed["post"] = post
                         consumed.add(after)
+        if "residual" not in fixed and (f := self._follower(cur, consumed)) is not None:
+            generic = self._generic([f], block, fused_into=use.path)
+            fixed["op"] = generic
+            consumed.add(f)
         if use.kind == "linear":
             return UnitSpec(use.path, "linear", (use.in_layout,), use.out_layout, (), fixed, block)
         k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
-        if isinstance(p, str) or len(set(k)) > 1 or len(set(s)) > 1 or len(set(p)) > 1 or len(set(d)) > 1:
-            self.unsupported.append(f"{use.path} (conv with non-square kernel, stride, padding or dilation)")
-        fixed.update(kernel=k[0], stride=s[0], padding=0 if isinstance(p, str) else p[0], dilation=d[0],
-                     dims=1 if use.kind == "conv1d" else 2)  # fmt: skip
+        fixed.update(kernel=k[0], stride=s[0], padding=p[0], dilation=d[0], dims=1 if use.kind == "conv1d" else 2)
         tied = use.depthwise or (
             len(use.in_layout) == 1 and len(use.out_layout) == 1
             and self.analysis.var_root[use.in_layout[0].var] == self.analysis.var_root[use.out_layout[0].var]
@@ -266,30 +472,137 @@ class UnitPlan:
             fixed["depthwise"] = True
         return UnitSpec(use.path, "conv", (use.in_layout,), use.out_layout, tuple(use.in_shape[2:]), fixed, block, tied)
 
-    # -- keys ------------------------------------------------------------------------------------------
-    def check(self) -> None:
-        if self.unsupported:
-            raise LatencyTableError(
-                f"no latency key for {len(self.unsupported)} op(s) of this model: {', '.join(self.unsupported[:5])} "
-                "(the latency table cannot predict them; file an issue with the op)"
-            )
+    # -- generic units ---------------------------------------------------------------------------------
+    def _tensor(self, node: fx.Node) -> TensorSpec:
+        a = self.analysis
+        shape = a.node_shapes[node.name]
+        lay = a.node_layouts.get(node.name)
+        if not lay or len(shape) < 2 or self._count(lay, {}) != shape[1]:
+            return TensorSpec(tuple(shape))
+        return TensorSpec(tuple(shape), lay)
 
+    def _generic(self, nodes: list[fx.Node], block: str | None, fused_into: str | None = None):
+        """The ``op`` unit of ``nodes`` (ops without hand-written units and what joins them), its torch
+        module registered for timing. With ``fused_into`` (a conv or linear layer the op follows), just
+        the op's text, for that layer's key."""
+        a = self.analysis
+        members = set(nodes)
+        todo = [x for n in nodes for x in n.all_input_nodes]
+        while todo:  # sizes and other non-tensor values the op reads are computed inside the unit
+            x = todo.pop()
+            if x in members or x.op not in ("call_module", "call_function", "call_method"):
+                continue
+            if not _tensor_shapes(x):
+                members.add(x)
+                todo.extend(x.all_input_nodes)
+        order = sorted(members, key=self._index.__getitem__)
+        externals: list[fx.Node] = []
+        consts: list[fx.Node] = []
+        for n in order:
+            for x in n.all_input_nodes:
+                if x in members or x in externals or x in consts:
+                    continue
+                (consts if x.op == "get_attr" else externals).append(x)
+        outputs = [n for n in order if _tensor_shapes(n) and any(u not in members for u in n.users)]
+        if not outputs:
+            return None  # computes nothing anything reads: the exporter drops it
+        resized = [str(n.target) for n in order if n.op == "call_module" and str(n.target) in a.layers]
+        text = describe_nodes(order, externals, self.modules, resized if fused_into is None else ())
+        register_torch_op(text, TorchOp(functools.partial(_build_generic, order, externals, consts, self)))
+        label = "+".join(_op_name(n, self.modules) for n in order if _tensor_shapes(n))
+        head = nodes[0]
+        if fused_into is not None:
+            self._exported[fused_into] = f"{type(self.modules[fused_into]).__name__}+{label}"
+            return text
+        ins: list[TensorSpec] = []
+        for x in externals:
+            if x.name in a.node_shapes:
+                ins.append(self._tensor(x))
+            else:  # a tuple of tensors (a split's result read whole): one input per part
+                ins.extend(TensorSpec(s) for s in _tensor_shapes(x))
+        outs: list[TensorSpec] = []
+        for n in outputs:
+            if n.name in a.node_shapes:
+                outs.append(self._tensor(n))
+            else:
+                outs.extend(TensorSpec(s) for s in _tensor_shapes(n))
+        layers, fixed_weights = [], 0
+        for n in order:
+            if n.op == "get_attr":
+                continue
+            if n.op != "call_module":
+                continue
+            module = self.modules[str(n.target)]
+            use = a.layers.get(str(n.target))
+            if use is None:
+                tensors = (*module.parameters(), *module.buffers())
+                fixed_weights += sum(t.numel() for t in tensors if t.is_floating_point())
+                continue
+            if use.kind in ("conv1d", "conv2d", "linear"):
+                kernel = math.prod(getattr(module, "kernel_size", ()) or (1,))
+                layers.append(InnerLayer(use, kernel * math.prod(use.out_shape[2:]), kernel))
+            else:
+                folded = use.kind == "batchnorm" and any(i.use.kind.startswith("conv") or i.use.kind == "linear"
+                                                          for i in layers)  # fmt: skip
+                layers.append(InnerLayer(use, 0, 0, folded))
+        for c in consts:
+            value = _fetch(self.analysis.graph, str(c.target))
+            fixed_weights += value.numel() if isinstance(value, torch.Tensor) and value.is_floating_point() else 0
+        graph_input = any(x.op == "placeholder" for x in externals)
+        generic = GenericOp(text, tuple(ins), tuple(outs), tuple(layers), fixed_weights, graph_input)
+        name = str(head.target) if head.op == "call_module" else head.name
+        self._exported[name] = label
+        out0 = outs[0].layout or () if outs else ()
+        return UnitSpec(name, "op", tuple(t.layout or () for t in ins), out0, (), {}, block, generic=generic)
+
+    def _generic_key(self, u: UnitSpec, widths: dict[int, int | None]) -> OpKey:
+        g = u.generic
+        inputs = tuple(t.at(widths) for t in g.inputs)
+        outputs = tuple(t.at(widths) for t in g.outputs)
+        sizes: list[int] = []
+        macs = weights = 0
+        for inner in g.layers:
+            c_in, c_out = inner.sizes(widths)
+            sizes += [c_in, c_out]
+            per_group_in = 1 if inner.use.depthwise else c_in
+            macs += per_group_in * c_out * inner.macs_per
+            if inner.weights_per:
+                weights += per_group_in * c_out * inner.weights_per + c_out
+            elif inner.use.kind in ("layernorm", "groupnorm"):
+                weights += 2 * c_out
+        c_in = inputs[0][1] if inputs and len(inputs[0]) > 1 else 0
+        c_out = outputs[0][1] if outputs and len(outputs[0]) > 1 else 0
+        return OpKey("op", c_in, c_out, op=g.op, graph_input=int(g.graph_input), inputs=inputs, outputs=outputs,
+                     sizes=tuple(sizes), n_macs=macs, n_weights=weights + g.fixed_weights)  # fmt: skip
+
+    # -- keys ------------------------------------------------------------------------------------------
     @staticmethod
     def _count(layout: Layout, widths: dict[int, int | None]) -> int:
-        return sum((seg.size if widths[seg.var] is None else widths[seg.var]) * seg.repeat for seg in layout)
+        total = 0
+        for seg in layout:
+            w = widths.get(seg.var)
+            total += (seg.size if w is None else w) * seg.repeat
+        return total
+
+    def key_at(self, u: UnitSpec, widths: dict[int, int | None]) -> OpKey:
+        """``u``'s key when its channel variables have ``widths`` (None: full size)."""
+        if u.generic is None:
+            return self.key(u, self._count(u.ins[0], widths), self._count(u.out, widths))
+        memo = (u.name, id(u), *(widths.get(seg.var) for lay in u.layouts() for seg in lay))
+        key = self._memo.get(memo)
+        if key is None:
+            key = self._memo[memo] = self._generic_key(u, widths)
+        return key
 
     def ops(self, space: GraphSpace, cfg: SubnetConfig) -> list[tuple[str, OpKey]]:
         """``(unit name, key)`` for every unit that runs for ``cfg``, in execution order."""
-        self.check()
         widths = self.analysis.widths(cfg.widths)
         skipped = space.skipped_blocks(cfg.depths)
         out = []
         for u in self.units:
             if u.block is not None and u.block in skipped:
                 continue
-            c_in = self._count(u.ins[0], widths)
-            c_out = self._count(u.out, widths)
-            out.append((u.name, self.key(u, c_in, c_out)))
+            out.append((u.name, self.key_at(u, widths)))
         return out
 
     def key(self, u: UnitSpec, c_in: int, c_out: int) -> OpKey:
@@ -309,7 +622,6 @@ class UnitPlan:
 
     def unit_keys(self, space: GraphSpace) -> list[tuple[UnitSpec, list[OpKey]]]:
         """Per unit, every key it can run as in ``space`` (widths tied across units are not tied here)."""
-        self.check()
         a = self.analysis
         choices = {var: (space.groups[g].widths if (g := a.var_group.get(root)) in space.groups else (None,))
                    for var, root in a.var_root.items()}  # fmt: skip
@@ -320,6 +632,12 @@ class UnitPlan:
 
         out = []
         for u in self.units:
+            if u.generic is not None:  # every joint choice of the groups it reads or writes
+                groups = sorted({g for lay in u.layouts() for seg in lay if (g := a.group_of(seg.var)) in space.groups})
+                keys = {self.key_at(u, a.widths(dict(zip(groups, combo, strict=True))))
+                        for combo in itertools.product(*(space.groups[g].widths for g in groups))}
+                out.append((u, sorted(keys)))
+                continue
             outs = counts(u.out)
             if u.tied or u.kind in ("pool", "eltwise", "concat"):
                 out.append((u, [self.key(u, c, c) for c in outs]))
@@ -421,7 +739,6 @@ def exact_extreme(
     ``max_work`` front combinations (a densely connected graph); callers then fall back to
     :func:`extreme_graph`.
     """
-    plan.check()
     a = plan.analysis
     sign = 1.0 if pick is min else -1.0
     choices: dict[tuple, tuple[int, ...]] = {("w", g): tuple(c) for g, c in space.width_layers().items()}
@@ -435,7 +752,7 @@ def exact_extreme(
     factors: list[tuple[tuple, dict[tuple, _Front]]] = []
     work = 0
     for u in plan.units:
-        scope = sorted({*groups_in(u.ins[0]), *groups_in(u.out)})
+        scope = sorted({g for lay in u.layouts() for g in groups_in(lay)})
         seq = where.get(u.block) if u.block is not None else None
         if seq is not None:
             scope.append(("d", seq[0]))
@@ -447,8 +764,7 @@ def exact_extreme(
                 table[values] = [(None, ())]  # the block is skipped: the unit costs nothing
                 continue
             widths = {var: assign.get(("w", a.group_of(var))) for var in a.var_root}
-            key = plan.key(u, plan._count(u.ins[0], widths), plan._count(u.out, widths))
-            v = vec(key)
+            v = vec(plan.key_at(u, widths))
             zero = zero or tuple(0.0 for _ in v)
             table[values] = [(v, ())]
         work += len(table)
@@ -516,11 +832,175 @@ def bound_graph(space: GraphSpace, plan: UnitPlan, cost: Callable[[OpKey], float
     return total
 
 
-def _describe(node: fx.Node, module) -> str:
-    if module is not None:
-        return type(module).__name__
+# -- generic units: their text and their torch module --------------------------------------------------
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _tensor_shapes(node: fx.Node) -> list[tuple[int, ...]]:
+    """The shapes of the tensors a node returns (a tensor, or a tuple/list of them), as traced."""
+    out: list[tuple[int, ...]] = []
+
+    def walk(meta) -> None:
+        if hasattr(meta, "shape"):
+            out.append(tuple(meta.shape))
+        elif isinstance(meta, list | tuple):
+            for m in meta:
+                walk(m)
+        elif isinstance(meta, dict):
+            for m in meta.values():
+                walk(m)
+
+    walk(node.meta.get("tensor_meta"))
+    return out
+
+
+def _module_text(module: nn.Module) -> str:
+    """A module as its repr on one line; a class outside torch.nn is qualified, with a hash of its
+    plain attributes (two instances with equal text compute the same thing)."""
+    text = _ADDRESS.sub("", " ".join(repr(module).split()))
+    cls = type(module)
+    if cls.__module__.startswith("torch.nn"):  # with the arguments its repr leaves out, where not the default
+        try:
+            params = inspect.signature(cls.__init__).parameters
+        except (TypeError, ValueError):
+            params = {}
+        hidden = [f"{k}={v!r}" for k, v in vars(module).items()
+                  if k in params and f"{k}=" not in text and params[k].default is not inspect.Parameter.empty
+                  and not _same(v, params[k].default) and k != "inplace"]  # fmt: skip
+        return text + (f"[{', '.join(hidden)}]" if hidden else "")
+    simple = bool | int | float | str | tuple | type(None)
+    plain = sorted((k, repr(v)) for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, simple))
+    digest = hashlib.sha256(repr(plain).encode()).hexdigest()[:8]
+    return f"{cls.__module__}.{text}#{digest}"
+
+
+def _same(value, default) -> bool:
+    """A module attribute equal to its constructor default (``(1, 1)`` is the default ``1``)."""
+    if isinstance(value, tuple) and not isinstance(default, tuple):
+        return all(v == default for v in value)
+    return value == default
+
+
+def describe_nodes(
+    order: list[fx.Node], inputs: list[fx.Node], modules: dict[str, nn.Module], resized: Iterable[str] = ()
+) -> str:
+    """The text of a unit of fx nodes: each node's op (a module as its repr, a function by its
+    qualified name, a method as ``.name``) with its arguments, ``$i`` for the unit's i-th input
+    (``$i[k]``: a tuple of k tensors) and ``%j`` for the result of its j-th node; a module the config
+    resizes (a prunable layer of the model: path in ``resized``) is marked ``~``. Equal texts compute
+    the same thing at equal shapes and sizes."""
+    local = {n: f"%{j}" for j, n in enumerate(order)}
+    ext = {}
+    for i, n in enumerate(inputs):
+        whole = hasattr(n.meta.get("tensor_meta"), "shape")
+        ext[n] = f"${i}" if whole else f"${i}[{len(_tensor_shapes(n))}]"
+    resized = set(resized)
+
+    def fmt(arg) -> str:
+        if isinstance(arg, fx.Node):
+            if arg.op == "get_attr":
+                return f"<{arg.target}{tuple(_tensor_shapes(arg)[0]) if _tensor_shapes(arg) else ''}>"
+            return local.get(arg) or ext.get(arg) or "?"
+        if isinstance(arg, tuple):
+            return "(" + ", ".join(map(fmt, arg)) + ("," if len(arg) == 1 else "") + ")"
+        if isinstance(arg, list):
+            return "[" + ", ".join(map(fmt, arg)) + "]"
+        if isinstance(arg, dict):
+            return "{" + ", ".join(f"{k!r}: {fmt(v)}" for k, v in arg.items()) + "}"
+        return _ADDRESS.sub("", repr(arg))
+
+    parts = []
+    for n in order:
+        if n.op == "call_module":
+            what = ("~" if str(n.target) in resized else "") + _module_text(modules[str(n.target)])
+        elif n.op == "call_method":
+            what = f".{n.target}"
+        else:
+            what = _target_name(n)
+        args = [fmt(x) for x in n.args] + [f"{k}={fmt(v)}" for k, v in sorted(n.kwargs.items())]
+        if n.op == "call_module" and len(order) == 1 and args == ["$0"]:
+            parts.append(what)  # a module on the unit's one input: its repr says it all
+        else:
+            parts.append(f"{what}({', '.join(args)})")
+    if len(order) == 1:
+        return parts[0]
+    return "; ".join(f"%{j}={p}" for j, p in enumerate(parts))
+
+
+def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """A node's op in a word: its module's class, its function's or method's name."""
+    if node.op == "call_module":
+        return type(modules[str(node.target)]).__name__
     t = node.target
     return t if isinstance(t, str) else getattr(t, "__name__", repr(t))
 
 
-__all__ = ["UnitPlan", "UnitSpec", "bound_graph", "exact_extreme", "extreme_graph"]
+def _fetch(gm: nn.Module, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _resized(module: nn.Module, inner: InnerLayer, c_in: int, c_out: int) -> nn.Module:
+    """A plain copy of one of the model's prunable layers at ``c_in`` -> ``c_out`` channels (through the
+    elastic layer the supernet would use, so it is the layer a subnet deploys)."""
+    from nasprune.graph.elastic import (
+        ElasticBatchNorm,
+        ElasticConv,
+        ElasticGroupNorm,
+        ElasticLayerNorm,
+        ElasticLinear,
+    )
+
+    kind = inner.use.kind
+    if kind in ("conv1d", "conv2d", "linear"):
+        e = ElasticConv(module) if kind != "linear" else ElasticLinear(module)
+        e.in_sel, e.out_sel = c_in, c_out
+    else:
+        e = {"batchnorm": ElasticBatchNorm, "layernorm": ElasticLayerNorm, "groupnorm": ElasticGroupNorm}[kind](module)
+        e.sel = c_out
+    return e.export().eval()
+
+
+def _build_generic(order: list[fx.Node], inputs: list[fx.Node], consts: list[fx.Node], plan: UnitPlan, key: OpKey):
+    """The torch module of a generic unit at ``key``'s sizes: its nodes copied into a graph of their own,
+    reading one placeholder per input tensor (a tuple input: one per part), the model's prunable layers
+    resized to ``key.sizes``."""
+    gm = plan.analysis.graph
+    graph = fx.Graph()
+    env: dict[fx.Node, object] = {}
+    root: dict[str, object] = {}
+    count = 0
+    for x in inputs:
+        if x.name in plan.analysis.node_shapes:
+            env[x] = graph.placeholder(f"x{count}")
+            count += 1
+        else:
+            parts = []
+            for _ in _tensor_shapes(x):
+                parts.append(graph.placeholder(f"x{count}"))
+                count += 1
+            env[x] = tuple(parts)
+    for c in consts:
+        env[c] = graph.get_attr(str(c.target))
+        root[str(c.target)] = _fetch(gm, str(c.target))
+    sizes = list(key.sizes)
+    members = set(order)
+    for n in order:
+        if n.op == "call_module":
+            module = plan.modules[str(n.target)]
+            use = plan.analysis.layers.get(str(n.target))
+            if use is not None and key.kind == "op":
+                c_in, c_out = sizes.pop(0), sizes.pop(0)
+                module = _resized(module, InnerLayer(use, 0, 0), c_in, c_out)
+            root[str(n.target)] = module
+        env[n] = graph.node_copy(n, lambda a: env[a])
+    outs = [env[n] for n in order if _tensor_shapes(n) and (key.kind != "op" or any(u not in members for u in n.users))]
+    graph.output(outs[0] if len(outs) == 1 else tuple(outs))
+    return fx.GraphModule(root, graph).eval()
+
+
+__all__ = ["GenericOp", "UnitPlan", "UnitSpec", "bound_graph", "describe_nodes", "exact_extreme", "extreme_graph"]

@@ -7,16 +7,24 @@ here use the same nodes, opset and a symbolic batch axis, so onnxruntime applies
 (Conv+ReLU, Conv+Add+ReLU, Gemm+ReLU, NCHWc layout) to both. Units that read a feature map are
 built behind a :class:`Producer`, so their input arrives as it does inside a network. Weights are
 random: values do not change the latency of dense kernels.
+
+Any other op (an ``op`` key, or the op fused behind a conv or linear key) is exported by torch on its
+own, through the exporter and settings of the deployment path, at the key's shapes (its
+:class:`TorchOp`, registered by the unit plan that found it) and spliced into the same kind of
+graph: whatever the exporter writes for it and onnxruntime makes of that is what is timed.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from nasprune.errors import LatencyTableError
 from nasprune.latency.ops import OpKey
 
 OPSET = 18
@@ -28,6 +36,8 @@ class _Builder:
         self.rng = np.random.default_rng(seed)
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self.functions: list[onnx.FunctionProto] = []
+        self.opsets: dict[str, int] = {}
         self._n = 0
 
     def name(self, stem: str) -> str:
@@ -82,6 +92,23 @@ class _Builder:
         b = self.weight("b", (c_out,), c_out)
         return self.node("Gemm", [x, w, b], transB=1)
 
+    def splice(self, fragment: onnx.ModelProto, inputs: list[str]) -> list[str]:
+        """Insert an exported model's graph reading ``inputs``; returns the names of its outputs."""
+        self._n += 1
+        prefixed = onnx.compose.add_prefix(fragment, f"t{self._n}/")
+        g = prefixed.graph
+        rename = {vi.name: x for vi, x in zip(g.input, inputs, strict=True)}
+        for node in g.node:
+            _rename_inputs(node, rename)
+        self.nodes.extend(g.node)
+        self.inits.extend(g.initializer)
+        for f in prefixed.functions:
+            if all(f.name != h.name or f.domain != h.domain for h in self.functions):
+                self.functions.append(f)
+        for o in prefixed.opset_import:
+            self.opsets.setdefault(o.domain, o.version)
+        return [rename.get(o.name, o.name) for o in g.output]
+
     def model(self, x: str | list, x_shape: list, y: str | list, y_shape: list) -> bytes:
         """A model with inputs ``x`` (a name, or a list of names with a list of shapes) and outputs ``y``."""
         xs, x_shapes = ([x], [x_shape]) if isinstance(x, str) else (x, x_shape)
@@ -93,9 +120,104 @@ class _Builder:
             [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(ys, y_shapes, strict=True)],
             initializer=self.inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nasprune")
+        opsets = [helper.make_opsetid(d, v) for d, v in {"": OPSET, **self.opsets}.items()]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="nasprune", functions=self.functions)
         model.ir_version = IR_VERSION
         return model.SerializeToString()
+
+
+def _rename_inputs(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+    """Point a node's inputs (and those of its subgraphs, which may read outer names) at new names."""
+    for i, name in enumerate(node.input):
+        if name in rename:
+            node.input[i] = rename[name]
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for n in sub.node:
+                _rename_inputs(n, rename)
+
+
+# -- ops exported by torch ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TorchOp:
+    """How to build, at a key's sizes, the torch module computing an op that has no hand-written graph.
+
+    ``build(key)`` returns a module taking the key's input tensors (``key.inputs``; for a conv or linear
+    key's fused op, the layer's output) and computing the op; :func:`nasprune.graph.units.UnitPlan`
+    registers one per op it finds (:func:`register_torch_op`), under the key's ``op`` text, which
+    names the op, its arguments and how its nodes connect, so equal texts compute the same thing.
+    """
+
+    build: Callable[[OpKey], object]
+
+
+_TORCH_OPS: dict[str, TorchOp] = {}
+_FRAGMENTS: dict[tuple, onnx.ModelProto] = {}
+_FRAGMENTS_LOCK = threading.Lock()
+
+
+def register_torch_op(name: str, op: TorchOp) -> None:
+    """Make ``op`` the way to build keys whose ``op`` text is ``name`` (kept for the process)."""
+    _TORCH_OPS[name] = op
+
+
+def fused_shape(key: OpKey) -> tuple[int, ...]:
+    """The shape (batch 1) of a conv or linear key's output, which its fused ``op`` reads."""
+    if key.kind == "linear":
+        return (1, key.c_out)
+    return (1, key.c_out, key.h_out) if key.dims == 1 else (1, key.c_out, key.h_out, key.w_out)
+
+
+def torch_fragment(key: OpKey) -> onnx.ModelProto:
+    """The ONNX graph torch's exporter writes for the op of ``key`` alone (cached per key).
+
+    The same exporter and settings as the deployment path (``nasprune.export``: dynamo, optimised,
+    opset 18, dynamic batch axis), the op at the key's shapes. Raises :class:`LatencyTableError` if no
+    unit plan of this process registered the op, or if torch cannot export it.
+    """
+    shapes = key.inputs if key.kind == "op" else (fused_shape(key),)
+    cache_key = (key.op, shapes, key.sizes)
+    with _FRAGMENTS_LOCK:
+        hit = _FRAGMENTS.get(cache_key)
+    if hit is not None:
+        return hit
+    op = _TORCH_OPS.get(key.op)
+    if op is None:
+        raise LatencyTableError(
+            f"no torch module registered for {key.describe()}: such units are exported from the model, so time "
+            "them through its space (build_table/extend_table with the space, which plans its units first)"
+        )
+    module = op.build(key)
+    proto = _export_fragment(module, shapes, key.describe())
+    with _FRAGMENTS_LOCK:
+        _FRAGMENTS[cache_key] = proto
+    return proto
+
+
+def _export_fragment(module, shapes: tuple[tuple[int, ...], ...], what: str) -> onnx.ModelProto:
+    import torch
+
+    from nasprune.export import _EXPORT_LOCK
+    from nasprune.export import OPSET as EXPORT_OPSET
+
+    gen = torch.Generator().manual_seed(0)
+    xs = tuple(torch.randn(s, generator=gen) for s in shapes)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    errors = []
+    batched = tuple({0: batch} if x.dim() and x.shape[0] == 1 else None for x in xs)
+    for dynamic in (batched, None):  # an op that specialises the batch size still gets a graph
+        try:
+            with _EXPORT_LOCK, torch.no_grad():
+                program = torch.onnx.export(
+                    module.eval(), xs, None, dynamo=True, external_data=False, optimize=True, verbose=False,
+                    opset_version=EXPORT_OPSET, dynamic_shapes=dynamic,
+                )  # fmt: skip
+            return program.model_proto
+        except Exception as e:  # the exporter raises many types
+            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    raise LatencyTableError(f"torch cannot export {what} on its own to time it ({errors[-1]})")
 
 
 @dataclass(frozen=True, order=True)
@@ -122,10 +244,25 @@ class Producer:
         return [h] if self.dims == 1 else [h, w]
 
 
+def _maps(shapes: tuple[tuple[int, ...], ...]) -> tuple[int, list[tuple[int, int, int]]] | None:
+    """``(dims, [(c, h, w)...])`` when every shape is a feature map of the same rank (N,C,L or N,C,H,W)."""
+    ranks = {len(s) for s in shapes}
+    if len(ranks) != 1 or not ranks <= {3, 4} or any(s[0] != 1 for s in shapes):
+        return None
+    dims = ranks.pop() - 2
+    return dims, [(s[1], s[2], s[3] if dims == 2 else 1) for s in shapes]
+
+
 def producer_of(key: OpKey) -> Producer | None:
     """The producer a key is timed behind (None: the key reads the graph input, as in a network)."""
     if key.graph_input or key.kind == "linear":
         return None
+    if key.kind == "op":  # feature maps come from a conv, as inside a network; anything else is fed as is
+        maps = _maps(key.inputs) if key.inputs else None
+        if maps is None:
+            return None
+        dims, (first, *more) = maps
+        return Producer(*first, dims, tuple(more))
     if key.kind in ("conv", "pool") and key.op in ("", "max", "avg", "global_avg", "global_max"):
         more = ((key.c_out, key.h_out, key.w_out),) if key.residual == "add" else ()
         return Producer(key.c_in, key.h_in, key.w_in, key.dims, more)
@@ -155,11 +292,25 @@ class Consumer:
     dims: int = 2
 
 
-def consumer_of(key: OpKey) -> Consumer | None:
-    """The consumer a unit is timed with (None for linear units and units without spatial output)."""
+def consumers_of(key: OpKey) -> list[Consumer]:
+    """The consumers a unit is timed with: one per feature-map output (none for linear units and
+    outputs without space)."""
+    if key.kind == "op":
+        out = []
+        for s in key.outputs:
+            if (maps := _maps((s,))) is not None:
+                dims, [(c, h, w)] = maps
+                out.append(Consumer(c, h, w, dims))
+        return out
     if key.kind == "linear" or not key.spatial:
-        return None
-    return Consumer(key.c_out, key.h_out, key.w_out, key.dims)
+        return []
+    return [Consumer(key.c_out, key.h_out, key.w_out, key.dims)]
+
+
+def consumer_of(key: OpKey) -> Consumer | None:
+    """The first of :func:`consumers_of` (None if there is none)."""
+    cons = consumers_of(key)
+    return cons[0] if cons else None
 
 
 def _consume(g: _Builder, y: str, c: Consumer) -> str:
@@ -211,11 +362,39 @@ def op_model(key: OpKey, seed: int = 0) -> bytes:
     Input ``x`` (and ``x1``... for a producer with several outputs), output ``y``, symbolic batch
     axis ``batch``.
     """
+    if key.kind == "op":
+        return _torch_unit_model(key, seed)
     if key.kind != "linear":
         return _unit_model(key, seed)
     g = _Builder(seed)
     y = g.act(g.gemm("x", key.c_in, key.c_out), key.activation)
+    if key.op:
+        (y,) = g.splice(torch_fragment(key), [y])
     return g.model("x", ["batch", key.c_in], y, ["batch", key.c_out])
+
+
+def _torch_unit_model(key: OpKey, seed: int = 0) -> bytes:
+    """An ``op`` key: its exported graph behind producers of its feature-map inputs (other inputs are
+    graph inputs), each feature-map output read by a consumer."""
+    g = _Builder(seed)
+    p = producer_of(key)
+    if p is None:
+        names = [f"x{i}" if i else "x" for i in range(len(key.inputs))]
+        shapes, ins = [_batched(s) for s in key.inputs], names
+    else:
+        names, shapes, ins = _produce_all(g, p)
+    ys = g.splice(torch_fragment(key), list(ins))
+    cons = iter(consumers_of(key))
+    outs = []
+    for y, s in zip(ys, key.outputs, strict=True):
+        outs.append(_consume(g, y, next(cons)) if _maps((s,)) is not None else y)
+    return g.model(names, shapes, outs, [_batched(s) for s in key.outputs])
+
+
+def _batched(shape: tuple[int, ...]) -> list:
+    """A traced shape (batch 1) with its batch axis symbolic; a tensor whose first axis is not 1 (a
+    constant the op computes, e.g. ``torch.arange``) has no batch axis."""
+    return ["batch", *shape[1:]] if shape and shape[0] == 1 else list(shape)
 
 
 def _unit_model(key: OpKey, seed: int = 0) -> bytes:
@@ -233,6 +412,8 @@ def _unit_model(key: OpKey, seed: int = 0) -> bytes:
         y = g.act(y, key.activation)
         if key.residual == "add":
             y = g.act(g.node("Add", [y, ins[1]]), key.post)
+        if key.op:
+            (y,) = g.splice(torch_fragment(key), [y])
     elif key.kind == "pool":
         axes = np.array([-1] if key.dims == 1 else [-1, -2], np.int64)
         if key.op in ("global_avg", "global_max"):
@@ -259,7 +440,7 @@ def _unit_model(key: OpKey, seed: int = 0) -> bytes:
         y = g.node("Concat", ins, axis=1)
     else:
         raise ValueError(f"unknown unit kind {key.kind!r}")
-    if (c := consumer_of(key)) is not None:
+    for c in consumers_of(key):
         y = _consume(g, y, c)
     out_shape = ["batch", key.c_out, *([key.h_out] if key.dims == 1 else [key.h_out, key.w_out])]
     return g.model(names, shapes, y, out_shape)

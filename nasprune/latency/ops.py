@@ -4,7 +4,8 @@
 the model's graph by :mod:`nasprune.graph.units`, after the fusions onnxruntime applies: a conv with
 its BatchNorm folded in and its activation fused (and a residual ``Add`` that follows it, with the
 activation after the add), a ``Gemm`` with its activation, pooling (global pooling included), an
-elementwise op, a concatenation. No unit rule is written per architecture.
+elementwise op, a concatenation, and any other op as an ``op`` unit of its own, timed by exporting
+it alone. No unit rule is written per architecture, and no op is left without a unit.
 
 MACs of a key follow the trace's convention (norms and pooling add none), so
 ``sum(k.macs for k in ops_for(space, cfg)) == supernet.macs(cfg)``.
@@ -21,7 +22,7 @@ from typing import Literal
 
 from nasprune.space import GraphSpace, SubnetConfig
 
-OpKind = Literal["conv", "linear", "pool", "eltwise", "concat"]
+OpKind = Literal["conv", "linear", "pool", "eltwise", "concat", "op"]
 Activation = Literal["relu", "none", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "tanh", "leaky_relu"]
 Residual = Literal["none", "add"]
 
@@ -36,6 +37,14 @@ class OpKey:
     (``op`` max|avg|global_avg|global_max), ``eltwise`` (``op`` add|mul|an activation; ``mid`` 1 when
     the second operand broadcasts over space) and ``concat`` (``mid`` inputs). ``graph_input`` is 1
     for a unit that reads the network's input (it is then timed without a producer in front).
+
+    Kind ``op`` is any other op (or short chain of ops) of the graph: ``op`` describes it (the torch
+    module or function and its arguments, :mod:`nasprune.graph.units`), ``inputs``/``outputs`` are
+    its tensors' shapes without the batch axis, ``sizes`` the active (in, out) channels of the
+    model's prunable layers inside it, ``n_macs``/``n_weights`` its MACs and deployed weights. Its
+    graph is the op exported by torch alone (:func:`nasprune.latency.graphs.op_model`). A ``conv`` or
+    ``linear`` key with a non-empty ``op`` has that op (one tensor in, same shape out) fused behind
+    its activation: it is timed with it, whether onnxruntime fuses it into the layer's kernel or not.
     """
 
     kind: OpKind
@@ -56,6 +65,11 @@ class OpKey:
     op: str = ""
     post: Activation = "none"
     graph_input: int = 0
+    inputs: tuple[tuple[int, ...], ...] = ()
+    outputs: tuple[tuple[int, ...], ...] = ()
+    sizes: tuple[int, ...] = ()
+    n_macs: int = 0
+    n_weights: int = 0
 
     @property
     def pad(self) -> int:
@@ -85,6 +99,8 @@ class OpKey:
 
     @property
     def spatial(self) -> bool:
+        if self.kind == "op":
+            return False
         if self.kind in ("eltwise", "concat"):
             return self.h_in > 1 or self.w_in > 1 or self.dims == 1
         return self.kind in ("conv", "pool")
@@ -92,6 +108,8 @@ class OpKey:
     @property
     def macs(self) -> int:
         """Multiply-accumulates at batch 1 (same convention as ``LayerShape.macs``)."""
+        if self.kind == "op":
+            return self.n_macs
         hw = self.h_out * self.w_out
         k2 = self.kernel**self.dims
         if self.kind in ("pool", "eltwise", "concat"):
@@ -103,6 +121,8 @@ class OpKey:
     @property
     def weights(self) -> int:
         """Float weights of the deployed unit (BatchNorm folded into biases): the bytes it streams / 4."""
+        if self.kind == "op":
+            return self.n_weights
         k2 = self.kernel**self.dims
         if self.kind in ("pool", "eltwise", "concat"):
             return 0
@@ -112,12 +132,16 @@ class OpKey:
 
     def describe(self) -> str:
         """A short human-readable form for messages and the CLI (not an identifier)."""
+        then = f", then {_short(self.op)}" if self.op and self.kind in ("conv", "linear") else ""
+        if self.kind == "op":
+            shapes = lambda ts: ", ".join("x".join(map(str, t)) or "scalar" for t in ts)  # noqa: E731
+            return f"op({_short(self.op)}: {shapes(self.inputs)} -> {shapes(self.outputs)})"
         if self.kind == "conv":
             size = f"{self.h_in}" if self.dims == 1 else f"{self.h_in}x{self.w_in}"
             add = f", + add, post={self.post}" if self.residual == "add" else ""
             return (
                 f"conv{'1d' if self.dims == 1 else ''}(c_in={self.c_in}, c_out={self.c_out}, k={self.kernel}, "
-                f"stride={self.stride}, groups={self.groups}, in={size}, act={self.activation}{add})"
+                f"stride={self.stride}, groups={self.groups}, in={size}, act={self.activation}{add}{then})"
             )
         size = f"{self.h_in}" if self.dims == 1 else f"{self.h_in}x{self.w_in}"
         if self.kind == "pool":
@@ -126,7 +150,20 @@ class OpKey:
             return f"{self.op}(c={self.c_in}, in={size}{', broadcast' if self.mid else ''})"
         if self.kind == "concat":
             return f"concat(c_out={self.c_out}, inputs={self.mid}, in={size})"
-        return f"linear(c_in={self.c_in}, c_out={self.c_out}, act={self.activation})"
+        return f"linear(c_in={self.c_in}, c_out={self.c_out}, act={self.activation}{then})"
+
+
+def _short(op: str, width: int = 60) -> str:
+    """An ``op`` key's text as it is if short, else the names of its ops (``AvgPool2d+Conv2d+ELU``)."""
+    if len(op) <= width:
+        return op
+    names = []
+    for part in op.split("; "):
+        call = part.split("=", 1)[1] if part.startswith("%") and "=" in part else part
+        name = call.lstrip("~").split("(", 1)[0].split("[", 1)[0].rsplit(".", 1)[-1]
+        if name not in ("getattr", "getitem", "floordiv", "size"):  # sizes read for the op's arguments
+            names.append(name)
+    return "+".join(names)
 
 
 def block_ops(space: GraphSpace, cfg: SubnetConfig) -> list[tuple[str, OpKey]]:

@@ -34,7 +34,7 @@ from nasprune.latency.device import DeviceProfile
 from nasprune.latency.graphs import (
     consumer_baseline,
     consumer_model,
-    consumer_of,
+    consumers_of,
     null_model,
     op_model,
     producer_model,
@@ -110,7 +110,7 @@ def profile_ops(
     graph but the null one is quantized (the null graph is the fixed cost of a call, whatever runs).
     """
     check_runs_here(device)
-    consumers = sorted({c for k in keys if (c := consumer_of(k)) is not None})
+    consumers = sorted({c for k in keys for c in consumers_of(k)})
     producers = sorted(
         {p for k in keys if (p := producer_of(k)) is not None} | {consumer_baseline(c) for c in consumers}
     )
@@ -129,8 +129,8 @@ def profile_ops(
             for c, t in zip(consumers, timings[n_k + n_p : -1], strict=True)}  # fmt: skip
     entries = {}
     for key, t in zip(keys, timings, strict=False):
-        p, c = producer_of(key), consumer_of(key)
-        b = (base[p] if p is not None else null).median_ms + (cons[c] if c is not None else 0.0)
+        p = producer_of(key)
+        b = (base[p] if p is not None else null).median_ms + sum(cons[c] for c in consumers_of(key))
         entries[key] = Timing(t.median_ms - b, t.p90_ms - b, t.count)
     return entries, null
 

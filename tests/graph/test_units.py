@@ -11,7 +11,7 @@ import torch
 from nasprune.export import export_subnet
 from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space
 from nasprune.graph.units import bound_graph, plan_for
-from nasprune.latency.graphs import consumer_model, consumer_of, op_model, producer_model, producer_of
+from nasprune.latency.graphs import consumer_model, consumers_of, op_model, producer_model, producer_of
 from nasprune.latency.ops import all_ops, extreme_config, ops_for
 from nasprune.latency.profile import deployable_supernet
 from tests.graph.test_conformance import MODELS
@@ -56,7 +56,7 @@ def test_keys_describe_the_kernels_onnxruntime_runs(name, tmp_path):
         parts.update(_compute_kernels(op_model(key)))
         if (p := producer_of(key)) is not None:
             parts.subtract(_compute_kernels(producer_model(p)))
-        if (c := consumer_of(key)) is not None:
+        for c in consumers_of(key):
             parts.subtract(_compute_kernels(consumer_model(c)))
             parts.update(_compute_kernels(producer_model(producer_of_consumer(c))))
     assert _compute_kernels(str(tmp_path / "s.onnx")) == +parts
@@ -84,26 +84,29 @@ def test_extremes_are_the_smallest_and_largest_for_monotone_costs_and_bounded():
     assert best < start and bound_graph(space, plan, cost, min) <= best
 
 
-def test_an_op_without_a_key_is_named():
+def test_an_op_without_a_hand_written_unit_gets_its_own():
+    """An adaptive pool to 3x3 (no pool key describes it) is an ``op`` unit of its own, keyed by the op
+    and its shapes; its graph is the op as torch exports it (tests/latency/test_unseen_ops.py has more)."""
     from torch import nn
 
-    from nasprune.errors import LatencyTableError
+    from nasprune.graph.units import UnitPlan
 
     class Odd(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 16, 3, padding=1)
-            self.pool = nn.AdaptiveAvgPool2d(3)  # to another size: no key
+            self.pool = nn.AdaptiveAvgPool2d(3)
             self.fc = nn.Linear(16 * 9, 4)
 
         def forward(self, x):
             return self.fc(torch.flatten(self.pool(self.conv(x)), 1))
 
-    from nasprune.graph.units import UnitPlan
-
     model = Odd().eval()
     analysis = analyze_model(model, torch.zeros(1, 3, 8, 8))
     space = derive_space(analysis, "odd", "tests:Odd", num_classes=4)
     plan = UnitPlan(analysis)
-    with pytest.raises(LatencyTableError, match=r"no latency key for 1 op\(s\) of this model: pool"):
-        plan.ops(space, space.largest())
+    keys = dict(plan.ops(space, space.smallest()))
+    pool = keys["pool"]
+    assert pool.kind == "op" and pool.op == "AdaptiveAvgPool2d(output_size=3)"
+    assert pool.inputs == ((1, space.smallest().widths["conv"], 8, 8),) and pool.outputs[0][2:] == (3, 3)
+    assert [k.kind for k in keys.values()] == ["conv", "op", "linear"]
