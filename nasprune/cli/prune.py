@@ -37,8 +37,11 @@ def register(sub) -> None:
         choices=["fisher", "taylor", "l1"],
         default="fisher",
         help="the order channels are kept in: fisher (second order, default), taylor (first order) or l1 (filter "
-        "norms); how much each width and depth costs is measured on the calibration split either way",
+        "norms; only with --values measured)",
     )
+    p.add_argument("--values", choices=["measured", "estimate"], default="measured",
+                   help="what each width and depth costs in loss: measured on the calibration split (default; one "
+                        "forward pass per choice) or estimated from the importance scores (no extra pass)")  # fmt: skip
     p.add_argument("--repair", choices=["ls", "bn", "none"], default="ls",
                    help="ls: BatchNorm recalibration and least-squares layer reconstruction (default); bn: "
                         "recalibration only; none: the extracted subnet as it is")  # fmt: skip
@@ -67,6 +70,8 @@ def _run(args) -> int:
         raise ConfigError(f"--budget-ms: {args.budget_ms:g} is not a positive latency")
     if args.retries < 0:
         raise ConfigError(f"--retries: {args.retries} is negative")
+    if args.importance == "l1" and args.values == "estimate":
+        raise ConfigError("--importance: l1 has no loss scale to estimate with; use --values measured")
     if args.output.suffix != ".onnx":
         raise ConfigError(f"--output: '{args.output}' must end in .onnx")
     root = data_dir(args.data_dir)
@@ -119,7 +124,8 @@ def _run(args) -> int:
     from nasprune.search.tier0.deliver import deliver
 
     # a trained supernet keeps its channel order (its subnets were trained on it); a model is sorted
-    pruner = Tier0(source, space, table, ds, importance=args.importance, reorder=checkpoint is None)
+    pruner = Tier0(source, space, table, ds, importance=args.importance, values=args.values,
+                   reorder=checkpoint is None)  # fmt: skip
     refs = root / "tier0" / "latency_references" / f"{space.name}__{args.device}"
     out = deliver(pruner, args.budget_ms, args.output, repair=args.repair, retries=args.retries,
                   references_dir=refs, on_progress=say)  # fmt: skip

@@ -122,6 +122,8 @@ class Tier0:
         model = extract(self.supernet, cfg).eval()
         self.timings["extract_s"] = time.perf_counter() - t0
         layers: list[LayerFit] = []
+        if self.space.parse_config(cfg) == self.space.largest():
+            repair = "none"  # nothing was removed: the original, as trained
         t0 = time.perf_counter()
         if repair != "none":
             recalibrate_bn(model, (x[i : i + 250] for i in range(0, len(x), 250)))

@@ -108,14 +108,17 @@ def deliver(
     if measured is not None and not verified:
         why = f"measured {measured:.4f} ms > budget {budget_ms:g} ms after {len(attempts)} attempt(s)"
     result.timings["total_s"] = time.perf_counter() - t_start
+    if result.config == pruner.space.largest():
+        result.repair = "none"
+    how = {"none": "", "bn": ", BatchNorm recalibrated",
+           "ls": ", BatchNorm recalibrated, layers refitted by least squares"}[result.repair]  # fmt: skip
     meta = {
         "tier": 0,
         "delivered": "tier 0",
-        "weights": "tier 0: pruned from the trained weights, BatchNorm recalibrated"
-        + (", layers refitted by least squares" if repair == "ls" else "")
-        + " (no training)",
+        "weights": f"tier 0: the trained weights{how} (no training)",
         "importance": pruner.kind,
-        "repair": repair,
+        "values": pruner.value_kind,
+        "repair": result.repair,
         "accuracy": val,
         "test_accuracy": test,
         "predicted_latency_ms": result.predicted_ms,
