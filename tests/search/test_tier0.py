@@ -180,6 +180,20 @@ def test_measured_choice_values_are_monotone(trained):
     assert values.groups["stem.0"][16] > 0  # a quarter of the stream's width costs something
 
 
+def test_measured_choice_values_in_batches_agree_with_one_batch(trained, monkeypatch):
+    """Large inputs are recalibrated and evaluated in batches: the same values, up to how BatchNorm
+    averages batch variances."""
+    from nasprune.search.tier0 import importance
+
+    supernet, space, _, ds = trained
+    one = measure_choices(supernet, *ds.tensors("calib"))
+    monkeypatch.setattr(importance, "ONE_BATCH_FLOATS", 0)
+    batched = measure_choices(supernet, *ds.tensors("calib"), batch_size=64)
+    for g in space.groups:
+        for w, v in one.groups[g].items():
+            assert batched.groups[g][w] == pytest.approx(v, rel=0.1, abs=0.02), (g, w)
+
+
 # -- the knapsack ------------------------------------------------------------------------------------------------
 
 

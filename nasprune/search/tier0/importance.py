@@ -160,13 +160,18 @@ def measured_loss(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500
     return total / len(y)
 
 
-def measure_choices(supernet, x: torch.Tensor, y: torch.Tensor, max_examples: int = 512):
+ONE_BATCH_FLOATS = 1 << 22
+"""Above this many input floats, :func:`measure_choices` recalibrates and evaluates in batches (two passes)."""
+
+
+def measure_choices(supernet, x: torch.Tensor, y: torch.Tensor, max_examples: int = 512, batch_size: int = 128):
     """The loss increase of each choice alone, measured: per group and width (everything else at its
     largest) and per sequence and depth, the subnet's mean cross-entropy on (the first ``max_examples``
     of) ``x``, ``y`` with its BatchNorm statistics recalibrated on them, less the full network's
     (recalibrated alike). Made monotone (keeping more never costs more) and floored at 0. One forward
     pass per choice: the examples go through as one batch with the BatchNorms normalising by that
-    batch's statistics, which *are* the recalibrated statistics of those examples.
+    batch's statistics, which *are* the recalibrated statistics of those examples (for large inputs,
+    above :data:`ONE_BATCH_FLOATS`, a recalibration pass and an evaluation pass in ``batch_size`` batches).
 
     Where the per-channel scores of :func:`estimate` are local (a quadratic at the trained weights),
     these hold for large removals too: on ``resnet_mnist`` the Fisher estimate ranked single choices
@@ -178,9 +183,16 @@ def measure_choices(supernet, x: torch.Tensor, y: torch.Tensor, max_examples: in
     largest = space.largest()
     x, y = x[:max_examples], y[:max_examples]
 
+    one_batch = x.numel() <= ONE_BATCH_FLOATS
+
     @torch.no_grad()
     def loss_of(cfg) -> float:
         model = extract(supernet, cfg).eval()
+        if not one_batch:
+            from nasprune.evaluate import recalibrate_bn
+
+            recalibrate_bn(model, (x[i : i + batch_size] for i in range(0, len(x), batch_size)))
+            return measured_loss(model, x, y, batch_size)
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.train()  # normalise by the batch's statistics: the recalibrated ones
