@@ -139,10 +139,10 @@ def _run(args) -> int:
         print(f"least squares: {len(r.layers)} layers refitted, mean relative error {before:.3f} -> {after:.3f}")
     steps = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in r.timings.items() if k != "total_s")
     print(f"steps: {steps}")
-    measured = (f"measured {out.measured_ms:.4f} ms" if out.measured_ms is not None
+    measured = (f"measured {out.measured_ms:.4g} ms" if out.measured_ms is not None
                 else f"unverified ({out.unverified_reason})")  # fmt: skip
     print(f"tier 0 model: validation {out.val_accuracy:.2%}, test {out.test_accuracy:.2%}; predicted "
-          f"{r.predicted_ms:.4f} ms, {measured}, budget {args.budget_ms:g} ms"
+          f"{r.predicted_ms:.4g} ms, {measured}, budget {args.budget_ms:.4g} ms"
           f"{' (verified)' if out.verified else ''}")  # fmt: skip
     print(f"wrote {args.output} in {time.perf_counter() - t_start:.0f} s")
     return 0 if out.verified or out.measured_ms is None else 1

@@ -79,6 +79,10 @@ class Tier0:
         self.values: Values | None = None
         self._knapsack: Knapsack | None = None
 
+    def _spend(self, step: str, seconds: float) -> None:
+        """``timings`` add up over every call: what this pruner spent on each step."""
+        self.timings[step] = self.timings.get(step, 0.0) + seconds
+
     def prepare(self) -> Tier0:
         """Score every channel and block on the calibration split, sort the channels by their scores
         (the network's function is unchanged) and build the knapsack over the table."""
@@ -106,7 +110,7 @@ class Tier0:
         """The widths and depths with the least estimated loss predicted within ``budget_ms``."""
         self.prepare()
         choice = self._knapsack.solve(budget_ms)
-        self.timings["knapsack_s"] = choice.seconds
+        self._spend("knapsack_s", choice.seconds)
         return choice
 
     def build(self, cfg, repair: str = "ls", **repair_options) -> tuple[nn.Module, list[LayerFit]]:
@@ -120,18 +124,18 @@ class Tier0:
         x, _ = self.dataset.tensors("calib")
         t0 = time.perf_counter()
         model = extract(self.supernet, cfg).eval()
-        self.timings["extract_s"] = time.perf_counter() - t0
+        self._spend("extract_s", time.perf_counter() - t0)
         layers: list[LayerFit] = []
         if self.space.parse_config(cfg) == self.space.largest():
             repair = "none"  # nothing was removed: the original, as trained
         t0 = time.perf_counter()
         if repair != "none":
             recalibrate_bn(model, (x[i : i + 250] for i in range(0, len(x), 250)))
-        self.timings["bn_s"] = time.perf_counter() - t0
+        self._spend("bn_s", time.perf_counter() - t0)
         t0 = time.perf_counter()
         if repair == "ls":
             layers = reconstruct(model, self.supernet, cfg, x, **repair_options)
-        self.timings["ls_s"] = time.perf_counter() - t0
+        self._spend("ls_s", time.perf_counter() - t0)
         return model.eval(), layers
 
     def prune(self, budget_ms: float, repair: str = "ls", **repair_options) -> Tier0Result:
