@@ -11,14 +11,15 @@ def register(sub) -> None:
         "prune",
         help="a model under a latency budget in minutes, from trained weights, without training (tier 0)",
         description=(
-            "Tier 0: score every channel and skippable block of a trained model on the dataset's calibration "
-            "split (Fisher or Taylor: the loss increase of removing it), choose the widths and depths with the "
-            "least estimated loss that the device's latency table predicts within the budget (a knapsack over "
-            "the space's own choices), extract that subnet and repair it without training (BatchNorm "
-            "recalibration, then each pruned layer refitted by least squares to the original's outputs). The "
-            "model is exported to ONNX, checked, measured on this machine (chosen again for less if the "
-            "measurement misses the budget) and scored on validation and test. No supernet is trained: "
-            "'nasprune search' trains one and usually ends more accurate, in far more time. See docs/tier0.md."
+            "Tier 0: sort the channels of a trained model by importance on the dataset's calibration split (Fisher "
+            "or Taylor: the loss increase of removing each), measure there what each width and depth choice costs "
+            "in loss, choose the choices that lose least while the device's latency table predicts the budget (a "
+            "knapsack over the space's own choices), extract that subnet and repair it without training "
+            "(BatchNorm recalibration, then each layer whose input lost channels refitted by least squares to "
+            "the original's outputs). The model is exported to ONNX, checked, measured on this machine (chosen "
+            "again for less if the measurement misses the budget) and scored on validation and test. No supernet "
+            "is trained: 'nasprune search' trains one and can end more accurate, in far more time. An impossible "
+            "budget is refused before any work, with the smallest achievable one. See docs/tier0.md."
         ),
     )
     src = p.add_mutually_exclusive_group(required=True)
