@@ -59,7 +59,7 @@ def deliver(
     settings = verify or VerifySettings()
     path = Path(path)
     table, ds = pruner.table, pruner.dataset
-    on_progress("scoring channels and blocks on the calibration split")
+    on_progress("scoring channels and blocks, and measuring each width and depth, on the calibration split")
     pruner.prepare()
     try:
         check_runs_here(table.device)
