@@ -39,7 +39,9 @@ def test_trials_run_on_both_nodes_of_a_ray_cluster(prepared, budget, pg_server, 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     hide = (tmp_path_factory.getbasetemp(),) if can_hide_paths() else ()
 
-    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=N_TRIALS, backend="ray", seed=4, verify_top_k=1)
+    # refine_trials=0: every trial is a Ray trial (refinement trials run in the driver, after the sampler's)
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=N_TRIALS, backend="ray", seed=4, verify_top_k=1,
+                    refine_trials=0)  # fmt: skip
     # The worker node's processes start 15 s late, as under load: without the rendezvous, the head
     # runs all 12 trials before the worker's actor is up ({'head': 12, 'worker1': 0}, as in the CI run).
     slow = {"worker1": 15.0}
