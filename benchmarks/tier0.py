@@ -161,6 +161,12 @@ def main() -> None:
     )
     ap.add_argument("--data-dir", type=Path, help="data dir for tables (default: a temporary one)")
     ap.add_argument("--skip-importance", action="store_true", help="skip section 2")
+    ap.add_argument(
+        "--importance-from",
+        type=Path,
+        metavar="JSON",
+        help="with --skip-importance: keep section 2 of an earlier run on the same trained model",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -171,7 +177,13 @@ def main() -> None:
     root = args.data_dir or tmp / "data"
     ds = load_dataset(dataset)
     if args.train_samples:
-        dataset, ds = vtp.as_user_dataset(ds, args.train_samples, root)
+        from nasprune.errors import DatasetNameTaken
+
+        try:
+            dataset, ds = vtp.as_user_dataset(ds, args.train_samples, root)
+        except DatasetNameTaken:  # added by an earlier run on this data dir: the same subset
+            dataset = f"{ds.name}_{args.train_samples}"
+            ds = load_dataset(dataset, data_dir=root)
     xc, _ = ds.tensors("calib")
     xt, yt = ds.tensors("test")
     n_test = len(yt)
@@ -214,6 +226,10 @@ def main() -> None:
     # 2. importance
     if not args.skip_importance:
         out["importance"] = importance_quality(original, space, ds)
+    elif args.importance_from:
+        earlier = json.loads(args.importance_from.read_text())
+        out["importance"] = {**earlier["importance"], "from": str(args.importance_from),
+                             "from_date": earlier["machine"]["date"]}  # fmt: skip
 
     # 3. per budget
     pruners = {

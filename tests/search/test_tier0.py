@@ -272,12 +272,18 @@ def test_reconstruction_error_falls_and_the_repaired_layer_matches_the_original_
     recalibrate_bn(plain, [xc])
     repaired = extract(supernet, cfg).eval()
     fits = reconstruct(repaired, supernet, cfg, xc)
-    assert {f.path for f in fits} >= {"blocks.0.fc2", "fc"}  # layers whose input lost channels
+    pruned_inputs = {f"blocks.{i}.fc{j}" for i in range(3) for j in (1, 2)} | {"fc"}
+    assert {f.path for f in fits} == pruned_inputs | {"stem.0"}  # every layer by default
     for f in fits:
-        assert f.error_after < f.error_before, f
+        assert f.error_after <= f.error_before, f
+        if f.path in pruned_inputs:
+            assert f.error_after < 0.5 * f.error_before, f
+    assert [f.path for f in reconstruct(extract(supernet, cfg), supernet, cfg, xc, all_layers=False)] == [
+        f.path for f in fits if f.path in pruned_inputs
+    ]
     # on held-out images: the first refitted layer, fed the same inputs as the unrepaired one, is closer
     # to the original layer's output; and so are the logits
-    first = fits[0].path
+    first = next(f.path for f in fits if f.path in pruned_inputs)
     inputs, original = _layer_io(supernet, supernet._module(first), xv)
     width = repaired.get_submodule(first).out_features
     target = original[:, :width]

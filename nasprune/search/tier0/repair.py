@@ -1,7 +1,9 @@
 """Repair a pruned subnet without training: BatchNorm recalibration, then least-squares reconstruction.
 
 What the reconstruction solves, exactly: for each conv/linear layer ``l`` of the pruned model (in the
-order the network runs them) whose input lost channels, with ``X`` the layer's input in the *pruned*
+order the network runs them; by default every one, since the error earlier layers leave reaches layers
+whose own input kept all its channels too; ``all_layers=False``: only those whose input lost channels),
+with ``X`` the layer's input in the *pruned*
 model (as repaired so far, BatchNorm recalibrated) and ``Y`` the *original* model's output of that
 layer at the channels the subnet keeps, both on the calibration split,
 
@@ -143,12 +145,12 @@ def reconstruct(
     max_features: int = 4096,
     batch_size: int = 250,
     max_seconds: float | None = None,
-    all_layers: bool = False,
+    all_layers: bool = True,
     seed: int = 0,
 ) -> list[LayerFit]:
     """Refit, in place and in network order, the conv/linear layers of ``pruned`` (the subnet ``cfg``
-    extracted from ``supernet``, whose full network is the original) whose input lost channels
-    (``all_layers``: every one) to the original's outputs on ``x``; see the module docstring. BatchNorm
+    extracted from ``supernet``, whose full network is the original; with ``all_layers`` off, only those
+    whose input lost channels) to the original's outputs on ``x``; see the module docstring. BatchNorm
     statistics are recalibrated on ``x`` before each layer's inputs are read and once at the end."""
     import math
 
@@ -233,7 +235,7 @@ def _solve(layer: nn.Module, path: str, xr: torch.Tensor, yr: torch.Tensor, ridg
     denom = float(yr.pow(2).sum()) or 1.0
     before = float((xr @ w0.T - yr).pow(2).sum()) / denom
     after = float((xr @ w.T - yr).pow(2).sum()) / denom
-    if after < before:
+    if after < 0.999 * before:  # a layer whose input did not change fits itself: keep it as it was
         if layer.bias is not None:
             layer.bias.copy_(w[:, -1].to(layer.bias.dtype))
             w = w[:, :-1]
