@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,10 +217,7 @@ class SearchResult(BaseModel):
                if c.measured_latency_ms and c.precision == "fp32"]  # fmt: skip
         if not ape:
             return None
-        ape.sort()
-        mid = len(ape) // 2
-        median = ape[mid] if len(ape) % 2 else (ape[mid - 1] + ape[mid]) / 2
-        return {"n": len(ape), "median_ape": round(median, 3), "max_ape": round(ape[-1], 3)}
+        return {"n": len(ape), "median_ape": round(statistics.median(ape), 3), "max_ape": round(max(ape), 3)}
 
     @computed_field
     @property
