@@ -10,9 +10,9 @@ server, ``ray_address`` a Ray cluster.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SQLITE_TIMEOUT_S = 30.0
@@ -52,6 +52,20 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(None, description="Ray cluster address; default: trials run in-process")
     workers: Annotated[int, Field(ge=1, le=64)] = Field(1, description="jobs that run at the same time")
     api_token: SecretStr | None = Field(None, description="when set, every route but /healthz and /readyz needs it")
+    auth: Literal["token", "users"] = Field(
+        "token",
+        description="'token': one user (the API token, or none); 'users': users with their own API keys, "
+        "roles, ownership, quotas and fair scheduling (docs/deploy.md)",
+    )
+    user_max_running: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="users mode: running jobs per user unless an admin set the user's own limit (none: no limit)"
+    )
+    user_max_queued: Annotated[int, Field(ge=1)] | None = Field(
+        20, description="users mode: queued jobs per user unless an admin set the user's own limit"
+    )
+    user_max_storage_bytes: Annotated[int, Field(ge=0)] | None = Field(
+        2 * 2**30, description="users mode: bytes of datasets and models per user unless set per user"
+    )
     max_trials_per_job: Annotated[int, Field(ge=1, le=100_000)] = 2000
     max_queued_jobs: Annotated[int, Field(ge=1)] = 100
     host: str = "127.0.0.1"
@@ -75,6 +89,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, v: SecretStr | None) -> SecretStr | None:
         return None if v is None or not v.get_secret_value() else v
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> Settings:
+        if self.auth == "users" and self.api_token is not None:
+            raise ValueError(
+                "NASPRUNE_AUTH=users takes API keys of users, not the shared NASPRUNE_API_TOKEN: unset the token "
+                "(create an admin and a key with 'nasprune users add NAME --role admin')"
+            )
+        return self
 
     @property
     def db_url(self) -> str:

@@ -75,3 +75,20 @@ class BudgetUnreachable(InvalidRequest):
             f"'{device}' ({min_latency_ms:.4g} ms); ask for at least that",
         )
         self.min_latency_ms = min_latency_ms
+
+
+class QuotaExceeded(JobServiceError):
+    """A user's quota (running or queued jobs, stored bytes) would be passed; says the limit and the use."""
+
+    def __init__(self, what: str, limit: int, current: int, hint: str = ""):
+        super().__init__(
+            f"quota exceeded: {what}: the limit is {limit}, current use {current}"
+            + (f"; {hint}" if hint else "")
+        )
+        self.what = what
+        self.limit = limit
+        self.current = current
+
+
+class StorageQuotaExceeded(QuotaExceeded):
+    """Stored bytes (datasets and models) past the user's storage quota; nothing of the upload is kept."""

@@ -1,9 +1,10 @@
 """The durable job store: one SQLAlchemy table, the same code on SQLite and PostgreSQL.
 
-The table is also the queue: workers claim the oldest queued job with a compare-and-set update
-(``... WHERE status = 'queued'``), so any number of worker threads or processes can share it and
-jobs start in submission order. The schema is versioned with Alembic (``migrations/``), applied by
-``JobStore.migrate()`` at start-up under a lock, so upgrading nasprune upgrades an existing database.
+The table is also the queue: workers claim the next queued job with a compare-and-set update
+(``... WHERE status = 'queued'``), so any number of worker threads or processes can share it; the
+next job is chosen by fair share across users (``claim_next``), in submission order within a user.
+The schema is versioned with Alembic (``migrations/``), applied by ``JobStore.migrate()`` at start-up
+under a lock, so upgrading nasprune upgrades an existing database.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from nasprune.db import advisory_lock
 from nasprune.search.job import Progress, SearchJob, SearchResult
-from services.jobs.errors import JobAlreadyFinished, JobNotFound, QueueFull, SchemaError
+from services.jobs.errors import JobAlreadyFinished, JobNotFound, QueueFull, QuotaExceeded, SchemaError
 from services.jobs.status import JobStatus
 
 VERSION_TABLE = "nasprune_schema_version"
@@ -67,8 +68,15 @@ jobs = sa.Table(
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("updated_at", UTCDateTime()),
+    sa.Column("user_name", sa.String(64)),
+    sa.Column("team", sa.String(64)),
     sa.Index("ix_nasprune_jobs_status_created", "status", "created_at"),
+    sa.Index("ix_nasprune_jobs_user_status", "user_name", "status"),
 )
+
+# The users' scheduling settings (the table is ``services.auth.store.users``; only these columns are read here).
+_users = sa.table("nasprune_users", sa.column("name"), sa.column("max_running"), sa.column("priority"))
+RECENT_START = timedelta(days=1)  # how far back "who was served last" looks
 
 _SUMMARY_COLS = [c for c in jobs.c if c.name != "result"]
 
@@ -103,6 +111,8 @@ class JobRecord:
     cancel_requested: bool
     has_result: bool
     result_json: str | None = None
+    user_name: str | None = None
+    team: str | None = None
 
     @property
     def result(self) -> SearchResult | None:
@@ -131,6 +141,8 @@ class JobRecord:
             cancel_requested=bool(m["cancel_requested"]),
             has_result=bool(m["has_result"]) if has_result is None else has_result,
             result_json=result_json,
+            user_name=m.get("user_name"),
+            team=m.get("team"),
         )
 
 
@@ -223,13 +235,27 @@ class JobStore:
         return JobRecord.from_row(row, has_result=row._mapping["result"] is not None if with_result else None)
 
     def list(
-        self, status: JobStatus | Iterable[JobStatus] | None = None, *, limit: int = 50, offset: int = 0
+        self,
+        status: JobStatus | Iterable[JobStatus] | None = None,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        visible_to: tuple[str | None, str | None] | None = None,
     ) -> tuple[int, list[JobRecord]]:
-        """``(total, page)``: jobs newest first, optionally only those with the given status(es)."""
+        """``(total, page)``: jobs newest first, optionally only those with the given status(es).
+
+        ``visible_to=(user, team)`` keeps the jobs of ``user`` and those shared with ``team`` (the
+        filter is part of the query, so totals and pages count only those).
+        """
         cond = sa.true()
         if status is not None:
             wanted = [status] if isinstance(status, JobStatus) else list(status)
             cond = jobs.c.status.in_([s.value for s in wanted])
+        if visible_to is not None:
+            user, team = visible_to
+            mine = jobs.c.user_name == user if user is not None else sa.false()
+            shared = jobs.c.team == team if team is not None else sa.false()
+            cond = sa.and_(cond, sa.or_(mine, shared))
         cols = [*_SUMMARY_COLS, jobs.c.result.isnot(None).label("has_result")]
         with self.engine.connect() as conn:
             total = conn.scalar(sa.select(sa.func.count()).select_from(jobs).where(cond))
@@ -247,17 +273,37 @@ class JobStore:
             query = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == JobStatus(status).value)
             return int(conn.scalar(query) or 0)
 
+    def count_of(self, user: str, status: JobStatus) -> int:
+        """``user``'s jobs with ``status``."""
+        with self.engine.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(jobs).where(
+                jobs.c.user_name == user, jobs.c.status == JobStatus(status).value
+            )
+            return int(conn.scalar(query) or 0)
+
     def is_cancel_requested(self, job_id: str) -> bool:
         with self.engine.connect() as conn:
             return bool(conn.scalar(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)))
 
     # writing -------------------------------------------------------------------------------------
 
-    def create(self, spec: SearchJob, *, max_queued: int | None = None, job_id: str | None = None) -> JobRecord:
-        """Persist a new queued job; ``QueueFull`` when ``max_queued`` jobs are already waiting.
+    def create(
+        self,
+        spec: SearchJob,
+        *,
+        max_queued: int | None = None,
+        job_id: str | None = None,
+        user: str | None = None,
+        team: str | None = None,
+        user_max_queued: int | None = None,
+    ) -> JobRecord:
+        """Persist a new queued job of ``user`` (shared with ``team``); ``QueueFull`` when ``max_queued`` jobs
+        are already waiting, ``QuotaExceeded`` when ``user`` has ``user_max_queued`` waiting.
 
-        The count and the insert are serialised within this process; several API processes on one
-        database may overshoot the limit by at most one job each.
+        The global count and the insert are serialised within this process; several API processes on
+        one database may overshoot that limit by at most one job each. The user's count and the insert
+        are one serialised transaction on the database (an advisory lock on PostgreSQL, the write lock
+        on SQLite): no process overshoots a user's quota.
         """
         now = utcnow()
         row = {
@@ -269,14 +315,34 @@ class JobStore:
             "updated_at": now,
             "attempts": 0,
             "cancel_requested": False,
+            "user_name": user,
+            "team": team,
         }
         with self._submit_lock:
             if max_queued is not None:
                 queued = self.count(JobStatus.QUEUED)
                 if queued >= max_queued:
                     raise QueueFull(queued, max_queued)
-            with self.engine.begin() as conn:
-                conn.execute(jobs.insert().values(**row))
+            if user is not None and user_max_queued is not None:
+                from services.auth.store import serialized
+
+                with serialized(self.engine, f"queue:{user}") as conn:
+                    mine = int(
+                        conn.scalar(
+                            sa.select(sa.func.count())
+                            .select_from(jobs)
+                            .where(jobs.c.user_name == user, jobs.c.status == JobStatus.QUEUED.value)
+                        )
+                        or 0
+                    )
+                    if mine >= user_max_queued:
+                        raise QuotaExceeded(
+                            f"queued jobs of user '{user}'", user_max_queued, mine, "retry when some have started"
+                        )
+                    conn.execute(jobs.insert().values(**row))
+            else:
+                with self.engine.begin() as conn:
+                    conn.execute(jobs.insert().values(**row))
         return JobRecord(
             id=row["id"],
             status=JobStatus.QUEUED,
@@ -295,26 +361,60 @@ class JobStore:
             attempts=0,
             cancel_requested=False,
             has_result=False,
+            user_name=user,
+            team=team,
         )
 
-    def claim_next(self, owner: str) -> JobRecord | None:
-        """Take the oldest queued job for ``owner`` (queued -> running); None when nothing is queued."""
+    def claim_next(self, owner: str, *, default_max_running: int | None = None) -> JobRecord | None:
+        """Take the next queued job for worker ``owner`` (queued -> running); None when nothing may start.
+
+        Fair share across users: the job of the user with the fewest running jobs, then the higher
+        priority, then the user served least recently (whose last job started longest ago, or never),
+        then the oldest job. With one worker every user has 0 running jobs at each claim, so without the
+        third key a user's 40 queued jobs would still go first; with it, users take turns. A user at
+        their running limit (``max_running``, else ``default_max_running``) is skipped.
+        """
+        running = JobStatus.RUNNING.value
         for _ in range(20):
-            with self.engine.begin() as conn:
-                job_id = conn.scalar(
-                    sa.select(jobs.c.id)
-                    .where(jobs.c.status == JobStatus.QUEUED.value)
-                    .order_by(jobs.c.created_at, jobs.c.id)
-                    .limit(1)
+            now = utcnow()
+            stats = (
+                sa.select(
+                    jobs.c.user_name.label("user_name"),
+                    sa.func.sum(sa.case((jobs.c.status == running, 1), else_=0)).label("running"),
+                    sa.func.max(jobs.c.started_at).label("last_start"),
                 )
+                .where(sa.or_(jobs.c.status == running, jobs.c.started_at >= now - RECENT_START))
+                .group_by(jobs.c.user_name)
+                .subquery()
+            )
+            n_running = sa.func.coalesce(stats.c.running, 0)
+            limit = sa.func.coalesce(_users.c.max_running, default_max_running)
+            query = (
+                sa.select(jobs.c.id)
+                .select_from(
+                    jobs.outerjoin(stats, stats.c.user_name.is_not_distinct_from(jobs.c.user_name)).outerjoin(
+                        _users, _users.c.name == jobs.c.user_name
+                    )
+                )
+                .where(jobs.c.status == JobStatus.QUEUED.value, sa.or_(limit.is_(None), n_running < limit))
+                .order_by(
+                    n_running,
+                    sa.func.coalesce(_users.c.priority, 0).desc(),
+                    stats.c.last_start.asc().nulls_first(),
+                    jobs.c.created_at,
+                    jobs.c.id,
+                )
+                .limit(1)
+            )
+            with self.engine.begin() as conn:
+                job_id = conn.scalar(query)
                 if job_id is None:
                     return None
-                now = utcnow()
                 won = conn.execute(
                     jobs.update()
                     .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
                     .values(
-                        status=JobStatus.RUNNING.value,
+                        status=running,
                         owner=owner,
                         started_at=sa.func.coalesce(jobs.c.started_at, now),
                         heartbeat_at=now,

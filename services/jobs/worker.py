@@ -1,4 +1,4 @@
-"""The worker pool: a bounded set of threads that take queued jobs in submission order and run them.
+"""The worker pool: a bounded set of threads that take queued jobs (fair share across users) and run them.
 
 A job runs ``runner(job, ctx)`` (by default ``nasprune.search.runner.run_job``). The runner reports
 progress through ``ctx.on_progress`` and checks ``ctx.should_stop()`` between trials; when that
@@ -63,7 +63,8 @@ class _Active:
 
 
 class WorkerPool:
-    """``settings.workers`` threads sharing one queue (the job table), oldest job first.
+    """``settings.workers`` threads sharing one queue (the job table), fair share across users
+    (``JobStore.claim_next``), oldest job first within a user.
 
     ``start()`` first re-queues jobs left running by a crash: all of them for a SQLite store (one
     machine, one server per data dir), those silent for 3 heartbeats for a server database (other
@@ -168,7 +169,8 @@ class WorkerPool:
     def _work(self) -> None:
         while not self._stopping.is_set():
             try:
-                record = self.store.claim_next(self.owner)
+                limit = self.settings.user_max_running if self.settings.auth == "users" else None
+                record = self.store.claim_next(self.owner, default_max_running=limit)
             except Exception:
                 log.exception("could not read the job queue; retrying")
                 record = None

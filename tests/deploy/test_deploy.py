@@ -387,7 +387,7 @@ def test_the_image_install_layout_works(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "mlp_digits" in run.stdout and "resnet_mnist" in run.stdout
-    assert run.stdout.splitlines()[0].strip() == "0002"
+    assert run.stdout.splitlines()[0].strip() == "0003"
 
 
 # Docs ------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def test_requeue_stale_and_shutdown(store):
 
 def test_migrate_is_idempotent(store):
     store.migrate()
-    assert store.schema_version() == "0002"
+    assert store.schema_version() == "0003"
 
 
 def test_old_schema_upgrades_with_its_data(db_url):
@@ -141,7 +141,7 @@ def test_old_schema_upgrades_with_its_data(db_url):
     old.close()
     new = JobStore(db_url)
     new.migrate()
-    assert new.schema_version() == "0002"
+    assert new.schema_version() == "0003"
     rec = new.get("a" + "0" * 31)
     assert rec.status is JobStatus.QUEUED and rec.attempts == 0 and not rec.cancel_requested
     assert new.claim_next("w").id == rec.id
