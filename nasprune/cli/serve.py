@@ -105,6 +105,11 @@ def _mlflow_port_problem(port: int | None, settings) -> str | None:
         return None
     if settings.tracking_uri is not None:
         return "--mlflow-port starts nasprune's own MLflow server: leave it out with --tracking-uri"
+    if settings.auth == "users":
+        return (
+            "--mlflow-port would serve MLflow to anyone on this machine, every user's runs included; leave it out "
+            "(MLflow is then served under the API's /mlflow, to admins) or run without NASPRUNE_AUTH=users"
+        )
     if settings.api_token is not None:
         return (
             "--mlflow-port would serve MLflow without the API token in front of it; leave it out (MLflow is then "
@@ -148,7 +153,7 @@ def _start_mlflow(stack, settings, base: str):
     folder = Path(tempfile.mkdtemp(prefix="nasprune-mlflow-"))  # mode 0700; short enough for a socket path
     stack.callback(shutil.rmtree, folder, True)
     stack.enter_context(supervised_mlflow_server(settings.data_dir / "mlflow", socket_path=folder / "sock"))
-    secret = secrets.token_urlsafe(32) if settings.api_token is not None else None
+    secret = secrets.token_urlsafe(32) if settings.api_token is not None or settings.auth == "users" else None
     userinfo = f"nasprune:{secret}@" if secret else ""
     host, port = base.removeprefix("http://").rsplit(":", 1)
     return MlflowProxy(folder / "sock", secret), f"http://{userinfo}{host}:{port}/mlflow"

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -120,9 +121,13 @@ class DatasetStore:
         options: ReadOptions | None = None,
         policy: SplitPolicy | None = None,
         space=None,
+        admit: Callable[[DatasetInfo], None] | None = None,
     ) -> DatasetInfo:
         """Read, validate and store ``path`` as dataset ``name``; with ``space``, also check that it
-        fits that space's model (input shape, classes). Nothing is left on disk when it fails."""
+        fits that space's model (input shape, classes). Nothing is left on disk when it fails.
+
+        ``admit(info)`` is called with the dataset as it would be stored (``info.n_bytes`` written) before
+        it is put in place; what it raises stops the add, with nothing left on disk (storage quotas)."""
         self.check_name(name)
         path = Path(path)
         fmt = fmt or guess_format(path)
@@ -137,6 +142,8 @@ class DatasetStore:
             info = ingest(name, src, policy, staged, self.stream_bytes)
             if space is not None:
                 check_fits(info, space)
+            if admit is not None:
+                admit(info)
             return self._commit(info, staged)
         finally:
             shutil.rmtree(work, ignore_errors=True)

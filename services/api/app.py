@@ -15,12 +15,13 @@ from nasprune.settings import Settings
 from services.api import errors, openapi
 from services.api.catalog import Catalog, warm_imports
 from services.api.datasets import DatasetUploads
-from services.api.deps import Services, require_token
+from services.api.deps import Services, require_key, require_token
 from services.api.edge import MAX_BODY_BYTES, BodyLimit, TokenGate
 from services.api.mlflow_proxy import Forwarder, MlflowProxy
 from services.api.models import ModelStore
-from services.api.routes import catalog, datasets, health, jobs, models, results
+from services.api.routes import catalog, datasets, health, jobs, models, results, users
 from services.api.service import JobService
+from services.auth import UserStore
 from services.jobs.store import JobStore
 from services.jobs.worker import Runner, WorkerPool
 
@@ -60,7 +61,7 @@ def create_app(
     Migrates the job database and creates the trial storage's schema. With ``start_workers`` the
     app runs jobs in its own worker pool (``runner`` replaces the real search, for tests); without,
     it only queues them for workers elsewhere on the same database. With ``mlflow`` it serves that
-    MLflow server under ``/mlflow``, behind the API token when one is set.
+    MLflow server under ``/mlflow``, behind the API token when one is set (admins only with users).
     """
     settings = (settings or Settings()).prepare()
     store = JobStore(settings.db_url)
@@ -70,15 +71,17 @@ def create_app(
     pool = WorkerPool(store, settings, runner, tracking_uri=tracking_uri) if start_workers else None
     cat = Catalog(settings)
     forwarder = Forwarder(mlflow) if mlflow is not None else None
+    user_store = UserStore(store.engine, default_storage_bytes=settings.user_max_storage_bytes)
     services = Services(
         settings=settings,
         store=store,
         pool=pool,
         catalog=cat,
-        jobs=JobService(settings, store, pool, cat),
+        jobs=JobService(settings, store, pool, cat, user_store),
         tracking_uri=tracking_uri,
         models=ModelStore(models_dir(settings.data_dir), MAX_BODY_BYTES),
         datasets=DatasetUploads(settings.data_dir, MAX_BODY_BYTES),
+        users=user_store,
     )
 
     @asynccontextmanager
@@ -108,7 +111,10 @@ def create_app(
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     # Outermost: a request without the token is answered before its body is read or parsed.
     app.add_middleware(
-        TokenGate, token=lambda: _token(services.settings), internal=mlflow.internal_secret if mlflow else None
+        TokenGate,
+        token=lambda: _token(services.settings),
+        internal=mlflow.internal_secret if mlflow else None,
+        authenticate=user_store.authenticate if settings.auth == "users" else None,
     )
     app.include_router(health.router)
     if forwarder is not None:
@@ -116,6 +122,8 @@ def create_app(
     # The dependency checks the token again and declares bearer auth in the OpenAPI document: only
     # on a server that has a token.
     auth = [Depends(require_token)] if settings.api_token is not None else []
-    for router in (jobs.router, results.router, catalog.router, models.router, datasets.router):
+    if settings.auth == "users":
+        auth = [Depends(require_key)]
+    for router in (jobs.router, results.router, catalog.router, models.router, datasets.router, users.router):
         app.include_router(router, prefix="/v1", dependencies=auth)
     return app

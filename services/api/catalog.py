@@ -100,11 +100,12 @@ class Catalog:
 
         return list_spaces()
 
-    def spaces(self) -> list[SpacePublic]:
+    def spaces(self, hidden_devices: set[str] = frozenset()) -> list[SpacePublic]:
+        """Every space with its latency range on each device, but devices in ``hidden_devices`` (another's)."""
         from nasprune.registry import load_space
 
         out = []
-        devices = self.device_names()
+        devices = [d for d in self.device_names() if d not in hidden_devices]
         for name in self.space_names():
             sp = load_space(name)
             out.append(
@@ -144,7 +145,7 @@ class Catalog:
         uploaded = sorted(p.name for p in d.iterdir() if p.is_dir() and self._tables(p.name)) if d.is_dir() else []
         return [BUILTIN_DEVICE, *uploaded]
 
-    def devices(self) -> list[DevicePublic]:
+    def devices(self, hidden: set[str] = frozenset()) -> list[DevicePublic]:
         local = [r for s in self.space_names() for r in self._ranges_of(s, BUILTIN_DEVICE)]
         out = [
             DevicePublic(
@@ -156,6 +157,8 @@ class Catalog:
             )
         ]
         for name in self.device_names()[1:]:
+            if name in hidden:
+                continue
             tables = self._tables(name)
             held = [_space_and_precision(p) for p in tables]
             ranges = [self.latency_range(space, name, precision) for space, precision in held]
@@ -171,8 +174,9 @@ class Catalog:
             )
         return out
 
-    def check_device(self, name: str) -> None:
-        names = self.device_names()
+    def check_device(self, name: str, hidden: set[str] = frozenset()) -> None:
+        """An unknown device, or one in ``hidden`` (another user's), is answered the same way."""
+        names = [d for d in self.device_names() if d not in hidden]
         if name not in names:
             raise UnknownDevice(
                 "device",

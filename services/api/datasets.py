@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -40,9 +40,12 @@ class DatasetUploads:
         self.store = DatasetStore.at(data_dir)
         self.limit = limit_bytes
 
-    async def receive(self, name: str, fmt: str, chunks: AsyncIterator[bytes]) -> Path:
+    async def receive(
+        self, name: str, fmt: str, chunks: AsyncIterator[bytes], room: Callable[[int], None] | None = None
+    ) -> Path:
         """Stream a body to a temp file beside the store; 413 past ``limit`` bytes read. The name is
-        checked first, so a taken name costs no upload."""
+        checked first, so a taken name costs no upload. ``room(n)`` is called with the bytes read so far
+        and raises once they pass what the uploader may still store (their storage quota)."""
         self.store.check_name(name)
         folder = Path(tempfile.mkdtemp(prefix=".upload-", dir=self.store.root))
         tmp = folder / f"upload{UPLOAD_SUFFIX[fmt]}"  # the name errors about the file show
@@ -56,6 +59,8 @@ class DatasetUploads:
                             f"the dataset file is larger than this server accepts ({self.limit // 2**20} MiB); "
                             "add larger datasets with 'nasprune data add' on a machine sharing the data dir"
                         )
+                    if room is not None:
+                        room(n)
                     f.write(chunk)
             if n == 0:
                 raise DatasetError("the request body is empty: send the dataset file as the body")
@@ -64,21 +69,33 @@ class DatasetUploads:
             raise
         return tmp
 
-    def add(self, tmp: Path, name: str, fmt: str, options: ReadOptions, policy: SplitPolicy, space) -> DatasetInfo:
-        """Validate and store the received file; its temp folder is removed whatever happens."""
+    def add(
+        self,
+        tmp: Path,
+        name: str,
+        fmt: str,
+        options: ReadOptions,
+        policy: SplitPolicy,
+        space,
+        admit: Callable[[DatasetInfo], None] | None = None,
+    ) -> DatasetInfo:
+        """Validate and store the received file; its temp folder is removed whatever happens. ``admit``:
+        see ``DatasetStore.add``."""
         try:
             if space is not None:
                 from nasprune.registry import load_space
 
                 space = load_space(space)
-            return self.store.add(name, tmp, fmt, options, policy, space)
+            return self.store.add(name, tmp, fmt, options, policy, space, admit)
         finally:
             shutil.rmtree(tmp.parent, ignore_errors=True)
 
-    def list(self) -> list[DatasetSummary]:
+    def list(self, hidden: set[str] = frozenset()) -> list[DatasetSummary]:
         out = [DatasetSummary(name=n, builtin=True, source="builtin", input_shape=list(shape), num_classes=k)
                for n, (shape, k) in BUILTIN_INPUTS.items()]  # fmt: skip
         for info in self.store.list():
+            if info.name in hidden:
+                continue
             out.append(
                 DatasetSummary(
                     name=info.name,
@@ -93,7 +110,7 @@ class DatasetUploads:
             )
         return out
 
-    def get(self, name: str) -> DatasetInfo:
-        if name not in BUILTIN_INPUTS and name not in self.store.names():
+    def get(self, name: str, hidden: set[str] = frozenset()) -> DatasetInfo:
+        if name in hidden or (name not in BUILTIN_INPUTS and name not in self.store.names()):
             raise DatasetNotFound(name)
         return dataset_info(name, self.data_dir)

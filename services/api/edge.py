@@ -2,7 +2,8 @@
 
 - ``TokenGate`` (pure ASGI): with an API token configured, a request to ``/v1/...`` or to the
   proxied MLflow server (``/mlflow...``) without it is answered 401 before anything else happens;
-  its body is never read.
+  its body is never read. With users (``NASPRUNE_AUTH=users``) it takes a user's API key instead,
+  read from the database on every request, and hands the routes the ``Principal`` it stands for.
 - ``BodyLimit`` (pure ASGI): a body is refused (413) when its ``Content-Length`` says it is too
   large, and, for every body (chunked ones included), as soon as the bytes actually *read* pass the
   limit; the rest is never handed to the application.
@@ -38,14 +39,24 @@ class TokenGate:
     client's secret) in the same way.
     """
 
-    def __init__(self, app: ASGIApp, token: Callable[[], str | None], internal: str | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: Callable[[], str | None],
+        internal: str | None = None,
+        authenticate: Callable[[str], tuple[Any, str | None]] | None = None,
+    ):
         self.app = app
         self.token = token
         self.internal = internal
+        self.authenticate = authenticate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
         mlflow = path == MLFLOW_PREFIX or path.startswith(MLFLOW_PREFIX + "/")
+        if self.authenticate is not None and (path.startswith(API_PREFIX) or mlflow):
+            await self._as_user(scope, receive, send, mlflow)
+            return
         token = self.token() if path.startswith(API_PREFIX) or mlflow else None
         if token is not None:
             authorization = Headers(scope=scope).get("authorization")
@@ -58,6 +69,45 @@ class TokenGate:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def _as_user(self, scope: Scope, receive: Receive, send: Send, mlflow: bool) -> None:
+        """Users mode: the request's API key (bearer, or basic-auth password on ``/mlflow``) must be a valid key
+        of an enabled user; ``/mlflow`` is for admins only (MLflow itself does not separate users' runs)."""
+        import anyio.to_thread
+
+        authorization = Headers(scope=scope).get("authorization")
+        scheme, _, credentials = (authorization or "").partition(" ")
+        key = credentials.strip() if scheme.lower() == "bearer" else None
+        if mlflow and scheme.lower() == "basic":
+            if self.internal and basic_problem(authorization, [self.internal]) is None:
+                await self.app(scope, receive, send)
+                return
+            key = _basic_password(credentials)
+        challenge = 'Basic realm="nasprune MLflow"' if mlflow else "Bearer"
+        if not key:
+            why = "this server needs a user's API key: send 'Authorization: Bearer <key>'"
+            await errors._error(401, "unauthorized", why, {"WWW-Authenticate": challenge})(scope, receive, send)
+            return
+        principal, why = await anyio.to_thread.run_sync(self.authenticate, key)
+        if principal is None:
+            await errors._error(401, "unauthorized", why, {"WWW-Authenticate": challenge})(scope, receive, send)
+            return
+        if mlflow and not principal.is_admin:
+            why = "the MLflow server shows every user's runs: only admins may use it (see docs/api.md)"
+            await errors._error(403, "forbidden", why)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def _basic_password(credentials: str) -> str | None:
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[2] or None
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 def basic_problem(authorization: str | None, secrets_: list[str]) -> str | None:

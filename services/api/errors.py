@@ -24,6 +24,7 @@ from nasprune.errors import (
     NasPruneError,
     SpaceError,
 )
+from services.auth.errors import Forbidden, KeyNotFound, NameTaken, SingleTokenMode, UserExists, UserNotFound
 from services.jobs.errors import (
     BudgetUnreachable,
     CandidateNotFound,
@@ -33,7 +34,9 @@ from services.jobs.errors import (
     JobNotFinished,
     JobNotFound,
     QueueFull,
+    QuotaExceeded,
     SchemaError,
+    StorageQuotaExceeded,
 )
 
 log = logging.getLogger(__name__)
@@ -48,9 +51,7 @@ class ModelNotFound(GraphError):
 
 class DatasetNotFound(DatasetError):
     def __init__(self, name: str):
-        super().__init__(
-            f"no dataset named '{name}' (list them with GET /v1/datasets; add one with POST /v1/datasets)"
-        )
+        super().__init__(f"no dataset named '{name}' (list them with GET /v1/datasets; add one with POST /v1/datasets)")
 
 
 class Unauthorized(NasPruneError):
@@ -85,6 +86,14 @@ class NotImplementedYet(NasPruneError):
 # Most specific first: the first class in an error's MRO found here decides.
 STATUS: dict[type[Exception], tuple[int, str]] = {
     Unauthorized: (401, "unauthorized"),
+    Forbidden: (403, "forbidden"),
+    UserNotFound: (404, "user_not_found"),
+    KeyNotFound: (404, "key_not_found"),
+    UserExists: (409, "user_exists"),
+    NameTaken: (409, "name_taken"),
+    SingleTokenMode: (409, "single_token_mode"),
+    StorageQuotaExceeded: (413, "quota_exceeded"),
+    QuotaExceeded: (429, "quota_exceeded"),
     ModelNotFound: (404, "model_not_found"),
     DatasetNotFound: (404, "dataset_not_found"),
     DatasetNameTaken: (409, "dataset_exists"),
@@ -133,7 +142,10 @@ async def _domain(request: Request, exc: NasPruneError) -> JSONResponse:
     errors = None
     if isinstance(exc, InvalidRequest):
         errors = [{"field": exc.field, "message": exc.message, "type": code}]
-    return _error(status, code, str(exc), headers, errors=errors, min_latency_ms=getattr(exc, "min_latency_ms", None))
+    quota = {"limit": exc.limit, "current": exc.current} if isinstance(exc, QuotaExceeded) else {}
+    return _error(
+        status, code, str(exc), headers, errors=errors, min_latency_ms=getattr(exc, "min_latency_ms", None), **quota
+    )
 
 
 def _show(value: object) -> str:

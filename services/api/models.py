@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import yaml
@@ -32,8 +32,11 @@ class ModelStore:
         self.folder = folder
         self.limit = limit_bytes
 
-    async def receive(self, chunks: AsyncIterator[bytes]) -> tuple[Path, str]:
-        """Stream a body to a temp file in the models folder; 413 past ``limit`` bytes read."""
+    async def receive(
+        self, chunks: AsyncIterator[bytes], room: Callable[[int], None] | None = None
+    ) -> tuple[Path, str]:
+        """Stream a body to a temp file in the models folder; 413 past ``limit`` bytes read, or when
+        ``room(bytes read so far)`` raises (the uploader's storage quota)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".safetensors", dir=self.folder)
         h, n = hashlib.sha256(), 0
@@ -45,6 +48,8 @@ class ModelStore:
                         raise PayloadTooLarge(
                             f"the weights file is larger than this server accepts ({self.limit // 2**20} MiB)"
                         )
+                    if room is not None:
+                        room(n)
                     h.update(chunk)
                     f.write(chunk)
             if n == 0:
@@ -55,9 +60,11 @@ class ModelStore:
         return Path(tmp), h.hexdigest()
 
     def add(self, tmp: Path, sha256: str, architecture: str, num_classes: int,
-            input_shape: tuple[int, ...], dataset: str) -> ModelPublic:  # fmt: skip
+            input_shape: tuple[int, ...], dataset: str,
+            admit: Callable[[str, int], None] | None = None) -> ModelPublic:  # fmt: skip
         """Check the weights against the architecture, derive the space, store both; the temp file is
-        moved or removed, whatever happens."""
+        moved or removed, whatever happens. ``admit(model_id, n_bytes)`` is called before anything is
+        put in place; what it raises stops the upload with nothing kept (storage quotas)."""
         import torch
 
         from nasprune.data import load_dataset
@@ -87,6 +94,8 @@ class ModelStore:
             space = derive_space(analysis, model_id, architecture, num_classes, dataset=dataset, model_kwargs=kwargs)
             space = space.model_copy(update={"weights": f"{model_id}.safetensors", "weights_sha256": sha256})
             weights = self.folder / f"{model_id}.safetensors"
+            if admit is not None:
+                admit(model_id, tmp.stat().st_size)
             os.replace(tmp, weights)
             text = yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False)
             frozen = [f"{f.node}: {f.reason}" for f in analysis.frozen]
@@ -120,14 +129,16 @@ class ModelStore:
             raise ModelNotFound(model_id)
         return path
 
-    def get(self, model_id: str) -> ModelPublic:
+    def get(self, model_id: str, hidden: set[str] = frozenset()) -> ModelPublic:
+        if model_id in hidden:
+            raise ModelNotFound(model_id)
         path = self.path(model_id)
         return ModelPublic.model_validate_json(path.with_suffix(".json").read_text())
 
-    def list(self) -> list[ModelPublic]:
+    def list(self, hidden: set[str] = frozenset()) -> list[ModelPublic]:
         if not self.folder.is_dir():
             return []
-        return [self.get(p.stem) for p in sorted(self.folder.glob("m_*.yaml"))]
+        return [self.get(p.stem) for p in sorted(self.folder.glob("m_*.yaml")) if p.stem not in hidden]
 
 
 def _write(path: Path, text: str) -> None:

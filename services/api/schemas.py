@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
@@ -136,6 +136,8 @@ class JobPublic(BaseModel):
     mlflow_run_id: str | None
     mlflow_run_url: str | None
     links: JobLinks
+    user: str | None = Field(None, description="who submitted it (null on a single-token server)")
+    team: str | None = Field(None, description="the team it is shared with")
 
     @field_serializer("progress")
     def _progress(self, p: Progress) -> dict:
@@ -164,6 +166,8 @@ class JobPublic(BaseModel):
             mlflow_run_id=record.mlflow_run_id,
             mlflow_run_url=links.mlflow,
             links=links,
+            user=record.user_name,
+            team=record.team,
         )
 
 
@@ -312,6 +316,8 @@ class ErrorBody(BaseModel):
     code: str
     errors: list[FieldError] | None = None
     min_latency_ms: float | None = None
+    limit: int | None = Field(None, description="quota_exceeded: the quota")
+    current: int | None = Field(None, description="quota_exceeded: the current use")
 
 
 class Health(BaseModel):
@@ -321,3 +327,100 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str
     checks: dict[str, str]
+
+# users, keys, audit ---------------------------------------------------------------------------------
+
+USER_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+RoleName = Literal["admin", "member", "viewer"]
+Count = Annotated[int, Field(ge=0, le=2**62)]
+
+
+class UserLimits(BaseModel):
+    """Per-user limits; null takes the server's default (``NASPRUNE_USER_MAX_*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running: Count | None = Field(None, description="running jobs at a time")
+    max_queued: Count | None = Field(None, description="queued jobs at a time")
+    max_storage_bytes: Count | None = Field(None, description="bytes of uploaded datasets and models")
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = Field(
+        0, description="among users with as many running jobs, the higher goes first"
+    )
+
+
+class UserCreate(UserLimits):
+    name: str = Field(pattern=USER_NAME_PATTERN, description="a lowercase letter, then a-z 0-9 _ . -")
+    role: RoleName = "member"
+    team: str | None = Field(None, pattern=USER_NAME_PATTERN, description="members of a team see each other's work")
+
+
+class UserPatch(BaseModel):
+    """Only the fields sent change; ``team: null`` leaves the team."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: RoleName | None = None
+    team: str | None = Field(None, pattern=USER_NAME_PATTERN)
+    disabled: bool | None = Field(None, description="a disabled user's keys stop working at once")
+    max_running: Count | None = None
+    max_queued: Count | None = None
+    max_storage_bytes: Count | None = None
+    priority: Annotated[int, Field(ge=-1000, le=1000)] | None = None
+
+
+class Usage(BaseModel):
+    running: int
+    queued: int
+    storage_bytes: int
+
+
+class UserPublic(BaseModel):
+    name: str
+    role: RoleName
+    team: str | None
+    disabled: bool
+    max_running: int | None
+    max_queued: int | None
+    max_storage_bytes: int | None
+    priority: int
+    created_at: AwareDatetime
+    usage: Usage | None = None
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, max_length=128, description="what the key is for")
+
+
+class KeyPublic(BaseModel):
+    id: str
+    user: str
+    label: str | None
+    created_at: AwareDatetime
+    revoked_at: AwareDatetime | None
+    last_used_at: AwareDatetime | None
+
+
+class KeyIssued(KeyPublic):
+    key: str = Field(description="the API key: shown this once, stored only as a hash")
+
+
+class Me(BaseModel):
+    mode: Literal["token", "users"]
+    name: str | None
+    role: RoleName
+    team: str | None
+
+
+class AuditPublic(BaseModel):
+    id: int
+    at: AwareDatetime
+    user: str | None
+    action: str
+    target: str | None
+    detail: str | None
+
+
+class AuditList(Page):
+    items: list[AuditPublic]

@@ -17,12 +17,14 @@ from nasprune.settings import Settings
 from services.api.catalog import Catalog
 from services.api.schemas import JobCreate, JobPublic, TrialPublic, finite_or_none
 from services.api.status_cache import StatusCache
+from services.auth import LOCAL_ADMIN, Principal, UserStore
 from services.jobs.errors import (
     BudgetUnreachable,
     CandidateNotFound,
     InvalidRequest,
     JobHasNoResult,
     JobNotFinished,
+    JobNotFound,
 )
 from services.jobs.status import JobStatus
 from services.jobs.store import JobRecord, JobStore
@@ -109,11 +111,20 @@ class TrialReader:
 class JobService:
     """The service's operations. Finished jobs never change, so their parsed results are kept (LRU)."""
 
-    def __init__(self, settings: Settings, store: JobStore, pool: WorkerPool | None, catalog: Catalog):
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        pool: WorkerPool | None,
+        catalog: Catalog,
+        users: UserStore | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.pool = pool
         self.catalog = catalog
+        self.users = users
+        self._owners: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()  # never change
         self.trials_reader = TrialReader(settings.trial_storage_url)
         self._results: OrderedDict[str, SearchResult] = OrderedDict()
         self._etags: dict[tuple[str, int, int], str] = {}
@@ -125,28 +136,72 @@ class JobService:
 
     # jobs -----------------------------------------------------------------------------------------
 
-    def submit(self, body: JobCreate) -> JobRecord:
-        """Check the request against this server, persist the job, then wake a worker."""
+    def submit(self, body: JobCreate, who: Principal = LOCAL_ADMIN) -> JobRecord:
+        """Check the request against this server, persist the job, then wake a worker.
+
+        ``who`` must be able to read the model, the device and the dataset the job names: another
+        user's are answered as unknown, exactly like names that do not exist.
+        """
         limit = self.settings.max_trials_per_job
         if body.n_trials > limit:
             raise InvalidRequest("n_trials", f"{body.n_trials} is more than this server allows per job ({limit})")
+        hidden_devices = self.hidden_from("device", who)
         if body.model is not None:  # its table is built by its first job, which checks the budget itself
+            if not self.can_read("model", body.model, who):
+                from services.api.errors import ModelNotFound
+
+                raise ModelNotFound(body.model)
             self.catalog.check_model(body.model)
-            self.catalog.check_device(body.device)
+            self.catalog.check_device(body.device, hidden_devices)
         else:
             self.catalog.check_space(body.space)
-            self.catalog.check_device(body.device)
+            self.catalog.check_device(body.device, hidden_devices)
             min_ms = self.catalog.min_latency_ms(body.space, body.device, body.precisions)
             if min_ms is not None and body.latency_budget_ms < min_ms:
                 raise BudgetUnreachable(body.latency_budget_ms, min_ms, body.space, body.device)
-        self.check_dataset(body)
+        self.check_dataset(body, who)
         spec = body.to_search_job()
-        record = self.store.create(spec, max_queued=self.settings.max_queued_jobs)
+        quota = None
+        if who.name is not None and self.users is not None:
+            quota = self.users.get_user(who.name).max_queued
+            quota = self.settings.user_max_queued if quota is None else quota
+        record = self.store.create(
+            spec, max_queued=self.settings.max_queued_jobs, user=who.name, team=who.team, user_max_queued=quota
+        )
+        self.audit(who, "job.submit", f"job:{record.id}")
         if self.pool is not None:
             self.pool.notify()
         return record
 
-    def check_dataset(self, body: JobCreate) -> None:
+    # who sees what --------------------------------------------------------------------------------
+
+    def audit(self, who: Principal, action: str, target: str, detail: str | None = None) -> None:
+        if self.users is not None:
+            self.users.record(who.name, action, target, detail)
+
+    def can_read(self, kind: str, name: str, who: Principal) -> bool:
+        return who.is_admin or self.users is None or self.users.visible(kind, name, who)
+
+    def hidden_from(self, kind: str, who: Principal) -> set[str]:
+        return set() if who.is_admin or self.users is None else self.users.hidden_names(kind, who)
+
+    def check_job(self, job_id: str, who: Principal) -> None:
+        """``JobNotFound`` unless ``who`` may see the job: another's job is answered like one that does not exist."""
+        if who.is_admin:
+            return
+        with self._lock:
+            owner = self._owners.get(job_id)
+        if owner is None:
+            record = self.store.get(job_id)
+            owner = (record.user_name, record.team)
+            with self._lock:
+                self._owners[job_id] = owner
+                while len(self._owners) > 10_000:
+                    self._owners.popitem(last=False)
+        if not who.sees(*owner):
+            raise JobNotFound(job_id)
+
+    def check_dataset(self, body: JobCreate, who: Principal = LOCAL_ADMIN) -> None:
         """The job's dataset (its own ``dataset``, else its space's) exists, is intact, and fits the model."""
         from nasprune.data import check_dataset_fits
         from nasprune.errors import DatasetError
@@ -158,36 +213,55 @@ class JobService:
         name = body.dataset or space.dataset
         if not name:  # an uploaded model without a dataset: nothing to check here (the job names none either)
             return
+        if not self.can_read("dataset", name, who):
+            from nasprune.data import BUILTIN_INPUTS
+            from nasprune.datasets import DatasetStore
+
+            hidden = self.hidden_from("dataset", who)
+            names = [*BUILTIN_INPUTS, *(n for n in DatasetStore.at(self.settings.data_dir).names() if n not in hidden)]
+            raise InvalidRequest("dataset", f"unknown dataset '{name}' (available: {', '.join(names)})")
         try:
             check_dataset_fits(name, space, self.settings.data_dir)
         except DatasetError as e:
             raise InvalidRequest("dataset", str(e)) from None
 
-    async def submit_in_thread(self, body: JobCreate) -> JobRecord:
-        """``submit(body)`` in a worker thread, at most ``SUBMIT_THREADS`` at a time."""
-        return await anyio.to_thread.run_sync(self.submit, body, limiter=self._submit_limiter)
+    async def submit_in_thread(self, body: JobCreate, who: Principal = LOCAL_ADMIN) -> JobRecord:
+        """``submit(body, who)`` in a worker thread, at most ``SUBMIT_THREADS`` at a time."""
+        return await anyio.to_thread.run_sync(self.submit, body, who, limiter=self._submit_limiter)
 
     def status(self, job_id: str) -> bytes:
         """The job as ``JobPublic`` JSON, read from the store now."""
         return JobPublic.of(self.store.get(job_id), self.settings.tracking_uri).model_dump_json().encode()
 
-    async def recent_status(self, job_id: str) -> bytes:
+    async def recent_status(self, job_id: str, who: Principal = LOCAL_ADMIN) -> bytes:
         """``status(job_id)`` as read less than ``STATUS_CACHE_S`` ago (``StatusCache``).
 
         Status polls are the hottest request: under load they are answered on the event loop, as
         already-encoded JSON, with no database read, thread hop or serialisation of their own.
         """
+        if not who.is_admin:
+            with self._lock:
+                known = job_id in self._owners
+            if known:
+                self.check_job(job_id, who)
+            else:
+                await anyio.to_thread.run_sync(self.check_job, job_id, who)
         return await self._statuses.get(job_id)
 
     def forget_status(self, job_id: str) -> None:
         """The job changed: its next status poll reads the store."""
         self._statuses.forget(job_id)
 
-    def list(self, status: JobStatus | None, limit: int, offset: int) -> tuple[int, list[JobRecord]]:
-        return self.store.list(status, limit=limit, offset=offset)
+    def list(
+        self, status: JobStatus | None, limit: int, offset: int, who: Principal = LOCAL_ADMIN
+    ) -> tuple[int, list[JobRecord]]:
+        visible_to = None if who.is_admin else (who.name, who.team)
+        return self.store.list(status, limit=limit, offset=offset, visible_to=visible_to)
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str, who: Principal = LOCAL_ADMIN) -> JobRecord:
+        self.check_job(job_id, who)
         record = self.store.request_cancel(job_id)
+        self.audit(who, "job.cancel", f"job:{job_id}")
         self.forget_status(job_id)
         if record.status is JobStatus.RUNNING and self.pool is not None:
             self.pool.cancel(job_id)
@@ -212,12 +286,16 @@ class JobService:
 
     # results --------------------------------------------------------------------------------------
 
-    def trials(self, job_id: str, limit: int, offset: int) -> tuple[int, list[TrialPublic]]:
+    def trials(
+        self, job_id: str, limit: int, offset: int, who: Principal = LOCAL_ADMIN
+    ) -> tuple[int, list[TrialPublic]]:
+        self.check_job(job_id, who)
         self.store.get(job_id)
         return self.trials_reader.page(job_id, limit, offset)
 
-    def result(self, job_id: str) -> tuple[JobRecord, SearchResult]:
+    def result(self, job_id: str, who: Principal = LOCAL_ADMIN) -> tuple[JobRecord, SearchResult]:
         """The job and its search result; ``JobNotFinished`` / ``JobHasNoResult`` otherwise."""
+        self.check_job(job_id, who)
         record = self.store.get(job_id)
         if not record.status.is_finalized:
             raise JobNotFinished(job_id, record.status.value)
@@ -237,7 +315,14 @@ class JobService:
                 self._results.popitem(last=False)
         return record, result
 
-    def model_file(self, job_id: str, candidate_id: str | None = None) -> ModelFile:
+    def model_file(self, job_id: str, candidate_id: str | None = None, who: Principal = LOCAL_ADMIN) -> ModelFile:
+        """The ONNX file of ``candidate_id`` (the recommended candidate when None), if ``who`` sees the job."""
+        self.check_job(job_id, who)
+        model = self._model_file(job_id, candidate_id)
+        self.audit(who, "job.download", f"job:{job_id}", model.filename)
+        return model
+
+    def _model_file(self, job_id: str, candidate_id: str | None = None) -> ModelFile:
         """The ONNX file of ``candidate_id``, or of the recommended candidate when None."""
         record, result = self.result(job_id)
         if candidate_id is None:

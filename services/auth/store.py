@@ -185,8 +185,15 @@ class UserStore:
         if not re.fullmatch(USER_NAME_PATTERN, name):
             raise InvalidRequest("name", f"'{name}' is not a user name: a lowercase letter, then a-z 0-9 _ . -")
         _check_team(team)
-        row = {"name": name, "role": Role(role).value, "team": team, "disabled": False, "priority": 0,
-               "created_at": utcnow(), **_limits(limits)}  # fmt: skip
+        row = {
+            "name": name,
+            "role": Role(role).value,
+            "team": team,
+            "disabled": False,
+            "priority": 0,
+            "created_at": utcnow(),
+            **_limits(limits),
+        }
         try:
             with self.engine.begin() as conn:
                 conn.execute(users.insert().values(**row))
@@ -282,8 +289,14 @@ class UserStore:
         key_id = m.group(1)
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(api_keys.c.secret_sha256, api_keys.c.revoked_at, users.c.name, users.c.role,
-                          users.c.team, users.c.disabled)  # fmt: skip
+                sa.select(
+                    api_keys.c.secret_sha256,
+                    api_keys.c.revoked_at,
+                    users.c.name,
+                    users.c.role,
+                    users.c.team,
+                    users.c.disabled,
+                )
                 .join(users, users.c.name == api_keys.c.user_name)
                 .where(api_keys.c.id == key_id)
             ).first()
@@ -399,8 +412,9 @@ class UserStore:
 
     def record(self, user: str | None, action: str, target: str | None = None, detail: str | None = None) -> None:
         with self.engine.begin() as conn:
-            conn.execute(audit.insert().values(at=utcnow(), user_name=user, action=action, target=target,
-                                               detail=detail))  # fmt: skip
+            conn.execute(
+                audit.insert().values(at=utcnow(), user_name=user, action=action, target=target, detail=detail)
+            )
 
     def read_audit(
         self, *, user: str | None = None, action: str | None = None, limit: int = 100, offset: int = 0
@@ -443,3 +457,24 @@ def _limits(limits: dict[str, Any]) -> dict[str, Any]:
             raise InvalidRequest(k, f"must be a whole number of at least 0, not {v!r}")
         out[k] = v
     return out
+
+
+class UploadClaim:
+    """One upload of ``who``: what they may still store, checked as the bytes arrive, and recording them as
+    the owner of what is stored (``admit``, atomically against their quota) before it is put in place."""
+
+    def __init__(self, users: UserStore, who: Principal):
+        self.users = users
+        self.who = who
+        self.limit = users.storage_limit(who.name) if who.name is not None else None
+        self.used = users.storage_used(who.name) if who.name is not None else 0
+
+    def check_read(self, n_bytes: int) -> None:
+        if self.limit is not None and self.used + n_bytes > self.limit:
+            raise storage_exceeded(self.limit, self.used, n_bytes)
+
+    def admit(self, kind: str, name: str, n_bytes: int) -> None:
+        self.users.claim(kind, name, self.who, n_bytes)
+
+    def release(self, kind: str, name: str) -> None:
+        self.users.release(kind, name, self.who.name)

@@ -82,8 +82,7 @@ class QuotaExceeded(JobServiceError):
 
     def __init__(self, what: str, limit: int, current: int, hint: str = ""):
         super().__init__(
-            f"quota exceeded: {what}: the limit is {limit}, current use {current}"
-            + (f"; {hint}" if hint else "")
+            f"quota exceeded: {what}: the limit is {limit}, current use {current}" + (f"; {hint}" if hint else "")
         )
         self.what = what
         self.limit = limit

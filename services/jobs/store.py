@@ -276,8 +276,10 @@ class JobStore:
     def count_of(self, user: str, status: JobStatus) -> int:
         """``user``'s jobs with ``status``."""
         with self.engine.connect() as conn:
-            query = sa.select(sa.func.count()).select_from(jobs).where(
-                jobs.c.user_name == user, jobs.c.status == JobStatus(status).value
+            query = (
+                sa.select(sa.func.count())
+                .select_from(jobs)
+                .where(jobs.c.user_name == user, jobs.c.status == JobStatus(status).value)
             )
             return int(conn.scalar(query) or 0)
 

@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 
-from services.api.deps import ServicesDep
+from services.api.deps import PrincipalDep, ServicesDep, WriterDep
 from services.api.edge import JsonRoute
 from services.api.routes.jobs import ERRORS
 from services.api.schemas import DEVICE_NAME_PATTERN, DevicePublic, ErrorBody, SpacePublic
+from services.auth import NameTaken
 
 router = APIRouter(tags=["catalog"], route_class=JsonRoute)
 
@@ -17,15 +18,15 @@ router = APIRouter(tags=["catalog"], route_class=JsonRoute)
 @router.get(
     "/spaces", response_model=list[SpacePublic], summary="registered search spaces", responses={401: ERRORS[401]}
 )
-def spaces(services: ServicesDep) -> list[SpacePublic]:
-    return services.catalog.spaces()
+def spaces(services: ServicesDep, who: PrincipalDep) -> list[SpacePublic]:
+    return services.catalog.spaces(services.jobs.hidden_from("device", who))
 
 
 @router.get(
     "/devices", response_model=list[DevicePublic], summary="devices with a latency table", responses={401: ERRORS[401]}
 )
-def devices(services: ServicesDep) -> list[DevicePublic]:
-    return services.catalog.devices()
+def devices(services: ServicesDep, who: PrincipalDep) -> list[DevicePublic]:
+    return services.catalog.devices(services.jobs.hidden_from("device", who))
 
 
 @router.post(
@@ -35,6 +36,8 @@ def devices(services: ServicesDep) -> list[DevicePublic]:
     summary="upload a latency table measured on your own device",
     responses={
         401: ERRORS[401],
+        403: ERRORS[403],
+        409: {"model": ErrorBody, "description": "the device name belongs to another user"},
         413: {"model": ErrorBody, "description": "the table is too large"},
         422: {"model": ErrorBody, "description": "not a valid latency table, or a bad device name"},
         501: {"model": ErrorBody, "description": "this server cannot validate latency tables yet"},
@@ -42,7 +45,21 @@ def devices(services: ServicesDep) -> list[DevicePublic]:
 )
 def upload_device(
     services: ServicesDep,
+    who: WriterDep,
     name: Annotated[str, Query(pattern=DEVICE_NAME_PATTERN, description="the device's name in job requests")],
     table: Annotated[Any, Body(description="the latency table JSON, as written by 'nasprune lut build'")],
 ) -> DevicePublic:
-    return services.catalog.save_device(name, table)
+    users = services.users if services.multi_user else None
+    taken = users is not None and not who.is_admin and name in services.catalog.device_names()
+    if taken and who.name not in [user for user, _ in users.owners("device", name)]:
+        raise NameTaken(f"device name '{name}' is taken: choose another name")
+    if users is not None:  # owned before it is written: never visible to others, not even for a moment
+        users.claim("device", name, who)
+    try:
+        device = services.catalog.save_device(name, table)
+    except Exception:
+        if users is not None and name not in services.catalog.device_names():
+            users.release("device", name, who.name)
+        raise
+    services.jobs.audit(who, "device.upload", f"device:{name}")
+    return device

@@ -13,7 +13,7 @@ from nasprune.datasets.record import NAME_PATTERN
 from nasprune.errors import DatasetError
 from nasprune.space import format_validation_error
 from services.api.datasets import DatasetSummary
-from services.api.deps import ServicesDep
+from services.api.deps import PrincipalDep, ServicesDep, WriterDep
 from services.api.edge import JsonRoute
 from services.api.routes.jobs import ERRORS
 from services.api.schemas import ErrorBody
@@ -46,8 +46,9 @@ def _dims(text: str | None) -> tuple[int, ...] | None:
     ),
     responses={
         401: ERRORS[401],
+        403: ERRORS[403],
         409: {"model": ErrorBody, "description": "the name is taken"},
-        413: {"model": ErrorBody, "description": "the file is larger than the server accepts"},
+        413: {"model": ErrorBody, "description": "the file is larger than the server accepts, or the user's quota"},
         422: {"model": ErrorBody, "description": "the file is not a valid dataset (the message says why)"},
     },
     openapi_extra={"requestBody": BINARY_BODY},
@@ -55,6 +56,7 @@ def _dims(text: str | None) -> tuple[int, ...] | None:
 async def upload_dataset(
     request: Request,
     services: ServicesDep,
+    who: WriterDep,
     name: Annotated[str, Query(pattern=NAME_PATTERN, description="lowercase letters, digits and '_'")],
     format: Annotated[Literal["npz", "images", "csv", "parquet", "npy"], Query(description="the file's format")],
     size: Annotated[str | None, Query(pattern=SIZE_PATTERN, description="images: H,W to resize/crop to")] = None,
@@ -77,8 +79,17 @@ async def upload_dataset(
     except ValidationError as e:
         raise DatasetError(f"split policy: {format_validation_error(e)}") from None
     options = ReadOptions(size=_dims(size), mode=mode, label_column=label_column, input_shape=_dims(input_shape))
-    tmp = await uploads.receive(name, format, request.stream())
-    return await anyio.to_thread.run_sync(uploads.add, tmp, name, format, options, policy, space)
+    quota = services.quota(who)
+    tmp = await uploads.receive(name, format, request.stream(), quota.check_read if quota else None)
+    admit = (lambda info: quota.admit("dataset", name, info.n_bytes)) if quota else None
+    try:
+        info = await anyio.to_thread.run_sync(uploads.add, tmp, name, format, options, policy, space, admit)
+    except BaseException:
+        if quota is not None:  # the name was free when the upload began, so whatever was claimed is this one's
+            quota.release("dataset", name)
+        raise
+    services.jobs.audit(who, "dataset.upload", f"dataset:{name}", f"{info.n_bytes} bytes")
+    return info
 
 
 @router.get(
@@ -87,8 +98,8 @@ async def upload_dataset(
     summary="built-in and uploaded datasets",
     responses={401: ERRORS[401]},
 )
-def list_datasets(services: ServicesDep) -> list[DatasetSummary]:
-    return services.datasets.list()
+def list_datasets(services: ServicesDep, who: PrincipalDep) -> list[DatasetSummary]:
+    return services.datasets.list(services.jobs.hidden_from("dataset", who))
 
 
 @router.get(
@@ -97,5 +108,7 @@ def list_datasets(services: ServicesDep) -> list[DatasetSummary]:
     summary="one dataset's record: shape, layout, classes, split sizes and class balance, normalisation, hash",
     responses={401: ERRORS[401], 404: {"model": ErrorBody, "description": "no such dataset"}},
 )
-def get_dataset(services: ServicesDep, name: Annotated[str, Path(pattern=NAME_PATTERN)]) -> DatasetInfo:
-    return services.datasets.get(name)
+def get_dataset(
+    services: ServicesDep, who: PrincipalDep, name: Annotated[str, Path(pattern=NAME_PATTERN)]
+) -> DatasetInfo:
+    return services.datasets.get(name, services.jobs.hidden_from("dataset", who))

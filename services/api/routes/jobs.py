@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Response
 
-from services.api.deps import JobsDep
+from services.api.deps import JobsDep, PrincipalDep, WriterDep
 from services.api.edge import JsonRoute
 from services.api.schemas import (
     Cancelled,
@@ -35,9 +35,10 @@ def next_page(path: str, total: int, limit: int, offset: int, **params) -> str |
 
 
 ERRORS = {
-    401: {"model": ErrorBody, "description": "missing or wrong API token"},
-    404: {"model": ErrorBody, "description": "no such job"},
+    401: {"model": ErrorBody, "description": "missing or wrong API token (or key)"},
+    404: {"model": ErrorBody, "description": "no such job (or another user's)"},
 }
+ERRORS[403] = {"model": ErrorBody, "description": "the user's role does not allow this (a viewer changing something)"}
 
 
 @router.post(
@@ -48,12 +49,13 @@ ERRORS = {
     responses={
         400: {"model": ErrorBody, "description": "the body is not JSON"},
         401: ERRORS[401],
+        403: ERRORS[403],
         422: {"model": ErrorBody, "description": "invalid request, unknown space/device, or unreachable budget"},
-        429: {"model": ErrorBody, "description": "the queue is full; retry later"},
+        429: {"model": ErrorBody, "description": "the queue is full, or the user's quota of queued jobs; retry later"},
     },
 )
-async def submit(body: JobCreate, jobs: JobsDep, response: Response) -> JobSubmitted:
-    record = await jobs.submit_in_thread(body)
+async def submit(body: JobCreate, jobs: JobsDep, response: Response, who: WriterDep) -> JobSubmitted:
+    record = await jobs.submit_in_thread(body, who)
     response.headers["Location"] = f"/v1/jobs/{record.id}"
     warnings = []  # an uploaded model's table is built by its first job
     if body.model is None:
@@ -65,11 +67,12 @@ async def submit(body: JobCreate, jobs: JobsDep, response: Response) -> JobSubmi
 @router.get("", response_model=JobList, summary="list jobs, newest first", responses={401: ERRORS[401]})
 def list_jobs(
     jobs: JobsDep,
+    who: PrincipalDep,
     status: Annotated[JobStatus | None, Query(description="only jobs with this status")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> JobList:
-    total, records = jobs.list(status, limit, offset)
+    total, records = jobs.list(status, limit, offset, who)
     return JobList(
         items=[JobPublic.of(r, jobs.settings.tracking_uri) for r in records],
         total=total,
@@ -80,10 +83,10 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="status, progress and best so far", responses=ERRORS)
-async def get_job(job_id: str, jobs: JobsDep) -> Response:
+async def get_job(job_id: str, jobs: JobsDep, who: PrincipalDep) -> Response:
     # The hottest route: answered on the event loop from a cache (at most 0.2 s old) of the encoded
     # JobPublic, so pollers neither queue for the thread pool nor pay for validation and serialisation.
-    return Response(await jobs.recent_status(job_id), media_type="application/json")
+    return Response(await jobs.recent_status(job_id, who), media_type="application/json")
 
 
 @router.post(
@@ -93,11 +96,12 @@ async def get_job(job_id: str, jobs: JobsDep) -> Response:
     responses={
         **ERRORS,
         202: {"model": Cancelled, "description": "running: the job stops at its next trial"},
+        403: ERRORS[403],
         409: {"model": ErrorBody, "description": "the job has already finished"},
     },
 )
-def cancel_job(job_id: str, jobs: JobsDep, response: Response) -> Cancelled:
-    record = jobs.cancel(job_id)
+def cancel_job(job_id: str, jobs: JobsDep, response: Response, who: WriterDep) -> Cancelled:
+    record = jobs.cancel(job_id, who)
     if record.status is JobStatus.RUNNING:
         response.status_code = 202
         message = "cancellation requested; the job stops at its next trial and keeps the trials it finished"

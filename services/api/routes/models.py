@@ -7,7 +7,7 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request
 
-from services.api.deps import ServicesDep
+from services.api.deps import PrincipalDep, ServicesDep, WriterDep
 from services.api.edge import JsonRoute
 from services.api.models import MODEL_ID_PATTERN
 from services.api.routes.jobs import ERRORS
@@ -35,7 +35,8 @@ SHAPE_PATTERN = r"^[1-9][0-9]{0,4}(,[1-9][0-9]{0,4}){0,2}$"
     ),
     responses={
         401: ERRORS[401],
-        413: {"model": ErrorBody, "description": "the weights file is larger than the server accepts"},
+        403: ERRORS[403],
+        413: {"model": ErrorBody, "description": "the weights file is larger than the server accepts, or the quota"},
         422: {"model": ErrorBody, "description": "unknown architecture, bad weights, or weights that do not fit"},
     },
     openapi_extra={"requestBody": BINARY_BODY},
@@ -43,20 +44,38 @@ SHAPE_PATTERN = r"^[1-9][0-9]{0,4}(,[1-9][0-9]{0,4}){0,2}$"
 async def upload_model(
     request: Request,
     services: ServicesDep,
+    who: WriterDep,
     architecture: Annotated[str, Query(pattern=r"^torchvision:[a-z0-9_]+$", description="e.g. torchvision:resnet18")],
     num_classes: Annotated[int, Query(ge=2, le=100_000)],
     input_shape: Annotated[str, Query(pattern=SHAPE_PATTERN, description="one sample's shape, e.g. 3,32,32")],
     dataset: Annotated[str, Query(pattern=r"^[a-z0-9_]*$", max_length=64, description="checked against")] = "",
 ) -> ModelPublic:
     store = services.models
-    tmp, sha = await store.receive(request.stream())
+    quota = services.quota(who)
+    tmp, sha = await store.receive(request.stream(), quota.check_read if quota else None)
     shape = tuple(int(v) for v in input_shape.split(","))
-    return await anyio.to_thread.run_sync(store.add, tmp, sha, architecture, num_classes, shape, dataset)
+    claimed: list[str] = []
+
+    def admit(model_id: str, n_bytes: int) -> None:
+        if quota is not None:
+            owned_before = who.name in [user for user, _ in services.users.owners("model", model_id)]
+            quota.admit("model", model_id, n_bytes)
+            if not owned_before:
+                claimed.append(model_id)
+
+    try:
+        model = await anyio.to_thread.run_sync(store.add, tmp, sha, architecture, num_classes, shape, dataset, admit)
+    except BaseException:
+        for model_id in claimed:
+            quota.release("model", model_id)
+        raise
+    services.jobs.audit(who, "model.upload", f"model:{model.id}")
+    return model
 
 
 @router.get("/models", response_model=list[ModelPublic], summary="uploaded models", responses={401: ERRORS[401]})
-def list_models(services: ServicesDep) -> list[ModelPublic]:
-    return services.models.list()
+def list_models(services: ServicesDep, who: PrincipalDep) -> list[ModelPublic]:
+    return services.models.list(services.jobs.hidden_from("model", who))
 
 
 @router.get(
@@ -65,5 +84,7 @@ def list_models(services: ServicesDep) -> list[ModelPublic]:
     summary="one uploaded model",
     responses={401: ERRORS[401], 404: {"model": ErrorBody, "description": "no such model"}},
 )
-def get_model(services: ServicesDep, model_id: Annotated[str, Path(pattern=MODEL_ID_PATTERN)]) -> ModelPublic:
-    return services.models.get(model_id)
+def get_model(
+    services: ServicesDep, who: PrincipalDep, model_id: Annotated[str, Path(pattern=MODEL_ID_PATTERN)]
+) -> ModelPublic:
+    return services.models.get(model_id, services.jobs.hidden_from("model", who))

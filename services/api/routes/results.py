@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse
 
-from services.api.deps import JobsDep
+from services.api.deps import JobsDep, PrincipalDep
 from services.api.edge import JsonRoute
 from services.api.routes.jobs import ERRORS, Limit, Offset, next_page
 from services.api.schemas import CANDIDATE_ID_PATTERN, CandidatePublic, ErrorBody, ParetoFront, TrialList
@@ -24,8 +24,8 @@ CandidateId = Annotated[str, Path(pattern=CANDIDATE_ID_PATTERN, description="16 
 
 
 @router.get("/{job_id}/trials", response_model=TrialList, summary="the job's trials, in order", responses=ERRORS)
-def trials(job_id: str, jobs: JobsDep, limit: Limit = 100, offset: Offset = 0) -> TrialList:
-    total, items = jobs.trials(job_id, limit, offset)
+def trials(job_id: str, jobs: JobsDep, who: PrincipalDep, limit: Limit = 100, offset: Offset = 0) -> TrialList:
+    total, items = jobs.trials(job_id, limit, offset, who)
     return TrialList(
         items=items,
         total=total,
@@ -41,8 +41,8 @@ def trials(job_id: str, jobs: JobsDep, limit: Limit = 100, offset: Offset = 0) -
     summary="the Pareto front: accuracy vs latency, with params, MACs and measured latency",
     responses={**ERRORS, **NOT_FINISHED},
 )
-def pareto(job_id: str, jobs: JobsDep) -> ParetoFront:
-    record, result = jobs.result(job_id)
+def pareto(job_id: str, jobs: JobsDep, who: PrincipalDep) -> ParetoFront:
+    record, result = jobs.result(job_id, who)
     budget = record.spec.latency_budget_ms
     candidates = [
         CandidatePublic(
@@ -80,8 +80,8 @@ def _send(model: ModelFile, request: Request) -> Response:
     summary="the recommended model: most accurate with measured latency within budget",
     responses={**ONNX, **ERRORS, **NOT_FINISHED},
 )
-def recommended_model(job_id: str, jobs: JobsDep, request: Request) -> Response:
-    return _send(jobs.model_file(job_id), request)
+def recommended_model(job_id: str, jobs: JobsDep, request: Request, who: PrincipalDep) -> Response:
+    return _send(jobs.model_file(job_id, who=who), request)
 
 
 @router.get(
@@ -90,5 +90,7 @@ def recommended_model(job_id: str, jobs: JobsDep, request: Request) -> Response:
     summary="the ONNX model of one Pareto candidate",
     responses={**ONNX, **ERRORS, **NOT_FINISHED},
 )
-def candidate_model(job_id: str, candidate_id: CandidateId, jobs: JobsDep, request: Request) -> Response:
-    return _send(jobs.model_file(job_id, candidate_id), request)
+def candidate_model(
+    job_id: str, candidate_id: CandidateId, jobs: JobsDep, request: Request, who: PrincipalDep
+) -> Response:
+    return _send(jobs.model_file(job_id, candidate_id, who), request)
