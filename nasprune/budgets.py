@@ -31,6 +31,9 @@ class LatencyRange:
     max_ms: float | None = None
     missing: str | None = None
     precision: str = "fp32"
+    how: str = "predicted by the latency table"
+    """Where the figures come from: the table (exact over the space), or the smallest and largest
+    subnet measured now (an estimate until a table exists)."""
 
     @property
     def known(self) -> bool:
@@ -61,6 +64,54 @@ def latency_range(space, device: str, data_dir: str | Path | None = None, precis
         return LatencyRange(name, device, float(table.min_latency()), float(table.max_latency()), precision=precision)
     except NasPruneError:  # not built, stale for this machine, or unreadable: say how to build it
         return LatencyRange(name, device, missing=build_hint(name, device, precision), precision=precision)
+
+
+def measured_range(supernet, rounds: int = 6) -> LatencyRange:
+    """The latency of ``supernet``'s smallest and largest subnet on this machine (``local-cpu``),
+    exported through the checked deployment path and timed now with onnxruntime: an estimate of the
+    range in seconds, before any latency table is built (the table's range is exact: a subnet other
+    than the smallest can be the fastest)."""
+    import tempfile
+
+    from nasprune.latency.device import DeviceProfile
+    from nasprune.latency.profile import ProfileSettings, export_all, measure_models
+
+    space = supernet.space
+    settings = ProfileSettings(e2e_rounds=rounds, e2e_burst=10, warmup=10)
+    with tempfile.TemporaryDirectory(prefix="nasprune-range-") as tmp:
+        paths = export_all(supernet, [space.smallest(), space.largest()], Path(tmp))
+        small, large = measure_models(paths, DeviceProfile.local(), settings)
+    lo, hi = sorted((small.median_ms, large.median_ms))
+    return LatencyRange(
+        space.name,
+        LOCAL_CPU,
+        lo,
+        hi,
+        how="an estimate, measured now: the smallest and largest "
+        "subnet exported and timed with onnxruntime; the latency table gives the exact range",
+    )
+
+
+def suggested_budgets(rng: LatencyRange) -> tuple[float, float]:
+    """Budgets that trade accuracy for latency: from a fifth to four fifths of the way up the range
+    (below its bottom nothing fits; at its top every subnet fits and the largest wins)."""
+    span = rng.max_ms - rng.min_ms
+    return rng.min_ms + 0.2 * span, rng.min_ms + 0.8 * span
+
+
+def budget_advice(rng: LatencyRange, next_command: str) -> list[str]:
+    """Lines that say the range, where it comes from, the budgets worth asking for and the command to run
+    (``next_command`` with ``{budget}`` where the suggested budget goes)."""
+    if not rng.known:
+        return [f"latency on {rng.device}: no table yet ({rng.missing})"]
+    lo, hi = suggested_budgets(rng)
+    mid = float(f"{(lo + hi) / 2:.3g}")
+    return [
+        f"latency on {rng.device}: {rng.min_ms:.4g} .. {rng.max_ms:.4g} ms at batch 1 ({rng.how})",
+        f"suggested budget: {lo:.3g} .. {hi:.3g} ms (below {rng.min_ms:.4g} ms no subnet fits and a job is refused; "
+        f"at or above {rng.max_ms:.4g} ms every subnet fits and the largest wins)",
+        f"next: {next_command.format(budget=f'{mid:g}')}",
+    ]
 
 
 def budget_warnings(budget_ms: float, rng: LatencyRange) -> list[str]:

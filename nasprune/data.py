@@ -337,6 +337,18 @@ def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
     return DatasetStore.at(data_dir).get(name)
 
 
+def dataset_io(name: str, data_dir: str | Path | None = None) -> tuple[tuple[int, ...], int]:
+    """A dataset's sample shape and number of classes, cheaply (a built-in by its known shape, a user
+    dataset by its record); raises ``DatasetError`` for an unknown one."""
+    if name in BUILTIN_INPUTS:
+        shape, k = BUILTIN_INPUTS[name]
+        return tuple(shape), k
+    from nasprune.datasets.store import DatasetStore
+
+    info = DatasetStore.at(data_dir).get(name)
+    return tuple(info.input_shape), info.num_classes
+
+
 def check_dataset_fits(name: str, space, data_dir: str | Path | None = None) -> None:
     """Refuse (``DatasetError``) a dataset that is unknown or does not fit ``space``'s model input and classes.
     Cheap: built-ins are checked by their known shape, user datasets by their record."""

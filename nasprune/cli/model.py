@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nasprune.cli._common import human, table
 from nasprune.errors import GraphError
 
@@ -28,14 +30,44 @@ def register(sub) -> None:
         ),
     )
     ins.add_argument("--model", required=True, metavar="REF", help="torchvision:NAME or PKG.MODULE:FACTORY")
-    ins.add_argument("--input-shape", required=True, metavar="C,H,W", help="one sample's shape, e.g. 3,32,32 or 1,40")
-    ins.add_argument("--num-classes", type=int, default=None, help="passed to the factory as num_classes")
-    ins.add_argument("--weights", metavar="FILE.safetensors", help="trained weights to load (checked tensor by tensor)")
-    ins.add_argument("--name", default=None, help="name of the derived space (default: from the model)")
+    ins.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="the data the model is for (a built-in or one added with 'nasprune data add'): gives the "
+        "input shape and num_classes, is checked against the model's output and recorded by --save",
+    )
+    ins.add_argument("--input-shape", metavar="C,H,W",
+                     help="one sample's shape, e.g. 3,32,32 or 1,40 (default: the --dataset's)")  # fmt: skip
+    ins.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="passed to the factory as num_classes when it takes it (default: the --dataset's classes)",
+    )
+    ins.add_argument(
+        "--weights",
+        metavar="FILE.safetensors",
+        help="trained weights to load (checked tensor by tensor); --save records the file and its sha256",
+    )
+    ins.add_argument(
+        "--name", default=None, help="name of the derived space (default: the --save file's name, else the model's)"
+    )
     ins.add_argument("--divisor", type=int, default=8, help="widths are multiples of this (default 8)")
     ins.add_argument("--min-fraction", type=float, default=0.25, help="narrowest width as a fraction (default 0.25)")
     ins.add_argument("--max-choices", type=int, default=8, help="at most this many widths per group (default 8)")
-    ins.add_argument("--save", metavar="SPACE.yaml", help="write the derived space to this YAML file")
+    ins.add_argument("--save", metavar="SPACE.yaml",
+                     help="write the derived space to this YAML file (model, kwargs, weights, dataset: a search "
+                          "needs nothing else)")  # fmt: skip
+    ins.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip timing the smallest and largest subnet (a few seconds) for the latency range",
+    )
+    ins.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where added datasets and latency tables are (default: $NASPRUNE_DATA_DIR or ./.nasprune)",
+    )
     ins.set_defaults(func=_inspect)
 
 
@@ -52,19 +84,28 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _inspect(args) -> int:
-    import re
-
     import torch
 
     from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space, fixed_groups, load_weights
+    from nasprune.graph.api import default_space_name
     from nasprune.graph.units import UnitPlan
 
-    shape = parse_shape(args.input_shape)
     if not 0 < args.min_fraction <= 1:
         raise GraphError(f"--min-fraction {args.min_fraction} must be in (0, 1]")
     if args.max_choices < 2 or args.divisor < 1:
         raise GraphError("--max-choices must be at least 2 and --divisor at least 1")
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    data_shape, data_classes = _dataset_io(args)
+    if args.input_shape is None and data_shape is None:
+        raise GraphError("give --input-shape (one sample's shape, e.g. 3,32,32) or --dataset (its samples' shape)")
+    shape = parse_shape(args.input_shape) if args.input_shape is not None else data_shape
+    if data_shape is not None and shape != data_shape:
+        given, theirs = ",".join(map(str, shape)), ",".join(map(str, data_shape))
+        raise GraphError(
+            f"--input-shape {given} but --dataset {args.dataset}'s samples have shape {theirs}: leave --input-shape "
+            "out to use the dataset's"
+        )
+    classes_asked = args.num_classes if args.num_classes is not None else data_classes
+    kwargs = {} if classes_asked is None else {"num_classes": classes_asked}
     model = build_model(args.model, kwargs)
     if args.weights:
         load_weights(model, args.weights)
@@ -72,18 +113,29 @@ def _inspect(args) -> int:
     x = torch.zeros(1, *shape)
     analysis = analyze_model(model, x, args.divisor)
     classes = analysis.output_shape[0] if analysis.output_shape else 0
-    name = args.name or re.sub(r"[^a-z0-9_]+", "_", args.model.rpartition(":")[2].lower())
+    check_outputs(args.model, classes, args.dataset, data_classes)
+    name = args.name or (Path(args.save).stem if args.save else default_space_name(args.model))
+    kwargs = {k: v for k, v in kwargs.items() if k in _taken(args.model, kwargs)}  # what the factory was called with
     space = derive_space(
-        analysis, name, args.model, num_classes=max(classes, 2), model_kwargs=kwargs,
+        analysis, _space_name(name), args.model, num_classes=max(classes, 2), model_kwargs=kwargs,
         channel_divisor=args.divisor, min_fraction=args.min_fraction, max_choices=args.max_choices,
     )  # fmt: skip
+    space = space.model_copy(update={"dataset": args.dataset or ""})
+    if args.weights:
+        space = _with_weights(space, args.weights, Path(args.save).parent if args.save else None)
     plan = UnitPlan(analysis, [b for seq in space.sequences.values() for b in seq.blocks])  # before conversion
+    layers = {g: _layer_text(model, g) for g in space.groups}  # before conversion: the user's own layers
     net = GraphSupernet(space, model)
     print(f"{args.model}: input {shape}, output {analysis.output_shape}, graph digest {analysis.digest}")
     print(f"{len(space.groups)} channel groups, {len(space.sequences)} depth sequences, {space.size:.3g} subnets")
     print()
-    rows = [[g, analysis.group_size[g], ", ".join(map(str, w.widths)), w.within or ""] for g, w in space.groups.items()]
-    print(table(rows, ["group (first layer writing it)", "channels", "widths", "inside block"]))
+    rows = [
+        [g, layers[g], analysis.group_size[g], ", ".join(map(str, w.widths)), w.within or ""]
+        for g, w in space.groups.items()
+    ]
+    print(table(rows, ["group", "first layer writing it", "channels", "widths", "inside block"]))
+    print("(a group: channels pruned together, named by the module path of the first layer that writes them; "
+          "inside block: the skippable block the group lives in, gone when a subnet skips that block)")  # fmt: skip
     if space.sequences:
         print()
         rows = [[s, ", ".join(seq.blocks), ", ".join(map(str, seq.depths))] for s, seq in space.sequences.items()]
@@ -109,8 +161,92 @@ def _inspect(args) -> int:
         shown = "; ".join(f"{unit} ({ops})" for unit, ops in list(exported.items())[:8])
         more = f"; and {len(exported) - 8} more" if len(exported) > 8 else ""
         print(f"  {len(exported)} hold ops without a hand-written unit, timed as torch exports them: {shown}{more}")
-    print("predicted latency: build the space's latency table ('nasprune lut build --space FILE.yaml' after --save)")
     if args.save:
         space.save(args.save)
-        print(f"\nspace written to {args.save}")
+        print(f"\nspace written to {args.save}" + ("" if args.dataset else
+              " (it records no dataset: pass --dataset to the search, or derive it again with --dataset)"))  # fmt: skip
+    print()
+    for line in _latency_lines(args, net, space):
+        print(line)
     return 0
+
+
+def _dataset_io(args) -> tuple[tuple[int, ...] | None, int | None]:
+    if not args.dataset:
+        return None, None
+    from nasprune.data import dataset_io
+    from nasprune.paths import data_dir
+
+    return dataset_io(args.dataset, data_dir(args.data_dir))
+
+
+def _taken(ref: str, kwargs: dict) -> set[str]:
+    """The keyword arguments a factory takes of ``kwargs`` (all of them for torchvision)."""
+    from nasprune.graph.models import accepted_kwargs
+
+    return set(accepted_kwargs(ref, kwargs))
+
+
+def check_outputs(ref: str, outputs: int, dataset: str | None, classes: int | None, flag: str = "--model") -> None:
+    """Refuse a model whose output size is not the dataset's number of classes, saying what to change."""
+    if not dataset or classes is None or outputs == classes:
+        return
+    raise GraphError(
+        f"{flag} {ref} gives {outputs} outputs but --dataset {dataset} has {classes} classes: the factory "
+        "must take num_classes (it is passed when the factory's signature has it) or build a model with "
+        f"{classes} outputs; trained weights must come from a model with {classes} outputs too"
+    )
+
+
+def _space_name(name: str) -> str:
+    import re
+
+    clean = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
+    return clean if re.fullmatch(r"[a-z][a-z0-9_]*", clean) else f"space_{clean}"
+
+
+def _with_weights(space, weights: str | Path, folder: Path | None):
+    """``space`` recording ``weights`` (path relative to ``folder``, the space file's, when given) and their sha256."""
+    import os
+
+    from nasprune.graph.models import file_sha256
+
+    path = Path(weights).resolve()
+    where = os.path.relpath(path, folder.resolve()) if folder is not None else str(path)
+    return space.model_copy(update={"weights": where, "weights_sha256": file_sha256(path)})
+
+
+def _layer_text(model, path: str) -> str:
+    """``Conv2d 3->16 k3`` for the module at ``path`` (its class and sizes: a readable name where the path is ``0``)."""
+    try:
+        m = model.get_submodule(path)
+    except AttributeError:
+        return ""
+    kind = type(m).__name__
+    if hasattr(m, "in_channels") and hasattr(m, "out_channels"):
+        k = "x".join(map(str, m.kernel_size)) if isinstance(m.kernel_size, tuple) else str(m.kernel_size)
+        return f"{kind} {m.in_channels}->{m.out_channels} k{k}"
+    if hasattr(m, "in_features") and hasattr(m, "out_features"):
+        return f"{kind} {m.in_features}->{m.out_features}"
+    return kind
+
+
+def _latency_lines(args, net, space) -> list[str]:
+    from nasprune.budgets import LOCAL_CPU, budget_advice, latency_range, measured_range
+
+    ref = args.save or "SPACE.yaml"
+    data = "" if args.dataset else " --dataset NAME"
+    if args.save:
+        command = f"nasprune search --space {ref}{data} --budget-ms {{budget}}"
+    else:
+        weights = f" --weights {args.weights}" if args.weights else ""
+        command = (
+            f"nasprune search --model {args.model}{weights} --dataset {args.dataset or 'NAME'} --budget-ms {{budget}}"
+        )
+    rng = latency_range(space, LOCAL_CPU, args.data_dir)
+    if not rng.known:
+        if args.no_latency:
+            return [f"latency: not measured (--no-latency); the first search builds the latency table, or "
+                    f"'nasprune lut build --space {ref}'"]  # fmt: skip
+        rng = measured_range(net)
+    return budget_advice(rng, command)

@@ -27,9 +27,18 @@ def register(sub) -> None:
         help="prune your own model: torchvision:NAME or PKG.MODULE:FACTORY (local, trusted code; called "
         "with num_classes from --dataset); its search space is derived from its graph",
     )
-    p.add_argument("--weights", type=Path, metavar="FILE.safetensors",
-                   help="with --model: trained weights to start from (default: the factory's own)")  # fmt: skip
-    p.add_argument("--dataset", help="with --model: the dataset to train and score on (e.g. mnist1d, mnist5k)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        metavar="FILE.safetensors",
+        help="trained weights to start from (default: the space's recorded weights, else the factory's own); with "
+        "--space, the space is searched from these instead (checked to fit first)",
+    )
+    p.add_argument(
+        "--dataset",
+        help="the dataset to train and score on (e.g. mnist1d, or one added with 'nasprune data add'); "
+        "needed with --model; with --space it replaces the space's own (checked to fit first)",
+    )
     p.add_argument("--device", default="local-cpu", help="device whose latency table is used (%(default)s)")
     p.add_argument("--budget-ms", type=float, required=True, help="latency budget in ms at batch 1")
     p.add_argument("--trials", type=int, default=100, help="number of trials (%(default)s)")
@@ -51,14 +60,24 @@ def register(sub) -> None:
                         "(default: sized to the dataset, 4 epochs within 500-3,000 steps; 0: off)")  # fmt: skip
     p.add_argument("--finetune-epochs", type=float, metavar="E",
                    help="the recovery budget in passes over the train split instead of --finetune-steps")  # fmt: skip
-    p.add_argument("--finetune-top-k", type=int, default=2, metavar="K",
-                   help="fine-tune the first K verified candidates and deliver the most accurate (%(default)s)")
+    p.add_argument(
+        "--finetune-top-k",
+        type=int,
+        default=2,
+        metavar="K",
+        help="fine-tune the first K verified candidates and deliver the most accurate (%(default)s)",
+    )
     p.add_argument("--finetune-seconds", type=float, metavar="S", help="stop fine-tuning after S seconds")
     p.add_argument("--qat-min-drop", type=_fraction_or_off, default=None, metavar="F",
                    help="with --precisions fp32 int8: an int8 recommended model is fine-tuned and quantized again; "
                         "if quantizing cost it more than F of validation accuracy (0.005 = 0.5 pt) the fine-tuning "
                         "is quantization-aware (default: off; it measured no better than float fine-tuning, "
                         "docs/int8.md)")  # fmt: skip
+    p.add_argument("--tier0", choices=["auto", "only", "off"], default="auto",
+                   help="tier 0, a model pruned to the budget without training (as 'nasprune prune'): auto (default) "
+                        "delivers it first, in minutes, when the model has trained weights (--weights, or a space "
+                        "that names them), and the job delivers the more accurate verified model of it and the "
+                        "search's; only: tier 0 alone, no supernet; off: never")  # fmt: skip
     p.add_argument("--job-id", help="resume this job (default: a new id, 32 hex digits as the service's)")
     p.add_argument(
         "--storage",
@@ -84,24 +103,27 @@ def _derived_space(args, root: Path) -> str:
     """Derive the space of ``--model`` for ``--dataset``, save it under the data dir, return its path."""
     import torch
 
+    from nasprune.cli.model import check_outputs
     from nasprune.data import load_dataset
     from nasprune.errors import GraphError
     from nasprune.graph import build_model, load_weights
     from nasprune.graph.api import derive_space
-    from nasprune.graph.models import file_sha256
+    from nasprune.graph.models import accepted_kwargs, file_sha256
 
     if not args.dataset:
         raise GraphError("--model needs --dataset (the data to train and score the pruned model on)")
     ds = load_dataset(args.dataset, data_dir=root)  # a user dataset lies in the data dir
-    kwargs = {"num_classes": ds.num_classes}
+    kwargs = accepted_kwargs(args.model, {"num_classes": ds.num_classes})
     model = build_model(args.model, kwargs)
     if args.weights:
         load_weights(model, args.weights)
-    with torch.no_grad():
-        out = model.eval()(ds.tensors("val")[0][:2])
-    if out.shape[-1] != ds.num_classes:
-        raise GraphError(f"--model {args.model} gives {out.shape[-1]} outputs; --dataset {args.dataset} has "
-                         f"{ds.num_classes} classes")  # fmt: skip
+    try:
+        with torch.no_grad():
+            out = model.eval()(ds.tensors("val")[0][:2])
+    except Exception as e:  # the user's model on the dataset's samples: say which shapes met
+        raise GraphError(f"--model {args.model} does not run on --dataset {args.dataset}'s samples (shape "
+                         f"{tuple(ds.input_shape)}): {type(e).__name__}: {e}") from None  # fmt: skip
+    check_outputs(args.model, out.shape[-1], args.dataset, ds.num_classes)
     space = derive_space(model, ds.input_shape, model_ref=args.model, model_kwargs=kwargs, dataset=args.dataset)
     name = f"{space.name}_{args.dataset}"
     update: dict = {"name": name}
@@ -124,7 +146,7 @@ def _run(args) -> int:
     from nasprune.search.job import Constraints, SearchJob
 
     root = data_dir(args.data_dir)
-    space_ref = args.space or _derived_space(args, root)
+    space_ref, dataset = _given_space(args, root) if args.space else (_derived_space(args, root), None)
     flags = {"latency_budget_ms": "--budget-ms", "n_trials": "--trials", "timeout_s": "--timeout", "seed": "--seed",
              "finetune_epochs": "--finetune-epochs", "finetune_seconds": "--finetune-seconds",
              "finetune_steps": "--finetune-steps", "finetune_top_k": "--finetune-top-k",
@@ -132,7 +154,7 @@ def _run(args) -> int:
              "qat_min_drop": "--qat-min-drop",
              "constraints.max_params": "--max-params", "constraints.max_macs": "--max-macs"}  # fmt: skip
     try:
-        job = _job(SearchJob, Constraints, space_ref, args)
+        job = _job(SearchJob, Constraints, space_ref, args, dataset)
     except ValidationError as e:  # name the flag, not the job field
         raise ConfigError("; ".join(
             f"{flags.get('.'.join(map(str, err['loc'])), '.'.join(map(str, err['loc'])))}: {err['msg']}"
@@ -141,9 +163,55 @@ def _run(args) -> int:
     return _search(job, args, root)
 
 
-def _job(SearchJob, Constraints, space_ref: str, args):
+def _given_space(args, root: Path) -> tuple[str, str | None]:
+    """``--space`` with ``--weights``/``--dataset`` applied, both checked before anything runs: the space's
+    reference (a copy recording the weights, under the data dir, when they are given) and the dataset that
+    replaces the space's own (None: the space's)."""
+    from nasprune.data import check_dataset_fits
+    from nasprune.errors import ConfigError, DatasetError
+    from nasprune.registry import load_space
+
+    space = load_space(args.space)
+    ref = args.space
+    if args.weights is not None:
+        ref = _space_with_weights(space, args.weights, root)
+        space = load_space(ref)
+    name = args.dataset or space.dataset
+    if not name:
+        raise ConfigError(f"--space {args.space} records no dataset: pass --dataset NAME (a built-in or one added "
+                          "with 'nasprune data add'), or save the space with 'nasprune model inspect ... --dataset "
+                          "NAME --save FILE'")  # fmt: skip
+    try:
+        check_dataset_fits(name, space, root)
+    except DatasetError as e:
+        flag = "--dataset" if args.dataset else f"the dataset '{name}' of --space {args.space}"
+        raise ConfigError(f"{flag}: {e}") from None
+    return ref, (args.dataset if args.dataset and args.dataset != space.dataset else None)
+
+
+def _space_with_weights(space, weights: Path, root: Path) -> str:
+    """A copy of ``space`` that starts from ``weights`` (checked to fit its model), written under the data dir."""
+    from nasprune.graph import build_model, load_weights
+    from nasprune.graph.models import file_sha256
+
+    if not weights.is_file():
+        from nasprune.errors import ConfigError
+
+        raise ConfigError(f"--weights {weights}: no such file")
+    load_weights(build_model(space.model, space.model_kwargs), weights)  # names the first tensor that does not fit
+    sha = file_sha256(weights)
+    copy = space.model_copy(update={"weights": str(weights.resolve()), "weights_sha256": sha})
+    path = root / "spaces" / f"{space.name}-w{sha[:12]}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    copy.save(path)
+    print(f"space {space.name} with the weights of {weights} (written to {path})")
+    return str(path)
+
+
+def _job(SearchJob, Constraints, space_ref: str, args, dataset: str | None = None):
     return SearchJob(
         space=space_ref,
+        dataset=dataset,
         device=args.device,
         latency_budget_ms=args.budget_ms,
         n_trials=args.trials,
@@ -159,6 +227,7 @@ def _job(SearchJob, Constraints, space_ref: str, args):
         finetune_top_k=args.finetune_top_k,
         qat_min_drop=args.qat_min_drop,
         precisions=args.precisions,
+        tier0=args.tier0,
     )
 
 
@@ -226,6 +295,13 @@ def _search(job, args, root) -> int:
             for w in budget_warnings(job.latency_budget_ms, rng):
                 bar.write(f"warning: {w}")
         bar.n = p.n_done
+        if p.tier0 is not None and "tier 0" not in seen:
+            seen.add("tier 0")  # the job's first result: say so at once, above the bar
+            t = p.tier0
+            ms = f"measured {t.measured_latency_ms:.4g} ms" if t.measured_latency_ms is not None else "not measured"
+            path = Path(out) / "models" / f"{t.candidate_id}.onnx"
+            bar.write(f"tier 0 model (no training): validation {t.accuracy:.2%}, test {t.test_accuracy:.2%}, {ms}"
+                      f"{' (verified)' if t.verified else ''}; {path}")  # fmt: skip
         if p.stage == "searching":
             best = f"{p.best_accuracy:.2%}@{p.best_latency_ms:.3f}ms" if p.best_accuracy is not None else "none yet"
             bar.set_postfix_str(f"best in budget {best}")
@@ -254,13 +330,16 @@ def _search(job, args, root) -> int:
         r = res.recommended
         measured = (f"measured {r.measured_latency_ms:.4f} ms <= {job.latency_budget_ms:g} ms" if r.verified
                     else f"unverified: {r.unverified_reason}")  # fmt: skip
-        print(f"recommended: {r.candidate_id} (trial {r.trial_number}) accuracy {r.accuracy:.2%}, {measured}")
+        which = "tier 0, pruned without training" if r.tier == 0 else f"trial {r.trial_number}"
+        print(f"recommended: {r.candidate_id} ({which}) accuracy {r.accuracy:.2%}, {measured}")
         print(f"  budget use: {res.budget_use:.0%} of {job.latency_budget_ms:g} ms"
               f"{'' if r.measured_latency_ms is not None else ' (predicted)'}")  # fmt: skip
         if r.delivered is not None:
             print(f"  weights: {r.delivered} (validation {r.inherited_accuracy:.2%} inherited, "
                   f"{r.finetuned_accuracy:.2%} after {r.finetune_steps} fine-tuning steps; "
                   f"test {r.test_accuracy:.2%})")  # fmt: skip
+        if res.tier0 is not None and r.tier != 0:
+            print(f"  tier 0 (no training) scored {res.tier0.accuracy:.2%} on validation: the search's model won")
     else:
         print("no candidate's measured latency is within the budget; try a larger budget")
     if res.table_error_in_use:

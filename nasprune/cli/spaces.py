@@ -28,9 +28,19 @@ def register(sub) -> None:
     show = s.add_parser(
         "show",
         help="choices, size, min/max params and MACs, and latency range of a space",
-        description="Depth and width choices of a space, its extreme subnets, and its latency range on each device.",
+        description=(
+            "Depth and width choices of a space, its extreme subnets, and its latency range on each device: "
+            "predicted by the latency table where one exists; otherwise, on this machine, the smallest and "
+            "largest subnet are exported and timed now (an estimate). Ends with a suggested budget and the "
+            "search command to run."
+        ),
     )
     show.add_argument("name", help="space name (see 'nasprune spaces list') or path to a YAML file")
+    show.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="without a latency table, do not time the smallest and largest subnet (a few seconds)",
+    )
     _data_dir(show)
     show.set_defaults(func=_show)
 
@@ -110,8 +120,19 @@ def _show(args) -> int:
     from nasprune.budgets import local_devices
 
     ranges = _ranges(sp, local_devices(args.data_dir), args.data_dir)
-    print(
-        table([[_device(r), _range(r), "" if r.known else r.missing] for r in ranges], ["device", "latency ms", "note"])
-    )
-    print("a budget below the range is refused; at or above its top every subnet fits (the largest wins)")
+    ref = args.name
+
+    def note(r) -> str:
+        return "" if r.known else (r.missing or "").replace(f"--space {sp.name}", f"--space {ref}")
+
+    print(table([[_device(r), _range(r), note(r)] for r in ranges], ["device", "latency ms", "note"]))
+    from nasprune.budgets import budget_advice, measured_range
+
+    local = ranges[0]
+    if not local.known and not args.no_latency:
+        local = measured_range(net)
+    data = "" if sp.dataset else " --dataset NAME"
+    print()
+    for line in budget_advice(local, f"nasprune search --space {ref}{data} --budget-ms {{budget}}"):
+        print(line)
     return 0

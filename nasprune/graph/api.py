@@ -33,12 +33,26 @@ def derive_space(
     was = model.training
     analysis = analyze_model(model.eval(), torch.zeros(1, *input_shape), channel_divisor)
     model.train(was)
-    name = name or re.sub(r"[^a-z0-9_]+", "_", model_ref.rpartition(":")[2].lower())
+    name = name or default_space_name(model_ref)
     classes = analysis.output_shape[0] if analysis.output_shape else 2
     return _derive(
         analysis, name, model_ref, num_classes=max(classes, 2), dataset=dataset, model_kwargs=model_kwargs,
         channel_divisor=channel_divisor, min_fraction=min_fraction, max_choices=max_choices,
     )  # fmt: skip
+
+
+_GENERIC_FACTORY = re.compile(r"(make|build|create|get|new|init)?_?(model|net|network)?")
+
+
+def default_space_name(model_ref: str) -> str:
+    """A space's name from its model reference: the factory's name (``cnn1d``), or the module's where the
+    factory's says nothing (``mymodel:make_model`` -> ``mymodel``; ``torchvision:resnet18`` -> ``resnet18``)."""
+    source, _, factory = model_ref.partition(":")
+    name = factory.lower()
+    if _GENERIC_FACTORY.fullmatch(name) and source != "torchvision":
+        name = source.rpartition(".")[2].lower()
+    name = re.sub(r"[^a-z0-9_]+", "_", name).strip("_")
+    return name if re.fullmatch(r"[a-z][a-z0-9_]*", name) else f"model_{name}"
 
 
 def convert(model: nn.Module, space: GraphSpace) -> GraphSupernet:

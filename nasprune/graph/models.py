@@ -81,6 +81,15 @@ def _import_user_module(source: str, ref: str):
     )
 
 
+def accepted_kwargs(ref: str, kwargs: dict) -> dict:
+    """The ``kwargs`` that building ``ref`` passes on (all of them for torchvision; for a factory, those
+    its signature takes): what a space records as its ``model_kwargs``."""
+    source, _, name = ref.partition(":")
+    if source == "torchvision":
+        return dict(kwargs)
+    return _accepted(getattr(_import_user_module(source, ref), name), dict(kwargs))
+
+
 def _accepted(factory, kwargs: dict) -> dict:
     """The ``kwargs`` the factory's signature takes (all of them where it takes ``**kwargs``): a factory
     without ``num_classes`` is called without it, and its output size is checked against the data later."""
