@@ -51,7 +51,8 @@ class Client:
 
     def __init__(self, base_url: str | None = None, token: str | None = None, *, timeout_s: float = 30.0):
         self.base_url = (base_url or os.environ.get("NASPRUNE_URL") or DEFAULT_URL).rstrip("/")
-        token = token if token is not None else os.environ.get("NASPRUNE_API_TOKEN")
+        if token is None:  # a user's key (a server with users), else the server's shared token
+            token = os.environ.get("NASPRUNE_API_KEY") or os.environ.get("NASPRUNE_API_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
 
@@ -265,6 +266,37 @@ class Client:
             )
         return self._json("POST", "/v1/devices", params={"name": name}, json=table)
 
+    # models ---------------------------------------------------------------------------------------
+
+    def upload_model(
+        self, architecture: str, weights: str | Path, num_classes: int, input_shape: str | tuple, dataset: str = ""
+    ) -> dict:
+        """Upload trained weights (a safetensors file, streamed) of a torchvision architecture
+        (``torchvision:NAME``); the service derives its space. Returns the model (``id`` goes in a job's
+        ``model``)."""
+        path = Path(weights)
+        shape = input_shape if isinstance(input_shape, str) else ",".join(map(str, input_shape))
+
+        def chunks():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        params = {"architecture": architecture, "num_classes": num_classes, "input_shape": shape}
+        return self._json(
+            "POST",
+            "/v1/models",
+            params={**params, **({"dataset": dataset} if dataset else {})},
+            content=chunks(),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)},
+        )
+
+    def models(self) -> list[dict]:
+        return self._json("GET", "/v1/models")
+
+    def model(self, model_id: str) -> dict:
+        return self._json("GET", f"/v1/models/{model_id}")
+
     def datasets(self) -> list[dict]:
         return self._json("GET", "/v1/datasets")
 
@@ -288,6 +320,39 @@ class Client:
             content=chunks(),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)},
         )
+
+    # users, keys, audit (a server with NASPRUNE_AUTH=users; all but ``me`` need an admin's key) ----------
+
+    def me(self) -> dict:
+        """Who this client's key (or token) acts for: ``{"mode", "name", "role", "team"}``."""
+        return self._json("GET", "/v1/me")
+
+    def add_user(self, name: str, role: str = "member", team: str | None = None, **limits: Any) -> dict:
+        """Add a user; ``limits``: ``max_running``, ``max_queued``, ``max_storage_bytes``, ``priority``."""
+        return self._json("POST", "/v1/users", json={"name": name, "role": role, "team": team, **limits})
+
+    def users(self) -> list[dict]:
+        return self._json("GET", "/v1/users")
+
+    def update_user(self, name: str, **changes: Any) -> dict:
+        """Change ``role``, ``team``, ``disabled``, limits or ``priority`` of a user."""
+        return self._json("PATCH", f"/v1/users/{name}", json=changes)
+
+    def create_key(self, user: str, label: str | None = None) -> dict:
+        """A new API key of ``user``; the answer's ``key`` is shown this once."""
+        return self._json("POST", f"/v1/users/{user}/keys", json={"label": label})
+
+    def keys(self, user: str) -> list[dict]:
+        return self._json("GET", f"/v1/users/{user}/keys")
+
+    def revoke_key(self, key_id: str) -> dict:
+        return self._json("DELETE", f"/v1/keys/{key_id}")
+
+    def audit(self, *, user: str | None = None, action: str | None = None, limit: int = 100, offset: int = 0) -> dict:
+        params = {
+            k: v for k, v in {"user": user, "action": action, "limit": limit, "offset": offset}.items() if v is not None
+        }
+        return self._json("GET", "/v1/audit", params=params)
 
     def health(self) -> dict:
         return self._json("GET", "/healthz")

@@ -14,6 +14,7 @@ from nasprune.space import format_validation_error
 _GROUPS = ["spaces", "data", "model", "export", "train", "search", "demo", "serve", "jobs", "lut", "worker"]
 _GROUPS.append("dashboard")  # optuna-dashboard on a job's trials
 _GROUPS.append("prune")  # tier 0: a model under the budget in minutes, without training
+_GROUPS.append("users")  # `users` and `keys`: accounts of a service shared by a team (NASPRUNE_AUTH=users)
 
 
 def build_parser() -> argparse.ArgumentParser:
