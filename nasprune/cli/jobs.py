@@ -15,6 +15,8 @@ FLAGS = {
     "latency_budget_ms": "--budget-ms",
     "n_trials": "--trials",
     "space": "--space",
+    "model": "--model",
+    "dataset": "--dataset",
     "device": "--device",
     "sampler": "--sampler",
     "backend": "--backend",
@@ -26,6 +28,8 @@ FLAGS = {
     "finetune_steps": "--finetune-steps",
     "finetune_epochs": "--finetune-epochs",
     "finetune_top_k": "--finetune-top-k",
+    "num_classes": "--num-classes",
+    "input_shape": "--input-shape",
 }
 ROUTES = [
     (r"GET /v1/jobs/\S+/pareto", "nasprune pareto JOB"),
@@ -33,6 +37,8 @@ ROUTES = [
     (r"GET /v1/jobs\b", "nasprune jobs"),
     (r"GET /v1/spaces\b", "nasprune spaces list"),
     (r"POST /v1/devices(\?name=NAME)?", "nasprune devices upload NAME TABLE.json"),
+    (r"POST /v1/models\b", "nasprune model upload"),
+    (r"GET /v1/models\b", "nasprune models list"),
 ]
 
 
@@ -84,7 +90,25 @@ def register(sub) -> None:
             "With --wait, shows progress, then the Pareto front and the MLflow run, like 'nasprune search'."
         ),
     )
-    s.add_argument("--space", required=True, help="search space name (see 'nasprune spaces list')")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--space", help="search space name (see 'nasprune spaces list')")
+    src.add_argument(
+        "--model",
+        metavar="ID|torchvision:NAME",
+        help="an uploaded model's id (see 'nasprune models list'), or torchvision:NAME with --weights: uploaded "
+        "first (with --dataset's input shape and classes), then searched",
+    )
+    s.add_argument(
+        "--weights",
+        type=Path,
+        metavar="FILE.safetensors",
+        help="with --model torchvision:NAME: your trained weights, uploaded with the job",
+    )
+    s.add_argument(
+        "--dataset",
+        help="the dataset to train and score on (a built-in or one uploaded to the service, POST /v1/datasets); "
+        "default: the space's or model's own",
+    )
     s.add_argument("--budget-ms", type=float, required=True, help="latency budget in milliseconds (batch 1)")
     s.add_argument("--device", default="local-cpu", help="device whose latency table is used (%(default)s)")
     s.add_argument("--trials", "--n-trials", dest="n_trials", type=int, default=100, help="trials to run (%(default)s)")
@@ -95,13 +119,25 @@ def register(sub) -> None:
     s.add_argument("--max-macs", type=int, help="also limit the MACs")
     s.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32"],
                    help="candidate precisions: fp32 int8 adds int8 candidates (docs/int8.md)")  # fmt: skip
-    s.add_argument("--refine-trials", type=int, metavar="N",
-                   help="of the trials, spend N growing the best candidates towards the budget (default: a quarter)")
-    s.add_argument("--finetune-steps", type=int, metavar="N",
-                   help="recovery budget per fine-tuned candidate in steps (default: sized to the dataset; 0: off)")
+    s.add_argument(
+        "--refine-trials",
+        type=int,
+        metavar="N",
+        help="of the trials, spend N growing the best candidates towards the budget (default: a quarter)",
+    )
+    s.add_argument(
+        "--finetune-steps",
+        type=int,
+        metavar="N",
+        help="recovery budget per fine-tuned candidate in steps (default: sized to the dataset; 0: off)",
+    )
     s.add_argument("--finetune-epochs", type=float, metavar="E", help="the recovery budget in epochs instead")
-    s.add_argument("--finetune-top-k", type=int, metavar="K",
-                   help="fine-tune K verified candidates and deliver the most accurate (default 2)")
+    s.add_argument(
+        "--finetune-top-k",
+        type=int,
+        metavar="K",
+        help="fine-tune K verified candidates and deliver the most accurate (default 2)",
+    )
     s.add_argument("--wait", action="store_true", help="wait for the job, showing progress, then print its front")
     s.add_argument("-o", "--output", type=Path, help="with --wait: download the recommended model here")
     _connection(s)
@@ -203,6 +239,10 @@ def mlflow_link(base_url: str, job: dict) -> str | None:
 def _submit(args) -> int:
     from nasprune.errors import ConfigError
 
+    if args.weights is not None and not args.model:
+        raise ConfigError(
+            "--weights goes with --model torchvision:NAME (a space's supernet starts from its own weights)"
+        )
     if args.output is not None and not args.wait:
         raise ConfigError(
             "-o/--output needs --wait (the model exists once the job has finished); or submit now and "
@@ -210,6 +250,7 @@ def _submit(args) -> int:
         )
     constraints = {k: v for k, v in (("max_params", args.max_params), ("max_macs", args.max_macs)) if v is not None}
     with _client(args) as c:
+        model = _model_id(c, args) if args.model else None
         answer = c.submit_job(
             args.space,
             args.budget_ms,
@@ -220,8 +261,13 @@ def _submit(args) -> int:
             seed=args.seed,
             constraints=constraints or None,
             **({"precisions": args.precisions} if args.precisions != ["fp32"] else {}),
-            **{k: v for k in ("refine_trials", "finetune_steps", "finetune_epochs", "finetune_top_k")
-               if (v := getattr(args, k)) is not None},
+            **({"model": model} if model else {}),
+            **({"dataset": args.dataset} if args.dataset else {}),
+            **{
+                k: v
+                for k in ("refine_trials", "finetune_steps", "finetune_epochs", "finetune_top_k")
+                if (v := getattr(args, k)) is not None
+            },
         )
         job_id = answer["id"]
         print(job_id, flush=True)
@@ -239,6 +285,49 @@ def _submit(args) -> int:
             path = c.download_model(job_id, args.output)
             print(f"wrote {path}")
     return 0 if front.get("recommended_id") else 1
+
+
+MODEL_ID = re.compile(r"m_[0-9a-f]{16}")
+
+
+def _model_id(c, args) -> str:
+    """``--model``'s uploaded model id: given as one, or ``torchvision:NAME`` + ``--weights`` uploaded now."""
+    from nasprune.errors import ConfigError
+
+    if MODEL_ID.fullmatch(args.model):
+        if args.weights is not None:
+            raise ConfigError(f"--weights: model {args.model} was uploaded with its weights; give only --model")
+        return args.model
+    if not args.model.startswith("torchvision:"):
+        raise ConfigError(
+            f"--model {args.model}: the service runs no code of yours; give an uploaded model's id (m_ and 16 hex "
+            "digits, see 'nasprune models list') or torchvision:NAME with --weights; search your own code locally "
+            f"with 'nasprune search --model {args.model} --dataset NAME --budget-ms MS'"
+        )
+    if args.weights is None or not args.dataset:
+        raise ConfigError(
+            f"--model {args.model} needs --weights FILE.safetensors and --dataset NAME (the upload takes the "
+            "dataset's input shape and classes); or upload it with 'nasprune model upload'"
+        )
+    m = upload(c, args.model, args.weights, args.dataset)
+    print(f"uploaded {args.model} with {args.weights}: model {m['id']}", file=sys.stderr, flush=True)
+    return m["id"]
+
+
+def upload(c, architecture: str, weights: Path, dataset: str | None, num_classes: int | None = None,
+           input_shape: str | None = None) -> dict:  # fmt: skip
+    """Upload ``weights`` of ``architecture``, taking the input shape and classes from ``dataset`` where not given."""
+    from nasprune.errors import ConfigError
+
+    if not weights.is_file():
+        raise ConfigError(f"--weights {weights}: no such file")
+    if dataset and (num_classes is None or input_shape is None):
+        info = c.dataset(dataset)
+        num_classes = num_classes if num_classes is not None else info["num_classes"]
+        input_shape = input_shape or ",".join(map(str, info["input_shape"]))
+    if num_classes is None or input_shape is None:
+        raise ConfigError("give --dataset (its input shape and classes) or both --input-shape and --num-classes")
+    return c.upload_model(architecture, weights, num_classes, input_shape, dataset or "")
 
 
 def _print_front(front: dict, base_url: str | None, job: dict | None) -> None:

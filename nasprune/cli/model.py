@@ -70,6 +70,37 @@ def register(sub) -> None:
     )
     ins.set_defaults(func=_inspect)
 
+    from nasprune.cli.jobs import _connection
+
+    up = s.add_parser(
+        "upload",
+        help="upload a torchvision architecture's trained weights to the service (POST /v1/models)",
+        description=(
+            "Upload your trained weights (safetensors) of a torchvision architecture to the service, which builds "
+            "the architecture (weights=None, then yours), checks them tensor by tensor and derives its search "
+            "space. Prints the model's id: submit jobs with 'nasprune submit --model ID'. The service runs no "
+            "code of yours: your own PKG.MODULE:FACTORY is searched locally ('nasprune search --model')."
+        ),
+    )
+    up.add_argument("model", metavar="torchvision:NAME", help="the architecture, e.g. torchvision:resnet18")
+    up.add_argument("weights", type=Path, metavar="FILE.safetensors", help="its trained weights")
+    up.add_argument("--dataset", help="the service's dataset it is for: gives the input shape and classes")
+    up.add_argument("--num-classes", type=int, help="the model's outputs (default: --dataset's classes)")
+    up.add_argument("--input-shape", metavar="C,H,W", help="one sample's shape (default: --dataset's)")
+    _connection(up)
+    up.set_defaults(func=_upload)
+
+    ms = sub.add_parser(
+        "models",
+        help="the service's uploaded models",
+        description="The models uploaded to the service ('nasprune model upload'), which jobs name by id.",
+    )
+    ma = ms.add_subparsers(dest="models_cmd", metavar="ACTION", required=True)
+    ls = ma.add_parser("list", help="one line per uploaded model", description="One line per uploaded model.")
+    ls.add_argument("--json", action="store_true", help="print the service's answer as JSON (for scripts)")
+    _connection(ls)
+    ls.set_defaults(func=_models)
+
 
 def parse_shape(text: str) -> tuple[int, ...]:
     import re
@@ -250,3 +281,56 @@ def _latency_lines(args, net, space) -> list[str]:
                     f"'nasprune lut build --space {ref}'"]  # fmt: skip
         rng = measured_range(net)
     return budget_advice(rng, command)
+
+
+def _upload(args) -> int:
+    from nasprune.cli.jobs import _cli_errors, _client, upload
+    from nasprune.errors import ConfigError
+
+    @_cli_errors
+    def run(args) -> int:
+        if not args.model.startswith("torchvision:"):
+            raise ConfigError(
+                f"'{args.model}': the service builds torchvision architectures only (torchvision:NAME) and runs "
+                f"no code of yours; search your own model locally with 'nasprune search --model {args.model} "
+                "--dataset NAME --budget-ms MS'"
+            )
+        if args.input_shape is not None:
+            parse_shape(args.input_shape)
+        with _client(args) as c:
+            m = upload(c, args.model, args.weights, args.dataset, args.num_classes, args.input_shape)
+        shape = ",".join(map(str, m["input_shape"]))
+        print(f"model {m['id']}: {m['architecture']}, input {shape}, {m['num_classes']} classes"
+              + (f", dataset {m['dataset']}" if m.get("dataset") else ""))  # fmt: skip
+        print(f"  {m['groups']} channel groups, {m['depth_sequences']} depth sequences, {m['subnets']:.3g} subnets, "
+              f"{len(m['frozen'])} frozen ops")  # fmt: skip
+        data = "" if m.get("dataset") else " --dataset NAME"
+        print(f"next: nasprune submit --model {m['id']}{data} --budget-ms MS --wait -o model.onnx  (its first job "
+              "measures its latency table and refuses a budget below the fastest subnet before training)")  # fmt: skip
+        return 0
+
+    return run(args)
+
+
+def _models(args) -> int:
+    import json
+
+    from nasprune.cli.jobs import _cli_errors, _client
+
+    @_cli_errors
+    def run(args) -> int:
+        with _client(args) as c:
+            items = c.models()
+        if args.json:
+            print(json.dumps(items, indent=2))
+            return 0
+        rows = [
+            [m["id"], m["architecture"], ",".join(map(str, m["input_shape"])), m["num_classes"], m.get("dataset") or "",
+             m["groups"], m["depth_sequences"], f"{m['subnets']:.3g}"]
+            for m in items
+        ]  # fmt: skip
+        print(table(rows, ["id", "architecture", "input", "classes", "dataset", "groups", "sequences", "subnets"]))
+        print(f"({len(items)} models; submit a job with 'nasprune submit --model ID')")
+        return 0
+
+    return run(args)

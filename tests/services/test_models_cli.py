@@ -1,0 +1,86 @@
+"""``nasprune model upload``, ``models list`` and ``submit --model/--dataset/--weights`` against a real server."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from safetensors.torch import save_file
+
+from nasprune.cli import main
+from nasprune.graph import build_model
+from tests.services.fakes import instant_runner
+from tests.services.server import running, wait_for
+
+ARCH = "torchvision:squeezenet1_1"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from nasprune.settings import Settings
+
+    s = Settings(data_dir=tmp_path_factory.mktemp("models-cli") / "data", poll_s=0.05)
+    with running(s, instant_runner) as (client, _):
+        yield client, str(client.base_url).rstrip("/")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "squeeze.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(ARCH, {"num_classes": 10}).state_dict().items()}, str(path))
+    return path
+
+
+def test_upload_list_and_submit_by_id(served, weights, capsys):
+    client, url = served
+    rc = main(["model", "upload", ARCH, str(weights), "--num-classes", "10", "--input-shape", "3,48,48", "--url", url])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    first = re.search(r"^model (m_[0-9a-f]{16}): torchvision:squeezenet1_1, input 3,48,48, 10 classes$", out, re.M)
+    model_id = first[1]
+    assert f"next: nasprune submit --model {model_id} --dataset NAME --budget-ms MS" in out
+
+    assert main(["models", "list", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"^{model_id}\s+torchvision:squeezenet1_1\s+3,48,48\s+10\s", out, re.M), out
+    assert main(["models", "list", "--json", "--url", url]) == 0
+    assert [m["id"] for m in json.loads(capsys.readouterr().out)] == [model_id]
+
+    rc = main(["submit", "--model", model_id, "--budget-ms", "1", "--trials", "5", "--url", url])
+    job_id = capsys.readouterr().out.strip()
+    assert rc == 0 and re.fullmatch(r"[0-9a-f]{32}", job_id)
+    job = wait_for(client, job_id, ("succeeded",))
+    assert job["spec"]["model"] == model_id and job["spec"]["n_trials"] == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "mymodel:make_model"], "--model mymodel:make_model: the service runs no code of yours"),
+        (["--model", ARCH], f"--model {ARCH} needs --weights FILE.safetensors and --dataset NAME"),
+        (["--space", "mlp_digits", "--weights", "W"], "--weights goes with --model torchvision:NAME"),
+        (["--model", "m_0123456789abcdef"], "m_0123456789abcdef"),  # the service's 404, in one line
+        (["--space", "mlp_digits", "--dataset", "mnist1d"], "--dataset: dataset 'mnist1d' has samples of shape"),
+    ],
+)
+def test_submit_errors_name_the_flag(served, weights, capsys, argv, message):
+    _, url = served
+    argv = [str(weights) if a == "W" else a for a in argv]
+    rc = main(["submit", *argv, "--budget-ms", "1", "--url", url])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_upload_errors_are_clear(served, weights, capsys):
+    _, url = served
+    rc = main(["model", "upload", ARCH, str(weights), "--num-classes", "7", "--input-shape", "3,48,48", "--url", url])
+    err = capsys.readouterr().err
+    assert rc == 2 and "has shape (10, 512, 1, 1) in the weights but (7, 512, 1, 1)" in err, err
+    rc = main(["model", "upload", "mymodel:make_model", str(weights), "--url", url])
+    assert rc == 2 and "the service builds torchvision architectures only" in capsys.readouterr().err
+    rc = main(["model", "upload", ARCH, str(weights), "--url", url])
+    assert rc == 2 and "give --dataset (its input shape and classes) or both" in capsys.readouterr().err
+    rc = main(["model", "upload", ARCH, str(weights), "--dataset", "no_such_data", "--url", url])
+    assert rc == 2 and "no_such_data" in capsys.readouterr().err
