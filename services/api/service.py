@@ -260,8 +260,8 @@ class JobService:
 
     def cancel(self, job_id: str, who: Principal = LOCAL_ADMIN) -> JobRecord:
         self.check_job(job_id, who)
+        self.audit(who, "job.cancel", f"job:{job_id}")  # the attempt: a finished job answers 409 next
         record = self.store.request_cancel(job_id)
-        self.audit(who, "job.cancel", f"job:{job_id}")
         self.forget_status(job_id)
         if record.status is JobStatus.RUNNING and self.pool is not None:
             self.pool.cancel(job_id)
