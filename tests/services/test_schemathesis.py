@@ -49,6 +49,45 @@ def test_server_conforms_to_its_openapi_document(tmp_path):
     assert not run.violations, "\n".join(sorted(set(run.violations))[:20])
 
 
+def test_users_mode_conforms_with_the_keys_of_two_users(tmp_path):
+    """The same run on a server with users (NASPRUNE_AUTH=users): requests alternate between an admin's key and a
+    member's, so admin routes answer for real to one and 403 to the other, and ownership checks run on every id."""
+    import requests
+    from schemathesis import checks as st_checks
+
+    class TwoKeys(requests.Session):
+        def __init__(self, keys: list[str]):
+            super().__init__()
+            self.keys, self.n = keys, 0
+
+        def request(self, method, url, *args, **kwargs):
+            self.n += 1
+            headers = {**(kwargs.pop("headers", None) or {}), "Authorization": f"Bearer {self.keys[self.n % 2]}"}
+            return super().request(method, url, *args, headers=headers, **kwargs)
+
+    s = Settings(data_dir=tmp_path / "data", poll_s=0.05, max_trials_per_job=50, max_queued_jobs=20, auth="users")
+    with running(s, instant_runner) as (client, app):
+        users = app.state.services.users
+        users.add_user("root", "admin")
+        users.add_user("alice", "member")
+        keys = [users.create_key("root")[1], users.create_key("alice")[1]]
+        base = str(client.base_url)
+        schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+        run = Run(base, TwoKeys(keys), [getattr(st_checks, name) for name in CHECKS])
+        for result in schema.get_all_operations():
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                run.exercise(result.ok(), mode)
+
+    total = sum(run.cases.values())
+    print(
+        f"\nschemathesis, users mode (an admin's and a member's key): {total} cases over {len(run.cases)} "
+        f"operations, {len(run.server_errors)} 5xx, {len(run.violations)} schema violations"
+    )
+    assert 200 <= total <= 1000, run.cases
+    assert not run.server_errors, "\n".join(run.server_errors[:10])
+    assert not run.violations, "\n".join(sorted(set(run.violations))[:20])
+
+
 class Run:
     """Cases sent, and what went wrong, over all operations."""
 
