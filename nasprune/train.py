@@ -125,7 +125,7 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
         if not torch.cuda.is_available():
             raise TrainError(
                 f"device '{name}': torch sees no CUDA device on this machine (torch {torch.__version__}, "
-                f"CUDA build: {torch.version.cuda or 'no'}); use --device cpu or --device auto"
+                f"CUDA build: {torch.version.cuda or 'no'}); use --torch-device cpu or --torch-device auto"
             )
         return torch.device(name)
     raise TrainError(f"device '{name}' is not one of cpu, cuda, cuda:N, auto")

@@ -44,8 +44,8 @@ def _use_gpu(ray, device: str, workers: int) -> bool:
         return gpus >= workers
     if gpus < workers:
         raise TrainError(
-            f"--device {device} with --workers {workers}: the Ray cluster has {gpus:g} GPUs; "
-            "use --device cpu, or fewer workers"
+            f"--torch-device {device} with --workers {workers}: the Ray cluster has {gpus:g} GPUs; "
+            "use --torch-device cpu, or fewer workers"
         )
     return True
 

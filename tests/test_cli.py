@@ -132,3 +132,27 @@ def test_pareto_reads_a_local_search_job(tmp_path, capsys):
     assert "7 trials; budget 0.01 ms" in out and "(* recommended; ! over the budget)" in out
     assert main(["pareto", job_id, "--json", "--data-dir", str(tmp_path)]) == 0
     assert json.loads(capsys.readouterr().out)["recommended_id"] == "0000000000000001"
+
+
+def test_old_flag_spellings_are_refused_naming_the_new_one(tmp_path, capsys):
+    """One meaning per flag: -o is the file a command writes, --device a latency table's device, --trials the
+    trial count; the old spellings stop the command before anything runs and say what to type instead."""
+    import pytest
+
+    from nasprune.cli import main
+
+    cases = [
+        (["submit", "--space", "mlp_digits", "--budget-ms", "1", "--n-trials", "3"], "--n-trials is now --trials"),
+        (["train", "--space", "mlp_digits", "--device", "cuda"], "--device is now --torch-device (cpu, cuda or auto)"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Traceback" not in err, err
+    for o in (str(tmp_path), "out/", "out"):
+        rc = main(["search", "--space", "mlp_digits", "--budget-ms", "1", "-o", o, "--data-dir", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"-o/--output {o.rstrip('/')}: names the model file now (e.g. -o model.onnx)" in err, err
+        assert "the job's folder (pareto.json, the plot, the candidates) is --output-dir DIR" in err
+    assert not (tmp_path / "jobs").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -21,6 +22,21 @@ def read_config(space, source: str):
     except json.JSONDecodeError as e:
         raise ConfigError(f"config '{source}' is not valid JSON: {e}") from None
     return space.parse_config(data)
+
+
+class _Retired(argparse.Action):
+    def __init__(self, option_strings, dest, message: str = "", **kw):
+        self.message = message
+        super().__init__(option_strings, dest, nargs="?", **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} {self.message}")
+
+
+def retired(parser: argparse.ArgumentParser, old: str, message: str) -> None:
+    """An old spelling of a flag: given, the command stops with ``OLD MESSAGE`` (which names the new one)."""
+    parser.add_argument(old, action=_Retired, message=message, dest=f"_retired{old.replace('-', '_')}",
+                        help=argparse.SUPPRESS)  # fmt: skip
 
 
 def table(rows: list[list[object]], header: list[str]) -> str:

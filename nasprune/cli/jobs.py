@@ -81,6 +81,8 @@ def _connection(p) -> None:
 
 
 def register(sub) -> None:
+    from nasprune.cli._common import retired
+
     s = sub.add_parser(
         "submit",
         help="submit a search job to the service",
@@ -111,7 +113,8 @@ def register(sub) -> None:
     )
     s.add_argument("--budget-ms", type=float, required=True, help="latency budget in milliseconds (batch 1)")
     s.add_argument("--device", default="local-cpu", help="device whose latency table is used (%(default)s)")
-    s.add_argument("--trials", "--n-trials", dest="n_trials", type=int, default=100, help="trials to run (%(default)s)")
+    s.add_argument("--trials", dest="n_trials", type=int, default=100, help="trials to run (%(default)s)")
+    retired(s, "--n-trials", "is now --trials (as in 'nasprune search')")
     s.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
     s.add_argument("--backend", choices=["optuna", "ray"], default="optuna")
     s.add_argument("--seed", type=int, default=0)

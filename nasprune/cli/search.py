@@ -91,10 +91,17 @@ def register(sub) -> None:
     )
     p.add_argument("--data-dir", type=Path, help="data dir (default: $NASPRUNE_DATA_DIR or ./.nasprune)")
     p.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="write pareto.json, pareto.png, the candidates and model.onnx here (default: <data dir>/jobs/ID)",
+    )
+    p.add_argument(
         "-o",
         "--output",
         type=Path,
-        help="write pareto.json, pareto.png and model.onnx here (default: <data dir>/jobs/ID)",
+        metavar="MODEL.onnx",
+        help="also copy the recommended model to this file (as 'submit --wait -o', 'fetch -o', 'prune -o')",
     )
     p.set_defaults(func=_run)
 
@@ -145,6 +152,7 @@ def _run(args) -> int:
     from nasprune.paths import data_dir
     from nasprune.search.job import Constraints, SearchJob
 
+    _check_output(args)
     root = data_dir(args.data_dir)
     space_ref, dataset = _given_space(args, root) if args.space else (_derived_space(args, root), None)
     flags = {"latency_budget_ms": "--budget-ms", "n_trials": "--trials", "timeout_s": "--timeout", "seed": "--seed",
@@ -161,6 +169,18 @@ def _run(args) -> int:
             for err in e.errors()
         )) from None  # fmt: skip
     return _search(job, args, root)
+
+
+def _check_output(args) -> None:
+    """``-o`` is a model file, as in every command; a folder there is the old meaning, refused saying the new flag."""
+    from nasprune.errors import ConfigError
+
+    o = args.output
+    if o is not None and (o.is_dir() or str(o).endswith(("/", "\\")) or o.suffix != ".onnx"):
+        raise ConfigError(
+            f"-o/--output {o}: names the model file now (e.g. -o model.onnx), as in submit, fetch, export and "
+            "prune; the job's folder (pareto.json, the plot, the candidates) is --output-dir DIR"
+        )
 
 
 def _given_space(args, root: Path) -> tuple[str, str | None]:
@@ -278,7 +298,7 @@ def _search(job, args, root) -> int:
     from nasprune.search.study import journal_url
 
     job_id = args.job_id or uuid.uuid4().hex
-    out = args.output or root / "jobs" / job_id
+    out = args.output_dir or root / "jobs" / job_id
     storage = args.storage or journal_url(root / "trials.journal")
     tracking_uri = _tracking(args, root)
     bar = progress_bar(job.n_trials, "preparing supernet")
@@ -346,6 +366,10 @@ def _search(job, args, root) -> int:
         e = res.table_error_in_use
         print(f"latency table on this job's {e['n']} measured candidate(s): median error {e['median_ape']:.1f}%, "
               f"max {e['max_ape']:.1f}%")  # fmt: skip
+    if res.recommended and args.output is not None and (Path(out) / "model.onnx").is_file():
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_bytes((Path(out) / "model.onnx").read_bytes())
+        print(f"wrote {args.output}")
     print(f"{res.n_trials} trials in {time.perf_counter() - t0:.0f} s; outputs in {out}")
     run_file = Path(out) / "mlflow_run_id"
     if tracking_uri and run_file.is_file() and not res.tracking_error:

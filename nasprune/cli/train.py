@@ -30,16 +30,21 @@ def register(sub) -> None:
     p.add_argument("--data-dir", type=Path, help="data dir (default: $NASPRUNE_DATA_DIR or ./.nasprune)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI to log the run to (default: none)")
     p.add_argument(
-        "--device",
+        "--torch-device",
         default="cpu",
-        help="cpu, cuda (mixed precision) or auto (CUDA when this machine has it); default: cpu",
+        metavar="cpu|cuda|cuda:N|auto",
+        help="where torch trains: cpu, cuda (mixed precision) or auto (CUDA when this machine has it); default: cpu",
     )
+    from nasprune.cli._common import retired
+
+    retired(p, "--device", "is now --torch-device (cpu, cuda or auto): --device names the latency table's device "
+                           "in search, submit, prune and lut")  # fmt: skip
     p.add_argument(
         "--workers",
         type=int,
         default=1,
         help="data-parallel workers on Ray Train (default 1: train in this process); each needs a CPU (or a GPU "
-        "with --device cuda)",
+        "with --torch-device cuda)",
     )
     p.add_argument(
         "--ray-address",
@@ -69,8 +74,8 @@ def _run(args) -> int:
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    if args.device not in ("cpu", "cuda", "auto") and not args.device.startswith("cuda:"):
-        raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got '{args.device}'")
+    if args.torch_device not in ("cpu", "cuda", "auto") and not args.torch_device.startswith("cuda:"):
+        raise ConfigError(f"--torch-device must be cpu, cuda, cuda:N or auto, got '{args.torch_device}'")
     space = load_space(args.space)
     overrides = {
         k: getattr(args, k)
@@ -92,7 +97,7 @@ def _run(args) -> int:
         load_dataset(space.dataset, data_dir=args.data_dir),
         tracker=tracker,
         checkpoint=out,
-        device=args.device,
+        device=args.torch_device,
         resume=not args.restart,
         notify=lambda msg: print(msg, flush=True),
         workers=args.workers,

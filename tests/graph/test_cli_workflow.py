@@ -194,5 +194,6 @@ def test_the_command_line_workflow_of_the_docs_runs_as_written(tmp_path):
     out = run(search, ok=(0, 1))  # 1: no candidate verified within the budget on a busy machine
     assert "job " in out and "(* recommended" in out
     assert (tmp_path / "out" / "pareto.json").is_file()
+    assert "wrote model.onnx" not in out or (tmp_path / "model.onnx").is_file()
     assert not (root / "spaces").exists()  # the space file was searched as it is, weights and dataset included
-    assert shlex.split(commands[3])[-1] == "out/"
+    assert shlex.split(commands[3])[-3:] == ["out/", "-o", "model.onnx"]

@@ -17,13 +17,16 @@ def test_cli_search_logs_to_a_local_mlflow_store_and_reports_in_plain_lines(prep
     out = tmp_path / "out"
     r = subprocess.run(
         [sys.executable, "-m", "nasprune", "search", "--space", "mlp_digits", "--budget-ms", f"{budget:.6f}",
-         "--trials", "6", "--finetune-epochs", "0", "--data-dir", str(root), "-o", str(out)],
+         "--trials", "6", "--finetune-epochs", "0", "--data-dir", str(root), "--output-dir", str(out),
+         "-o", str(tmp_path / "m.onnx")],
         capture_output=True, text=True, timeout=900, cwd=tmp_path, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert r.returncode in (0, 1), r.stderr  # 1: no candidate verified within the budget on a busy machine
     job_id = re.match(r"job ([0-9a-f]+): mlp_digits on local-cpu", r.stdout).group(1)
     assert len(job_id) == 32  # the service's id format
     assert (out / "pareto.json").is_file() and "(* recommended" in r.stdout
+    if r.returncode == 0:  # -o: the recommended model, as submit/fetch/prune write it
+        assert (tmp_path / "m.onnx").read_bytes() == (out / "model.onnx").read_bytes()
 
     lines = r.stderr.splitlines()
     assert "\r" not in r.stderr  # not a terminal: plain lines

@@ -159,7 +159,7 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(storage_kind, prepared, 
         storage,
         "--data-dir",
         str(root),
-        "--output",
+        "--output-dir",
         str(tmp_path / "out"),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

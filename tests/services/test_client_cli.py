@@ -93,7 +93,7 @@ def test_cli_submit_jobs_fetch_cancel(url, tmp_path):
         "mlp_digits",
         "--budget-ms",
         "2",
-        "--n-trials",
+        "--trials",
         "3",
         "--finetune-steps",
         "7",

@@ -30,12 +30,16 @@ def test_device_names():
     with pytest.raises(TrainError, match="not one of cpu, cuda, cuda:N, auto"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(TrainError, match="no CUDA device.*--device cpu or --device auto"):
+        with pytest.raises(TrainError, match="no CUDA device.*--torch-device cpu or --torch-device auto"):
             resolve_device("cuda")
 
 
 def test_cli_refuses_a_bad_device_or_worker_count():
-    for args, msg in ((["--device", "gpu"], "--device must be cpu, cuda"), (["--workers", "0"], "--workers must be")):
+    for args, msg in (
+        (["--torch-device", "gpu"], "--torch-device must be cpu, cuda"),
+        (["--workers", "0"], "--workers must be"),
+        (["--device", "cuda"], "--device is now --torch-device (cpu, cuda or auto): --device names the latency"),
+    ):
         out = subprocess.run(
             [sys.executable, "-m", "nasprune", "train", "--space", "mlp_digits", *args],
             capture_output=True,
