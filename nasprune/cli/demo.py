@@ -30,7 +30,10 @@ def register(sub) -> None:
         default=Path(os.environ.get("NASPRUNE_DATA_DIR", ".nasprune")),
         help="data dir (%(default)s)",
     )
-    p.add_argument("--output", type=Path, default=Path("runs/demo"), help="where the model goes (%(default)s)")
+    p.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="where the model goes (%(default)s)")
+    from nasprune.cli._common import retired
+
+    retired(p, "--output", "is now --output-dir (a folder; -o/--output names a file in every command)")
     p.add_argument("--keep-serving", action="store_true", help="leave the service running at the end")
     p.set_defaults(func=_run)
 
@@ -104,7 +107,7 @@ def _run(args) -> int:
         if front.get("budget_use") is not None:
             print(f"      the recommended model uses {front['budget_use']:.0%} of the {budget} ms budget")
 
-        path = client.download_model(job_id, args.output / f"{space.name}-{job_id}.onnx")
+        path = client.download_model(job_id, args.output_dir / f"{space.name}-{job_id}.onnx")
         x, y = load_dataset(space.dataset).tensors("test")
         (logits,) = make_session(path).run(None, {"input": x.numpy()})
         acc = float(np.mean(logits.argmax(1) == y.numpy()))
