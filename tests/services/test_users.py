@@ -8,6 +8,7 @@ environment of a process a job starts.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
@@ -332,3 +333,42 @@ def server_started(server, timeout_s: float = 30.0) -> bool:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     return server.started
+
+
+def test_cli_manages_users_on_the_database_and_through_the_api(tmp_path, capsys, monkeypatch):
+    """The first admin is made on the database (no server needed); the rest through the API with its key."""
+    from nasprune.cli import main
+
+    s = users_settings(tmp_path)
+    data = ["--data-dir", str(s.data_dir)]
+    assert main(["users", "add", "root", "--role", "admin", *data]) == 0
+    root = capsys.readouterr().out.strip()
+    assert root.startswith("nsp_") and len(root.splitlines()) == 1
+    with running(s, instant_runner) as (client, _):
+        url = ["--url", str(client.base_url)]
+        monkeypatch.setenv("NASPRUNE_API_KEY", root)
+        assert main(["users", "add", "alice", "--team", "vision", "--max-queued", "2", *url]) == 0
+        alice = capsys.readouterr().out.strip()
+        assert client.get("/v1/me", headers=bearer(alice)).json() == {
+            "mode": "users",
+            "name": "alice",
+            "role": "member",
+            "team": "vision",
+        }
+        assert main(["users", "list", "--json", *url]) == 0
+        listed = {u["name"]: u for u in json.loads(capsys.readouterr().out)}
+        assert listed["alice"]["max_queued"] == 2 and listed["root"]["role"] == "admin"
+        assert main(["keys", "list", "alice", *url]) == 0
+        key_id = alice.split("_")[1]
+        assert key_id in capsys.readouterr().out
+        assert main(["keys", "revoke", key_id, *url]) == 0
+        assert client.get("/v1/me", headers=bearer(alice)).status_code == 401
+        assert main(["users", "disable", "alice", *data]) == 0  # on the database, seen by the server at once
+        capsys.readouterr()
+        assert client.get("/v1/users/alice", headers=bearer(root)).json()["disabled"]
+        monkeypatch.setenv("NASPRUNE_API_KEY", alice)
+        assert main(["users", "list", *url]) == 2
+        assert "revoked" in capsys.readouterr().err
+        assert main(["users", "audit", *data]) == 0
+        out = capsys.readouterr().out
+        assert "key.revoke" in out and "user.add" in out and alice not in out
