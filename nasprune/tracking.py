@@ -300,6 +300,7 @@ class JobTracker:
         self._best: float | None = None  # best feasible validation accuracy among the trials logged so far
         self._trial_values: dict[int, tuple[float, float]] = {}  # (val accuracy, predicted ms) per trial
         self.registered: tuple[str, str] | None = None  # (model name, version) of the delivered model
+        self.tier0_run: str | None = None  # the tier-0 model's child run, once queued
         self.killed_children: list[str] = []
         self.down_since: float | None = None
         self.problem: str | None = None
@@ -537,6 +538,33 @@ class JobTracker:
             metrics=[Metric(k, float(v), now, rec.number) for k, v in progress.items() if v is not None],
         )
 
+    def log_tier0(self, cand, path: Path) -> None:
+        """Queue the tier-0 model's run (a child run ``tier-0``, tag ``nasprune.tier`` 0): its figures, its
+        config as params and the ONNX file as an artifact, as soon as it exists (the job's first result)."""
+        self.tier0_run = ""
+        self._submit("the tier-0 model", lambda: self._log_tier0_now(cand, Path(path)))
+
+    def _log_tier0_now(self, cand, path: Path) -> None:
+        from mlflow.entities import Param
+
+        if self.parent is None:
+            return
+        client = self.tracker.client
+        if not self.tier0_run:
+            tags = {"mlflow.runName": "tier-0", PARENT_TAG: self.parent, "nasprune.tier": "0",
+                    "nasprune.subnet_key": cand.candidate_id, "verified": str(cand.verified).lower()}  # fmt: skip
+            self.tier0_run = client.create_run(self._experiment_id(), tags=tags, run_name="tier-0").info.run_id
+            params = {f"depth.{k}": v for k, v in cand.config["depths"].items()}
+            params.update({f"width.{k}": v for k, v in cand.config["widths"].items()})
+            client.log_batch(self.tier0_run, params=[Param(k, str(v)) for k, v in params.items()])
+        metrics, tags = candidate_figures(cand, (cand.accuracy, cand.latency_ms))
+        metrics.update({"val_accuracy": cand.accuracy, "predicted_latency_ms": cand.latency_ms,
+                        "params": cand.params, "macs": cand.macs})  # fmt: skip
+        _log(client, self.tier0_run, metrics, tags)
+        if path.is_file():
+            client.log_artifact(self.tier0_run, str(path), "model")
+        terminate(client, self.tier0_run, "FINISHED")
+
     def finish(
         self,
         result,
@@ -574,9 +602,14 @@ class JobTracker:
                     "budget_use": result.budget_use,
                     **{f"table_in_use_{k}": v for k, v in (result.table_error_in_use or {}).items()},
                     "recommended_finetune_steps": rec.finetune_steps,
+                    "recommended_tier": rec.tier,
                 }
             )
             tags.update({"nasprune.recommended": rec.candidate_id, "nasprune.recommended_trial": str(rec.trial_number)})
+        if result.tier0 is not None:
+            t0 = result.tier0
+            summary.update({"tier0_val_accuracy": t0.accuracy, "tier0_test_accuracy": t0.test_accuracy,
+                            "tier0_measured_latency_ms": t0.measured_latency_ms})  # fmt: skip
         self.on_parent("the job's summary", lambda c, p: _log(c, p, summary, tags))
         for name in ("pareto.json", "pareto.png"):
             if (out / name).is_file():
@@ -627,12 +660,9 @@ class JobTracker:
         if rec is None:
             lines.append("No recommendation: no candidate of the front was within the budget.")
         else:
-            run = self.children.get(rec.trial_number)
-            where = (
-                f"[trial {rec.trial_number}](#/experiments/{exp}/runs/{run})"
-                if run and exp
-                else f"trial {rec.trial_number}"
-            )
+            run = self.tier0_run if rec.tier == 0 else self.children.get(rec.trial_number)
+            what = "the tier-0 model (pruned without training)" if rec.tier == 0 else f"trial {rec.trial_number}"
+            where = f"[{what}](#/experiments/{exp}/runs/{run})" if run and exp else what
             lat = (
                 f"measured {rec.measured_latency_ms:.4g} ms (predicted {rec.latency_ms:.4g} ms)"
                 if rec.measured_latency_ms is not None
@@ -646,6 +676,13 @@ class JobTracker:
             if self.registered:
                 name, version = self.registered
                 lines.append(f"Registered as model `{name}` version {version} (alias `{RECOMMENDED_ALIAS}`).")
+        t0 = result.tier0
+        if t0 is not None and (rec is None or rec.tier != 0):
+            lat = f"measured {t0.measured_latency_ms:.4g} ms" if t0.measured_latency_ms is not None else "not measured"
+            lines.append(
+                f"Tier 0 (pruned without training, the job's first result): validation accuracy {t0.accuracy:.2%}, "
+                f"{lat}{'' if t0.verified else ' (' + (t0.unverified_reason or 'not verified') + ')'}."
+            )
         lines += [
             "",
             "**Pareto front** (feasible, non-dominated trials; plot: `pareto.png` in the artifacts):",
@@ -719,7 +756,7 @@ _CANDIDATE_METRIC_NAMES = {
     "finetuned_accuracy": "finetuned_val_accuracy",
     "accuracy_se": "val_accuracy_se",
 }
-_CANDIDATE_SKIP = {"candidate_id", "trial_number", "config", "params", "macs", "feasible", "verified"}
+_CANDIDATE_SKIP = {"candidate_id", "trial_number", "config", "params", "macs", "feasible", "verified", "tier"}
 
 
 def candidate_figures(cand, trial: tuple[float, float] | None) -> tuple[dict[str, float], dict[str, str]]:

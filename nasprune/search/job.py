@@ -86,6 +86,15 @@ class SearchJob(BaseModel):
         "validation loss; 'loss' the lowest validation loss (docs/search.md)",
     )
 
+    tier0: Literal["auto", "only", "off"] = Field(
+        "auto",
+        description="tier 0, a model pruned to the budget without training (nasprune.search.tier0: importance on the "
+        "calibration split, a knapsack on the latency table, least-squares repair; minutes, not hours): 'auto' "
+        "(default) delivers it first, before the supernet trains, when the space names trained weights (an uploaded "
+        "or derived model), and the job delivers whichever verified model of the two tiers scores best on "
+        "validation; 'only' delivers tier 0 alone (no supernet, no search; from the space's weights, else from its "
+        "trained supernet); 'off' never runs it",
+    )
     precisions: list[Literal["fp32", "int8"]] = Field(
         default_factory=lambda: ["fp32"],
         description="precisions of the candidates: ['fp32', 'int8'] adds onnxruntime static int8 (QDQ) candidates "
@@ -130,10 +139,15 @@ class SearchJob(BaseModel):
 
 
 class Candidate(BaseModel):
-    """One Pareto-optimal subnet."""
+    """One Pareto-optimal subnet (or the job's tier-0 model: ``tier`` 0)."""
 
-    candidate_id: str = Field(description="the subnet key (16 hex digits; for int8 derived from it)")
-    trial_number: int
+    candidate_id: str = Field(description="the subnet key (16 hex digits; for int8 and tier 0 derived from it)")
+    trial_number: int = Field(description="the search trial that scored it (-1 for tier 0: no trial)")
+    tier: Literal[0, 1] = Field(
+        1,
+        description="1: a subnet the search scored on the trained supernet (then fine-tuned); 0: pruned from the "
+        "trained weights without training (importance, knapsack on the latency table, least-squares repair)",
+    )
     precision: Literal["fp32", "int8"] = Field("fp32", description="what model.onnx runs: float or int8 QDQ")
     calibration: str | None = Field(None, description="int8: the calibration method of its activation ranges")
     fp32_accuracy: float | None = Field(
@@ -204,7 +218,10 @@ class SearchResult(BaseModel):
     job: SearchJob
     n_trials: int
     pareto: list[Candidate]
-    recommended: Candidate | None = Field(description="most accurate candidate whose measured latency is in budget")
+    recommended: Candidate | None = Field(
+        description="the delivered model: the most accurate verified one of both tiers (model.onnx)"
+    )
+    tier0: Candidate | None = Field(None, description="the tier-0 model, when the job made one")
     table_error: dict | None = None
     tracking_error: str | None = None
 
@@ -234,7 +251,14 @@ class Progress(BaseModel):
     """What a running job reports: the stage it is in and, while searching, trials done and best so far."""
 
     stage: Literal[
-        "queued", "preparing supernet", "training supernet", "building latency table", "searching", "verifying", "done"
+        "queued",
+        "building latency table",
+        "tier 0",
+        "preparing supernet",
+        "training supernet",
+        "searching",
+        "verifying",
+        "done",
     ]
     n_done: int = 0
     n_total: int = 0
@@ -242,6 +266,9 @@ class Progress(BaseModel):
     best_latency_ms: float | None = None
     message: str = ""
     training: TrainingProgress | None = Field(None, description="while the supernet trains: its last epoch")
+    tier0: Candidate | None = Field(
+        None, description="the tier-0 model once made: the job's first result, downloadable while the search runs"
+    )
 
 
 class TrainingProgress(BaseModel):

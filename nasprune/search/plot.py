@@ -15,12 +15,16 @@ def pareto_plot(
     intervals: dict[int, tuple[float, float]] | None = None,
     int8: list[tuple[float, float]] | None = None,
     chosen_point: tuple[float, float] | None = None,
+    tier0: tuple[float, float] | None = None,
+    tier0_chosen: bool = False,
 ) -> Path:
     """Every trial (validation accuracy vs predicted latency), the front, the budget and the chosen
     trial; ``intervals`` (trial number -> 95% interval of its validation accuracy, as fractions) draws
     the front's uncertainty as error bars: where they overlap, the search could not tell them apart.
     ``int8``: the front's int8 candidates as (predicted int8 latency, quantized accuracy) points;
-    ``chosen_point`` places the recommendation's star when it is not its trial's fp32 point."""
+    ``chosen_point`` places the recommendation's star when it is not its trial's fp32 point. ``tier0``: the
+    tier-0 model (pruned without training) as (predicted latency, validation accuracy); ``tier0_chosen``:
+    it is the recommendation (then ``chosen`` is None)."""
     # The object-oriented API: no pyplot figure registry and no backend switch (``matplotlib.use``),
     # both process-wide, while plots are drawn in the service's worker threads.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -95,6 +99,17 @@ def pareto_plot(
             edgecolors="k",
             zorder=5,
             label=f"recommended (trial {chosen})",
+        )
+    if tier0 is not None:
+        ax.scatter(
+            [tier0[0]],
+            [100 * tier0[1]],
+            marker="*" if tier0_chosen else "P",
+            s=220 if tier0_chosen else 70,
+            c="#f0ad4e" if tier0_chosen else "#2e86c1",
+            edgecolors="k",
+            zorder=5,
+            label="recommended (tier 0, no training)" if tier0_chosen else "tier 0 (no training)",
         )
     ax.set_xlabel("predicted latency (ms, batch 1)")
     ax.set_ylabel("validation accuracy (%)")

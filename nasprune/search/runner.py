@@ -44,11 +44,8 @@ def run_job(
     job: SearchJob, ctx: JobContext, progress_bar: bool = False, verify: VerifySettings | None = None
 ) -> SearchResult:
     """Run (or resume) the job ``ctx.job_id`` to the end and return its result (``verify``: how to time candidates)."""
-    from nasprune.data import load_dataset
-    from nasprune.evaluate import Evaluator
     from nasprune.latency.table import get_table
     from nasprune.registry import load_space
-    from nasprune.train import checkpoint_id, default_recipe, get_supernet
 
     out = Path(ctx.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,11 +71,92 @@ def run_job(
         table8 = get_table(table_space, job.device, data_dir=ctx.data_dir, progress=progress_bar, precision="int8")
     # before the supernet: a budget no subnet can meet is refused without training anything
     check_budget(job, *(t for t in (table, table8) if t is not None))
+    tracking = _start_tracking(job, ctx, table)
+    try:
+        tier0 = _tier0(job, space, table, ctx, out, verify, tracking)
+        if job.tier0 == "only":
+            return _tier0_only(job, ctx, tier0, table, tracking, out)
+        return _search(job, ctx, space, table, table8, tier0, tracking, out, progress_bar, verify)
+    except BaseException:
+        if tracking and not tracking.closed:
+            tracking.close("FAILED")  # the job's run must not stay RUNNING after the job failed
+        raise
+
+
+def _tier0(job: SearchJob, space, table, ctx: JobContext, out: Path, verify, tracking):
+    """The job's tier-0 model (:mod:`nasprune.search.tier0.job`), or None where the job makes none."""
+    from nasprune.search.tier0 import job as tier0_job
+
+    source, why = tier0_job.source_of(job, space, ctx.data_dir)
+    if source is None:
+        if job.tier0 == "only":
+            from nasprune.errors import ConfigError
+
+            raise ConfigError(why)
+        return None
+    from nasprune.data import load_dataset
+
+    def note(msg: str) -> None:
+        ctx.on_progress(Progress(stage="tier 0", n_total=job.n_trials, message=f"tier 0: {msg}"))
+
+    fresh = not (out / tier0_job.RECORD).is_file()
+    cand = tier0_job.run(job, space, table, load_dataset(space.dataset, data_dir=ctx.data_dir), out, ctx.data_dir,
+                         verify=verify, on_progress=note)  # fmt: skip
+    if tracking and fresh:
+        tracking.log_tier0(cand, out / "models" / f"{cand.candidate_id}.onnx")
+    ms = f"measured {cand.measured_latency_ms:.4g} ms" if cand.measured_latency_ms is not None else "not measured"
+    ctx.on_progress(
+        Progress(
+            stage="tier 0",
+            n_total=job.n_trials,
+            best_accuracy=cand.accuracy if cand.verified else None,
+            best_latency_ms=cand.measured_latency_ms if cand.verified else None,
+            message=f"tier 0 model ready: validation {cand.accuracy:.2%}, {ms}"
+            + (" (verified)" if cand.verified else f" ({cand.unverified_reason})"),
+            tier0=cand,
+        )
+    )
+    return cand
+
+
+def _tier0_only(job: SearchJob, ctx: JobContext, tier0, table, tracking, out: Path) -> SearchResult:
+    """A ``tier0: only`` job's result: the tier-0 model delivered, no supernet, no trials."""
+    from nasprune.search.tier0.job import best_of_tiers
+
+    recommended = best_of_tiers(None, tier0, job)
+    if recommended is not None:
+        (out / "model.onnx").write_bytes((out / "models" / f"{tier0.candidate_id}.onnx").read_bytes())
+    result = SearchResult(
+        job=job,
+        n_trials=0,
+        pareto=[],
+        recommended=recommended,
+        tier0=tier0,
+        table_error=_table_error(table),
+        tracking_error=tracking.error if tracking else None,
+    )
+    _write_outputs(result, [], job, out)
+    if tracking:
+        _finish_tracking(tracking, result, out, {}, None, [])
+        result.tracking_error = tracking.error
+    (out / "result.json").write_text(result.model_dump_json(indent=2))
+    ctx.on_progress(Progress(stage="done", n_total=job.n_trials, best_accuracy=tier0.accuracy,
+                             best_latency_ms=tier0.measured_latency_ms, tier0=tier0))  # fmt: skip
+    return result
+
+
+def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracking, out: Path, progress_bar, verify):
+    """Supernet, search, verification, fine-tuning: the rest of :func:`run_job` after tier 0."""
+    from nasprune.data import load_dataset
+    from nasprune.evaluate import Evaluator
+    from nasprune.train import checkpoint_id, default_recipe, get_supernet
+
     ctx.on_progress(
         Progress(
             stage="preparing supernet",
             n_total=job.n_trials,
             message="loading the trained supernet (training it once if needed)",
+            tier0=tier0,
         )
     )
     from nasprune.search.job import TrainingProgress
@@ -86,11 +164,17 @@ def run_job(
     def on_epoch(rec: dict) -> None:  # when this job trains the supernet (or resumes its killed training)
         training = TrainingProgress.of(rec)
         ctx.on_progress(
-            Progress(stage="training supernet", n_total=job.n_trials, message=training.describe(), training=training)
+            Progress(
+                stage="training supernet",
+                n_total=job.n_trials,
+                message=training.describe(),
+                training=training,
+                tier0=tier0,
+            )
         )
 
     def on_note(msg: str) -> None:
-        ctx.on_progress(Progress(stage="training supernet", n_total=job.n_trials, message=msg))
+        ctx.on_progress(Progress(stage="training supernet", n_total=job.n_trials, message=msg, tier0=tier0))
 
     train_tracker = None
     if ctx.tracking_uri:
@@ -103,123 +187,128 @@ def run_job(
     evaluator = Evaluator(supernet, load_dataset(space.dataset, data_dir=ctx.data_dir), checkpoint_id(ckpt))
     objective = Objective(supernet, evaluator, table, job)
 
-    tracking = _start_tracking(job, ctx, table)
-    try:
-        study = open_study(job, ctx.job_id, ctx.storage_url)
-        done = {r.number for r in trial_records(study)}
-        best: dict[str, float | None] = {"acc": None, "lat": None}
-        for r in trial_records(study):
-            _update_best(best, r)
+    study = open_study(job, ctx.job_id, ctx.storage_url)
+    done = {r.number for r in trial_records(study)}
+    best: dict[str, float | None] = {"acc": None, "lat": None}
+    for r in trial_records(study):
+        _update_best(best, r)
 
-        def report(stage: str, message: str = "") -> None:
-            ctx.on_progress(
-                Progress(
-                    stage=stage,
-                    n_done=len(done),
-                    n_total=job.n_trials,
-                    best_accuracy=best["acc"],
-                    best_latency_ms=best["lat"],
-                    message=message,
-                )
-            )
-
-        def on_trial(rec: TrialRecord) -> None:
-            done.add(rec.number)
-            _update_best(best, rec)
-            if tracking:
-                tracking.log_trial(rec)
-            report("searching")
-
-        report("searching")
-        extra: dict = {}
-        def sample(upto: SearchJob) -> None:
-            nonlocal extra
-            if job.backend == "ray":
-                from nasprune.search import ray_backend
-
-                extra = ray_backend.run(objective, upto, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
-            else:
-                from nasprune.search import optuna_backend
-
-                optuna_backend.run(objective, upto, ctx, on_trial)
-
-        sample(job.model_copy(update={"n_trials": job.n_trials - job.n_refine()}))  # the rest: refine.run
-        if job.n_refine() and not ctx.should_stop():
-            from nasprune.search import refine
-
-            report("searching", "growing the best candidates towards the budget")
-            refine.run(objective, job, ctx, on_trial)
-            if len(done) < job.n_trials and not ctx.should_stop():  # nothing new left to grow: sample the rest
-                sample(job)
-
-        study = open_study(job, ctx.job_id, ctx.storage_url)
-        trials = trial_records(study)
-        if ctx.should_stop() and len(trials) < job.n_trials:
-            # cancelled or shutting down: the trials are kept in storage; verification is for finished jobs
-            if tracking:
-                tracking.close("KILLED")
-            return SearchResult(
-                job=job,
-                n_trials=len(trials),
-                pareto=[],
-                recommended=None,
-                table_error=_table_error(table),
-                tracking_error=tracking.error if tracking else None,
-            )
-        report("verifying", "exporting and measuring the best candidates")
-        unique: dict[str, TrialRecord] = {}
-        for t in pareto_trials(study):  # a seeded config may also be drawn by the sampler: one entry each
-            unique.setdefault(t.user_attrs["subnet_key"], record_of(t))
-        front = list(unique.values())
-        scorer = None
-        if "int8" in job.precisions:  # int8 candidates that can reach the front (nasprune.search.precision)
-            from nasprune.search import precision
-
-            report("verifying", "quantizing the int8 candidates that can reach the front")
-            scorer = precision.Int8Scorer(supernet, evaluator, out / "int8")
-            front = precision.expand_front(front, trials, job, table8, scorer)
-        candidates, recommended, eligible = _verify(front, job, supernet, evaluator, table, out, verify)
-        if scorer is not None:
-            precision.finish(candidates, scorer)
-        steps = job.finetune_plan(len(evaluator.dataset.tensors("train")[1]), default_recipe(space).batch_size)
-        if recommended is not None and steps > 0 and not ctx.should_stop():
-            tuned = eligible[: job.finetune_top_k]
-            for i, rec in enumerate(tuned, 1):
-                how = "quantization-aware, " if _quantization_aware(rec, job) else ""
-                report("verifying", f"fine-tuning candidate {i}/{len(tuned)} ({how}{steps} steps)")
-                _finetune(rec, job, supernet, evaluator, out, steps)
-            recommended = _deliver(tuned, out)
-        if tracking:
-            for rec in trials:
-                if rec.number not in tracking.children:
-                    tracking.log_trial(rec)  # a trial finished before a crash but never reached MLflow
-        result = SearchResult(
-            job=job,
-            n_trials=len(trials),
-            pareto=candidates,
-            recommended=recommended,
-            table_error=_table_error(table),
-            tracking_error=tracking.error if tracking else None,
-        )
-        _write_outputs(result, trials, job, out)
-        if tracking:
-            _finish_tracking(tracking, result, out, extra, evaluator.dataset, trials)
-            result.tracking_error = tracking.error
-        (out / "result.json").write_text(result.model_dump_json(indent=2))
+    def report(stage: str, message: str = "") -> None:
         ctx.on_progress(
             Progress(
-                stage="done",
-                n_done=len(trials),
+                stage=stage,
+                n_done=len(done),
                 n_total=job.n_trials,
                 best_accuracy=best["acc"],
                 best_latency_ms=best["lat"],
+                message=message,
+                tier0=tier0,
             )
         )
-        return result
-    except BaseException:
-        if tracking and not tracking.closed:
-            tracking.close("FAILED")  # the job's run must not stay RUNNING after the job failed
-        raise
+
+    def on_trial(rec: TrialRecord) -> None:
+        done.add(rec.number)
+        _update_best(best, rec)
+        if tracking:
+            tracking.log_trial(rec)
+        report("searching")
+
+    report("searching")
+    extra: dict = {}
+
+    def sample(upto: SearchJob) -> None:
+        nonlocal extra
+        if job.backend == "ray":
+            from nasprune.search import ray_backend
+
+            extra = ray_backend.run(objective, upto, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
+        else:
+            from nasprune.search import optuna_backend
+
+            optuna_backend.run(objective, upto, ctx, on_trial)
+
+    sample(job.model_copy(update={"n_trials": job.n_trials - job.n_refine()}))  # the rest: refine.run
+    if job.n_refine() and not ctx.should_stop():
+        from nasprune.search import refine
+
+        report("searching", "growing the best candidates towards the budget")
+        refine.run(objective, job, ctx, on_trial)
+        if len(done) < job.n_trials and not ctx.should_stop():  # nothing new left to grow: sample the rest
+            sample(job)
+
+    study = open_study(job, ctx.job_id, ctx.storage_url)
+    trials = trial_records(study)
+    if ctx.should_stop() and len(trials) < job.n_trials:
+        # cancelled or shutting down: the trials are kept in storage; verification is for finished jobs
+        if tracking:
+            tracking.close("KILLED")
+        return SearchResult(
+            job=job,
+            n_trials=len(trials),
+            pareto=[],
+            recommended=None,
+            tier0=tier0,
+            table_error=_table_error(table),
+            tracking_error=tracking.error if tracking else None,
+        )
+    report("verifying", "exporting and measuring the best candidates")
+    unique: dict[str, TrialRecord] = {}
+    for t in pareto_trials(study):  # a seeded config may also be drawn by the sampler: one entry each
+        unique.setdefault(t.user_attrs["subnet_key"], record_of(t))
+    front = list(unique.values())
+    scorer = None
+    if "int8" in job.precisions:  # int8 candidates that can reach the front (nasprune.search.precision)
+        from nasprune.search import precision
+
+        report("verifying", "quantizing the int8 candidates that can reach the front")
+        scorer = precision.Int8Scorer(supernet, evaluator, out / "int8")
+        front = precision.expand_front(front, trials, job, table8, scorer)
+    candidates, recommended, eligible = _verify(front, job, supernet, evaluator, table, out, verify)
+    if scorer is not None:
+        precision.finish(candidates, scorer)
+    steps = job.finetune_plan(len(evaluator.dataset.tensors("train")[1]), default_recipe(space).batch_size)
+    if recommended is not None and steps > 0 and not ctx.should_stop():
+        tuned = eligible[: job.finetune_top_k]
+        for i, rec in enumerate(tuned, 1):
+            how = "quantization-aware, " if _quantization_aware(rec, job) else ""
+            report("verifying", f"fine-tuning candidate {i}/{len(tuned)} ({how}{steps} steps)")
+            _finetune(rec, job, supernet, evaluator, out, steps)
+        recommended = _deliver(tuned, out)
+    from nasprune.search.tier0.job import best_of_tiers
+
+    delivered = best_of_tiers(recommended, tier0, job)
+    if delivered is not None and delivered is tier0:  # tier 0 scored better: it is what the job hands out
+        (out / "model.onnx").write_bytes((out / "models" / f"{tier0.candidate_id}.onnx").read_bytes())
+    recommended = delivered
+    if tracking:
+        for rec in trials:
+            if rec.number not in tracking.children:
+                tracking.log_trial(rec)  # a trial finished before a crash but never reached MLflow
+    result = SearchResult(
+        job=job,
+        n_trials=len(trials),
+        pareto=candidates,
+        recommended=recommended,
+        tier0=tier0,
+        table_error=_table_error(table),
+        tracking_error=tracking.error if tracking else None,
+    )
+    _write_outputs(result, trials, job, out)
+    if tracking:
+        _finish_tracking(tracking, result, out, extra, evaluator.dataset, trials)
+        result.tracking_error = tracking.error
+    (out / "result.json").write_text(result.model_dump_json(indent=2))
+    ctx.on_progress(
+        Progress(
+            stage="done",
+            n_done=len(trials),
+            n_total=job.n_trials,
+            best_accuracy=best["acc"],
+            best_latency_ms=best["lat"],
+            tier0=tier0,
+        )
+    )
+    return result
 
 
 def _update_best(best: dict, rec: TrialRecord) -> None:
@@ -661,23 +750,29 @@ def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJ
                 "job": job.model_dump(),
                 "recommended": result.recommended.model_dump() if result.recommended else None,
                 "pareto": [c.model_dump() for c in result.pareto],
+                "tier0": result.tier0.model_dump() if result.tier0 else None,
             },
             indent=2,
         )
     )
+    if not trials:  # a tier-0 job: no trials to plot
+        return
     fp32 = [c for c in result.pareto if c.precision == "fp32"]
     int8 = [c for c in result.pareto if c.precision != "fp32"]
     rec = result.recommended
+    t0 = result.tier0
     pareto_plot(
         trials,
         {c.trial_number for c in fp32},
         job.latency_budget_ms,
-        rec.trial_number if rec else None,
+        rec.trial_number if rec and rec.tier == 1 else None,
         out / "pareto.png",
         title=f"{job.space} on {job.device}: {len(trials)} trials ({job.sampler}, {job.backend})",
         intervals={c.trial_number: c.accuracy_ci95 for c in fp32 if c.accuracy_ci95},
         int8=[(c.latency_ms, c.accuracy) for c in int8],
         chosen_point=(rec.latency_ms, rec.accuracy) if rec and rec.precision != "fp32" else None,
+        tier0=(t0.latency_ms, t0.accuracy) if t0 else None,
+        tier0_chosen=rec is not None and rec.tier == 0,
     )
 
 

@@ -226,6 +226,11 @@ class ParetoFront(BaseModel):
         description="the recommended model's latency over the budget (measured where verified, else predicted)"
     )
     candidates: list[CandidatePublic]
+    tier0: CandidatePublic | None = Field(
+        None,
+        description="the tier-0 model (pruned to the budget without training, the job's first result) when the job "
+        "made one; the recommended model is the more accurate verified one of it and the search's",
+    )
     table_error: dict | None
     table_error_in_use: dict | None = Field(
         None,
@@ -237,6 +242,10 @@ class ParetoFront(BaseModel):
     @field_serializer("candidates")
     def _clean(self, cs: list[CandidatePublic]) -> list[dict]:
         return [finite_or_none(c.model_dump()) for c in cs]
+
+    @field_serializer("tier0")
+    def _clean_tier0(self, c: CandidatePublic | None) -> dict | None:
+        return finite_or_none(c.model_dump()) if c is not None else None
 
 
 # catalog ------------------------------------------------------------------------------------------
@@ -327,6 +336,7 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str
     checks: dict[str, str]
+
 
 # users, keys, audit ---------------------------------------------------------------------------------
 

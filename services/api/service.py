@@ -210,6 +210,13 @@ class JobService:
 
         ref = models_dir(self.settings.data_dir) / f"{body.model}.yaml" if body.model is not None else body.space
         space = load_space(ref)
+        if body.tier0 == "only":  # it prunes trained weights: refuse now what the worker could not do
+            from nasprune.search.tier0.job import source_of
+
+            job_space = space.model_copy(update={"dataset": body.dataset}) if body.dataset else space
+            source, why = source_of(body, job_space, self.settings.data_dir)
+            if source is None:
+                raise InvalidRequest("tier0", why)
         name = body.dataset or space.dataset
         if not name:  # an uploaded model without a dataset: nothing to check here (the job names none either)
             return
@@ -323,7 +330,15 @@ class JobService:
         return model
 
     def _model_file(self, job_id: str, candidate_id: str | None = None) -> ModelFile:
-        """The ONNX file of ``candidate_id``, or of the recommended candidate when None."""
+        """The ONNX file of ``candidate_id``, or of the recommended candidate when None. The tier-0 model
+        can be fetched by its id as soon as the job reports it, before the job ends."""
+        if candidate_id is not None:
+            record = self.store.get(job_id)
+            early = record.progress.tier0 if record.progress is not None else None
+            if early is not None and early.candidate_id == candidate_id:
+                path = model_path(self.settings.job_dir(job_id), candidate_id)
+                if path.is_file():
+                    return ModelFile(path, f"nasprune-{record.spec.space}-tier0-{candidate_id}.onnx", self._etag(path))
         record, result = self.result(job_id)
         if candidate_id is None:
             if result.recommended is None:
@@ -333,7 +348,7 @@ class JobService:
                 )
             cand: Candidate = result.recommended
         else:
-            by_id = {c.candidate_id: c for c in result.pareto}
+            by_id = {c.candidate_id: c for c in [*result.pareto, *([result.tier0] if result.tier0 else [])]}
             if candidate_id not in by_id:
                 raise CandidateNotFound(
                     f"candidate '{candidate_id}' is not on the Pareto front of job '{job_id}' "

@@ -365,3 +365,142 @@ def test_cli_prune_names_the_flag_it_needs(tmp_path, capsys):
     assert rc == 2 and "--weights" in err and len(err.strip().splitlines()) == 1
     rc = main([*args, "--budget-ms", "-1"])
     assert rc == 2 and "--budget-ms" in capsys.readouterr().err
+
+
+# -- tier 0 in a job ---------------------------------------------------------------------------------------------
+
+
+def _quick():
+    """Verification with fewer timing rounds: these tests are about the job's flow, not the timing."""
+    from nasprune.search.runner import VerifySettings
+
+    return VerifySettings(rounds=10, burst=10, warmup=5)
+
+
+def _job_ctx(root, job_id, tmp_path, seen, **kw):
+    from nasprune.search.job import JobContext
+
+    return JobContext(job_id=job_id, storage_url=f"sqlite:///{tmp_path / 'trials.db'}", output_dir=tmp_path / job_id,
+                      data_dir=root, on_progress=seen.append, **kw)  # fmt: skip
+
+
+def test_a_tier0_only_job_delivers_the_tier0_model_and_logs_its_own_mlflow_run(prepared, budget, tmp_path):
+    import httpx
+
+    from nasprune.mlflow_server import mlflow_server
+    from nasprune.search.job import SearchJob
+    from nasprune.search.runner import run_job
+
+    root, _ = prepared
+    seen: list = []
+    with mlflow_server(tmp_path / "mlflow") as srv:
+        job = SearchJob(space=SPACE, latency_budget_ms=budget, tier0="only", n_trials=5)
+        res = run_job(job, _job_ctx(root, "t0only", tmp_path, seen, tracking_uri=srv.url), verify=_quick())
+        assert res.n_trials == 0 and res.pareto == [] and res.tier0 is not None and res.tracking_error is None
+        t0 = res.tier0
+        assert t0.tier == 0 and t0.trial_number == -1 and t0.latency_ms <= budget
+        assert_verified_or_too_busy(t0, budget)
+        assert res.recommended == t0  # verified (or too busy to tell): what the job delivers
+        out = tmp_path / "t0only"
+        meta = read_metadata(out / "model.onnx")
+        assert meta["tier"] == "0" and float(meta["accuracy"]) == pytest.approx(t0.accuracy)
+        assert (out / "models" / f"{t0.candidate_id}.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+        stages = [p.stage for p in seen]
+        assert "tier 0" in stages and "training supernet" not in stages and "searching" not in stages
+        assert seen[-1].stage == "done" and seen[-1].tier0 == t0
+        # its own MLflow run under the job's, with its figures and its ONNX file
+        api = f"{srv.url}/api/2.0/mlflow"
+        exp = httpx.get(f"{api}/experiments/get-by-name", params={"experiment_name": f"nasprune/{SPACE}"}).json()
+        runs = httpx.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment"]["experiment_id"]]}).json()
+        by_name = {r["info"]["run_name"]: r for r in runs["runs"]}
+        run = by_name["tier-0"]
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert tags["nasprune.tier"] == "0" and run["info"]["status"] == "FINISHED"
+        assert metrics["val_accuracy"] == pytest.approx(t0.accuracy)
+        assert metrics["test_accuracy"] == pytest.approx(t0.test_accuracy)
+        parent = next(r for r in runs["runs"] if r["info"]["run_id"] == tags["mlflow.parentRunId"])
+        assert {m["key"]: m["value"] for m in parent["data"]["metrics"]}["recommended_tier"] == 0
+        files = httpx.get(f"{api}/artifacts/list", params={"run_id": run["info"]["run_id"], "path": "model"}).json()
+        assert [f["path"] for f in files["files"]] == [f"model/{t0.candidate_id}.onnx"]
+
+
+def test_a_tier0_only_job_is_refused_without_trained_weights(tmp_path):
+    from nasprune.errors import ConfigError
+    from nasprune.search.job import SearchJob
+    from nasprune.search.runner import run_job
+
+    job = SearchJob(space=SPACE, latency_budget_ms=1.0, tier0="only")
+    from nasprune.search.tier0.job import source_of
+
+    source, why = source_of(job, load_space(SPACE), tmp_path)
+    assert source is None and "names none" in why and "POST /v1/models" in why
+    assert source_of(job.model_copy(update={"tier0": "off"}), load_space(SPACE), tmp_path)[0] is None
+    with pytest.raises(ConfigError, match="tier0 'only'"):
+        run_job(job, _job_ctx(tmp_path, "refused", tmp_path, []))
+
+
+def test_a_job_on_trained_weights_delivers_tier0_first_and_the_better_of_both_tiers(prepared, plain, budget, tmp_path):
+    """A space that names trained weights: tier 0 is reported before the supernet is prepared, and the job
+    delivers the more accurate verified model of the two tiers (model.onnx is that one's file)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from nasprune.graph.models import file_sha256
+    from nasprune.search.job import SearchJob
+    from nasprune.search.runner import run_job
+    from nasprune.train import TrainConfig, save_checkpoint, train_supernet
+
+    root, _ = prepared
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    weights = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(weights))
+    space = load_space(SPACE).model_copy(update={"weights": str(weights), "weights_sha256": file_sha256(weights)})
+    path = tmp_path / "space.yaml"
+    space.save(path)
+    # the supernet of these weights, trained briefly here (the job would train it with the default recipe)
+    res = train_supernet(space, TrainConfig(epochs=3, warmup_epochs=1, batch_size=64, max_shift=0), progress=False)
+    save_checkpoint(res.supernet, supernet_path(space, data))
+    seen: list = []
+    job = SearchJob(space=str(path), latency_budget_ms=budget, n_trials=6, finetune_steps=0, seed=1)
+    result = run_job(job, _job_ctx(data, "tiers", tmp_path, seen), verify=_quick())
+    stages = [p.stage for p in seen]
+    first = next(i for i, p in enumerate(seen) if p.tier0 is not None)
+    assert seen[first].stage == "tier 0" and first < stages.index("preparing supernet")
+    assert all(p.tier0 == result.tier0 for p in seen[first:])  # every later report carries it
+    t0, rec = result.tier0, result.recommended
+    assert t0 is not None and t0.tier == 0 and result.n_trials == 6 and rec is not None
+    usable = t0.verified or t0.measured_latency_ms is None  # verified, or too busy to tell (as the search's)
+    if rec.tier == 0:
+        assert rec == t0 and usable
+    else:
+        assert rec.accuracy >= t0.accuracy or not usable
+    meta = read_metadata(tmp_path / "tiers" / "model.onnx")
+    assert (meta.get("tier") == "0") == (rec.tier == 0)
+    # resumed: tier 0 is read back, not pruned again
+    again: list = []
+    resumed = run_job(job, _job_ctx(data, "tiers", tmp_path, again), verify=_quick())
+    assert resumed.tier0 == t0 and not any("scoring channels" in p.message for p in again)
+
+
+def test_the_job_delivers_the_more_accurate_usable_tier():
+    from nasprune.search.job import Candidate, SearchJob
+    from nasprune.search.tier0.job import best_of_tiers
+
+    job = SearchJob(space=SPACE, latency_budget_ms=1.0)
+    base = {"config": {}, "params": 1, "macs": 1, "feasible": True, "latency_ms": 0.9}
+
+    def cand(acc, tier=1, **kw):
+        return Candidate(candidate_id="0" * 16, trial_number=-1 if tier == 0 else 3, tier=tier, accuracy=acc,
+                         **{**base, **kw})  # fmt: skip
+
+    searched = cand(0.90, verified=True, measured_latency_ms=0.95)
+    better0 = cand(0.91, tier=0, verified=True, measured_latency_ms=0.8)
+    assert best_of_tiers(searched, better0, job) is better0
+    assert best_of_tiers(searched, cand(0.90, tier=0, verified=True, measured_latency_ms=0.8), job) is searched  # tie
+    over = cand(0.99, tier=0, verified=False, measured_latency_ms=1.2, unverified_reason="measured over")
+    assert best_of_tiers(searched, over, job) is searched and best_of_tiers(None, over, job) is None
+    busy = cand(0.95, tier=0, verified=False, unverified_reason="too busy")  # not measured, predicted within
+    assert best_of_tiers(searched, busy, job) is busy and best_of_tiers(searched, None, job) is searched

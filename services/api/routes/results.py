@@ -44,14 +44,15 @@ def trials(job_id: str, jobs: JobsDep, who: PrincipalDep, limit: Limit = 100, of
 def pareto(job_id: str, jobs: JobsDep, who: PrincipalDep) -> ParetoFront:
     record, result = jobs.result(job_id, who)
     budget = record.spec.latency_budget_ms
-    candidates = [
-        CandidatePublic(
+
+    def public(c) -> CandidatePublic:
+        return CandidatePublic(
             **c.model_dump(),
             within_budget=(c.measured_latency_ms if c.measured_latency_ms is not None else c.latency_ms) <= budget,
             model_url=f"/v1/jobs/{job_id}/models/{c.candidate_id}",
         )
-        for c in result.pareto
-    ]
+
+    candidates = [public(c) for c in result.pareto]
     return ParetoFront(
         job_id=job_id,
         status=record.status,
@@ -60,6 +61,7 @@ def pareto(job_id: str, jobs: JobsDep, who: PrincipalDep) -> ParetoFront:
         recommended_id=result.recommended.candidate_id if result.recommended else None,
         budget_use=result.budget_use,
         candidates=candidates,
+        tier0=public(result.tier0) if result.tier0 else None,
         table_error=result.table_error,
         table_error_in_use=result.table_error_in_use,
         tracking_error=result.tracking_error,
@@ -87,7 +89,7 @@ def recommended_model(job_id: str, jobs: JobsDep, request: Request, who: Princip
 @router.get(
     "/{job_id}/models/{candidate_id}",
     response_class=Response,
-    summary="the ONNX model of one Pareto candidate",
+    summary="the ONNX model of one Pareto candidate, or of the tier-0 model (also while the job runs)",
     responses={**ONNX, **ERRORS, **NOT_FINISHED},
 )
 def candidate_model(
