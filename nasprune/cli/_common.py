@@ -77,7 +77,8 @@ def front_table(candidates: list[dict], recommended_id: str | None, budget_ms: f
         mark = "*" if c["candidate_id"] == recommended_id else ""
         if budget_ms is not None and latency > budget_ms:
             mark += "!"
-        row = [mark, c["candidate_id"], c["trial_number"], pct(c["accuracy"])]
+        trial = "tier 0" if c.get("tier") == 0 else c["trial_number"]  # pruned without training: no trial
+        row = [mark, c["candidate_id"], trial, pct(c["accuracy"])]
         row += [pct(c.get("accuracy_se"))] * has["accuracy_se"] + [pct(c.get("test_accuracy"))] * has["test_accuracy"]
         row += [ms(c["latency_ms"]), ms(c.get("measured_latency_ms")), f"{c['params']:,}", f"{c['macs']:,}"]
         row += [c.get("precision") or ""] * has["precision"] + ["yes" if c.get("verified") else ""]

@@ -336,7 +336,7 @@ def upload(c, architecture: str, weights: Path, dataset: str | None, num_classes
 def _print_front(front: dict, base_url: str | None, job: dict | None) -> None:
     from nasprune.cli._common import front_table
 
-    cands = front["candidates"]
+    cands = front["candidates"] + ([front["tier0"]] if front.get("tier0") else [])  # tier 0's row last
     budget = front["latency_budget_ms"]
     print(front_table(cands, front.get("recommended_id"), budget))
     rec = next((c for c in cands if c["candidate_id"] == front.get("recommended_id")), None)

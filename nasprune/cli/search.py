@@ -345,7 +345,8 @@ def _search(job, args, root) -> int:
     finally:
         bar.close()
     recommended = res.recommended.candidate_id if res.recommended else None
-    print(front_table([c.model_dump() for c in res.pareto], recommended, job.latency_budget_ms))
+    shown = [*res.pareto, *([res.tier0] if res.tier0 else [])]  # tier 0's row last
+    print(front_table([c.model_dump() for c in shown], recommended, job.latency_budget_ms))
     if res.recommended:
         r = res.recommended
         measured = (f"measured {r.measured_latency_ms:.4f} ms <= {job.latency_budget_ms:g} ms" if r.verified
