@@ -103,11 +103,21 @@ def _add(args) -> int:
     return 0
 
 
+BUILTIN_SAMPLES = {"mnist5k": 5_000, "digits": 1_797, "mnist1d": 10_000, "fashion_mnist": 70_000}
+"""Samples (train + val + test) of each built-in, listed without generating or reading it (a test checks them)."""
+
+
 def _list(args) -> int:
+    import math
+
     from nasprune.data import BUILTIN_INPUTS
     from nasprune.datasets import DatasetStore
 
-    rows = [[n, "builtin", "x".join(map(str, shape)), k, "", ""] for n, (shape, k) in BUILTIN_INPUTS.items()]
+    rows = []
+    for n, (shape, k) in BUILTIN_INPUTS.items():
+        total = BUILTIN_SAMPLES[n]  # float32 in memory once loaded, as a user dataset's size counts them
+        size = human(total * math.prod(shape) * 4) + "B"
+        rows.append([n, "builtin", "x".join(map(str, shape)), k, f"{total:,}", size])
     for info in DatasetStore.at(args.data_dir).list():
         total = sum(info.sizes[s] for s in ("train", "val", "test"))
         rows.append([info.name, info.source, "x".join(map(str, info.input_shape)), info.num_classes,

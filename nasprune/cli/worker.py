@@ -42,8 +42,9 @@ def register(sub) -> None:
         help="serve the HTTP API only; jobs are run by 'nasprune worker' processes",
         description=(
             "Serve the nasprune API without a worker pool: submissions are stored in the job database and run by "
-            "'nasprune worker' processes on the same database. No MLflow server is started: give "
-            "NASPRUNE_TRACKING_URI."
+            "'nasprune worker' processes on the same database. No MLflow server is started: runs are logged to "
+            "--tracking-uri (or NASPRUNE_TRACKING_URI), by default a SQLite store in the data dir that only "
+            "processes on this machine share; give an MLflow server's URL when workers run elsewhere."
         ),
     )
     _common_options(a)
@@ -55,7 +56,11 @@ def _common_options(p) -> None:
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--data-dir", type=Path, help="jobs, models, tables (default ./.nasprune; shared with the API)")
     p.add_argument("--database-url", help="job store URL (postgresql://... to share it; default SQLite)")
-    p.add_argument("--tracking-uri", help="MLflow tracking server (default: a SQLite store in the data dir)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $NASPRUNE_TRACKING_URI, else the SQLite store <data dir>/mlflow/mlflow.db; "
+        "no MLflow server is started)",
+    )
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
 

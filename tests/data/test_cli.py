@@ -31,6 +31,8 @@ def test_add_list_show_with_sample_grid(tmp_path):
     lines = {line.split()[0]: line for line in r.stdout.splitlines()[2:]}
     assert set(lines) == {"mnist5k", "digits", "mnist1d", "fashion_mnist", "pets", "vectors"}
     assert "3x16x12" in lines["pets"] and "builtin" in lines["mnist1d"]
+    assert lines["mnist1d"].split()[4:] == ["10,000", "1.6MB"]  # built-ins too: samples and float32 size
+    assert lines["fashion_mnist"].split()[4:] == ["70,000", "220MB"]
     grid = tmp_path / "grid.png"
     r = run("data", "show", "pets", "--grid", str(grid), "--data-dir", data)
     assert r.returncode == 0, r.stderr
@@ -52,3 +54,19 @@ def test_errors_are_one_line(tmp_path):
     r = run("data", "show", "nothing", "--data-dir", data)
     assert r.returncode == 2 and "unknown dataset 'nothing'" in r.stderr
     assert not list((tmp_path / "data" / "datasets").glob("*.json"))
+
+
+def test_the_listed_sizes_of_the_built_ins_are_theirs():
+    from nasprune.cli.data import BUILTIN_SAMPLES
+    from nasprune.data import BUILTIN_AVAILABLE, DATASETS, load_dataset
+    from nasprune.errors import DatasetError
+
+    assert set(BUILTIN_SAMPLES) == set(DATASETS)
+    for name, n in BUILTIN_SAMPLES.items():
+        if name in BUILTIN_AVAILABLE:
+            try:
+                BUILTIN_AVAILABLE[name]()
+            except DatasetError:
+                continue  # tests/data/test_fashion_mnist.py fails for this, saying how to install it
+        sizes = load_dataset(name).info.sizes
+        assert sizes["train"] + sizes["val"] + sizes["test"] == n, name
