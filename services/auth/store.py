@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from services.auth.errors import KeyNotFound, UserExists, UserNotFound
+from services.auth.errors import KeyNotFound, NameTaken, UserExists, UserNotFound
 from services.auth.principal import Principal, Role
 from services.jobs.errors import InvalidRequest, StorageQuotaExceeded
 from services.jobs.store import UTCDateTime, metadata, utcnow
@@ -397,6 +397,32 @@ class UserStore:
                     kind=kind, name=name, user_name=who.name, team=who.team, n_bytes=n_bytes, created_at=utcnow()
                 )
             )
+
+    def claim_name(self, kind: str, name: str, who: Principal, *, exists: bool) -> bool:
+        """Let ``who`` write the resource ``name`` that others may not take over (a device's tables): one
+        serialised transaction per name, so two users racing for a new name cannot both get it.
+
+        Allowed: a new name (``who`` becomes its owner), one ``who`` owns, or anything for an admin (who
+        does not become an owner of another's). Otherwise ``NameTaken``. Returns whether ``who`` was
+        recorded as a new owner (so a failed write can ``release`` it)."""
+        with serialized(self.engine, f"name:{kind}:{name}") as conn:
+            owners = (
+                conn.execute(sa.select(resources.c.user_name).where(resources.c.kind == kind, resources.c.name == name))
+                .scalars()
+                .all()
+            )
+            if who.name is not None and who.name in owners:
+                return False
+            if not who.is_admin and (owners or exists):
+                raise NameTaken(f"{kind} name '{name}' is taken: choose another name")
+            if owners or who.name is None:
+                return False
+            conn.execute(
+                resources.insert().values(
+                    kind=kind, name=name, user_name=who.name, team=who.team, n_bytes=0, created_at=utcnow()
+                )
+            )
+            return True
 
     def release(self, kind: str, name: str, user: str | None) -> None:
         if user is None:

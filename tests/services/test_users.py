@@ -372,3 +372,37 @@ def test_cli_manages_users_on_the_database_and_through_the_api(tmp_path, capsys,
         assert main(["users", "audit", *data]) == 0
         out = capsys.readouterr().out
         assert "key.revoke" in out and "user.add" in out and alice not in out
+
+
+def test_a_new_device_name_goes_to_one_user(db_url):
+    """Two members racing for the same new device name: one gets it, the other is refused (409 name_taken)."""
+    from services.auth import NameTaken, Principal, Role, UserStore
+    from services.jobs import JobStore
+
+    store = JobStore(db_url)
+    store.migrate()
+    users = UserStore(store.engine)
+    try:
+        who = [Principal(f"u{i}", Role.MEMBER) for i in range(4)]
+        won, lost = [], []
+        barrier = threading.Barrier(len(who))
+
+        def claim(p: Principal) -> None:
+            barrier.wait()
+            try:
+                users.claim_name("device", "shared-board", p, exists=False)
+                won.append(p.name)
+            except NameTaken:
+                lost.append(p.name)
+
+        threads = [threading.Thread(target=claim, args=(p,)) for p in who]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(won) == 1 and len(lost) == 3
+        assert [u for u, _ in users.owners("device", "shared-board")] == won
+        assert users.claim_name("device", "shared-board", Principal(won[0], Role.MEMBER), exists=True) is False
+        assert users.claim_name("device", "shared-board", Principal("root", Role.ADMIN), exists=True) is False
+    finally:
+        store.close()

@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 
+from services.api.catalog import BUILTIN_DEVICE
 from services.api.deps import PrincipalDep, ServicesDep, WriterDep
 from services.api.edge import JsonRoute
 from services.api.routes.jobs import ERRORS
 from services.api.schemas import DEVICE_NAME_PATTERN, DevicePublic, ErrorBody, SpacePublic
-from services.auth import NameTaken
 
 router = APIRouter(tags=["catalog"], route_class=JsonRoute)
 
@@ -50,15 +50,13 @@ def upload_device(
     table: Annotated[Any, Body(description="the latency table JSON, as written by 'nasprune lut build'")],
 ) -> DevicePublic:
     users = services.users if services.multi_user else None
-    taken = users is not None and not who.is_admin and name in services.catalog.device_names()
-    if taken and who.name not in [user for user, _ in users.owners("device", name)]:
-        raise NameTaken(f"device name '{name}' is taken: choose another name")
-    if users is not None:  # owned before it is written: never visible to others, not even for a moment
-        users.claim("device", name, who)
+    claimed = False
+    if users is not None and name != BUILTIN_DEVICE:  # owned before it is written: never visible to others
+        claimed = users.claim_name("device", name, who, exists=name in services.catalog.device_names())
     try:
         device = services.catalog.save_device(name, table)
     except Exception:
-        if users is not None and name not in services.catalog.device_names():
+        if claimed:
             users.release("device", name, who.name)
         raise
     services.jobs.audit(who, "device.upload", f"device:{name}")
