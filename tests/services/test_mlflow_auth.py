@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from nasprune.mlflow_server import free_port
 
@@ -18,12 +19,13 @@ TOKEN = "s3cret-api-token-for-the-test"
 
 
 @contextmanager
-def serve(tmp_path: Path, token: str | None, output: list[str] | None = None):
+def serve(tmp_path: Path, token: str | None, output: list[str] | None = None, env_extra: dict | None = None):
     """``nasprune serve`` in a subprocess; ``output`` gets what it printed once it stopped."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NASPRUNE_")}
     if token:
         env["NASPRUNE_API_TOKEN"] = token
+    env.update(env_extra or {})
     cmd = [sys.executable, "-m", "nasprune", "serve", "--port", str(port), "--data-dir", str(tmp_path / "d")]
     proc = subprocess.Popen(
         [*cmd, "--no-access-log"],
@@ -181,3 +183,48 @@ def test_serve_restarts_a_killed_mlflow_server_and_readyz_recovers(tmp_path):
             timeout=10,
         )
         assert r.status_code == 200
+
+
+def test_with_users_mlflow_is_for_admins_and_no_key_reaches_a_child(tmp_path, capsys):
+    """NASPRUNE_AUTH=users: /mlflow takes an admin's key (bearer or basic), refuses a member (403) and no key
+    (401); the service's own tracking client still gets through (readyz); --mlflow-port is refused; the keys
+    are in no child process's environment and nothing the server printed."""
+    from mlflow.tracking import MlflowClient
+
+    from nasprune.cli import main
+
+    data = ["--data-dir", str(tmp_path / "d")]
+    keys = {}
+    for name, role in (("root", "admin"), ("alice", "member")):
+        assert main(["users", "add", name, "--role", role, *data]) == 0
+        keys[name] = capsys.readouterr().out.strip()
+    printed: list[str] = []
+    with serve(tmp_path, None, printed, {"NASPRUNE_AUTH": "users"}) as (base, proc):
+        assert httpx.get(f"{base}/readyz", timeout=10).json()["checks"]["mlflow"] == "ok"
+        search = f"{base}/mlflow/ajax-api/2.0/mlflow/experiments/search?max_results=10"
+        assert httpx.get(search, timeout=10).status_code == 401
+        r = httpx.get(search, headers={"Authorization": f"Bearer {keys['alice']}"}, timeout=10)
+        assert r.status_code == 403 and r.json()["code"] == "forbidden"
+        assert httpx.get(search, headers={"Authorization": f"Bearer {keys['root']}"}, timeout=10).status_code == 200
+        client = MlflowClient(f"http://root:{keys['root']}@{base.removeprefix('http://')}/mlflow")
+        assert client.create_experiment("admins-only")
+        alice = MlflowClient(f"http://alice:{keys['alice']}@{base.removeprefix('http://')}/mlflow")
+        with pytest.raises(Exception, match="403|forbidden|admins"):
+            alice.create_experiment("members-not")
+        r = httpx.get(f"{base}/v1/me", headers={"Authorization": f"Bearer {keys['alice']}"}, timeout=10)
+        assert r.json()["name"] == "alice"
+        for pid in descendants(proc.pid):
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            assert not any(k.encode() in environ for k in keys.values()), pid
+    assert not any(k in printed[0] for k in keys.values())
+    bad = subprocess.run(
+        [sys.executable, "-m", "nasprune", "serve", "--mlflow-port", str(free_port()), *data],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("NASPRUNE_")}, "NASPRUNE_AUTH": "users"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "--mlflow-port would serve MLflow to anyone" in bad.stderr
