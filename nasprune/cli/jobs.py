@@ -28,6 +28,8 @@ FLAGS = {
     "finetune_steps": "--finetune-steps",
     "finetune_epochs": "--finetune-epochs",
     "finetune_top_k": "--finetune-top-k",
+    "train_epochs": "--train-epochs",
+    "tier0": "--tier0",
     "num_classes": "--num-classes",
     "input_shape": "--input-shape",
 }
@@ -140,6 +142,18 @@ def register(sub) -> None:
         type=int,
         metavar="K",
         help="fine-tune K verified candidates and deliver the most accurate (default 2)",
+    )
+    s.add_argument(
+        "--tier0",
+        choices=["auto", "only", "off"],
+        help="tier 0, the trained weights pruned to the budget without training, as the job's first result: auto "
+        "(the service's default) when the model has trained weights; only: tier 0 alone, no supernet; off: never",
+    )
+    s.add_argument(
+        "--train-epochs",
+        type=int,
+        metavar="N",
+        help="epochs of the supernet's training if the job trains it (default: the recipe's, 30-40)",
     )
     s.add_argument("--wait", action="store_true", help="wait for the job, showing progress, then print its front")
     s.add_argument("-o", "--output", type=Path, help="with --wait: download the recommended model here")
@@ -268,7 +282,14 @@ def _submit(args) -> int:
             **({"dataset": args.dataset} if args.dataset else {}),
             **{
                 k: v
-                for k in ("refine_trials", "finetune_steps", "finetune_epochs", "finetune_top_k")
+                for k in (
+                    "refine_trials",
+                    "finetune_steps",
+                    "finetune_epochs",
+                    "finetune_top_k",
+                    "train_epochs",
+                    "tier0",
+                )
                 if (v := getattr(args, k)) is not None
             },
         )

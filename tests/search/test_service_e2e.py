@@ -156,6 +156,25 @@ def test_submit_search_fetch_run(prepared, data_dir, budget, tmp_path):
         metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
         assert metrics["budget_use"] == pytest.approx(front["budget_use"])
         assert metrics["recommended_finetune_steps"] == rec["finetune_steps"] > 0
+
+        # tier 0 as a job of its own: the trained supernet pruned without training, delivered as the model
+        r = svc.http.post("/v1/jobs", json={"space": "resnet_mnist", "latency_budget_ms": 1.0, "tier0": "only"})
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "tier0" and "no trained supernet" in r.text
+        t0_job = _submit(svc, budget, 1, tier0="only")
+        state = svc.wait(t0_job, lambda s: s["status"] == "succeeded")
+        t0 = state["progress"]["tier0"]
+        front = svc.http.get(f"/v1/jobs/{t0_job}/pareto").json()
+        assert front["n_trials"] == 0 and front["candidates"] == []
+        assert front["tier0"]["candidate_id"] == t0["candidate_id"]
+        assert front["tier0"]["tier"] == 0 and front["tier0"]["model_url"].endswith(t0["candidate_id"])
+        assert_verified_or_too_busy(front["tier0"], budget)
+        assert front["recommended_id"] == t0["candidate_id"]
+        r = svc.http.get(front["tier0"]["model_url"])
+        assert r.status_code == 200 and r.content == svc.http.get(f"/v1/jobs/{t0_job}/model").content
+        (tmp_path / "tier0.onnx").write_bytes(r.content)
+        from nasprune.export import read_metadata
+
+        assert read_metadata(tmp_path / "tier0.onnx")["tier"] == "0"
     finally:
         svc.kill()
 
