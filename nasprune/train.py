@@ -694,12 +694,14 @@ def checkpoint_meta(path: str | Path) -> dict:
     return payload.get("meta", {})
 
 
-def supernet_path(space, data_dir: str | Path | None = None) -> Path:
-    """Where the trained supernet of ``space`` is cached (the digest covers the weights it starts from)."""
+def supernet_path(space, data_dir: str | Path | None = None, epochs: int | None = None) -> Path:
+    """Where the trained supernet of ``space`` is cached (the digest covers the weights it starts from); one
+    trained for ``epochs`` other than the default recipe's is cached apart (``-e<epochs>``)."""
     from nasprune.data import data_key
     from nasprune.paths import checkpoints_dir
 
-    return checkpoints_dir(data_dir) / f"{space.name}-{space.digest()}{data_key(space.dataset, data_dir)}.pt"
+    length = f"-e{epochs}" if epochs is not None and epochs != default_recipe(space).epochs else ""
+    return checkpoints_dir(data_dir) / f"{space.name}-{space.digest()}{data_key(space.dataset, data_dir)}{length}.pt"
 
 
 def get_supernet(
@@ -713,8 +715,10 @@ def get_supernet(
     device: str = "cpu",
     workers: int = 1,
     ray_address: str | None = None,
+    epochs: int | None = None,
 ) -> tuple[Supernet, Path]:
-    """The trained supernet of ``space``: loaded from the data dir, or trained once with the default recipe.
+    """The trained supernet of ``space``: loaded from the data dir, or trained once with the default recipe
+    (for ``epochs`` instead of the recipe's when given; such a supernet is cached apart).
 
     Training happens under a file lock, so concurrent workers wait for one training instead of
     starting several; a training that was killed resumes from its last epoch. ``on_epoch`` and
@@ -724,7 +728,7 @@ def get_supernet(
     import fcntl
 
     space = load_space(space) if isinstance(space, str | Path) else space
-    path = supernet_path(space, data_dir)
+    path = supernet_path(space, data_dir, epochs)
     if path.is_file():
         return load_checkpoint(path, space), path
     if not train:
@@ -735,6 +739,9 @@ def get_supernet(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.is_file():
             recipe = default_recipe(space)
+            if epochs is not None:  # warm-up (largest only) keeps at least one sandwich epoch
+                recipe = recipe.model_copy(update={"epochs": epochs, "warmup_epochs": min(recipe.warmup_epochs,
+                                                                                          epochs - 1)})  # fmt: skip
             ds = load_dataset(space.dataset, data_dir=data_dir)  # a user dataset lies in this data dir
             train_supernet(
                 space,

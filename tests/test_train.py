@@ -131,3 +131,17 @@ def test_splits_are_stratified_disjoint_and_seeded():
     train = {hash(r.numpy().tobytes()) for r in a.tensors("train")[0]}
     test = {hash(r.numpy().tobytes()) for r in a.tensors("test")[0]}
     assert not train & test
+
+
+def test_a_job_sets_the_training_length_and_such_a_supernet_is_cached_apart(tmp_path):
+    """``get_supernet(epochs=N)``, what ``search``/``submit --train-epochs`` reach: N epochs, its own file."""
+    from nasprune.train import default_recipe, get_supernet, supernet_path
+
+    space = load_space("mlp_digits")
+    epochs: list[int] = []
+    _, path = get_supernet(space, tmp_path, progress=False, on_epoch=lambda rec: epochs.append(rec["epoch"]), epochs=2)
+    assert len(epochs) == 2 and path == supernet_path(space, tmp_path, 2) and path.name.endswith("-e2.pt")
+    assert not supernet_path(space, tmp_path).exists()  # the default-length supernet is not stood in for
+    assert supernet_path(space, tmp_path, default_recipe(space).epochs) == supernet_path(space, tmp_path)
+    _, again = get_supernet(space, tmp_path, progress=False, on_epoch=lambda rec: epochs.append(rec["epoch"]), epochs=2)
+    assert again == path and len(epochs) == 2  # loaded, not trained again

@@ -67,6 +67,13 @@ def register(sub) -> None:
         metavar="K",
         help="fine-tune the first K verified candidates and deliver the most accurate (%(default)s)",
     )
+    p.add_argument(
+        "--train-epochs",
+        type=int,
+        metavar="N",
+        help="epochs of the supernet's training if this job trains it (default: the recipe's, 30 for images and "
+        "sequences, 40 for flat features; a supernet of other epochs is cached apart)",
+    )
     p.add_argument("--finetune-seconds", type=float, metavar="S", help="stop fine-tuning after S seconds")
     p.add_argument("--qat-min-drop", type=_fraction_or_off, default=None, metavar="F",
                    help="with --precisions fp32 int8: an int8 recommended model is fine-tuned and quantized again; "
@@ -158,7 +165,8 @@ def _run(args) -> int:
     flags = {"latency_budget_ms": "--budget-ms", "n_trials": "--trials", "timeout_s": "--timeout", "seed": "--seed",
              "finetune_epochs": "--finetune-epochs", "finetune_seconds": "--finetune-seconds",
              "finetune_steps": "--finetune-steps", "finetune_top_k": "--finetune-top-k",
-             "refine_trials": "--refine-trials", "": "--finetune-steps/--finetune-epochs",
+             "refine_trials": "--refine-trials", "train_epochs": "--train-epochs",
+             "": "--finetune-steps/--finetune-epochs",
              "qat_min_drop": "--qat-min-drop",
              "constraints.max_params": "--max-params", "constraints.max_macs": "--max-macs"}  # fmt: skip
     try:
@@ -241,6 +249,7 @@ def _job(SearchJob, Constraints, space_ref: str, args, dataset: str | None = Non
         timeout_s=args.timeout,
         constraints=Constraints(max_params=args.max_params, max_macs=args.max_macs),
         refine_trials=args.refine_trials,
+        train_epochs=args.train_epochs,
         finetune_steps=args.finetune_steps,
         finetune_epochs=args.finetune_epochs,
         finetune_seconds=args.finetune_seconds,

@@ -52,6 +52,12 @@ class SearchJob(BaseModel):
         "a time while the latency table says it fits (nasprune.search.refine); default a quarter of n_trials "
         "(none below 8 trials); 0 turns it off",
     )
+    train_epochs: Annotated[int, Field(ge=1, le=1_000)] | None = Field(
+        None,
+        description="epochs of the supernet's training when this job trains it (default: the recipe for the "
+        "input's kind, nasprune.train.default_recipe: 30 for images and sequences, 40 for flat features); a "
+        "supernet trained for other epochs is cached apart, so a short trial run never stands in for a full one",
+    )
     finetune_steps: Annotated[int, Field(ge=0, le=1_000_000)] | None = Field(
         None,
         description="recovery budget: fine-tune the best verified candidates alone for this many steps (distilled "

@@ -182,8 +182,9 @@ def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracki
 
         train_tracker = MlflowTracker(ctx.tracking_uri)  # the training's epochs as MLflow step metrics
     supernet, ckpt = get_supernet(
-        space, ctx.data_dir, tracker=train_tracker, progress=progress_bar, on_epoch=on_epoch, notify=on_note
-    )
+        space, ctx.data_dir, tracker=train_tracker, progress=progress_bar, on_epoch=on_epoch, notify=on_note,
+        epochs=job.train_epochs,
+    )  # fmt: skip
     evaluator = Evaluator(supernet, load_dataset(space.dataset, data_dir=ctx.data_dir), checkpoint_id(ckpt))
     objective = Objective(supernet, evaluator, table, job)
 

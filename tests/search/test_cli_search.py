@@ -44,3 +44,18 @@ def test_cli_search_logs_to_a_local_mlflow_store_and_reports_in_plain_lines(prep
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith(str((root / "mlflow-local" / "artifacts").resolve()))
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()  # nothing in the cwd
+
+
+@pytest.mark.slow
+def test_cli_search_sets_the_training_length(prepared, budget, tmp_path, capsys):
+    from nasprune.cli import main
+    from nasprune.registry import load_space
+    from nasprune.train import supernet_path
+
+    root, _ = prepared
+    rc = main(["search", "--space", "mlp_digits", "--budget-ms", f"{budget:.6f}", "--trials", "2",
+               "--train-epochs", "1", "--finetune-steps", "0", "--data-dir", str(root),
+               "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    assert rc in (0, 1), capsys.readouterr().err  # 1: nothing verified within the budget on a busy machine
+    assert supernet_path(load_space("mlp_digits"), root, 1).is_file()  # trained for 1 epoch, cached apart
+    assert '"train_epochs": 1' in (tmp_path / "out" / "result.json").read_text()

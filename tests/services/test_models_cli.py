@@ -84,3 +84,16 @@ def test_upload_errors_are_clear(served, weights, capsys):
     assert rc == 2 and "give --dataset (its input shape and classes) or both" in capsys.readouterr().err
     rc = main(["model", "upload", ARCH, str(weights), "--dataset", "no_such_data", "--url", url])
     assert rc == 2 and "no_such_data" in capsys.readouterr().err
+
+
+def test_submit_sets_training_length_and_dataset(served, capsys):
+    client, url = served
+    rc = main(["submit", "--space", "mlp_digits", "--dataset", "digits", "--budget-ms", "1", "--trials", "4",
+               "--train-epochs", "3", "--url", url])  # fmt: skip
+    job_id = capsys.readouterr().out.strip()
+    assert rc == 0
+    spec = wait_for(client, job_id, ("succeeded",))["spec"]
+    assert spec["train_epochs"] == 3 and spec["dataset"] == "digits" and spec["n_trials"] == 4
+    rc = main(["submit", "--space", "mlp_digits", "--budget-ms", "1", "--train-epochs", "0", "--url", url])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--train-epochs: " in err and "greater than or equal to 1" in err, err
