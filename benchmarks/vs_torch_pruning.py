@@ -307,6 +307,14 @@ def main() -> None:
         else:
             row["nasprune"] = None
             print(f"[{tag}] nasprune: no recommended model under {budget:.4f} ms")
+        t0m = result.tier0  # the job's first result: the trained weights pruned without training (issue 26)
+        if t0m is not None:
+            finals[f"tier0@{tag}"] = ctx.output_dir / "models" / f"{t0m.candidate_id}.onnx"
+            row["tier0"] = {"test_accuracy": t0m.test_accuracy, "val_accuracy": t0m.accuracy, "config": t0m.config,
+                            "params": t0m.params, "verified": t0m.verified,
+                            "delivered": rec is not None and rec.tier == 0}  # fmt: skip
+            print(f"[{tag}] tier 0 (no training): {t0m.test_accuracy:.2%} test, {t0m.params:,} params"
+                  f"{', delivered by the job' if row['tier0']['delivered'] else ''}")  # fmt: skip
         # uniform width (no search): the widest uniform subnet the table predicts within the budget, at
         # full depth, or at the minimum depth where no full-depth one fits
         fracs = sorted({w / max(c) for c in base.width_layers().values() for w in c}, reverse=True)
@@ -354,7 +362,7 @@ def main() -> None:
     print("\nbudget  model                 test acc (+-SE)    measured ms   share of original  McNemar p vs nasprune")
     orig_t = out["measured_ms"]["original"]
     for tag, row in rows.items():
-        labels = [("nasprune", "nasprune"), ("uniform", "uniform")]
+        labels = [("nasprune", "nasprune"), ("tier0", "tier0"), ("uniform", "uniform")]
         labels += [(k, k.replace("_", "-").replace("group-magnitude", "group_magnitude")) for k in row
                    if k.startswith("tp_")]  # fmt: skip
         for key, label in labels:
