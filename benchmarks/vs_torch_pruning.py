@@ -301,7 +301,8 @@ def main() -> None:
                                "tuned": [{"id": c.candidate_id, "val": c.accuracy, "test": c.test_accuracy,
                                           "inherited_val": c.inherited_accuracy, "ms": c.measured_latency_ms}
                                          for c in result.pareto if c.finetuned_accuracy is not None]}  # fmt: skip
-            print(f"[{tag}] nasprune: {acc:.2%} test ({rec.delivered or 'inherited'} weights, "
+            weights = rec.delivered or ("tier 0" if rec.tier == 0 else "inherited")
+            print(f"[{tag}] nasprune: {acc:.2%} test ({weights} weights, "
                   f"{rec.finetune_steps} steps), {rec.params:,} params, {result.budget_use:.0%} of the budget, "
                   f"{spent:.0f} s")  # fmt: skip
         else:
