@@ -220,6 +220,8 @@ def main() -> None:
                     "(architecture quality), 'wall' nasprune's whole wall time for that budget (what a user waits)")
     ap.add_argument("--wall-budgets", type=float, nargs="+", default=None,
                     help="run the 'wall' regime only at these budgets (default: every budget)")
+    ap.add_argument("--importances", nargs="+", choices=(IMPS := ["lamp", "group_magnitude"]), default=IMPS,
+                    help="Torch-Pruning's importance criteria (global pruning, round_to=8)")  # fmt: skip
     ap.add_argument("--train-samples", type=int, default=None,
                     help="train everything on a stratified subset of this many train images, registered as a "
                     "user dataset with the val and test splits kept whole (default: the whole train split)")
@@ -332,7 +334,7 @@ def main() -> None:
         # whole wall time for this budget (supernet training + search + fine-tuning)
         ft_steps = (rec.finetune_steps if rec is not None else None) or job.finetune_plan(
             len(ds.tensors("train")[1]), TrainConfig().batch_size)
-        for imp in ("lamp", "group_magnitude"):
+        for imp in args.importances:
             t0 = time.perf_counter()
             (ratio, pruned, ms), tries = tp_prune(original, imp, frac, tmp)
             prune_s = time.perf_counter() - t0
