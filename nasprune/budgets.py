@@ -99,19 +99,23 @@ def suggested_budgets(rng: LatencyRange) -> tuple[float, float]:
     return rng.min_ms + 0.2 * span, rng.min_ms + 0.8 * span
 
 
-def budget_advice(rng: LatencyRange, next_command: str) -> list[str]:
+def budget_advice(rng: LatencyRange, next_command: str, quick_command: str | None = None) -> list[str]:
     """Lines that say the range, where it comes from, the budgets worth asking for and the command to run
-    (``next_command`` with ``{budget}`` where the suggested budget goes)."""
+    (``next_command`` with ``{budget}`` where the suggested budget goes; ``quick_command``, the same for
+    tier 0, where the model has trained weights to prune)."""
     if not rng.known:
         return [f"latency on {rng.device}: no table yet ({rng.missing})"]
     lo, hi = suggested_budgets(rng)
-    mid = float(f"{(lo + hi) / 2:.3g}")
-    return [
+    mid = f"{float(f'{(lo + hi) / 2:.3g}'):g}"
+    lines = [
         f"latency on {rng.device}: {rng.min_ms:.4g} .. {rng.max_ms:.4g} ms at batch 1 ({rng.how})",
         f"suggested budget: {lo:.3g} .. {hi:.3g} ms (below {rng.min_ms:.4g} ms no subnet fits and a job is refused; "
         f"at or above {rng.max_ms:.4g} ms every subnet fits and the largest wins)",
-        f"next: {next_command.format(budget=f'{mid:g}')}",
+        f"next: {next_command.format(budget=mid)}",
     ]
+    if quick_command:
+        lines.append(f"  or, in about a minute without training (tier 0): {quick_command.format(budget=mid)}")
+    return lines
 
 
 def budget_warnings(budget_ms: float, rng: LatencyRange) -> list[str]:

@@ -155,7 +155,8 @@ def _inspect(args) -> int:
     if args.weights:
         space = _with_weights(space, args.weights, Path(args.save).parent if args.save else None)
     plan = UnitPlan(analysis, [b for seq in space.sequences.values() for b in seq.blocks])  # before conversion
-    layers = {g: _layer_text(model, g) for g in space.groups}  # before conversion: the user's own layers
+    fixed = fixed_groups(analysis, space)
+    layers = {g: _layer_text(model, g) for g in [*space.groups, *fixed]}  # before conversion: the user's own layers
     net = GraphSupernet(space, model)
     print(f"{args.model}: input {shape}, output {analysis.output_shape}, graph digest {analysis.digest}")
     print(f"{len(space.groups)} channel groups, {len(space.sequences)} depth sequences, {space.size:.3g} subnets")
@@ -171,10 +172,10 @@ def _inspect(args) -> int:
         print()
         rows = [[s, ", ".join(seq.blocks), ", ".join(map(str, seq.depths))] for s, seq in space.sequences.items()]
         print(table(rows, ["depth sequence", "skippable blocks", "depths"]))
-    fixed = fixed_groups(analysis, space)
     print()
     if fixed:
-        print(table([[g, why] for g, why in fixed.items()], ["kept at full width", "why"]))
+        rows = [[g, layers[g], why] for g, why in fixed.items()]
+        print(table(rows, ["kept at full width", "first layer writing it", "why"]))
     if analysis.frozen:
         print()
         rows = [[f.node, f.op, f.reason] for f in analysis.frozen]
@@ -268,19 +269,19 @@ def _latency_lines(args, net, space) -> list[str]:
     ref = args.save or "SPACE.yaml"
     data = "" if args.dataset else " --dataset NAME"
     if args.save:
-        command = f"nasprune search --space {ref}{data} --budget-ms {{budget}}"
+        source = f"--space {ref}{data}"
     else:
         weights = f" --weights {args.weights}" if args.weights else ""
-        command = (
-            f"nasprune search --model {args.model}{weights} --dataset {args.dataset or 'NAME'} --budget-ms {{budget}}"
-        )
+        source = f"--model {args.model}{weights} --dataset {args.dataset or 'NAME'}"
+    command = f"nasprune search {source} --budget-ms {{budget}} -o model.onnx"
+    quick = f"nasprune prune {source} --budget-ms {{budget}} -o model.onnx" if args.weights else None
     rng = latency_range(space, LOCAL_CPU, args.data_dir)
     if not rng.known:
         if args.no_latency:
             return [f"latency: not measured (--no-latency); the first search builds the latency table, or "
                     f"'nasprune lut build --space {ref}'"]  # fmt: skip
         rng = measured_range(net)
-    return budget_advice(rng, command)
+    return budget_advice(rng, command, quick)
 
 
 def _upload(args) -> int:

@@ -133,6 +133,9 @@ def _show(args) -> int:
         local = measured_range(net)
     data = "" if sp.dataset else " --dataset NAME"
     print()
-    for line in budget_advice(local, f"nasprune search --space {ref}{data} --budget-ms {{budget}}"):
+    quick = f"nasprune prune --space {ref}{data} --budget-ms {{budget}} -o model.onnx" if sp.weights else None
+    for line in budget_advice(
+        local, f"nasprune search --space {ref}{data} --budget-ms {{budget}} -o model.onnx", quick
+    ):
         print(line)
     return 0

@@ -65,6 +65,8 @@ def test_inspect_saves_model_weights_and_dataset_and_prints_the_range_and_next_c
     assert float(m.group(1)) < lo < hi < float(m.group(2))
     budget = float(re.search(rf"next: nasprune search --space {re.escape(str(out_file))} --budget-ms ([\d.]+)", out)[1])
     assert lo <= budget <= hi
+    assert f"or, in about a minute without training (tier 0): nasprune prune --space {out_file} --budget-ms" in out
+    assert re.search(r"^fc\s+Linear 96->10\s+network output$", out, re.M), out  # kept at full width: which layer
 
 
 def test_spaces_show_of_a_space_file_says_how_to_build_its_table_and_what_to_run(tmp_path, capsys):
