@@ -1,0 +1,192 @@
+"""The commands of the README and docs/ are true: every ``nasprune`` line parses with today's CLI, and the
+README's quick start runs as written (the slow steps given tiny settings)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+SHELL = {"", "bash", "sh", "shell", "console"}
+
+
+def command_blocks(source: Path | str) -> list[str]:
+    """The shell blocks of Markdown (```bash, ```sh, ```console and plain ``` fences), fences paired in order."""
+    text = source.read_text() if isinstance(source, Path) else source
+    blocks, lang, lines = [], None, []
+    for line in text.splitlines():
+        fence = re.match(r"^\s*```(\S*)", line)
+        if fence and lang is None:
+            lang, lines = fence.group(1), []
+        elif fence:
+            if lang in SHELL:
+                blocks.append("\n".join(lines) + "\n")
+            lang = None
+        elif lang is not None:
+            lines.append(line)
+    return blocks
+
+
+def commands(block: str) -> list[str]:
+    """Its lines, continuations joined."""
+    return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def nasprune_argv(line: str) -> list[str] | None:
+    """The arguments of a line that runs ``nasprune`` (``.venv/bin/nasprune``, ``nasprune``), else None."""
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:
+        return None
+    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value before the command
+        words = words[1:]
+    if not words or not (words[0] == "nasprune" or words[0].endswith("/nasprune")):
+        return None
+    ends = [i for i, w in enumerate(words) if w in {"&", "&&", "|", "||", ";", ">", ">>", "2>&1"}]
+    return words[1 : ends[0] if ends else None]  # the command itself, not what the shell does with it
+
+
+def _documented() -> list[tuple[str, str]]:
+    found = []
+    for path in DOCS:
+        for block in command_blocks(path):
+            for line in commands(block):
+                if nasprune_argv(line) is not None:
+                    found.append((f"{path.relative_to(ROOT)}", line))
+    return found
+
+
+def test_the_docs_have_commands_to_check():
+    found = _documented()
+    assert len(found) > 60, found  # the parser below sees the blocks, not nothing
+    assert {p for p, _ in found} >= {"README.md", "docs/graph.md", "docs/api.md", "docs/deploy.md"}
+
+
+@pytest.mark.parametrize(("path", "line"), _documented(), ids=lambda v: v if "/" not in v else None)
+def test_every_documented_command_parses_with_the_cli(path, line):
+    """Flags that exist, with values of the right type, for every command in the README and docs/: a renamed
+    or removed flag (train --device, submit --n-trials, search -o DIR) fails here, naming the file."""
+    from nasprune.cli import build_parser
+
+    argv = nasprune_argv(line)
+    if "--help" in argv or "-h" in argv or not argv:
+        return
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
+        args = build_parser().parse_args(argv)
+        if getattr(args, "command", None) == "search" and args.output is not None:
+            from nasprune.cli.search import _check_output
+
+            _check_output(args)  # -o is a file: a folder there is the old meaning
+        err.write("")
+        return
+    pytest.fail(f"{path}: '{line}' does not parse: {err.getvalue().strip().splitlines()[-1:]}")
+
+
+QUICK_START_MODEL = """import torch.nn as nn
+
+
+def make_model(num_classes=10):
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+
+    return nn.Sequential(block(3, 16), nn.MaxPool2d(2), block(16, 32), nn.MaxPool2d(2), block(32, 64),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+"""
+
+
+def _images_zip(path: Path, classes: int = 4, per_class: int = 60) -> Path:
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as z:
+        for c in range(classes):
+            for i in range(per_class):  # a class is a colour, plus noise: learnable in one epoch
+                pixels = np.clip(rng.normal(60 * c, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, "PNG")
+                z.writestr(f"class{c}/{i}.png", buf.getvalue())
+    return path
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_runs_as_written(tmp_path, monkeypatch):
+    """The five steps of the README in a shell, in the folder of a user's model file, with a zip of images.
+    Before steps 4 and 5 the latency table is measured with tiny settings and, before 5, a one-epoch supernet
+    trained; step 5 runs 4 trials without fine-tuning. Every other word is the README's."""
+    import torch
+    from safetensors.torch import load_file
+
+    block = (ROOT / "README.md").read_text().split("## Prune your own model in five steps", 1)[1]
+    steps = commands(command_blocks(block)[0])
+    steps = [s for s in steps if not s.startswith("#")]
+    assert [s.split()[:2] for s in steps] == [
+        [".venv/bin/python", "-c"], [".venv/bin/nasprune", "data"], [".venv/bin/nasprune", "model"],
+        [".venv/bin/nasprune", "prune"], [".venv/bin/nasprune", "search"],
+    ]  # fmt: skip
+    (tmp_path / "mymodel.py").write_text(QUICK_START_MODEL.replace("num_classes=10", "num_classes=4"))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from mymodel import make_model  # the user's trained model, saved the usual way
+
+        torch.save(make_model().state_dict(), tmp_path / "mymodel.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mymodel", None)
+    _images_zip(tmp_path / "pets.zip")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    root = tmp_path / ".nasprune"  # the default data dir of a command run here
+    monkeypatch.chdir(tmp_path)  # where the user's model file lies, for the steps done in this process too
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("NASPRUNE_DATA_DIR", None)
+
+    def run(command: str, ok: tuple[int, ...] = (0,)) -> str:
+        r = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode in ok, f"{command}\n{r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    run(steps[0])
+    assert set(load_file(str(tmp_path / "mymodel.safetensors"))) == set(torch.load(tmp_path / "mymodel.pt"))
+    run(steps[1])
+    shown = run(steps[2])
+    assert "next: nasprune search --space mymodel.yaml --budget-ms" in shown and "(tier 0): nasprune prune" in shown
+
+    from nasprune.latency import ProfileSettings, build_table, table_path
+    from nasprune.registry import load_space
+    from nasprune.train import TrainConfig, save_checkpoint, supernet_path, train_supernet
+
+    space = load_space(tmp_path / "mymodel.yaml")
+    assert space.dataset == "pets" and space.model == "mymodel:make_model" and space.weights_sha256
+    quick = ProfileSettings(op_rounds=4, op_burst=5, e2e_rounds=4, e2e_burst=5, warmup=3)
+    table = build_table(space, n_fit=4, n_validate=4, settings=quick)
+    table.save(table_path(space.name, "local-cpu", root))
+    budget = "0.12"
+    if not table.min_latency() < 0.12 < table.max_latency():  # this machine's range: the README's budget won't do
+        budget = f"{(table.min_latency() + table.max_latency()) / 2:.4f}"
+    run(steps[3].replace("--budget-ms 0.12", f"--budget-ms {budget}"))
+    assert (tmp_path / "model0.onnx").is_file()
+
+    from nasprune.data import load_dataset
+
+    cfg = TrainConfig(epochs=1, warmup_epochs=0, batch_size=32, max_shift=0)
+    res = train_supernet(space, cfg, load_dataset("pets", data_dir=root), progress=False)
+    save_checkpoint(res.supernet, supernet_path(space, root))
+    search = steps[4].replace("--budget-ms 0.12", f"--budget-ms {budget}") + " --trials 4 --finetune-steps 0"
+    out = run(search, ok=(0, 1))  # 1: nothing verified within the budget on a busy machine
+    assert "(* recommended" in out
+    assert (tmp_path / "model.onnx").is_file() or "no candidate's measured latency is within the budget" in out
+    sys.modules.pop("mymodel", None)
