@@ -59,6 +59,8 @@ def register(sub) -> None:
     add.add_argument("--seed", type=int, default=0, help="seed of the stratified split (0)")
     add.add_argument("--space", help="also check that the data fits this space's model (input shape, classes)")
     add.add_argument("--data-dir", type=Path, help="data dir (default: NASPRUNE_DATA_DIR or ./.nasprune)")
+    _service(add, "upload the file to this service (POST /v1/datasets; checked there the same way) instead of "
+                  "adding it to the local data dir")  # fmt: skip
     add.set_defaults(func=_add)
     ls = s.add_parser(
         "list",
@@ -66,6 +68,7 @@ def register(sub) -> None:
         description="List the built-in datasets and those added to the data dir, one line each.",
     )
     ls.add_argument("--data-dir", type=Path, help="data dir (default: NASPRUNE_DATA_DIR or ./.nasprune)")
+    _service(ls, "list the datasets of this service (GET /v1/datasets) instead of the local data dir")
     ls.set_defaults(func=_list)
     show = s.add_parser(
         "show",
@@ -78,8 +81,47 @@ def register(sub) -> None:
     show.set_defaults(func=_show)
 
 
+def _service(p, what: str) -> None:
+    p.add_argument("--url", help=what)
+    p.add_argument("--token", help="API key or token (default $NASPRUNE_API_KEY or $NASPRUNE_API_TOKEN)")
+
+
+def _upload(args) -> int:
+    """``data add --url``: the same file and options, checked by the service."""
+    from nasprune.cli.jobs import _cli_errors
+    from nasprune.client import Client
+    from nasprune.datasets.formats import guess_format
+
+    if args.data_dir is not None:
+        raise DatasetError("--data-dir is the local data dir: with --url the dataset goes to the service")
+    options = {"mode": args.mode, "label_column": args.label_column, "val": args.val, "test": args.test,
+               "calib": args.calib, "seed": args.seed}  # fmt: skip
+    if args.size is not None:
+        options["size"] = ",".join(map(str, args.size))
+    if args.input_shape is not None:
+        options["input_shape"] = ",".join(map(str, args.input_shape))
+    if args.space:
+        options["space"] = args.space
+    if not args.path.is_file():
+        raise DatasetError(f"'{args.path}' is not a file (to upload an npy folder, tar its x.npy and y.npy)")
+
+    @_cli_errors
+    def run(args) -> int:
+        with Client(args.url, args.token) as c:
+            info = c.upload_dataset(args.name, args.path, args.format or guess_format(args.path), **options)
+        total = sum(info["sizes"][s] for s in ("train", "val", "test"))
+        print(f"uploaded dataset '{info['name']}' ({info['source']}) to {c.base_url}: {total:,} samples of shape "
+              f"{tuple(info['input_shape'])}, {info['num_classes']} classes")  # fmt: skip
+        return 0
+
+    return run(args)
+
+
 def _add(args) -> int:
     from pydantic import ValidationError
+
+    if args.url:
+        return _upload(args)
 
     from nasprune.datasets import DatasetStore, ReadOptions, SplitPolicy
     from nasprune.space import format_validation_error
@@ -108,6 +150,8 @@ BUILTIN_SAMPLES = {"mnist5k": 5_000, "digits": 1_797, "mnist1d": 10_000, "fashio
 
 
 def _list(args) -> int:
+    if args.url:
+        return _list_service(args)
     import math
 
     from nasprune.data import BUILTIN_INPUTS
@@ -124,6 +168,26 @@ def _list(args) -> int:
                      f"{total:,}", human(info.n_bytes) + "B"])  # fmt: skip
     print(table(rows, ["dataset", "source", "input", "classes", "samples", "size"]))
     return 0
+
+
+def _list_service(args) -> int:
+    from nasprune.cli.jobs import _cli_errors
+    from nasprune.client import Client
+
+    @_cli_errors
+    def run(args) -> int:
+        with Client(args.url, args.token) as c:
+            items = c.datasets()
+        rows = [
+            [d["name"], d["source"], "x".join(map(str, d["input_shape"])), d["num_classes"],
+             f"{d['samples']:,}" if d.get("samples") else f"{BUILTIN_SAMPLES.get(d['name'], 0):,}",
+             human(d["n_bytes"]) + "B" if d.get("n_bytes") else ""]
+            for d in items
+        ]  # fmt: skip
+        print(table(rows, ["dataset", "source", "input", "classes", "samples", "size"]))
+        return 0
+
+    return run(args)
 
 
 def _show(args) -> int:

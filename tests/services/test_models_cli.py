@@ -97,3 +97,22 @@ def test_submit_sets_training_length_and_dataset(served, capsys):
     rc = main(["submit", "--space", "mlp_digits", "--budget-ms", "1", "--train-epochs", "0", "--url", url])
     err = capsys.readouterr().err
     assert rc == 2 and "--train-epochs: " in err and "greater than or equal to 1" in err, err
+
+
+def test_data_add_and_list_on_the_service(served, tmp_path, capsys):
+    """POST /v1/datasets and GET /v1/datasets from the command line: 'data add/list --url'."""
+    import numpy as np
+
+    client, url = served
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(120, 64)).astype(np.float32), y=np.repeat(np.arange(4), 30))
+    rc = main(["data", "add", "vecs", str(tmp_path / "d.npz"), "--calib", "20", "--space", "mlp_digits", "--url", url])
+    err = capsys.readouterr()
+    assert rc == 2 and "4 classes but space 'mlp_digits'" in err.err and "Traceback" not in err.err, err
+    rc = main(["data", "add", "vecs", str(tmp_path / "d.npz"), "--calib", "20", "--url", url])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"uploaded dataset 'vecs' (npz) to {url}: 120 samples of shape (64,), 4 classes" in out, out
+    assert client.get("/v1/datasets/vecs").json()["num_classes"] == 4
+    assert main(["data", "list", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^vecs\s+npz\s+64\s+4\s+120\s", out, re.M) and re.search(r"^mnist1d\s+builtin\s+1x40", out, re.M)
