@@ -260,10 +260,16 @@ class JobService:
         self._statuses.forget(job_id)
 
     def list(
-        self, status: JobStatus | None, limit: int, offset: int, who: Principal = LOCAL_ADMIN
+        self,
+        status: JobStatus | None,
+        limit: int,
+        offset: int,
+        who: Principal = LOCAL_ADMIN,
+        user: str | None = None,
     ) -> tuple[int, list[JobRecord]]:
+        """A page of the jobs ``who`` sees (of ``user`` only, when given), newest first."""
         visible_to = None if who.is_admin else (who.name, who.team)
-        return self.store.list(status, limit=limit, offset=offset, visible_to=visible_to)
+        return self.store.list(status, limit=limit, offset=offset, visible_to=visible_to, user=user)
 
     def cancel(self, job_id: str, who: Principal = LOCAL_ADMIN) -> JobRecord:
         self.check_job(job_id, who)

@@ -241,21 +241,24 @@ class JobStore:
         limit: int = 50,
         offset: int = 0,
         visible_to: tuple[str | None, str | None] | None = None,
+        user: str | None = None,
     ) -> tuple[int, list[JobRecord]]:
         """``(total, page)``: jobs newest first, optionally only those with the given status(es).
 
         ``visible_to=(user, team)`` keeps the jobs of ``user`` and those shared with ``team`` (the
-        filter is part of the query, so totals and pages count only those).
+        filter is part of the query, so totals and pages count only those); ``user`` keeps that user's.
         """
         cond = sa.true()
         if status is not None:
             wanted = [status] if isinstance(status, JobStatus) else list(status)
             cond = jobs.c.status.in_([s.value for s in wanted])
         if visible_to is not None:
-            user, team = visible_to
-            mine = jobs.c.user_name == user if user is not None else sa.false()
+            viewer, team = visible_to
+            mine = jobs.c.user_name == viewer if viewer is not None else sa.false()
             shared = jobs.c.team == team if team is not None else sa.false()
             cond = sa.and_(cond, sa.or_(mine, shared))
+        if user is not None:
+            cond = sa.and_(cond, jobs.c.user_name == user)
         cols = [*_SUMMARY_COLS, jobs.c.result.isnot(None).label("has_result")]
         with self.engine.connect() as conn:
             total = conn.scalar(sa.select(sa.func.count()).select_from(jobs).where(cond))
@@ -378,14 +381,14 @@ class JobStore:
         """
         running = JobStatus.RUNNING.value
         for _ in range(20):
-            now = utcnow()
+            recent = utcnow() - RECENT_START
             stats = (
                 sa.select(
                     jobs.c.user_name.label("user_name"),
                     sa.func.sum(sa.case((jobs.c.status == running, 1), else_=0)).label("running"),
                     sa.func.max(jobs.c.started_at).label("last_start"),
                 )
-                .where(sa.or_(jobs.c.status == running, jobs.c.started_at >= now - RECENT_START))
+                .where(sa.or_(jobs.c.status == running, jobs.c.started_at >= recent))
                 .group_by(jobs.c.user_name)
                 .subquery()
             )
@@ -412,6 +415,7 @@ class JobStore:
                 job_id = conn.scalar(query)
                 if job_id is None:
                     return None
+                now = utcnow()
                 won = conn.execute(
                     jobs.update()
                     .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)

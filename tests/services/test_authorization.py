@@ -385,3 +385,17 @@ def test_another_members_job_looks_like_no_job(world):
             "total"
         ]
     )
+
+
+def test_listing_by_user(world):
+    """``?user=`` narrows a listing to that user's jobs, among those the caller sees: all of them for an admin,
+    nothing of another member's for bob (the same empty page as for a user who does not exist)."""
+    client, keys = world["client"], world["keys"]
+    root = client.get("/v1/jobs", params={"user": "alice", "limit": 1}, headers=_headers(world, PEOPLE[2])).json()
+    assert root["total"] >= 1 and all(j["user"] == "alice" for j in root["items"])
+    if root["total"] > 1:
+        assert root["next"] == "/v1/jobs?user=alice&limit=1&offset=1"
+    bob = {"Authorization": f"Bearer {keys['bob']}"}
+    theirs = client.get("/v1/jobs", params={"user": "alice"}, headers=bob).json()
+    nobody = client.get("/v1/jobs", params={"user": "nobody"}, headers=bob).json()
+    assert theirs["items"] == nobody["items"] == [] and theirs["total"] == nobody["total"] == 0

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 from services.api.deps import JobsDep, PrincipalDep, WriterDep
 from services.api.edge import JsonRoute
 from services.api.schemas import (
+    USER_NAME_PATTERN,
     Cancelled,
     ErrorBody,
     JobCreate,
@@ -69,16 +70,19 @@ def list_jobs(
     jobs: JobsDep,
     who: PrincipalDep,
     status: Annotated[JobStatus | None, Query(description="only jobs with this status")] = None,
+    user: Annotated[
+        str | None, Query(pattern=USER_NAME_PATTERN, description="only this user's jobs (of those the caller sees)")
+    ] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> JobList:
-    total, records = jobs.list(status, limit, offset, who)
+    total, records = jobs.list(status, limit, offset, who, user)
     return JobList(
         items=[JobPublic.of(r, jobs.settings.tracking_uri) for r in records],
         total=total,
         limit=limit,
         offset=offset,
-        next=next_page("/v1/jobs", total, limit, offset, status=status.value if status else None),
+        next=next_page("/v1/jobs", total, limit, offset, status=status.value if status else None, user=user),
     )
 
 
