@@ -145,6 +145,12 @@ def _inspect(args) -> int:
     analysis = analyze_model(model, x, args.divisor)
     classes = analysis.output_shape[0] if analysis.output_shape else 0
     check_outputs(args.model, classes, args.dataset, data_classes)
+    if args.num_classes is not None and classes != args.num_classes:
+        taken = "num_classes" in _taken(args.model, {"num_classes": args.num_classes})
+        raise GraphError(
+            f"--num-classes {args.num_classes} but --model {args.model} gives {classes} outputs"
+            + ("" if taken else " (its factory takes no num_classes, so it was not passed)")
+        )
     name = args.name or (Path(args.save).stem if args.save else default_space_name(args.model))
     kwargs = {k: v for k, v in kwargs.items() if k in _taken(args.model, kwargs)}  # what the factory was called with
     space = derive_space(

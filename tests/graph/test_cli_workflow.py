@@ -90,6 +90,10 @@ def test_a_factory_without_num_classes_is_called_without_it_and_checked_against_
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert "--model mymodel:make_model gives 3 outputs but --dataset mnist1d has 10 classes" in err
+    rc = main(["model", "inspect", "--model", "mymodel:make_model", "--input-shape", "1,40", "--num-classes", "10",
+               "--no-latency"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "--num-classes 10 but --model mymodel:make_model gives 3 outputs (its factory takes no" in err
     # without a dataset it is derived as it is
     rc = main(["model", "inspect", "--model", "mymodel:make_model", "--input-shape", "1,40", "--no-latency",
                "--save", "s.yaml"])  # fmt: skip
