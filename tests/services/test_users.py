@@ -358,6 +358,12 @@ def test_cli_manages_users_on_the_database_and_through_the_api(tmp_path, capsys,
         assert main(["users", "list", "--json", *url]) == 0
         listed = {u["name"]: u for u in json.loads(capsys.readouterr().out)}
         assert listed["alice"]["max_queued"] == 2 and listed["root"]["role"] == "admin"
+        assert main(["users", "set", "alice", "--priority", "2", "--max-running", "1", *url]) == 0
+        capsys.readouterr()
+        got = client.get("/v1/users/alice", headers=bearer(root)).json()
+        assert (got["priority"], got["max_running"], got["max_queued"]) == (2, 1, 2)
+        assert main(["users", "audit", "--user", "root", "--json", *url]) == 0
+        assert "user.update" in capsys.readouterr().out
         assert main(["keys", "list", "alice", *url]) == 0
         key_id = alice.split("_")[1]
         assert key_id in capsys.readouterr().out
