@@ -270,15 +270,14 @@ class UserStore:
         return ApiKey.from_row(row)
 
     def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke a key (``KeyNotFound`` when there is none); revoking it again keeps the first time."""
         with self.engine.begin() as conn:
-            n = conn.execute(
+            conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
-            ).rowcount
-        key = self.get_key(key_id)  # KeyNotFound when there is none; revoking twice is harmless
-        del n
-        return key
+            )
+        return self.get_key(key_id)
 
     def authenticate(self, key: str) -> tuple[Principal | None, str | None]:
         """``(principal, None)`` for a valid key of an enabled user, else ``(None, why)``. Reads the database
