@@ -190,3 +190,31 @@ def test_the_readme_quick_start_runs_as_written(tmp_path, monkeypatch):
     assert "(* recommended" in out
     assert (tmp_path / "model.onnx").is_file() or "no candidate's measured latency is within the budget" in out
     sys.modules.pop("mymodel", None)
+
+
+RUN_AS_WRITTEN = (["spaces", "list"], ["spaces", "show"], ["data", "list"], ["model", "inspect"])
+"""Commands of the docs that read or derive only, so a test runs each as written (the workflows that need files
+of their own, the quick start and docs/graph.md's block, have their own tests)."""
+
+
+def _read_only() -> list[tuple[str, str]]:
+    seen, out = set(), []
+    for path, line in _documented():
+        argv = nasprune_argv(line)
+        own_files = any(re.search(r"mymodel|pets|cnn1d\.(yaml|safetensors)", a) for a in argv)
+        if argv[:2] in RUN_AS_WRITTEN and not own_files and tuple(argv) not in seen:
+            seen.add(tuple(argv))  # the same command in two files runs once
+            out.append((path, line))
+    return out
+
+
+@pytest.mark.parametrize(("path", "line"), _read_only(), ids=lambda v: v if "/" not in v else None)
+def test_the_read_only_commands_of_the_docs_run_as_written(path, line, tmp_path, monkeypatch, capsys):
+    from nasprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NASPRUNE_DATA_DIR", str(tmp_path / "data"))
+    rc = main(nasprune_argv(line))
+    captured = capsys.readouterr()
+    assert rc == 0, f"{path}: '{line}' exited {rc}: {captured.err}"
+    assert "Traceback" not in captured.err
