@@ -218,3 +218,48 @@ def test_the_read_only_commands_of_the_docs_run_as_written(path, line, tmp_path,
     captured = capsys.readouterr()
     assert rc == 0, f"{path}: '{line}' exited {rc}: {captured.err}"
     assert "Traceback" not in captured.err
+
+
+SERVICE_COMMANDS = {"submit", "jobs", "pareto", "trials", "fetch", "devices", "models", "cancel"}
+
+
+def test_the_service_commands_of_the_readme_run_against_a_real_server(tmp_path, monkeypatch, capsys):
+    """Every README line that talks to a service (submit, model upload, models, jobs, pareto, trials, fetch,
+    devices) run as written against a server on loopback (a stand-in search that returns at once), JOB_ID
+    and MODEL_ID replaced by the ids the earlier lines printed, --url added."""
+    from safetensors.torch import save_file
+
+    from nasprune.cli import main
+    from nasprune.client import Client
+    from nasprune.graph import build_model
+    from nasprune.settings import Settings
+    from tests.services.fakes import instant_runner
+    from tests.services.server import running
+
+    lines = [line for p, line in _documented() if p == "README.md"]
+    argvs = [a for a in map(nasprune_argv, lines) if a[0] in SERVICE_COMMANDS or a[:2] == ["model", "upload"]]
+    assert len(argvs) >= 9, argvs
+    monkeypatch.chdir(tmp_path)
+    _images_zip(tmp_path / "pets.zip")
+    model = build_model("torchvision:resnet18", {"num_classes": 4})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    with running(Settings(data_dir=tmp_path / "server", poll_s=0.05), instant_runner) as (client, _):
+        url = str(client.base_url).rstrip("/")
+        with Client(url) as c:
+            c.upload_dataset("pets", tmp_path / "pets.zip", "images", size="32,32", mode="RGB")
+        ids: dict[str, str] = {}
+        pending = list(argvs)
+        while pending:
+            argv = pending.pop(0)
+            if "JOB_ID" in argv and "JOB_ID" not in ids:
+                pending.append(argv)  # after a submit has printed a job id
+                continue
+            argv = [ids.get(a, a) for a in argv] + ["--url", url]
+            rc = main(argv)
+            out = capsys.readouterr()
+            assert rc == 0, f"nasprune {' '.join(argv)}: {out.err}"
+            if argv[0] == "submit":
+                ids["JOB_ID"] = out.out.splitlines()[0]
+            if argv[:2] == ["model", "upload"]:
+                ids["MODEL_ID"] = re.search(r"^model (m_[0-9a-f]{16})", out.out, re.M)[1]
+    assert (tmp_path / "model.onnx").is_file()  # fetched and --wait -o'd

@@ -67,7 +67,7 @@ class ModelStore:
         put in place; what it raises stops the upload with nothing kept (storage quotas)."""
         import torch
 
-        from nasprune.data import load_dataset
+        from nasprune.data import dataset_io
         from nasprune.graph import analyze_model, build_model, derive_space, fixed_groups, load_weights
 
         try:
@@ -77,11 +77,11 @@ class ModelStore:
                     f"architecture '{architecture}': the service builds torchvision architectures only "
                     "('torchvision:NAME'); prune your own code locally with 'nasprune search --model'"
                 )
-            if dataset:
-                ds = load_dataset(dataset)
-                if tuple(ds.input_shape) != tuple(input_shape) or ds.num_classes != num_classes:
+            if dataset:  # a built-in or one uploaded to this server (its data dir holds the models folder)
+                shape, classes = dataset_io(dataset, self.folder.parent)
+                if shape != tuple(input_shape) or classes != num_classes:
                     raise GraphError(
-                        f"dataset '{dataset}' has inputs {tuple(ds.input_shape)} and {ds.num_classes} classes; "
+                        f"dataset '{dataset}' has inputs {shape} and {classes} classes; "
                         f"the model was declared with input_shape {tuple(input_shape)} and num_classes {num_classes}"
                     )
             model = build_model(architecture, kwargs)
