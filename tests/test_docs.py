@@ -227,6 +227,7 @@ def test_the_service_commands_of_the_readme_run_against_a_real_server(tmp_path, 
     """Every README line that talks to a service (submit, model upload, models, jobs, pareto, trials, fetch,
     devices) run as written against a server on loopback (a stand-in search that returns at once), JOB_ID
     and MODEL_ID replaced by the ids the earlier lines printed, --url added."""
+    import numpy as np
     from safetensors.torch import save_file
 
     from nasprune.cli import main
@@ -247,6 +248,10 @@ def test_the_service_commands_of_the_readme_run_against_a_real_server(tmp_path, 
         url = str(client.base_url).rstrip("/")
         with Client(url) as c:
             c.upload_dataset("pets", tmp_path / "pets.zip", "images", size="32,32", mode="RGB")
+            rng = np.random.default_rng(0)  # the README's my_digits, as 'data add ... --url' would put it there
+            x, y = rng.normal(size=(300, 64)).astype(np.float32), np.repeat(np.arange(10), 30)
+            np.savez(tmp_path / "digits.npz", x=x, y=y)
+            c.upload_dataset("my_digits", tmp_path / "digits.npz", "npz", calib=50)
         ids: dict[str, str] = {}
         pending = list(argvs)
         while pending:
@@ -262,4 +267,34 @@ def test_the_service_commands_of_the_readme_run_against_a_real_server(tmp_path, 
                 ids["JOB_ID"] = out.out.splitlines()[0]
             if argv[:2] == ["model", "upload"]:
                 ids["MODEL_ID"] = re.search(r"^model (m_[0-9a-f]{16})", out.out, re.M)[1]
+            _run_readme_curl_lines(url, tmp_path)
     assert (tmp_path / "model.onnx").is_file()  # fetched and --wait -o'd
+
+
+def _run_readme_curl_lines(url: str, cwd: Path) -> None:
+    """The README's curl lines, as written but for the server's address (and --fail, so an HTTP error fails)."""
+    import json
+    import shutil
+
+    import httpx
+
+    from tests.services.server import wait_for
+
+    if shutil.which("curl") is None:
+        return  # the CLI lines went through the same routes
+    ids: dict[str, str] = {}
+    for block in command_blocks(ROOT / "README.md"):
+        for line in commands(block):
+            if not line.startswith("curl "):
+                continue
+            line = line.replace("localhost:8000", url).split("   #", 1)[0]
+            for k, v in ids.items():
+                line = line.replace(k, v)
+            r = subprocess.run(line + " --fail --silent --show-error", shell=True, cwd=cwd, capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
+            assert r.returncode == 0, f"{line}: {r.stderr}"
+            if "-X POST" in line and "/v1/jobs" in line:
+                ids["JOB_ID"] = json.loads(r.stdout)["id"]
+                with httpx.Client(base_url=url, timeout=10) as h:  # the stand-in search is quick; wait all the same
+                    wait_for(h, ids["JOB_ID"], ("succeeded",))
+    assert "JOB_ID" in ids
