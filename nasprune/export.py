@@ -1,8 +1,9 @@
 """ONNX export that checks itself: export, ``onnx.checker``, onnxruntime parity, metadata.
 
-The file is a single self-contained ``.onnx`` (no external-data sidecar) with a dynamic batch axis,
-input ``input`` and output ``logits``. Metadata (``metadata_props``) records the space, the subnet
-key and config, params and MACs, plus anything the caller adds (accuracy, latencies).
+The file is a single self-contained ``.onnx`` (no external-data sidecar) with a dynamic batch axis
+(and, where the caller names them, dynamic sequence dims), input ``input`` and output ``logits``.
+Metadata (``metadata_props``) records the space, the subnet key and config, params and MACs, plus
+anything the caller adds (accuracy, latencies).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class ExportResult:
 _EXPORT_LOCK = threading.Lock()
 
 
-def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path) -> None:
+def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, sequence_dims: tuple[int, ...] = ()) -> None:
     """``torch.onnx.export`` as is: with ``verbose=False`` it prints nothing.
 
     Exports run in the service's worker threads, so nothing process-wide is changed around them:
@@ -60,7 +61,10 @@ def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path) -> None:
             opset_version=OPSET,
             input_names=["input"],
             output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            dynamic_shapes=(
+                {0: torch.export.Dim("batch", min=1, max=4096)}
+                | {d: torch.export.Dim(f"sequence{d}", min=2, max=sample.shape[d]) for d in sequence_dims},
+            ),
         )
 
 
@@ -71,24 +75,31 @@ def check_parity(
     batch_sizes: tuple[int, ...] = (1, 7),
     atol: float = 1e-4,
     seed: int = 0,
+    sequence_dims: tuple[int, ...] = (),
 ) -> float:
-    """Max |onnxruntime - torch| over random inputs at each batch size; raises above ``atol``."""
+    """Max |onnxruntime - torch| over random inputs at each batch size (and, for each of the input's
+    ``sequence_dims``, a shorter length too); raises above ``atol``."""
     sess = make_session(path)
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     model = model.eval()
-    for b in batch_sizes:
-        x = torch.randn((b, *input_shape), generator=gen)
+    shapes = [(b, *input_shape) for b in batch_sizes]
+    if sequence_dims:
+        short = [max(2, n // 2) if d in sequence_dims else n for d, n in enumerate(input_shape, start=1)]
+        shapes += [(b, *short) for b in batch_sizes]
+    for shape in shapes:
+        where = f"batch {shape[0]}" + (f", input {shape}" if sequence_dims else "")
+        x = torch.randn(shape, generator=gen)
         with torch.no_grad():
             ref = model(x).numpy()
         (got,) = sess.run(None, {"input": x.numpy()})
         if got.shape != ref.shape:
-            raise ExportError(f"{path}: onnxruntime output shape {got.shape} != torch {ref.shape} at batch {b}")
+            raise ExportError(f"{path}: onnxruntime output shape {got.shape} != torch {ref.shape} at {where}")
         diff = float(np.max(np.abs(got - ref)))
         worst = max(worst, diff)
         if not diff <= atol:
             raise ExportError(
-                f"{path}: onnxruntime and torch outputs differ by {diff:.3g} at batch {b} (tolerance {atol:g})"
+                f"{path}: onnxruntime and torch outputs differ by {diff:.3g} at {where} (tolerance {atol:g})"
             )
     return worst
 
@@ -99,14 +110,16 @@ def export_model(
     path: str | Path,
     metadata: dict[str, object] | None = None,
     atol: float = 1e-4,
+    sequence_dims: tuple[int, ...] = (),
 ) -> ExportResult:
-    """Export a plain torch model to ONNX, check it and stamp ``metadata`` into it."""
+    """Export a plain torch model to ONNX, check it and stamp ``metadata`` into it. ``sequence_dims``:
+    dims of the input (1 is the first after the batch) whose size may vary up to the given shape's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     t0 = time.perf_counter()
     try:
-        _torch_export(model, torch.zeros((1, *input_shape)), path)
+        _torch_export(model, torch.zeros((1, *input_shape)), path, sequence_dims)
     except Exception as e:  # the exporter raises many types; report them as one named error
         raise ExportError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0
@@ -118,7 +131,7 @@ def export_model(
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{path}: onnx.checker rejected the model: {e}") from None
     onnx.save(proto, str(path))
-    diff = check_parity(path, model, input_shape, atol=atol)
+    diff = check_parity(path, model, input_shape, atol=atol, sequence_dims=sequence_dims)
     return ExportResult(path, diff, seconds, meta)
 
 
@@ -160,6 +173,7 @@ def export_subnet(
     extra_metadata: dict[str, object] | None = None,
     atol: float = 1e-4,
     model: nn.Module | None = None,
+    sequence_dims: tuple[int, ...] = (),
 ) -> ExportResult:
     """Extract the subnet ``cfg`` (physically smaller tensors) and export it with checks and metadata.
 
@@ -173,7 +187,7 @@ def export_subnet(
     cfg = supernet.space.parse_config(cfg)
     model = (model if model is not None else extract(supernet, cfg)).eval()
     meta = {**subnet_metadata(supernet, cfg), **(extra_metadata or {})}
-    return export_model(model, tuple(supernet.space.input_shape), path, meta, atol=atol)
+    return export_model(model, tuple(supernet.space.input_shape), path, meta, atol=atol, sequence_dims=sequence_dims)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

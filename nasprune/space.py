@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from nasprune.errors import ConfigError
 
@@ -219,11 +219,21 @@ class WidthGroup(_Strict):
 
     widths: list[PositiveInt]
     within: str | None = None
+    unit: Literal["channels", "heads"] = "channels"
+    """What a width counts: channels, or the heads of an attention (not bound by ``channel_divisor``)."""
 
     @field_validator("widths")
     @classmethod
     def _sorted_unique(cls, v: list[int]) -> list[int]:
         return _choices(v, "widths")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_unit(self, handler):
+        """Spaces without heads dump (and hash) as they did before ``unit`` existed."""
+        data = handler(self)
+        if data.get("unit") == "channels":
+            del data["unit"]
+        return data
 
 
 class DepthSequence(_Strict):
@@ -271,7 +281,7 @@ class GraphSpace(_SpaceBase):
         if (self.weights is None) != (self.weights_sha256 is None):
             raise ValueError("weights and weights_sha256 go together (the file and the sha256 of its bytes)")
         # the largest width is the model's own channel count, which need not be a multiple
-        self._check_divisible({name: tuple(g.widths[:-1]) for name, g in self.groups.items()})
+        self._check_divisible({name: tuple(g.widths[:-1]) for name, g in self.groups.items() if g.unit == "channels"})
         blocks = {b for seq in self.sequences.values() for b in seq.blocks}
         for name, g in self.groups.items():
             if g.within is not None and g.within not in blocks:

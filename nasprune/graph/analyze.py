@@ -19,6 +19,7 @@ flows into or out of it, with the reason. An unknown op is never assumed element
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import operator
@@ -32,6 +33,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nasprune.errors import GraphError
+from nasprune.graph.attention import COMPOSED, supported
 
 # -- what the walk knows ------------------------------------------------------------------------------
 
@@ -68,6 +70,8 @@ _REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 _RESHAPE_METHODS = {"view", "reshape", "flatten"}
 _CONCAT_FUNCTIONS = {torch.cat, torch.concat}
+_PERMUTE_METHODS = {"permute", "transpose"}
+_PERMUTE_FUNCTIONS = {torch.permute, torch.transpose}
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 WEIGHTED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -137,12 +141,26 @@ class LayerUse:
     """How one module takes part in the graph: the layouts of its input and output channels."""
 
     path: str
-    kind: str  # conv1d | conv2d | linear | batchnorm | layernorm | groupnorm
+    kind: str  # conv1d | conv2d | linear | batchnorm | layernorm | groupnorm | attention
     in_layout: Layout
     out_layout: Layout
     depthwise: bool = False
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
+    axis: int = 1
+    """The channel dimension of its input and output (1 for convs; the last for a linear or norm over
+    tokens, e.g. ``(batch, sequence, features)``)."""
+    inner_layout: Layout = ()
+    """For attention: its heads, one channel variable with ``head_dim`` features per head."""
+
+    @property
+    def in_spatial(self) -> tuple[int, ...]:
+        """The input's dimensions other than the batch and the channels (positions, tokens)."""
+        return tuple(self.in_shape[1 : self.axis]) + tuple(self.in_shape[self.axis + 1 :])
+
+    @property
+    def out_spatial(self) -> tuple[int, ...]:
+        return tuple(self.out_shape[1 : self.axis]) + tuple(self.out_shape[self.axis + 1 :])
 
 
 @dataclass(frozen=True)
@@ -187,6 +205,10 @@ class Analysis:
     node_layouts: dict[str, Layout | None] = field(default_factory=dict)
     graph: fx.GraphModule | None = None
     """The traced graph (its modules are the model's, as they were when analysed)."""
+    group_unit: dict[str, str] = field(default_factory=dict)
+    """group name -> what one unit of its width is: ``heads`` for attention heads (absent: channels)."""
+    node_axes: dict[str, int] = field(default_factory=dict)
+    """node -> its channel dimension (for nodes with a channel layout)."""
 
     def widths(self, chosen: dict[str, int]) -> dict[int, int | None]:
         """Active channels per channel variable for a config's ``widths`` (None: full size, not chosen)."""
@@ -219,10 +241,14 @@ class _Tracer(fx.Tracer):
         return node
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if type(m) in COMPOSED and qualname not in self.untraceable:
+            return False
         return qualname in self.untraceable or super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
         qualname = self.path_of_module(m)
+        if type(m) in COMPOSED:  # torch's encoder modules: their composed path, not the fused kernel
+            forward = functools.partial(COMPOSED[type(m)][0], m)
         if qualname in self.untraceable or self.is_leaf_module(m, qualname):
             return super().call_module(m, forward, args, kwargs)
         mark = len(self.graph.nodes)
@@ -272,6 +298,10 @@ class _Walker:
         self.modules = dict(gm.named_modules())
         self.calls: dict[str, int] = {}
         self.owner: dict[int, str] = {}  # variable -> the module or node that writes it
+        self.axis: dict[str, int] = {}  # node -> its channel dimension (1 unless set)
+        self.parts: dict[str, dict[int, tuple[Layout, int]]] = {}  # tuple-valued node -> element layouts
+        self.fixed: dict[str, str] = {}  # node computed from the model's own tensors (get_attr) only
+        self.head_vars: set[int] = set()
 
     # layouts
     def new(self, size: int) -> Layout:
@@ -299,12 +329,34 @@ class _Walker:
         self.freeze(node, _target_name(node), "operands whose channel layouts differ", [a, b])
         return a
 
+    def ax(self, node: fx.Node) -> int:
+        return self.axis.get(node.name, 1)
+
+    def ax_of(self, name: str) -> int:
+        return self.axis.get(name, 1)
+
     def run(self) -> None:
         for node in self.gm.graph.nodes:
             first = len(self.vars.parent)
-            self.layout[node.name] = self.visit(node)
+            lay = self.layout[node.name] = self.visit(node)
+            if lay is not None and node.name not in self.axis:  # passed on: the channel dim of its source
+                src = next((i for i in node.all_input_nodes if self.layout.get(i.name) == lay), None)
+                if src is not None:
+                    self.axis[node.name] = self.ax(src)
             for var in range(first, len(self.vars.parent)):
                 self.owner[var] = str(node.target) if node.op == "call_module" else node.name
+
+    def frozen_out(self, node: fx.Node, shape, reason: str | None, like: fx.Node | None = None) -> Layout | None:
+        """A new, frozen channel variable for the output of an op the walk does not know; its channel dim
+        is that of ``like`` (an input of the same rank), else dim 1."""
+        axis = self.ax(like) if like is not None and _shape(like) is not None and len(_shape(like)) == len(shape) else 1
+        if len(shape) <= axis:
+            return None
+        out = self.new(shape[axis])
+        if reason is not None:
+            self.vars.freeze(out[0].var, reason)
+        self.axis[node.name] = axis
+        return out
 
     def visit(self, node: fx.Node) -> Layout | None:
         shape = _shape(node)
@@ -315,10 +367,7 @@ class _Walker:
             self.vars.freeze(lay[0].var, "network input")
             return lay
         if node.op == "get_attr":
-            if shape is not None and len(shape) >= 2 and shape[1] > 1:
-                lay = self.new(shape[1])
-                self.vars.freeze(lay[0].var, f"used with the fixed-size tensor '{node.target}'")
-                return lay
+            self.fixed[node.name] = str(node.target)
             return None
         if node.op == "output":
             for a in node.all_input_nodes:
@@ -326,6 +375,17 @@ class _Walker:
                     self.vars.freeze(seg.var, "network output")
             return None
         ins = self.inputs(node)
+        if node.op == "call_module" and type(self.modules[str(node.target)]) is nn.MultiheadAttention:
+            return self.attention(node)
+        if node.op == "call_function" and node.target is operator.getitem and node.args[0].name in self.parts:
+            part = self.parts[node.args[0].name].get(node.args[1])
+            if part is None:
+                return None
+            self.axis[node.name] = part[1]
+            return part[0]
+        if not ins and any(i.name in self.fixed for i in node.all_input_nodes):
+            self.fixed[node.name] = next(self.fixed[i.name] for i in node.all_input_nodes if i.name in self.fixed)
+            return None
         if "autograd_function" in node.meta:
             fn = node.meta["autograd_function"]
             self.freeze(node, fn, f"inside custom autograd function {fn} (its backward is not traced)",
@@ -357,32 +417,45 @@ class _Walker:
         x = ins[0] if ins else None
         lay = self.layout[x.name] if x is not None else None
         in_shape = _shape(x) if x is not None else ()
+        axis = self.ax(x) if x is not None else 1
+        last = len(in_shape) - 1
         kind = type(m).__name__
         if path in self.untraceable:
             self.freeze(node, kind, f"fx cannot trace it: {self.untraceable[path]}", [self.layout[i.name] for i in ins])
-            return self.new(shape[1]) if len(shape) >= 2 else None
+            return self.frozen_out(node, shape, None, x)  # a variable of its own, which no layer writes
         if self.calls[path] > 1 and isinstance(m, WEIGHTED_TYPES + NORM_TYPES):
             self.freeze(node, kind, "module called more than once (shared weights)", [lay])
-            out = self.new(shape[1]) if len(shape) >= 2 else None
-            self.vars.freeze(out[0].var, "output of a module called more than once") if out else None
-            return out
+            return self.frozen_out(node, shape, "output of a module called more than once", x)
+        if lay is not None and axis != 1 and isinstance(m, nn.Conv1d | nn.Conv2d | nn.BatchNorm1d | nn.BatchNorm2d
+                                                         | nn.GroupNorm):  # fmt: skip
+            reason = f"{kind} over dim 1 of a tensor whose channels are dim {axis}"
+            self.freeze(node, kind, reason, [lay])
+            return self.frozen_out(node, shape, f"output of {path}: {reason}", x)
         if isinstance(m, nn.Conv1d | nn.Conv2d) and type(m) in (nn.Conv1d, nn.Conv2d):
             return self.conv(node, m, path, lay, in_shape, shape)
         if type(m) is nn.Linear:
-            if lay is None or len(in_shape) != 2:
-                self.freeze(node, kind, "Linear over an input of rank other than 2", [lay])
+            if lay is not None and axis != last and all(self.vars.find(g.var) in self.vars.frozen for g in lay):
+                # it reads a fixed tensor (the network's input, say) whole, along its last dim
+                reason = self.vars.frozen[self.vars.find(lay[0].var)]
+                lay, axis = self.new(in_shape[-1]), last
+                self.vars.freeze(lay[0].var, reason.split(" (at ")[0])
+            if lay is None or axis != last:
+                reason = "Linear over a dimension other than the channels"
+                self.freeze(node, kind, reason, [lay])
                 out = self.new(shape[-1])
-                self.vars.freeze(out[0].var, "Linear over an input of rank other than 2")
-                return out if len(shape) == 2 else None
+                self.vars.freeze(out[0].var, reason)
+                self.axis[node.name] = len(shape) - 1
+                return out
             out = self.new(m.out_features)
-            self.layers[path] = LayerUse(path, "linear", lay, out, in_shape=in_shape, out_shape=shape)
+            self.axis[node.name] = last
+            self.layers[path] = LayerUse(path, "linear", lay, out, in_shape=in_shape, out_shape=shape, axis=last)
             return out
         if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) and lay is not None and len(in_shape) in (2, 3, 4):
             self.layers[path] = LayerUse(path, "batchnorm", lay, lay, in_shape=in_shape, out_shape=shape)
             return lay
         if type(m) is nn.LayerNorm and lay is not None:
-            if len(in_shape) == 2 and tuple(m.normalized_shape) == (in_shape[1],):
-                self.layers[path] = LayerUse(path, "layernorm", lay, lay, in_shape=in_shape, out_shape=shape)
+            if axis == last and tuple(m.normalized_shape) == (in_shape[-1],):
+                self.layers[path] = LayerUse(path, "layernorm", lay, lay, in_shape=in_shape, out_shape=shape, axis=last)
                 return lay
             reason = f"LayerNorm over {tuple(m.normalized_shape)} of a rank-{len(in_shape)} input"
             self.freeze(node, kind, reason, [lay])
@@ -402,13 +475,49 @@ class _Walker:
                 return lay
             return lay
         if type(m) is nn.Flatten:
-            return self.flatten(node, lay, in_shape, shape, m.start_dim)
+            return self.flatten(node, lay, in_shape, shape, m.start_dim, axis)
         lays = [self.layout[i.name] for i in ins]
         self.freeze(node, kind, f"unsupported module type {type(m).__module__}.{kind}", lays)
-        if len(shape) >= 2:
-            out = self.new(shape[1])
-            self.vars.freeze(out[0].var, f"output of unsupported module {path} ({kind})")
-            return out
+        return self.frozen_out(node, shape, f"output of unsupported module {path} ({kind})", x)
+
+    def attention(self, node: fx.Node) -> None:
+        """``nn.MultiheadAttention``: its input channels are the columns of q/k/v (query, key and value
+        read the same columns, so their layouts join), its heads a new variable (``head_dim`` features
+        per head: rows of q, k and v, columns of the output projection), its output a new variable."""
+        path = str(node.target)
+        m = self.modules[path]
+        self.calls[path] = self.calls.get(path, 0) + 1
+        names = ("query", "key", "value")
+        args = [node.args[i] if i < len(node.args) else node.kwargs.get(n) for i, n in enumerate(names)]
+        lays = [self.layout.get(a.name) if isinstance(a, fx.Node) else None for a in args]
+        metas = node.meta.get("tensor_meta")
+        out_shape = tuple(metas[0].shape) if isinstance(metas, tuple | list) and metas else None
+        in_shape = _shape(args[0]) if isinstance(args[0], fx.Node) else None
+        reason = supported(m)
+        if reason is None and self.calls[path] > 1:
+            reason = "module called more than once (shared weights)"
+        if reason is None and (in_shape is None or out_shape is None or any(x is None for x in lays)):
+            reason = "MultiheadAttention over inputs without a channel layout"
+        if reason is None and any(self.ax(a) != len(_shape(a)) - 1 for a in args):
+            reason = "MultiheadAttention over a dimension other than the channels"
+        if reason is not None:
+            self.freeze(node, "MultiheadAttention", reason, lays)
+            if out_shape is not None:
+                out = self.new(out_shape[-1])
+                self.vars.freeze(out[0].var, f"output of {path}: {reason}")
+                self.parts[node.name] = {0: (out, len(out_shape) - 1)}
+            return None
+        lay = lays[0]
+        for other in lays[1:]:
+            lay = self.unify(node, lay, other)
+        heads = self.vars.new(m.num_heads)
+        self.head_vars.add(heads)
+        inner = (Segment(heads, m.num_heads, m.head_dim),)
+        out = self.new(m.embed_dim)
+        last = len(in_shape) - 1
+        self.layers[path] = LayerUse(path, "attention", lay, out, in_shape=in_shape, out_shape=out_shape, axis=last,
+                                     inner_layout=inner)  # fmt: skip
+        self.parts[node.name] = {0: (out, last)}
         return None
 
     def conv(self, node, m, path, lay, in_shape, shape) -> Layout | None:
@@ -434,13 +543,17 @@ class _Walker:
         self.vars.freeze(out[0].var, f"output of {path}: {reason}")
         return out
 
-    def flatten(self, node, lay, in_shape, shape, start_dim: int) -> Layout | None:
+    def flatten(self, node, lay, in_shape, shape, start_dim: int, axis: int = 1) -> Layout | None:
         if lay is None:
             return None
         rank = len(in_shape)
         start = start_dim % rank if rank else 0
-        if start >= 2:
+        if start > axis:
             return lay
+        if axis != 1:
+            reason = f"flatten from dim {start_dim} merges the channels (dim {axis})"
+            self.freeze(node, _target_name(node), reason, [lay])
+            return None
         if start == 1 and len(shape) == 2:
             spatial = math.prod(in_shape[2:])
             return tuple(Segment(s.var, s.size, s.repeat * spatial) for s in lay)
@@ -454,34 +567,29 @@ class _Walker:
         lays = [self.layout[i.name] for i in ins]
         first = node.args[0] if node.args else None
         lay0 = self.layout.get(first.name) if isinstance(first, fx.Node) else None
+        axis0 = self.ax(first) if lay0 is not None else 1
         if (t in _PASS_FUNCTIONS) or (is_method and t in _PASS_METHODS):
             if len(ins) > 1:
                 self.freeze(node, name, "per-channel function with more than one tensor input", lays)
             return lay0
         if (t in _BINARY_FUNCTIONS) or (is_method and t in _BINARY_METHODS):
-            with_channels = [
-                (self.layout[a.name], _shape(a))
-                for a in node.args[:2]
-                if isinstance(a, fx.Node) and self.layout.get(a.name) is not None
-            ]
-            with_channels = [(x, s) for x, s in with_channels if len(s) >= 2 and s[1] > 1]
-            if not with_channels:
-                return lay0 if lay0 is not None else (self.layout[ins[0].name] if ins else None)
-            out = with_channels[0][0]
-            for other, _ in with_channels[1:]:
-                out = self.unify(node, out, other)
-            return out
+            return self.binary(node, name, lay0, ins)
         if t in _CONCAT_FUNCTIONS:
             parts = node.args[0]
+            like = ins[-1] if ins else None
             if not isinstance(parts, list | tuple):  # a tuple another op computed (a split's parts, reordered)
                 self.freeze(node, name, "concatenation of a computed tuple of tensors", lays)
-                return self.new(shape[1]) if len(shape) >= 2 else None
+                return self.frozen_out(node, shape, None, like)
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             layouts = [self.layout.get(p.name) if isinstance(p, fx.Node) else None for p in parts]
             if any(x is None for x in layouts):
                 self.freeze(node, name, "concatenation of tensors without a channel dimension", layouts)
-                return self.new(shape[1]) if len(shape) >= 2 else None
-            if dim % len(shape) == 1:
+                return self.frozen_out(node, shape, None, like)
+            axes = {self.ax(p) for p in parts}
+            if len(axes) > 1:
+                self.freeze(node, name, "concatenation of tensors whose channels are different dims", layouts)
+                return self.frozen_out(node, shape, None, like)
+            if dim % len(shape) == axes.pop():
                 return tuple(s for x in layouts for s in x)
             out = layouts[0]
             for other in layouts[1:]:
@@ -489,9 +597,11 @@ class _Walker:
             return out
         if (t is torch.flatten) or (is_method and t == "flatten"):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            return self.flatten(node, lay0, _shape(first), shape, start)
+            return self.flatten(node, lay0, _shape(first), shape, start, axis0)
         if (is_method and t in ("view", "reshape")) or t is torch.reshape:
-            return self.reshape(node, lay0, _shape(first), shape)
+            return self.reshape(node, lay0, _shape(first), shape, axis0)
+        if (t in _PERMUTE_FUNCTIONS) or (is_method and t in _PERMUTE_METHODS):
+            return self.permute(node, name, lay0, _shape(first), axis0)
         if (t in _REDUCE_FUNCTIONS) or (is_method and t in _REDUCE_METHODS):
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             in_shape = _shape(first)
@@ -499,20 +609,81 @@ class _Walker:
                 self.freeze(node, name, "reduction over every dimension", lays)
                 return None
             dims = {d % len(in_shape) for d in (dims if isinstance(dims, list | tuple) else [dims])}
-            if 1 in dims or 0 in dims:
+            if axis0 in dims or 0 in dims:
                 return None  # reads any number of channels; its output has none
+            keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+            self.axis[node.name] = axis0 if keep else axis0 - sum(d < axis0 for d in dims)
             return lay0
         if t is operator.getitem and isinstance(first, fx.Node) and _shape(first) is not None:
+            kept = self.index(node, lay0, axis0)
+            if kept is not None:
+                return kept
             self.freeze(node, name, "indexing into a tensor", lays)
-            return self.new(shape[1]) if len(shape) >= 2 else None
+            return self.frozen_out(node, shape, None, first)
         self.freeze(node, name, f"unsupported {'method' if is_method else 'function'} {name}", lays)
-        if len(shape) >= 2:
-            out = self.new(shape[1])
-            self.vars.freeze(out[0].var, f"output of unsupported op {name}")
-            return out
-        return None
+        return self.frozen_out(node, shape, f"output of unsupported op {name}", ins[0] if ins else None)
 
-    def reshape(self, node, lay, in_shape, shape) -> Layout | None:
+    def binary(self, node: fx.Node, name: str, lay0: Layout | None, ins: list[fx.Node]) -> Layout | None:
+        """An element-wise op of two tensors: operands with the same channels join (a residual add, a
+        squeeze-excite multiply); a tensor of the model's own (a parameter) that has more than one entry
+        along the channels fixes them."""
+        operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+        with_channels = [(self.layout[a.name], _shape(a), self.ax(a)) for a in operands if self.layout.get(a.name)]
+        with_channels = [(x, s, k) for x, s, k in with_channels if len(s) > k and s[k] > 1]
+        for a in operands:
+            f = _shape(a)
+            if a.name not in self.fixed or f is None:
+                continue
+            for lay, s, k in with_channels:
+                i = len(f) - (len(s) - k)  # the fixed tensor's dim that meets the channels (broadcast)
+                if i >= 0 and f[i] > 1:
+                    self.freeze(node, name, f"used with the fixed-size tensor '{self.fixed[a.name]}'", [lay])
+        if not with_channels:
+            return lay0 if lay0 is not None else (self.layout[ins[0].name] if ins else None)
+        out, s0, k0 = with_channels[0]
+        for other, s, k in with_channels[1:]:
+            if len(s0) - k0 != len(s) - k:
+                self.freeze(node, name, "operands whose channels are different dims", [out, other])
+                continue
+            out = self.unify(node, out, other)
+        self.axis[node.name] = len(_shape(node)) - (len(s0) - k0)
+        return out
+
+    def permute(self, node: fx.Node, name: str, lay: Layout | None, in_shape, axis: int) -> Layout | None:
+        """A permute/transpose that moves the channels to another dim (a transpose that leaves them in
+        place is not analysed: what it does to positions, e.g. before a flatten, is not tracked)."""
+        if lay is None or in_shape is None:
+            return None
+        rank = len(in_shape)
+        args = [a for a in node.args[1:]] or list(node.kwargs.values())
+        if len(args) == 1 and isinstance(args[0], list | tuple):
+            args = list(args[0])
+        if node.target in ("transpose", torch.transpose):
+            d0, d1 = (int(a) % rank for a in args[:2])
+            perm = list(range(rank))
+            perm[d0], perm[d1] = d1, d0
+        else:
+            perm = [int(a) % rank for a in args]
+        if sorted(perm) != list(range(rank)) or perm[0] != 0 or perm.index(axis) == axis:
+            self.freeze(node, name, f"unsupported method {node.target}" if isinstance(node.target, str)
+                        else f"unsupported function {name}", [lay])  # fmt: skip
+            return self.frozen_out(node, _shape(node), None, None)
+        self.axis[node.name] = perm.index(axis)
+        return lay
+
+    def index(self, node: fx.Node, lay: Layout | None, axis: int) -> Layout | None:
+        """``x[:, 0]`` and the like: whole slices and single positions on dims other than the batch and
+        the channels keep the channels (at a dim moved down by the positions taken before it)."""
+        idx = node.args[1]
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if lay is None or len(idx) == 0 or any(not (isinstance(i, int) or i == slice(None)) for i in idx):
+            return None
+        if idx[0] != slice(None) or (axis < len(idx) and idx[axis] != slice(None)):
+            return None
+        self.axis[node.name] = axis - sum(isinstance(i, int) for i in idx[:axis])
+        return lay
+
+    def reshape(self, node, lay, in_shape, shape, axis: int = 1) -> Layout | None:
         if lay is None or in_shape is None:
             return None
         if tuple(in_shape) == tuple(shape):
@@ -522,11 +693,18 @@ class _Walker:
         size_args = list(node.args[1:])
         if len(size_args) == 1 and isinstance(size_args[0], list | tuple):
             size_args = list(size_args[0])
-        if len(shape) == 2 and len(in_shape) >= 2 and len(size_args) == 2 and size_args[1] == -1:
+        if axis == 1 and len(shape) == 2 and len(in_shape) >= 2 and len(size_args) == 2 and size_args[1] == -1:
             spatial = math.prod(in_shape[2:])
             return tuple(Segment(s.var, s.size, s.repeat * spatial) for s in lay)
+        same_lead = tuple(shape[: axis + 1]) == tuple(in_shape[: axis + 1])
+        if 0 < axis < len(shape) and same_lead and len(size_args) == len(shape):
+            # the dims after the channels merge or split: the channels stay where they are
+            if isinstance(size_args[axis], int) and size_args[axis] != -1:
+                reason = f"reshape to the fixed channel count {size_args[axis]}"
+                self.freeze(node, _target_name(node), reason, [lay])
+            return lay
         self.freeze(node, _target_name(node), f"reshape of {tuple(in_shape)} to the fixed size {tuple(shape)}", [lay])
-        return self.new(shape[1]) if len(shape) >= 2 else None
+        return self.frozen_out(node, shape, None, None)
 
 
 def analyze_model(
@@ -564,6 +742,10 @@ def _collect(gm: fx.GraphModule, w: _Walker, example_input: torch.Tensor, diviso
             roots.setdefault(v.find(seg.var), [])
         if use.kind in ("conv1d", "conv2d", "linear") and not use.depthwise:
             producers.setdefault(v.find(use.out_layout[0].var), []).append(use.path)
+        if use.kind == "attention":  # writes its heads and, through its output projection, its output
+            producers.setdefault(v.find(use.inner_layout[0].var), []).append(use.path)
+            producers.setdefault(v.find(use.out_layout[0].var), []).append(f"{use.path}.out_proj")
+            roots.setdefault(v.find(use.inner_layout[0].var), [])
     groups: dict[str, list[int]] = {}
     sizes: dict[str, int] = {}
     blocks: dict[str, int] = {}
@@ -585,6 +767,7 @@ def _collect(gm: fx.GraphModule, w: _Walker, example_input: torch.Tensor, diviso
         sizes[name] = v.size[root]
         blocks[name] = v.block.get(root, 1)
         var_group[root] = name
+    units = {g: "heads" for g, rs in groups.items() if rs[0] in {v.find(h) for h in w.head_vars}}
     var_root = {i: v.find(i) for i in range(len(v.parent))}
     node_shapes = {n.name: s for n in gm.graph.nodes if (s := _shape(n)) is not None}
     seq = _skippable(gm, w)
@@ -608,12 +791,14 @@ def _collect(gm: fx.GraphModule, w: _Walker, example_input: torch.Tensor, diviso
         node_shapes=node_shapes,
         node_layouts=dict(w.layout),
         graph=gm,
+        group_unit=units,
+        node_axes={n: w.ax_of(n) for n, lay in w.layout.items() if lay is not None},
     )
 
 
 def _first_index(gm: fx.GraphModule, paths: list[str]) -> int:
     order = {str(n.target): i for i, n in enumerate(gm.graph.nodes) if n.op == "call_module"}
-    return min((order.get(p, 10**9) for p in paths), default=10**9)
+    return min((order.get(p, order.get(p.rpartition(".")[0], 10**9)) for p in paths), default=10**9)
 
 
 def _module_of(node: fx.Node) -> list[str]:
@@ -635,6 +820,7 @@ def _skippable(gm: fx.GraphModule, w: _Walker) -> dict[str, list[str]]:
             inside.setdefault(p, []).append(n)
     modules = dict(gm.named_modules())
     candidates: dict[str, tuple[fx.Node, fx.Node]] = {}
+    chained: dict[str, bool] = {}
     for path, members in inside.items():
         if not path or path in w.untraceable or path not in modules:
             continue
@@ -648,7 +834,8 @@ def _skippable(gm: fx.GraphModule, w: _Walker) -> dict[str, list[str]]:
         (x,), y = tuple(ext_in), ext_out[0]
         if _shape(x) is None or _shape(x) != _shape(y):
             continue
-        if not _ends_in_residual_add(y, x, modules):
+        direct = _ends_in_residual_add(y, x, modules)
+        if not direct and not _residual_chain(y, x, modules, member_set):
             continue
         if w.calls.get(path, 1) > 1 or any(p in w.untraceable for p in inside if p.startswith(path + ".")):
             continue
@@ -656,7 +843,12 @@ def _skippable(gm: fx.GraphModule, w: _Walker) -> dict[str, list[str]]:
         if frozen_inside:
             continue
         candidates[path] = (x, y)
-    # keep the outermost candidates only when nested (a block inside a skippable block stays fixed)
+        chained[path] = not direct
+    # a block reached from its input only through a chain of residual adds is kept only when it holds no
+    # other block (a transformer layer, not the stack of them); then the outermost ones when nested (a
+    # block inside a skippable block stays fixed)
+    candidates = {p: xy for p, xy in candidates.items()
+                  if not (chained[p] and any(q.startswith(p + ".") for q in candidates))}  # fmt: skip
     outer = {p: xy for p, xy in candidates.items() if not any(p.startswith(q + ".") for q in candidates)}
     by_input = {xy[0].name: p for p, xy in outer.items()}
     by_output = {xy[1].name: p for p, xy in outer.items()}
@@ -686,6 +878,34 @@ def _ends_in_residual_add(y: fx.Node, x: fx.Node, modules: dict[str, nn.Module])
         y = y.args[0]
 
 
+def _residual_chain(y: fx.Node, x: fx.Node, modules: dict[str, nn.Module], members: set[fx.Node]) -> bool:
+    """Whether ``y`` reaches ``x`` along residual adds, per-channel ops and LayerNorms only: a
+    transformer layer (``x1 = x + f(x); y = x1 + g(x1)``, pre-norm, or post-norm with a LayerNorm after
+    each add), whose skipped version (the identity) still runs."""
+    seen = 0
+    while seen < 64:
+        seen += 1
+        if y.op in ("call_function", "call_method") and y.target in _ADD_TARGETS:
+            if x in y.args[:2]:
+                return True
+            inner = [a for a in y.args[:2] if isinstance(a, fx.Node) and a in members]
+            return any(_residual_chain(a, x, modules, members) for a in inner if _is_add_path(a, modules))
+        if not _is_add_path(y, modules) or not y.args or not isinstance(y.args[0], fx.Node):
+            return False
+        y = y.args[0]
+    return False
+
+
+def _is_add_path(y: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """An add, or a one-input op that keeps a residual stream a residual stream (per-channel, LayerNorm)."""
+    return (
+        (y.op in ("call_function", "call_method") and y.target in _ADD_TARGETS)
+        or (y.op == "call_module" and type(modules.get(str(y.target))) in (*_PASS_MODULES, nn.LayerNorm))
+        or (y.op == "call_function" and y.target in _PASS_FUNCTIONS)
+        or (y.op == "call_method" and y.target in _PASS_METHODS)
+    )
+
+
 def _sequence_name(chain: list[str]) -> str:
     first, last = chain[0], chain[-1]
     head, _, a = first.rpartition(".")
@@ -700,7 +920,7 @@ def _within(gm, w: _Walker, groups, var_root, var_group, sequences) -> dict[str,
     blocks = [b for chain in sequences.values() for b in chain]
     members: dict[str, list[str]] = {}
     for use in w.layers.values():
-        for seg in (*use.in_layout, *use.out_layout):
+        for seg in (*use.in_layout, *use.out_layout, *use.inner_layout):
             g = var_group.get(var_root[seg.var])
             if g is not None:
                 members.setdefault(g, []).append(use.path)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasprune.elastic.modules import ElasticModule, SliceCache, _ElasticWeighted, export_module
+from nasprune.graph.attention import ElasticMultiheadAttention
 
 Sel = int | torch.Tensor
 """Active channels: the leading ``n``, or these indices."""
@@ -199,7 +200,7 @@ class _AffineNorm(ElasticModule):
 
 
 class ElasticLayerNorm(_AffineNorm):
-    """LayerNorm over the selected features of a (N, C) input."""
+    """LayerNorm over the selected features (the last dim: ``(N, C)`` or ``(N, tokens, C)``)."""
 
     def __init__(self, ln: nn.LayerNorm):
         super().__init__(ln, ln.normalized_shape[0])
@@ -237,8 +238,8 @@ class Skippable(ElasticModule):
         self.block = block
         self.keep = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x) if self.keep else x
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.block(x, *args, **kwargs) if self.keep else x
 
     def export(self, cache: SliceCache | None = None) -> nn.Module:
         return export_module(self.block, cache) if self.keep else nn.Identity()
@@ -262,4 +263,6 @@ def elastic_of(module: nn.Module) -> ElasticModule:
         return ElasticLayerNorm(module)
     if type(module) is nn.GroupNorm:
         return ElasticGroupNorm(module)
+    if type(module) is nn.MultiheadAttention:
+        return ElasticMultiheadAttention(module)
     raise TypeError(f"no elastic version of {type(module).__name__}")

@@ -23,6 +23,7 @@ from torch import nn
 from nasprune.elastic.supernet import Supernet
 from nasprune.errors import GraphError
 from nasprune.graph.analyze import Analysis, Layout, analyze_model
+from nasprune.graph.attention import COMPOSED
 from nasprune.graph.elastic import ElasticConv, Sel, Skippable, count, elastic_of
 from nasprune.space import DepthSequence, GraphSpace, SubnetConfig, WidthGroup
 
@@ -68,9 +69,11 @@ def derive_space(
     """
     groups = {}
     for g, size in analysis.group_size.items():
-        widths = width_choices(size, channel_divisor, min_fraction, analysis.group_block[g], max_choices)
+        unit = analysis.group_unit.get(g, "channels")
+        divisor = 1 if unit == "heads" else channel_divisor  # a width in heads: any count of them
+        widths = width_choices(size, divisor, min_fraction, analysis.group_block[g], max_choices)
         if len(widths) > 1:
-            groups[g] = WidthGroup(widths=widths, within=analysis.group_within[g])
+            groups[g] = WidthGroup(widths=widths, within=analysis.group_within[g], unit=unit)
     sequences = {
         s: DepthSequence(blocks=blocks, depths=list(range(len(blocks) + 1))) for s, blocks in analysis.sequences.items()
     }
@@ -118,11 +121,16 @@ class GraphLayer:
     out_spatial: tuple[int, ...] = ()
     bias: bool = False
     affine: bool = True
+    inner: int = 0
+    """For attention: the features of its kept heads (``heads * head_dim``)."""
 
     @property
     def params(self) -> int:
         if self.kind in ("batchnorm", "layernorm", "groupnorm"):
             return (2 * self.c_out) if self.affine else 0
+        if self.kind == "attention":  # q, k, v and the output projection
+            return (3 * self.inner * self.c_in + self.inner * self.c_out
+                    + ((3 * self.inner + self.c_out) if self.bias else 0))  # fmt: skip
         return self.c_in // self.groups * self.c_out * math.prod(self.kernel) + (self.c_out if self.bias else 0)
 
     @property
@@ -130,6 +138,9 @@ class GraphLayer:
         """Multiply-accumulates at batch 1 (norms fold into the preceding layer at inference)."""
         if self.kind in ("batchnorm", "layernorm", "groupnorm"):
             return 0
+        if self.kind == "attention":  # projections per token, then scores and the weighted sum (self-attention)
+            tokens = math.prod(self.out_spatial)
+            return tokens * (3 * self.inner * self.c_in + self.inner * self.c_out) + 2 * tokens * tokens * self.inner
         return self.c_in // self.groups * self.c_out * math.prod(self.kernel) * math.prod(self.out_spatial)
 
 
@@ -166,6 +177,9 @@ class GraphSupernet(Supernet):
 
     # -- conversion ----------------------------------------------------------------------------------
     def _convert(self) -> None:
+        composed = [p for p, m in self.body.named_modules() if p and type(m) in COMPOSED]
+        for path in composed:  # torch's encoder modules run their composed path from now on
+            self._replace(path, COMPOSED[type(self.body.get_submodule(path))][1](self.body.get_submodule(path)))
         for path in self.analysis.layers:
             self._replace(path, elastic_of(self.body.get_submodule(path)))
         for blocks in self.analysis.sequences.values():
@@ -227,6 +241,9 @@ class GraphSupernet(Supernet):
                 m = self._module(path)
                 if use.kind in ("conv1d", "conv2d", "linear"):
                     m.set_elastic_state((self._sel(use.in_layout, widths), self._sel(use.out_layout, widths)))
+                elif use.kind == "attention":
+                    m.set_elastic_state((self._sel(use.in_layout, widths), self._sel(use.inner_layout, widths),
+                                         self._sel(use.out_layout, widths)))  # fmt: skip
                 else:
                     m.set_elastic_state((self._sel(use.out_layout, widths),))
             skipped = self._skipped(cfg)
@@ -249,27 +266,31 @@ class GraphSupernet(Supernet):
             m = self._module(path)
             c_out = count(self._sel(use.out_layout, widths))
             block = self._inside(path, set(b for bs in self.analysis.sequences.values() for b in bs)) or ""
+            spatial = {"in_spatial": use.in_spatial, "out_spatial": use.out_spatial}
             if use.kind in ("conv1d", "conv2d", "linear"):
                 c_in = c_out if use.depthwise else count(self._sel(use.in_layout, widths))
                 kernel = tuple(m.weight.shape[2:]) if use.kind != "linear" else ()
                 groups = c_out if isinstance(m, ElasticConv) and m.depthwise else 1
-                spatial = {"in_spatial": use.in_shape[2:], "out_spatial": use.out_shape[2:]}
                 out.append(
                     GraphLayer(path, use.kind, c_in, c_out, block, kernel, groups, bias=m.bias is not None, **spatial)
                 )
+            elif use.kind == "attention":
+                c_in, inner = count(self._sel(use.in_layout, widths)), count(self._sel(use.inner_layout, widths))
+                out.append(GraphLayer(path, use.kind, c_in, c_out, block, bias=m.in_proj_bias is not None,
+                                      inner=inner, **spatial))  # fmt: skip
             else:
                 affine = getattr(m, "weight", None) is not None
-                out.append(GraphLayer(path, use.kind, c_out, c_out, block, affine=affine,
-                                      in_spatial=use.in_shape[2:], out_spatial=use.out_shape[2:]))  # fmt: skip
+                out.append(GraphLayer(path, use.kind, c_out, c_out, block, affine=affine, **spatial))
         return out
 
     def _fixed_params(self, skipped: set[str]) -> int:
         """Parameters of layers the analysis did not make elastic (frozen ones), in blocks that run."""
         layers = set(self.analysis.layers)
+        attention = {p for p, u in self.analysis.layers.items() if u.kind == "attention"}
         total = 0
         for name, p in self._original_parameters():
             owner = name.rpartition(".")[0]
-            if owner in layers or self._inside(name, skipped):
+            if owner in layers or owner.rpartition(".")[0] in attention or self._inside(name, skipped):
                 continue
             total += p.numel()
         return total
@@ -313,6 +334,12 @@ class GraphSupernet(Supernet):
         for use, role, _, _ in self._members(group):
             if role == "out" and use.kind in ("conv1d", "conv2d", "linear") and not use.depthwise:
                 total += self._module(use.path).weight.detach().abs().flatten(1).sum(1).cpu()
+            elif role == "inner":  # a head: its rows of q, k and v
+                m = self._module(use.path)
+                w = m.in_proj_weight.detach().abs().unflatten(0, (3, m.num_heads, m.head_dim))
+                total += w.sum(dim=(0, 2, 3)).cpu()
+            elif role == "out" and use.kind == "attention":
+                total += self._module(use.path).out_proj.weight.detach().abs().sum(1).cpu()
         return total
 
     @torch.no_grad()
@@ -323,20 +350,20 @@ class GraphSupernet(Supernet):
         the result to :meth:`reorder_channels`."""
         a = self.analysis
         watch: list[tuple[str, Layout]] = []
-        normed = {a.var_root[seg.var] for u in a.layers.values() if u.kind != "linear" and u.kind not in
-                  ("conv1d", "conv2d") for seg in u.out_layout}  # fmt: skip
+        normed = {a.var_root[seg.var] for u in a.layers.values() if u.kind in ("batchnorm", "layernorm", "groupnorm")
+                  for seg in u.out_layout}  # fmt: skip
         for use in a.layers.values():
             is_norm = use.kind in ("batchnorm", "layernorm", "groupnorm")
             writes = use.kind in ("conv1d", "conv2d", "linear") and not use.depthwise
             root = a.var_root[use.out_layout[0].var] if len(use.out_layout) == 1 else None
             if is_norm or (writes and root not in normed):
-                watch.append((use.path, use.out_layout))
+                watch.append((use.path, use.out_layout, use.axis))
         sums = {g: torch.zeros(n, dtype=torch.float64) for g, n in a.group_size.items() if g in a.groups}
         handles = []
 
-        def hook(layout):
+        def hook(layout, axis):
             def fn(_module, _inputs, out):
-                per = out.detach().abs().transpose(0, 1).flatten(1).mean(1).double().cpu()
+                per = out.detach().abs().movedim(axis, 0).flatten(1).mean(1).double().cpu()
                 off = 0
                 for seg in layout:
                     g = a.var_group.get(a.var_root[seg.var])
@@ -346,8 +373,8 @@ class GraphSupernet(Supernet):
 
             return fn
 
-        for path, layout in watch:
-            handles.append(self._module(path).register_forward_hook(hook(layout)))
+        for path, layout, axis in watch:
+            handles.append(self._module(path).register_forward_hook(hook(layout, axis)))
         was = self.training
         self.eval()
         try:
@@ -363,7 +390,7 @@ class GraphSupernet(Supernet):
         """(layer use, 'in'|'out', feature offset, repeat) for every place the group's channels appear."""
         roots = set(self.analysis.groups[group])
         for use in self.analysis.layers.values():
-            for role, layout in (("in", use.in_layout), ("out", use.out_layout)):
+            for role, layout in (("in", use.in_layout), ("out", use.out_layout), ("inner", use.inner_layout)):
                 off = 0
                 for seg in layout:
                     if self.analysis.var_root[seg.var] in roots:
@@ -374,6 +401,9 @@ class GraphSupernet(Supernet):
         a = self.analysis
         for use in a.layers.values():
             m = self._module(use.path)
+            if use.kind == "attention":
+                self._permute_attention(m, use, roots, perm)
+                continue
             weighted = use.kind in ("conv1d", "conv2d", "linear")
             for role, layout in (("out", use.out_layout), ("in", use.in_layout)):
                 if role == "in" and (not weighted or use.depthwise):
@@ -394,12 +424,38 @@ class GraphSupernet(Supernet):
                     off += seg.features
 
 
+    def _permute_attention(self, m: nn.Module, use, roots: set[int], perm: torch.Tensor) -> None:
+        """Heads move as whole blocks of rows of q, k, v (and columns of the output projection); the
+        input and output channels as columns of q, k, v and rows of the output projection."""
+        root = self.analysis.var_root
+        if root[use.inner_layout[0].var] in roots:
+            d = m.head_dim
+            rows = (perm[:, None] * d + torch.arange(d)).flatten()
+            w = m.in_proj_weight.unflatten(0, (3, -1))
+            w.copy_(w[:, rows])
+            if m.in_proj_bias is not None:
+                b = m.in_proj_bias.unflatten(0, (3, -1))
+                b.copy_(b[:, rows])
+            m.out_proj.weight.copy_(m.out_proj.weight[:, rows])
+        for layout, tensors, dim in ((use.in_layout, [m.in_proj_weight], 1),
+                                     (use.out_layout, [m.out_proj.weight, m.out_proj.bias], 0)):  # fmt: skip
+            off = 0
+            for seg in layout:
+                if root[seg.var] in roots:
+                    idx = (perm[:, None] * seg.repeat + torch.arange(seg.repeat)).flatten() + off
+                    for t in tensors:
+                        if t is not None:
+                            t.narrow(dim, off, seg.features).copy_(t.index_select(dim, idx))
+                off += seg.features
+
+
 def fixed_groups(analysis: Analysis, space: GraphSpace) -> dict[str, str]:
     """Channel groups the space leaves at full width and why (frozen by the analysis, or one choice)."""
     out = dict(analysis.frozen_groups)
     for g, size in analysis.group_size.items():
         if g not in space.groups:
-            out[g] = f"a single width choice ({size} channels; the divisor is {space.channel_divisor})"
+            unit = analysis.group_unit.get(g, "channels")
+            out[g] = f"a single width choice ({size} {unit}; the divisor is {space.channel_divisor})"
     return out
 
 

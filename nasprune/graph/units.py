@@ -71,16 +71,18 @@ _ADAPTIVE = {
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A tensor a generic unit reads or writes: its traced shape (batch 1) and the layout of its dim 1
-    (channel counts follow the config; None: the shape is fixed)."""
+    """A tensor a generic unit reads or writes: its traced shape (batch 1) and the layout of its channel
+    dim ``axis`` (channel counts follow the config; None: the shape is fixed)."""
 
     shape: tuple[int, ...]
     layout: Layout | None = None
+    axis: int = 1
 
     def at(self, widths: dict[int, int | None]) -> tuple[int, ...]:
         if self.layout is None:
             return self.shape
-        return (self.shape[0], UnitPlan._count(self.layout, widths), *self.shape[2:])
+        k = self.axis
+        return (*self.shape[:k], UnitPlan._count(self.layout, widths), *self.shape[k + 1 :])
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,8 @@ class InnerLayer:
 
     use: LayerUse
     macs_per: int
-    """MACs per (input channel per group x output channel): kernel size x output positions (0 for norms)."""
+    """MACs per (input channel per group x output channel): kernel size x output positions (0 for norms;
+    for attention, its tokens)."""
     weights_per: int
     """Weights per (input channel per group x output channel): the kernel size (0 for norms)."""
     folded: bool = False
@@ -97,6 +100,10 @@ class InnerLayer:
 
     def sizes(self, widths: dict[int, int | None]) -> tuple[int, int]:
         return UnitPlan._count(self.use.in_layout, widths), UnitPlan._count(self.use.out_layout, widths)
+
+    def inner(self, widths: dict[int, int | None]) -> int:
+        """For attention: the features of its kept heads."""
+        return UnitPlan._count(self.use.inner_layout, widths)
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,8 @@ class GenericOp:
 
     def layouts(self) -> list[Layout]:
         out = [t.layout for t in (*self.inputs, *self.outputs) if t.layout]
-        return out + [lay for inner in self.layers for lay in (inner.use.in_layout, inner.use.out_layout)]
+        inner = [lay for i in self.layers for lay in (i.use.in_layout, i.use.out_layout, i.use.inner_layout) if lay]
+        return out + inner
 
 
 @dataclass(frozen=True)
@@ -243,6 +251,10 @@ class UnitPlan:
             return self._weighted(node, use, module, consumed, block)
         if self._free(node):
             return None
+        if (norm := self._skip_norm(node, consumed)) is not None:
+            run = self._component(norm, consumed)
+            consumed.update(run)
+            return self._generic(run, block)
         if self._eligible(node, consumed) or self._joinable(node, consumed):
             run = self._component(node, consumed)
             if any(self._eligible(n, consumed) for n in run):
@@ -253,10 +265,10 @@ class UnitPlan:
 
     @staticmethod
     def _keyed_layer(use: LayerUse, module) -> bool:
-        """A prunable layer with a hand-written graph: a linear layer, a conv with square kernel, stride,
-        padding and dilation (any other conv is a generic unit)."""
+        """A prunable layer with a hand-written graph: a linear layer over features (not over tokens), a
+        conv with square kernel, stride, padding and dilation (any other is a generic unit)."""
         if use.kind == "linear":
-            return True
+            return len(use.in_shape) == 2
         k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
         return not isinstance(p, str) and all(len(set(v)) == 1 for v in (k, s, p, d))
 
@@ -272,7 +284,7 @@ class UnitPlan:
         if use is not None:
             if use.kind in ("conv1d", "conv2d", "linear"):
                 return not self._keyed_layer(use, module)
-            return use.kind in ("layernorm", "groupnorm")
+            return use.kind in ("layernorm", "groupnorm", "attention")
         if isinstance(module, WEIGHTED_TYPES):  # a layer the analysis keeps whole (grouped, shared, ...)
             return True
         if node.name not in self.analysis.node_shapes:  # several tensors out
@@ -297,13 +309,30 @@ class UnitPlan:
         known = self._known(node, module, path, None)
         return known is not None and known.kind == "eltwise"
 
+    def _skip_norm(self, node: fx.Node, consumed: set) -> fx.Node | None:
+        """The LayerNorm that a residual add feeds alone, in the same block: onnxruntime runs the two as
+        one kernel (``SkipLayerNormalization``), so they are one unit. None where ``node`` is not such an add."""
+        if node in consumed or self._binary(node) != "add":
+            return None
+        user = self._only_user(node)
+        if user is None or user.op != "call_module" or not isinstance(self.modules.get(str(user.target)), nn.LayerNorm):
+            return None
+        shapes = self.analysis.node_shapes
+        tensors = [a for a in node.args[:2] if isinstance(a, fx.Node) and a.op != "get_attr" and a.name in shapes]
+        if len(tensors) != 2 or len({shapes[t.name] for t in tensors}) != 1 or user in consumed:
+            return None
+        if self._block_of(user) != self._block_of(node) or not self._eligible(user, consumed):
+            return None
+        return user
+
     def _component(self, node: fx.Node, consumed: set) -> list[fx.Node]:
         """``node`` and the ops joined to it, in graph order: ops without hand-written units (and keyed
         element-wise ops on one tensor) linked through tensors that only such ops read. One unit, so
         that what onnxruntime fuses among them (a transpose or a scale into a matmul, the nodes of a
         GELU, a BatchNorm into a grouped conv and its activation after it) is timed fused, as it runs."""
         def ok(y: fx.Node) -> bool:
-            return y in members or self._eligible(y, consumed) or self._joinable(y, consumed)
+            return (y in members or self._eligible(y, consumed) or self._joinable(y, consumed)
+                    or self._skip_norm(y, consumed) in members)  # fmt: skip
 
         members = {node}
         changed = True
@@ -313,7 +342,7 @@ class UnitPlan:
                 near = list(x.users) if x.users and all(ok(u) for u in x.users) else []
                 # an op whose readers all joined joins too; not a keyed one, which a conv before it may fuse
                 near += [p for p in x.all_input_nodes if p.users and all(u in members for u in p.users)
-                         and self._eligible(p, consumed)]  # fmt: skip
+                         and (self._eligible(p, consumed) or self._skip_norm(p, consumed) is x)]  # fmt: skip
                 for y in near:
                     if y not in members and ok(y):
                         members.add(y)
@@ -477,9 +506,10 @@ class UnitPlan:
         a = self.analysis
         shape = a.node_shapes[node.name]
         lay = a.node_layouts.get(node.name)
-        if not lay or len(shape) < 2 or self._count(lay, {}) != shape[1]:
+        axis = a.node_axes.get(node.name, 1)
+        if not lay or len(shape) <= axis or self._count(lay, {}) != shape[axis]:
             return TensorSpec(tuple(shape))
-        return TensorSpec(tuple(shape), lay)
+        return TensorSpec(tuple(shape), lay, axis)
 
     def _generic(self, nodes: list[fx.Node], block: str | None, fused_into: str | None = None):
         """The ``op`` unit of ``nodes`` (ops without hand-written units and what joins them), its torch
@@ -540,7 +570,9 @@ class UnitPlan:
                 continue
             if use.kind in ("conv1d", "conv2d", "linear"):
                 kernel = math.prod(getattr(module, "kernel_size", ()) or (1,))
-                layers.append(InnerLayer(use, kernel * math.prod(use.out_shape[2:]), kernel))
+                layers.append(InnerLayer(use, kernel * math.prod(use.out_spatial), kernel))
+            elif use.kind == "attention":
+                layers.append(InnerLayer(use, math.prod(use.out_spatial), 0))
             else:
                 folded = use.kind == "batchnorm" and any(i.use.kind.startswith("conv") or i.use.kind == "linear"
                                                           for i in layers)  # fmt: skip
@@ -563,6 +595,12 @@ class UnitPlan:
         macs = weights = 0
         for inner in g.layers:
             c_in, c_out = inner.sizes(widths)
+            if inner.use.kind == "attention":  # q, k, v, scores, weighted sum, output projection
+                d, tokens = inner.inner(widths), inner.macs_per
+                sizes += [c_in, d, c_out]
+                macs += tokens * (3 * d * c_in + d * c_out) + 2 * tokens * tokens * d
+                weights += 3 * d * c_in + d * c_out + 3 * d + c_out
+                continue
             sizes += [c_in, c_out]
             per_group_in = 1 if inner.use.depthwise else c_in
             macs += per_group_in * c_out * inner.macs_per
@@ -944,9 +982,10 @@ def _fetch(gm: nn.Module, target: str):
     return obj
 
 
-def _resized(module: nn.Module, inner: InnerLayer, c_in: int, c_out: int) -> nn.Module:
-    """A plain copy of one of the model's prunable layers at ``c_in`` -> ``c_out`` channels (through the
-    elastic layer the supernet would use, so it is the layer a subnet deploys)."""
+def _resized(module: nn.Module, inner: InnerLayer, c_in: int, c_out: int, heads_features: int = 0) -> nn.Module:
+    """A plain copy of one of the model's prunable layers at ``c_in`` -> ``c_out`` channels (and, for
+    attention, ``heads_features`` of kept heads), through the elastic layer the supernet would use, so
+    it is the layer a subnet deploys."""
     from nasprune.graph.elastic import (
         ElasticBatchNorm,
         ElasticConv,
@@ -956,6 +995,12 @@ def _resized(module: nn.Module, inner: InnerLayer, c_in: int, c_out: int) -> nn.
     )
 
     kind = inner.use.kind
+    if kind == "attention":
+        from nasprune.graph.attention import ElasticMultiheadAttention
+
+        e = ElasticMultiheadAttention(module)
+        e.in_sel, e.inner_sel, e.out_sel = c_in, heads_features, c_out
+        return e.export().eval()
     if kind in ("conv1d", "conv2d", "linear"):
         e = ElasticConv(module) if kind != "linear" else ElasticLinear(module)
         e.in_sel, e.out_sel = c_in, c_out
@@ -994,8 +1039,8 @@ def _build_generic(order: list[fx.Node], inputs: list[fx.Node], consts: list[fx.
             module = plan.modules[str(n.target)]
             use = plan.analysis.layers.get(str(n.target))
             if use is not None and key.kind == "op":
-                c_in, c_out = sizes.pop(0), sizes.pop(0)
-                module = _resized(module, InnerLayer(use, 0, 0), c_in, c_out)
+                c_in, inner = sizes.pop(0), (sizes.pop(0) if use.kind == "attention" else 0)
+                module = _resized(module, InnerLayer(use, 0, 0), c_in, sizes.pop(0), inner)
             root[str(n.target)] = module
         env[n] = graph.node_copy(n, lambda a: env[a])
     outs = [env[n] for n in order if _tensor_shapes(n) and (key.kind != "op" or any(u not in members for u in n.users))]
