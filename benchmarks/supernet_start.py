@@ -13,7 +13,7 @@ largest gap (reference - inherited), Kendall's tau between the two rankings, and
     .venv/bin/python benchmarks/supernet_start.py --target fashion_user --train-samples 6000 \\
         --recipes e30:lr0.05 e10:lr0.05 e10:lr0.01 e10:lr0.01:r4
 
-A recipe is ``e<epochs>:lr<lr>[:r<random subnets per step>]``. Writes
+A recipe is ``e<epochs>:lr<lr>[:r<random subnets per step>][:w<largest-only warm-up epochs>][:sizes]``. Writes
 benchmarks/results/supernet_start_<target>.json.
 """
 
@@ -43,8 +43,19 @@ from nasprune.train import TrainConfig, train_supernet
 
 
 def parse_recipe(text: str) -> TrainConfig:
-    parts = dict((p[0], p[1:]) if p[0] in "er" else (p[:2], p[2:]) for p in text.split(":"))
-    return TrainConfig(epochs=int(parts["e"]), lr=float(parts.get("lr", 0.05)), n_random=int(parts.get("r", 2)))
+    """``e10:lr0.01:r4:w0:sizes`` -> epochs 10, lr 0.01, 4 random subnets per step, no largest-only
+    warm-up epochs, subnets drawn around uniformly drawn size levels."""
+    fields: dict = {}
+    for part in text.split(":"):
+        if part == "sizes":
+            fields["sampling"] = "sizes"
+        elif part.startswith("lr"):
+            fields["lr"] = float(part[2:])
+        elif part[0] in "erw":
+            fields[{"e": "epochs", "r": "n_random", "w": "warmup_epochs"}[part[0]]] = int(part[1:])
+        else:
+            raise SystemExit(f"unknown recipe part {part!r} in {text!r} (e<epochs>, lr<lr>, r<n>, w<epochs>, sizes)")
+    return TrainConfig(**fields)
 
 
 def main() -> None:
@@ -115,8 +126,8 @@ def main() -> None:
         print(f"{text:16} {steps:5d} steps {seconds:6.0f} s  mean gap {np.mean(gaps) * 100:+.2f} pt  "
               f"max gap {np.max(gaps) * 100:+.2f} pt  tau {tau:.2f}  inherited "
               + " ".join(f"{a:.2%}" for a in inherited), flush=True)  # fmt: skip
-    out["load_avg_end"] = list(os.getloadavg())
-    save_results(f"supernet_start_{args.target}", out)
+        out["load_avg_end"] = list(os.getloadavg())
+        save_results(f"supernet_start_{args.target}", out)  # after each recipe: a long study stopped early keeps them
 
 
 if __name__ == "__main__":
