@@ -19,9 +19,21 @@ LIMITS = ("max_running", "max_queued", "max_storage_bytes", "priority")
 
 
 def register(sub) -> None:
-    u = sub.add_parser("users", help="users of a shared service: add, list, disable, set limits; the audit trail")
+    u = sub.add_parser(
+        "users",
+        help="users of a shared service: add, list, disable, set limits; the audit trail",
+        description=(
+            "Users of a service shared by a team (NASPRUNE_AUTH=users): each has a role (admin, member, viewer), "
+            "maybe a team, limits, and API keys. Without --url these work on the job database (--data-dir, "
+            "--database-url); with --url through the API with an admin's key."
+        ),
+    )
     us = u.add_subparsers(dest="users_command", metavar="COMMAND", required=True)
-    add = us.add_parser("add", help="add a user and print their first API key (shown once)")
+    add = us.add_parser(
+        "add",
+        help="add a user and print their first API key (shown once)",
+        description="add a user and print their first API key (shown once)",
+    )
     add.add_argument("name", help="lowercase letter, then a-z 0-9 _ . -")
     add.add_argument("--role", choices=ROLES, default="member", help="default member")
     add.add_argument("--team", help="members of a team see and act on each other's jobs and uploads")
@@ -29,23 +41,30 @@ def register(sub) -> None:
     _limit_options(add)
     _where(add)
     add.set_defaults(func=_add)
-    ls = us.add_parser("list", help="users, roles, teams, limits and use")
+    ls = us.add_parser(
+        "list", help="users, roles, teams, limits and use", description="users, roles, teams, limits and use"
+    )
     ls.add_argument("--json", action="store_true")
     _where(ls)
     ls.set_defaults(func=_list)
     for name, disabled in (("disable", True), ("enable", False)):
-        d = us.add_parser(name, help=f"{name} a user ({'their keys stop working at once' if disabled else 'again'})")
+        text = f"{name} a user ({'their keys stop working at once, in every API process' if disabled else 'again'})"
+        d = us.add_parser(name, help=text, description=text)
         d.add_argument("name")
         _where(d)
         d.set_defaults(func=_set, disabled=disabled, role=None, team=None, **dict.fromkeys(LIMITS))
-    st = us.add_parser("set", help="change a user's role, team, limits or priority")
+    st = us.add_parser(
+        "set",
+        help="change a user's role, team, limits or priority",
+        description="change a user's role, team, limits or priority",
+    )
     st.add_argument("name")
     st.add_argument("--role", choices=ROLES)
     st.add_argument("--team")
     _limit_options(st)
     _where(st)
     st.set_defaults(func=_set, disabled=None)
-    au = us.add_parser("audit", help="who did what, newest first")
+    au = us.add_parser("audit", help="who did what, newest first", description="who did what, newest first")
     au.add_argument("--user", help="only this user's actions")
     au.add_argument("--action", help="e.g. job.submit, job.cancel, job.download, dataset.upload, key.use")
     au.add_argument("--limit", type=int, default=50)
@@ -53,19 +72,38 @@ def register(sub) -> None:
     _where(au)
     au.set_defaults(func=_audit)
 
-    k = sub.add_parser("keys", help="API keys of users: create (shown once), list, revoke")
+    k = sub.add_parser(
+        "keys",
+        help="API keys of users: create (shown once), list, revoke",
+        description=(
+            "API keys of users (NASPRUNE_AUTH=users): a key is printed once when created and stored only as a "
+            "hash; revoking it stops it at once in every API process."
+        ),
+    )
     ks = k.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
-    c = ks.add_parser("create", help="issue a new key for a user and print it (shown once)")
+    c = ks.add_parser(
+        "create",
+        help="issue a new key for a user and print it (shown once)",
+        description="issue a new key for a user and print it (shown once)",
+    )
     c.add_argument("user")
     c.add_argument("--label", help="what the key is for")
     _where(c)
     c.set_defaults(func=_create_key)
-    kl = ks.add_parser("list", help="a user's keys (ids, labels, when used; never the keys)")
+    kl = ks.add_parser(
+        "list",
+        help="a user's keys (ids, labels, when used; never the keys)",
+        description="a user's keys (ids, labels, when used; never the keys)",
+    )
     kl.add_argument("user")
     kl.add_argument("--json", action="store_true")
     _where(kl)
     kl.set_defaults(func=_list_keys)
-    r = ks.add_parser("revoke", help="revoke a key by its id: it stops working at once, in every API process")
+    r = ks.add_parser(
+        "revoke",
+        help="revoke a key by its id: it stops working at once, in every API process",
+        description="revoke a key by its id: it stops working at once, in every API process",
+    )
     r.add_argument("key_id", help="the 12 hex digits after 'nsp_' (see 'nasprune keys list USER')")
     _where(r)
     r.set_defaults(func=_revoke)
