@@ -299,6 +299,7 @@ class _Walker:
         self.calls: dict[str, int] = {}
         self.owner: dict[int, str] = {}  # variable -> the module or node that writes it
         self.axis: dict[str, int] = {}  # node -> its channel dimension (1 unless set)
+        self.batch: dict[str, int] = {}  # node -> its batch dimension (0 unless a permute moved it)
         self.parts: dict[str, dict[int, tuple[Layout, int]]] = {}  # tuple-valued node -> element layouts
         self.fixed: dict[str, str] = {}  # node computed from the model's own tensors (get_attr) only
         self.head_vars: set[int] = set()
@@ -343,6 +344,10 @@ class _Walker:
                 src = next((i for i in node.all_input_nodes if self.layout.get(i.name) == lay), None)
                 if src is not None:
                     self.axis[node.name] = self.ax(src)
+            if lay is not None and node.name not in self.batch:
+                src = next((i for i in node.all_input_nodes if self.layout.get(i.name) is not None), None)
+                if src is not None and self.batch.get(src.name, 0):
+                    self.batch[node.name] = self.batch[src.name]
             for var in range(first, len(self.vars.parent)):
                 self.owner[var] = str(node.target) if node.op == "call_module" else node.name
 
@@ -426,6 +431,10 @@ class _Walker:
         if self.calls[path] > 1 and isinstance(m, WEIGHTED_TYPES + NORM_TYPES):
             self.freeze(node, kind, "module called more than once (shared weights)", [lay])
             return self.frozen_out(node, shape, "output of a module called more than once", x)
+        if x is not None and self.batch.get(x.name, 0) and isinstance(m, WEIGHTED_TYPES + NORM_TYPES):
+            reason = f"{kind} over a tensor whose batch is dim {self.batch[x.name]} (sequence-first)"
+            self.freeze(node, kind, reason, [lay])
+            return self.frozen_out(node, shape, f"output of {path}: {reason}", x)
         if lay is not None and axis != 1 and isinstance(m, nn.Conv1d | nn.Conv2d | nn.BatchNorm1d | nn.BatchNorm2d
                                                          | nn.GroupNorm):  # fmt: skip
             reason = f"{kind} over dim 1 of a tensor whose channels are dim {axis}"
@@ -500,6 +509,8 @@ class _Walker:
             reason = "MultiheadAttention over inputs without a channel layout"
         if reason is None and any(self.ax(a) != len(_shape(a)) - 1 for a in args):
             reason = "MultiheadAttention over a dimension other than the channels"
+        if reason is None and (not m.batch_first or any(self.batch.get(a.name, 0) for a in args)):
+            reason = "MultiheadAttention over sequence-first tensors (batch_first=False)"
         if reason is not None:
             self.freeze(node, "MultiheadAttention", reason, lays)
             if out_shape is not None:
@@ -650,8 +661,9 @@ class _Walker:
         return out
 
     def permute(self, node: fx.Node, name: str, lay: Layout | None, in_shape, axis: int) -> Layout | None:
-        """A permute/transpose that moves the channels to another dim (a transpose that leaves them in
-        place is not analysed: what it does to positions, e.g. before a flatten, is not tracked)."""
+        """A permute/transpose that moves the channels or the batch to another dim (one that moves only
+        other dims is not analysed: what it does to positions, e.g. before a flatten, is not tracked).
+        Layers refuse a tensor whose batch is not dim 0 (sequence-first), with the reason."""
         if lay is None or in_shape is None:
             return None
         rank = len(in_shape)
@@ -664,11 +676,13 @@ class _Walker:
             perm[d0], perm[d1] = d1, d0
         else:
             perm = [int(a) % rank for a in args]
-        if sorted(perm) != list(range(rank)) or perm[0] != 0 or perm.index(axis) == axis:
+        batch = self.batch.get(node.args[0].name, 0)
+        if sorted(perm) != list(range(rank)) or (perm.index(axis) == axis and perm.index(batch) == batch):
             self.freeze(node, name, f"unsupported method {node.target}" if isinstance(node.target, str)
                         else f"unsupported function {name}", [lay])  # fmt: skip
             return self.frozen_out(node, _shape(node), None, None)
         self.axis[node.name] = perm.index(axis)
+        self.batch[node.name] = perm.index(batch)  # tracked, so that layers can refuse sequence-first tensors
         return lay
 
     def index(self, node: fx.Node, lay: Layout | None, axis: int) -> Layout | None:

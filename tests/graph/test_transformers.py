@@ -244,3 +244,25 @@ def test_inspect_prints_head_and_ffn_groups(capsys):
         assert f"encoder.layers.encoder_layer_{i}.self_attention  MultiheadAttention" in out
         assert f"encoder.layers.encoder_layer_{i}.mlp.0" in out
     assert "1, 2, 3, 4" in out and "reshape to the fixed channel count 64" in out
+
+
+class SequenceFirst(nn.Module):
+    """torch's default layout for its encoder (batch_first=False): tokens first, batch second."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(12, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x).transpose(0, 1)).mean(dim=0))
+
+
+def test_a_sequence_first_encoder_is_frozen_with_the_reason():
+    analysis = analyze_model(SequenceFirst().eval(), torch.zeros(1, 16, 12))
+    assert not analysis.groups and not analysis.sequences
+    reasons = {f.reason for f in analysis.frozen}
+    assert "MultiheadAttention over sequence-first tensors (batch_first=False)" in reasons
+    assert "Linear over a tensor whose batch is dim 1 (sequence-first)" in reasons
