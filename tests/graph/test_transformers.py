@@ -266,3 +266,41 @@ def test_a_sequence_first_encoder_is_frozen_with_the_reason():
     reasons = {f.reason for f in analysis.frozen}
     assert "MultiheadAttention over sequence-first tensors (batch_first=False)" in reasons
     assert "Linear over a tensor whose batch is dim 1 (sequence-first)" in reasons
+
+
+class Unpinned(nn.Module):
+    """No position parameter: the residual stream (the hidden size, with every LayerNorm on it) is a group."""
+
+    def __init__(self, norm_first: bool = False):
+        super().__init__()
+        self.embed = nn.Linear(12, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True, norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x))[:, 0])  # the first token, as BERT's pooler reads it
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_the_hidden_size_is_a_group_where_nothing_pins_it(norm_first, tmp_path):
+    model = _randomize(Unpinned(norm_first)).eval()
+    x = torch.randn(4, 16, 12, generator=torch.Generator().manual_seed(1))
+    analysis = analyze_model(model, x[:1])
+    assert analysis.group_size["embed"] == 32 and set(analysis.frozen_groups) == {"head"}
+    space = derive_space(analysis, "unpinned", "tests.graph.test_transformers:Unpinned", num_classes=3)
+    with torch.no_grad():
+        original = model(x)
+    net = GraphSupernet(space, model)
+    net.reorder_channels()  # the stream's channels move through every LayerNorm, q/k/v column and out_proj row
+    with torch.no_grad():
+        assert (net(x) - original).abs().max().item() <= 1e-5
+    for cfg in configs(space, 3):
+        with torch.no_grad(), net.select(cfg):
+            ref = net(x)
+        plain = extract(net, cfg)
+        with torch.no_grad():
+            assert (plain(x) - ref).abs().max().item() <= 1e-5
+        assert sum(p.numel() for p in plain.parameters()) == net.num_params(cfg)
+    cfg = space.config(space.largest().depths, {g: min(c) for g, c in space.width_layers().items()})
+    assert export_subnet(net, cfg, tmp_path / "h.onnx", sequence_dims=(1,)).max_abs_diff <= 1e-4
