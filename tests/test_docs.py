@@ -380,3 +380,41 @@ def test_the_curl_lines_of_docs_api_run_against_a_real_server(tmp_path, monkeypa
             if "/v1/models?" in line:
                 env["MODEL"] = json.loads(body)["id"]
     assert ran >= 15 and len(skipped) <= 1, skipped
+
+
+TINY = {  # the slow local commands, given tiny settings (appended to the line as written)
+    ("train",): ["--epochs", "1", "--warmup-epochs", "0"],
+    ("lut", "build"): ["--fit", "4", "--validate", "4", "--op-rounds", "3"],
+    ("search",): ["--finetune-steps", "0"],  # it finds the supernet the train line cached
+}
+
+
+@pytest.mark.slow
+def test_the_local_commands_of_the_readmes_use_block_run_with_tiny_settings(tmp_path, monkeypatch, capsys):
+    """The README's 'Use' block, as written, in a fresh folder: spaces, train, lut build/show, search, pareto of
+    that search, export. Tiny settings are appended to the slow ones (TINY; the search's --trials cut to 4); left
+    out: Ray Train workers, tier 0 on weights the user has, and the long-running servers (serve, dashboard).
+    About 2 minutes on 2 cores: train 38 s, lut build 36 s, search 40 s, spaces show 9 s."""
+    from nasprune.cli import main
+
+    block = (ROOT / "README.md").read_text().split("## Use\n", 1)[1]
+    argvs = [a for a in map(nasprune_argv, commands(command_blocks(block)[0])) if a]
+    local = argvs[: next(i for i, a in enumerate(argvs) if a[0] == "serve")]  # the service's half comes after
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NASPRUNE_DATA_DIR", raising=False)
+    ran, job_id = [], None
+    for argv in local:
+        if "--workers" in argv or "trained.safetensors" in argv or (argv[0] == "pareto" and job_id is None):
+            continue
+        argv = [job_id if a == "JOB_ID" else a for a in argv]
+        if argv[0] == "search":
+            argv[argv.index("--trials") + 1] = "4"
+        argv += next((extra for key, extra in TINY.items() if tuple(argv[: len(key)]) == key), [])
+        rc = main(argv)
+        out = capsys.readouterr()
+        assert rc == 0 or (argv[0] == "search" and rc == 1), f"nasprune {' '.join(argv)}: {out.err}"
+        if argv[0] == "search":
+            job_id = re.search(r"^job ([0-9a-f]{32}):", out.out, re.M)[1]
+        ran.append(argv[:2])
+    assert [a[0] for a in ran] == ["spaces", "spaces", "train", "lut", "lut", "search", "pareto", "export"], ran
+    assert (tmp_path / "small.onnx").is_file()
