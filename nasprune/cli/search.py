@@ -140,6 +140,10 @@ def _derived_space(args, root: Path) -> str:
     check_outputs(args.model, out.shape[-1], args.dataset, ds.num_classes)
     space = derive_space(model, ds.input_shape, model_ref=args.model, model_kwargs=kwargs, dataset=args.dataset)
     name = f"{space.name}_{args.dataset}"
+    from nasprune.registry import list_spaces
+
+    if name in list_spaces():  # a registered space of that name keeps its own latency table and files
+        name = f"{name}_derived"
     update: dict = {"name": name}
     if args.weights:  # the supernet starts from them, and the space's digest covers their content
         update.update(weights=str(Path(args.weights).resolve()), weights_sha256=file_sha256(args.weights))

@@ -203,3 +203,16 @@ def test_the_command_line_workflow_of_the_docs_runs_as_written(tmp_path):
     assert "wrote model.onnx" not in out or (tmp_path / "model.onnx").is_file()
     assert not (root / "spaces").exists()  # the space file was searched as it is, weights and dataset included
     assert shlex.split(commands[3])[-3:] == ["out/", "-o", "model.onnx"]
+
+
+def test_a_derived_space_never_takes_a_registered_spaces_name(tmp_path, capsys):
+    """'search --model nasprune.models.cnn1d:cnn1d --dataset mnist1d' would be 'cnn1d_mnist1d', the built-in
+    space's name: the two would keep replacing each other's latency table."""
+    import argparse
+
+    from nasprune.cli.search import _derived_space
+
+    args = argparse.Namespace(model=REF, dataset="mnist1d", weights=None)
+    path = Path(_derived_space(args, tmp_path))
+    assert path.name == "cnn1d_mnist1d_derived.yaml" and load_space(path).name == "cnn1d_mnist1d_derived"
+    assert "derived space cnn1d_mnist1d_derived" in capsys.readouterr().out
