@@ -180,6 +180,24 @@ class ElasticMultiheadAttention(ElasticModule):
             need_weights, attn_mask, average_attn_weights, is_causal, self.dropout if self.training else 0.0,
         )  # fmt: skip
 
+    @torch.no_grad()
+    def head_activity(self, query, key, value, key_padding_mask=None, attn_mask=None, is_causal=False, **_):
+        """Per active head, the mean |output| it writes (its attention output through its columns of the
+        output projection), over the batch and the tokens: the data-driven importance of a head."""
+        w_in, b_in = self.active_in_proj()
+        w_out, _ = self.active_out_proj()
+        heads = self.active_heads
+        out = []
+        for h in range(heads):
+            rows = torch.cat([torch.arange(h * self.head_dim, (h + 1) * self.head_dim) + i * heads * self.head_dim
+                              for i in range(3)])  # fmt: skip
+            cols = slice(h * self.head_dim, (h + 1) * self.head_dim)
+            b = None if b_in is None else b_in[rows]
+            o, _ = attention(query, key, value, w_in[rows], b, w_out[:, cols], None, 1, self.batch_first,
+                             key_padding_mask, False, attn_mask, True, is_causal)  # fmt: skip
+            out.append(o.abs().mean())
+        return torch.stack(out)
+
     def export(self, cache: SliceCache | None = None) -> nn.Module:
         from nasprune.graph.elastic import count, sel_key
 

@@ -346,7 +346,8 @@ class GraphSupernet(Supernet):
     def activation_importance(self, batches) -> dict[str, torch.Tensor]:
         """Per group, the mean |activation| of its channels on ``batches`` (e.g. the calibration split):
         the outputs of the norms that normalise the group (or, where none does, of the layers that
-        write it), summed over those layers. A data-driven alternative to :meth:`l1_importance`; pass
+        write it), summed over those layers; for attention heads, what each head writes through the
+        output projection. A data-driven alternative to :meth:`l1_importance`; pass
         the result to :meth:`reorder_channels`."""
         a = self.analysis
         watch: list[tuple[str, Layout]] = []
@@ -375,6 +376,18 @@ class GraphSupernet(Supernet):
 
         for path, layout, axis in watch:
             handles.append(self._module(path).register_forward_hook(hook(layout, axis)))
+
+        def heads_hook(group):
+            def fn(module, args, kwargs, _out):
+                per = module.head_activity(*args, **kwargs).double().cpu()
+                sums[group][: len(per)] += per
+
+            return fn
+
+        for use in a.layers.values():  # heads: what each writes through the output projection
+            group = a.var_group.get(a.var_root[use.inner_layout[0].var]) if use.inner_layout else None
+            if group in sums:
+                handles.append(self._module(use.path).register_forward_hook(heads_hook(group), with_kwargs=True))
         was = self.training
         self.eval()
         try:

@@ -304,3 +304,18 @@ def test_the_hidden_size_is_a_group_where_nothing_pins_it(norm_first, tmp_path):
         assert sum(p.numel() for p in plain.parameters()) == net.num_params(cfg)
     cfg = space.config(space.largest().depths, {g: min(c) for g, c in space.width_layers().items()})
     assert export_subnet(net, cfg, tmp_path / "h.onnx", sequence_dims=(1,)).max_abs_diff <= 1e-4
+
+
+def test_activation_importance_scores_heads_by_what_they_write():
+    model, x, _, space, _ = _build("vit_tiny")
+    with torch.no_grad():
+        before = model(x)
+    net = GraphSupernet(space, model)
+    scores = net.activation_importance([x])
+    heads = [g for g, grp in space.groups.items() if grp.unit == "heads"]
+    assert all(len(scores[g]) == 4 and torch.all(scores[g] > 0) for g in heads)
+    net.reorder_channels(scores)
+    with torch.no_grad():
+        assert (net(x) - before).abs().max().item() <= 1e-5
+    after = net.activation_importance([x])
+    assert all(torch.all(after[g][:-1] >= after[g][1:] - 1e-5) for g in heads)
