@@ -109,10 +109,11 @@ def test_three_users_one_with_forty_jobs(tmp_path):
         owner: dict[str, str] = {}
 
         def submit(user: str) -> str:
+            sent = time.monotonic()
             r = client.post("/v1/jobs", json=GOOD, headers=keys[user])
             assert r.status_code == 202, r.text
             job_id = r.json()["id"]
-            submitted[job_id], owner[job_id] = time.monotonic(), user
+            submitted[job_id], owner[job_id] = sent, user
             return job_id
 
         heavy = [submit("heavy") for _ in range(40)]
