@@ -218,8 +218,13 @@ class JobService:
             if source is None:
                 raise InvalidRequest("tier0", why)
         name = body.dataset or space.dataset
-        if not name:  # an uploaded model without a dataset: nothing to check here (the job names none either)
-            return
+        if not name:  # refused now: the worker would build the latency table, then fail on the missing data
+            what = f"model {body.model} was uploaded" if body.model is not None else f"space '{body.space}' is"
+            raise InvalidRequest(
+                "dataset",
+                f"{what} without a dataset: name the data to train and score on (a built-in or one uploaded "
+                "with POST /v1/datasets)",
+            )
         if not self.can_read("dataset", name, who):
             from nasprune.data import BUILTIN_INPUTS
             from nasprune.datasets import DatasetStore

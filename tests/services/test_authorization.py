@@ -27,6 +27,7 @@ from tests.services.server import running, wait_for
 
 OCTET = {"content-type": "application/octet-stream"}
 GOOD = {"space": "mlp_digits", "latency_budget_ms": 50.0, "n_trials": 3}
+MODEL_JOB = {**GOOD, "space": None, "dataset": "alice_tiles"}  # a job on a model names the data it trains on
 MODEL_PARAMS = {"architecture": "torchvision:squeezenet1_1", "num_classes": 10, "input_shape": "3,48,48"}
 
 
@@ -122,6 +123,10 @@ def world(tmp_path_factory):
         r = client.post("/v1/models", params=MODEL_PARAMS, content=_weights(), headers={**alice, **OCTET})
         assert r.status_code == 201, r.text
         model_id = r.json()["id"]
+        x, y = blobs(shape=(3, 48, 48), k=10, n_per_class=12)  # data her model fits: a model job names its data
+        r = client.post("/v1/datasets", params={"name": "alice_tiles", "format": "npz", "calib": 20},
+                        content=_npz(x=x, y=y), headers={**alice, **OCTET})  # fmt: skip
+        assert r.status_code == 201, r.text
         table = _table_json()
         r = client.post("/v1/devices", params={"name": "alice-dev"}, json=table, headers=alice)
         assert r.status_code == 201, r.text
@@ -176,7 +181,7 @@ ATTEMPTS = {
         ("dataset", lambda w, who, n: ("POST", "/v1/jobs", {"json": {**GOOD, "dataset": "alice_data"}}), "use"),
         (
             "model",
-            lambda w, who, n: ("POST", "/v1/jobs", {"json": {**GOOD, "space": None, "model": w["model"]}}),
+            lambda w, who, n: ("POST", "/v1/jobs", {"json": {**MODEL_JOB, "model": w["model"]}}),
             "use",
         ),
         ("device", lambda w, who, n: ("POST", "/v1/jobs", {"json": {**GOOD, "device": "alice-dev"}}), "use"),

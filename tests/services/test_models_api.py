@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save, save_file
@@ -53,6 +56,15 @@ def test_upload_derives_the_space_and_jobs_name_the_model(api):
         assert torch.equal(net(x), model(x))
     # a job names the model instead of a space
     r = client.post("/v1/jobs", json={"model": body["id"], "latency_budget_ms": 1.0, "n_trials": 5})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "dataset"  # no data to train on: refused now
+    assert f"model {body['id']} was uploaded without a dataset" in r.json()["detail"]
+    x = torch.randn(200, 3, 48, 48).numpy()  # data that fits it
+    blob = io.BytesIO()
+    np.savez(blob, x=x, y=np.repeat(np.arange(10), 20))
+    r = client.post("/v1/datasets", params={"name": "tiles", "format": "npz", "calib": 20}, content=blob.getvalue(),
+                    headers=OCTET)  # fmt: skip
+    assert r.status_code == 201, r.text
+    r = client.post("/v1/jobs", json={"model": body["id"], "dataset": "tiles", "latency_budget_ms": 1.0, "n_trials": 5})
     assert r.status_code == 202, r.text
     job = wait_for(client, r.json()["id"], ("succeeded",))
     assert job["spec"]["model"] == job["spec"]["space"] == body["id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from safetensors.torch import save_file
 
@@ -32,7 +33,7 @@ def weights(tmp_path_factory):
     return path
 
 
-def test_upload_list_and_submit_by_id(served, weights, capsys):
+def test_upload_list_and_submit_by_id(served, weights, tmp_path, capsys):
     client, url = served
     rc = main(["model", "upload", ARCH, str(weights), "--num-classes", "10", "--input-shape", "3,48,48", "--url", url])
     out = capsys.readouterr().out
@@ -48,6 +49,13 @@ def test_upload_list_and_submit_by_id(served, weights, capsys):
     assert [m["id"] for m in json.loads(capsys.readouterr().out)] == [model_id]
 
     rc = main(["submit", "--model", model_id, "--budget-ms", "1", "--trials", "5", "--url", url])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--dataset: model {model_id} was uploaded without a dataset" in err, err
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tiles.npz", x=rng.normal(size=(200, 3, 48, 48)).astype(np.float32), y=np.repeat(range(10), 20))
+    assert main(["data", "add", "tiles", str(tmp_path / "tiles.npz"), "--calib", "20", "--url", url]) == 0
+    capsys.readouterr()
+    rc = main(["submit", "--model", model_id, "--dataset", "tiles", "--budget-ms", "1", "--trials", "5", "--url", url])
     job_id = capsys.readouterr().out.strip()
     assert rc == 0 and re.fullmatch(r"[0-9a-f]{32}", job_id)
     job = wait_for(client, job_id, ("succeeded",))
