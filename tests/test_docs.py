@@ -419,3 +419,47 @@ def test_the_local_commands_of_the_readmes_use_block_run_with_tiny_settings(tmp_
         ran.append(argv[:2])
     assert [a[0] for a in ran] == ["spaces", "spaces", "train", "lut", "lut", "search", "pareto", "export"], ran
     assert (tmp_path / "small.onnx").is_file()
+
+
+def _commands_by_path() -> dict[tuple[str, ...], object]:
+    import argparse
+
+    from nasprune.cli import build_parser
+
+    def walk(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield (*path, name), sub
+                    yield from walk(sub, (*path, name))
+
+    return dict(walk(build_parser()))
+
+
+def _live_flags(parser) -> set[str]:
+    from nasprune.cli._common import _Retired
+
+    return {s for a in parser._actions if not isinstance(a, _Retired) for s in a.option_strings}
+
+
+def test_flags_named_in_the_docs_prose_and_in_help_texts_exist():
+    """`nasprune CMD --flag` in the prose of README/docs, and every --flag a --help text names, is a flag of
+    today's CLI (not an old spelling, which only stays to be refused)."""
+    commands = _commands_by_path()
+    everywhere = set().union(*(_live_flags(p) for p in commands.values()))
+    wrong, checked = [], 0
+    for path in DOCS:
+        for span in re.findall(r"`((?:\.venv/bin/)?nasprune [^`]+)`", path.read_text()):
+            words = span.replace("\n", " ").split()[1:]
+            cmd: tuple[str, ...] = ()
+            while words and (*cmd, words[0]) in commands:
+                cmd, words = (*cmd, words[0]), words[1:]
+            if not cmd:
+                continue
+            flags = {w.split("=")[0] for w in words if re.fullmatch(r"--[a-z][a-z0-9-]*(=\S*)?", w)}
+            checked += len(flags)
+            wrong += [f"{path.name}: `{span}`: {f}" for f in flags - _live_flags(commands[cmd])]
+    for cmd, parser in commands.items():
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", parser.format_help()))
+        wrong += [f"nasprune {' '.join(cmd)} --help: {f}" for f in named - everywhere - {"--backend-store-uri"}]
+    assert checked > 25 and not wrong, (checked, "\n".join(wrong))
