@@ -256,6 +256,12 @@ def mlflow_link(base_url: str, job: dict) -> str | None:
 def _submit(args) -> int:
     from nasprune.errors import ConfigError
 
+    if args.space and (args.space.endswith((".yaml", ".yml")) or "/" in args.space):
+        raise ConfigError(
+            f"--space {args.space}: a service searches its own spaces ('nasprune spaces list' there, GET /v1/spaces) "
+            f"and uploaded models ('nasprune model upload'); search a space file here with 'nasprune search --space "
+            f"{args.space}'"
+        )
     if args.weights is not None and not args.model:
         raise ConfigError(
             "--weights goes with --model torchvision:NAME (a space's supernet starts from its own weights)"

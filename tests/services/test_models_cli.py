@@ -70,6 +70,7 @@ def test_upload_list_and_submit_by_id(served, weights, tmp_path, capsys):
         (["--space", "mlp_digits", "--weights", "W"], "--weights goes with --model torchvision:NAME"),
         (["--model", "m_0123456789abcdef"], "m_0123456789abcdef"),  # the service's 404, in one line
         (["--space", "mlp_digits", "--dataset", "mnist1d"], "--dataset: dataset 'mnist1d' has samples of shape"),
+        (["--space", "my.yaml"], "--space my.yaml: a service searches its own spaces"),
     ],
 )
 def test_submit_errors_name_the_flag(served, weights, capsys, argv, message):
