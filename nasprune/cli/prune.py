@@ -110,7 +110,8 @@ def _run(args) -> int:
     if args.budget_ms < fastest:  # before any slow work: no subnet can meet it
         raise BudgetError(
             f"--budget-ms: {args.budget_ms:g} ms is below the fastest subnet of '{space.name}' on '{args.device}' "
-            f"({fastest:.4f} ms predicted); the smallest achievable budget is {fastest:.4f} ms"
+            f"({fastest:.4f} ms predicted); the smallest achievable budget is {fastest:.4f} ms (budgets from "
+            f"{fastest:.4f} to {table.max_latency():.4f} ms trade accuracy for latency)"
         )
     say(f"predicted latency range {fastest:.4f} - {table.max_latency():.4f} ms; budget {args.budget_ms:g} ms")
     ds = load_dataset(dataset, data_dir=root)

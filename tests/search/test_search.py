@@ -119,7 +119,9 @@ def test_backend_conformance(backend, prepared, budget, tmp_path):
 def test_impossible_budget_is_refused_with_the_minimum(prepared, tmp_path):
     root, table = prepared
     job = SearchJob(space=SPACE, latency_budget_ms=table.min_latency() * 0.5, n_trials=5)
-    with pytest.raises(BudgetError, match=rf"smallest achievable budget is {table.min_latency():.4f} ms"):
+    lo, hi = table.min_latency(), table.max_latency()  # the achievable range, said at once
+    said = rf"smallest achievable budget is {lo:.4f} ms \(budgets from {lo:.4f} to {hi:.4f} ms"
+    with pytest.raises(BudgetError, match=said):
         run_job(job, _ctx(root, "impossible", tmp_path))
     study_names = (
         [s.study_name for s in optuna.get_all_study_summaries(make_storage(f"sqlite:///{tmp_path / 'trials.db'}"))]
