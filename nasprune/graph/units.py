@@ -258,6 +258,7 @@ class UnitPlan:
         if self._eligible(node, consumed) or self._joinable(node, consumed):
             run = self._component(node, consumed)
             if any(self._eligible(n, consumed) for n in run):
+                run = self._into_skip_norm(run, consumed)
                 consumed.update(run)
                 return self._generic(run, block)
         consumed.add(node)
@@ -324,6 +325,28 @@ class UnitPlan:
         if self._block_of(user) != self._block_of(node) or not self._eligible(user, consumed):
             return None
         return user
+
+    def _into_skip_norm(self, run: list[fx.Node], consumed: set) -> list[fx.Node]:
+        """``run`` and, where its result reaches (through ops without a kernel: dropout, the item of an
+        attention's tuple) a residual add that feeds a LayerNorm alone, that add and LayerNorm:
+        onnxruntime folds the last bias of ``run`` and the add into the norm (``SkipLayerNormalization``
+        with a bias), so they are timed together."""
+        members = set(run)
+        for m in list(run):
+            chain, cur = [], m
+            while len(cur.users) == 1:
+                (nxt,) = cur.users
+                if nxt in members or nxt in consumed:
+                    break
+                if self._free(nxt):
+                    chain.append(nxt)
+                    cur = nxt
+                    continue
+                norm = self._skip_norm(nxt, consumed) if cur is not m or chain else None
+                if norm is not None and not any(a in members for a in nxt.args[:2] if a is not cur):
+                    members.update([*chain, nxt, norm])
+                break
+        return sorted(members, key=self._index.__getitem__)
 
     def _component(self, node: fx.Node, consumed: set) -> list[fx.Node]:
         """``node`` and the ops joined to it, in graph order: ops without hand-written units (and keyed

@@ -319,3 +319,53 @@ def test_activation_importance_scores_heads_by_what_they_write():
         assert (net(x) - before).abs().max().item() <= 1e-5
     after = net.activation_importance([x])
     assert all(torch.all(after[g][:-1] >= after[g][1:] - 1e-5) for g in heads)
+
+
+SKIP_NORM = {"Add", "LayerNormalization", "SkipLayerNormalization", "SkipLayerNormalization+sum"}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_units_are_the_kernels_onnxruntime_runs(name, tmp_path):
+    """The kernels of a whole exported subnet are those of its units' graphs (less their producers and
+    consumers), as for every other model; where onnxruntime fuses a residual add, the bias of the layer
+    before it and a LayerNorm into one ``SkipLayerNormalization`` beside an attention (post-norm) or across
+    a block's edge (ViT's last norm), the units time them apart: only those kernels may differ."""
+    from collections import Counter
+
+    import nasprune
+    from nasprune.latency.graphs import (
+        consumer_baseline,
+        consumer_model,
+        consumers_of,
+        op_model,
+        producer_model,
+        producer_of,
+    )
+    from nasprune.latency.ops import ops_for
+    from nasprune.latency.profile import deployable_supernet
+    from tests.latency.test_ops import _kernels
+
+    layout = {"ReorderInput", "ReorderOutput", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+
+    def kernels(model) -> Counter:
+        return Counter(k for k in _kernels(model) if k not in layout)
+
+    ref, kwargs, shape, _ = MODELS[name]
+    space = nasprune.derive_space(build_model(ref, kwargs), shape, ref, name="t", model_kwargs=kwargs, max_choices=2)
+    cfg = space.sample(np.random.default_rng(3))
+    export_subnet(deployable_supernet(space), cfg, tmp_path / "s.onnx")
+    parts: Counter = Counter()
+    for key in ops_for(space, cfg):
+        parts.update(kernels(op_model(key)))
+        if (p := producer_of(key)) is not None:
+            parts.subtract(kernels(producer_model(p)))
+        for c in consumers_of(key):
+            parts.subtract(kernels(consumer_model(c)))
+            parts.update(kernels(producer_model(consumer_baseline(c))))
+    whole = kernels(str(tmp_path / "s.onnx"))
+    if name == "encoder_pre_norm":
+        assert whole == +parts
+    else:
+        assert {k: v for k, v in whole.items() if k not in SKIP_NORM} == {
+            k: v for k, v in (+parts).items() if k not in SKIP_NORM
+        }
