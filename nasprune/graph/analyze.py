@@ -947,11 +947,16 @@ def _within(gm, w: _Walker, groups, var_root, var_group, sequences) -> dict[str,
 
 
 def _digest(gm: fx.GraphModule) -> str:
-    """A stable hash of the traced graph: ops, targets, module types and parameter shapes."""
+    """A stable hash of the traced graph: ops, targets, module types and parameter shapes. Constants fx
+    attaches to the model (``_tensor_constantN``) count by shape: their numbers grow each time the
+    same model object is traced again."""
     h = hashlib.sha256()
     modules = dict(gm.named_modules())
     for n in gm.graph.nodes:
-        h.update(f"{n.op}|{_target_name(n)}|{_shape(n)}|".encode())
+        target = _target_name(n)
+        if n.op == "get_attr" and target.startswith("_tensor_constant"):
+            target = "_tensor_constant"
+        h.update(f"{n.op}|{target}|{_shape(n)}|".encode())
         if n.op == "call_module":
             m = modules[str(n.target)]
             h.update(type(m).__name__.encode())

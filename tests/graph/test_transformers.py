@@ -369,3 +369,38 @@ def test_units_are_the_kernels_onnxruntime_runs(name, tmp_path):
         assert {k: v for k, v in whole.items() if k not in SKIP_NORM} == {
             k: v for k, v in (+parts).items() if k not in SKIP_NORM
         }
+
+
+def test_torchvision_convnext_and_swin_get_their_mlp_neurons_and_layer_scale_freezes_the_stream():
+    """Linears over channels-last tensors (after a permute) are analysed; ConvNeXt's per-channel
+    ``layer_scale`` parameter, (C, 1, 1), fixes the stream it multiplies (it was let through before)."""
+    for ref, n_mlp in [("torchvision:convnext_tiny", 18), ("torchvision:swin_t", 12)]:
+        model = _randomize(build_model(ref, {"num_classes": 10})).eval()
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        analysis = analyze_model(model, x[:1])
+        assert len(analysis.groups) == n_mlp, ref
+        if "convnext" in ref:
+            assert analysis.frozen_groups["features.1.0.block.5"].startswith(
+                "used with the fixed-size tensor 'features.1.0.layer_scale'"
+            )
+        space = derive_space(analysis, "t", ref, num_classes=10)
+        with torch.no_grad():
+            original = model(x)
+        net = GraphSupernet(space, model)
+        with torch.no_grad():
+            assert torch.equal(net(x), original)
+        cfg = space.sample(np.random.default_rng(0))
+        with torch.no_grad(), net.select(cfg):
+            ref_out = net(x)
+        plain = extract(net, cfg)
+        with torch.no_grad():
+            assert (plain(x) - ref_out).abs().max().item() <= 1e-5
+        assert sum(p.numel() for p in plain.parameters()) == net.num_params(cfg)
+
+
+def test_a_model_traced_again_keeps_its_digest():
+    """fx attaches tensor constants to the model under growing numbers each trace (MaxViT's): the digest
+    counts them by shape, so the space derived from a model fits that same model object."""
+    model = build_model("torchvision:maxvit_t", {"num_classes": 10}).eval()
+    x = torch.zeros(1, 3, 224, 224)
+    assert analyze_model(model, x).digest == analyze_model(model, x).digest
