@@ -11,11 +11,13 @@ from nasprune.errors import GraphError
 def register(sub) -> None:
     p = sub.add_parser(
         "model",
-        help="analyse your own model: channel groups, skippable blocks, frozen layers",
+        help="your own model: inspect it (groups, frozen layers, latency range, a budget) or upload weights",
         description=(
-            "Derive a search space from a PyTorch model's graph (torch.fx). The model is named by a "
-            "reference: 'torchvision:NAME' (built with weights=None, nothing is downloaded) or "
-            "'PKG.MODULE:FACTORY' (your own importable code; it runs here)."
+            "inspect: derive a search space from a PyTorch model's graph (torch.fx) and say what a search of it "
+            "can do. upload: send a torchvision architecture's trained weights to a service. The model is named "
+            "by a reference: 'torchvision:NAME' (built with weights=None, nothing is downloaded) or "
+            "'PKG.MODULE:FACTORY' (your own code, imported and run here: looked for on the Python path, then in "
+            "the current directory, as 'python -m' would)."
         ),
     )
     s = p.add_subparsers(dest="model_cmd", metavar="ACTION", required=True)
