@@ -46,7 +46,12 @@ def build_model(ref: str, kwargs: dict | None = None) -> nn.Module:
     factory = getattr(module, name, None)
     if not callable(factory):
         raise GraphError(f"'{source}' has no callable '{name}' (model reference '{ref}')")
-    model = factory(**_accepted(factory, kwargs))
+    given = _accepted(factory, kwargs)
+    try:
+        model = factory(**given)
+    except Exception as e:  # the user's code: say where it failed and with what, not a traceback of ours
+        args = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        raise GraphError(f"'{ref}' raised {type(e).__name__} when called as {name}({args}): {e}") from None
     if not isinstance(model, nn.Module):
         raise GraphError(f"'{ref}' returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -216,3 +216,19 @@ def test_a_derived_space_never_takes_a_registered_spaces_name(tmp_path, capsys):
     path = Path(_derived_space(args, tmp_path))
     assert path.name == "cnn1d_mnist1d_derived.yaml" and load_space(path).name == "cnn1d_mnist1d_derived"
     assert "derived space cnn1d_mnist1d_derived" in capsys.readouterr().out
+
+
+def test_a_factory_that_fails_is_reported_with_how_it_was_called(tmp_path, monkeypatch, capsys):
+    code = "def make_model(width):\n    return None\n\n\ndef boom(num_classes=10):\n    raise ValueError('no width')\n"
+    (tmp_path / "broken_model.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    try:
+        rc = main(["model", "inspect", "--model", "broken_model:make_model", "--input-shape", "1,40", "--no-latency"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "'broken_model:make_model' raised TypeError when called as make_model()" in err, err
+        rc = main(["model", "inspect", "--model", "broken_model:boom", "--dataset", "mnist1d", "--no-latency"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "raised ValueError when called as boom(num_classes=10): no width" in err, err
+        assert "Traceback" not in err
+    finally:
+        sys.modules.pop("broken_model", None)
