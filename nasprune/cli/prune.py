@@ -91,6 +91,10 @@ def _run(args) -> int:
     else:
         space = load_space(args.space)
         dataset = args.dataset or space.dataset
+        if args.weights is None:  # the recorded ones: there and the same file, before the table is measured
+            from nasprune.cli.search import check_recorded_weights
+
+            check_recorded_weights(space, args.space)
         if args.weights is None and space.weights is None:
             from nasprune.train import supernet_path
 

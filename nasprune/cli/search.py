@@ -208,6 +208,8 @@ def _given_space(args, root: Path) -> tuple[str, str | None]:
     if args.weights is not None:
         ref = _space_with_weights(space, args.weights, root)
         space = load_space(ref)
+    else:
+        check_recorded_weights(space, args.space)
     name = args.dataset or space.dataset
     if not name:
         raise ConfigError(f"--space {args.space} records no dataset: pass --dataset NAME (a built-in or one added "
@@ -219,6 +221,25 @@ def _given_space(args, root: Path) -> tuple[str, str | None]:
         flag = "--dataset" if args.dataset else f"the dataset '{name}' of --space {args.space}"
         raise ConfigError(f"{flag}: {e}") from None
     return ref, (args.dataset if args.dataset and args.dataset != space.dataset else None)
+
+
+def check_recorded_weights(space, ref: str) -> None:
+    """The weights a space file records are there and are the file it recorded (before anything is built)."""
+    from nasprune.errors import ConfigError
+    from nasprune.graph.models import file_sha256
+
+    if space.weights is None:
+        return
+    if not Path(space.weights).is_file():
+        raise ConfigError(
+            f"--space {ref} records the weights {space.weights}, which are not there (the path is relative to the "
+            "space file's folder): put them back, or give --weights FILE.safetensors"
+        )
+    if file_sha256(space.weights) != space.weights_sha256:
+        raise ConfigError(
+            f"--space {ref}: {space.weights} is not the weights file it records (sha256 differs): derive the space "
+            "again ('nasprune model inspect ... --weights FILE --save FILE.yaml'), or give --weights FILE.safetensors"
+        )
 
 
 def _space_with_weights(space, weights: Path, root: Path) -> str:

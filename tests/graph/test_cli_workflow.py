@@ -232,3 +232,20 @@ def test_a_factory_that_fails_is_reported_with_how_it_was_called(tmp_path, monke
         assert "Traceback" not in err
     finally:
         sys.modules.pop("broken_model", None)
+
+
+def test_search_of_a_space_whose_weights_moved_or_changed_is_refused_before_anything_runs(tmp_path, capsys):
+    w = _weights(tmp_path / "w.safetensors")
+    path = tmp_path / "s.yaml"
+    assert main(["model", "inspect", "--model", REF, "--dataset", "mnist1d", "--weights", str(w), "--no-latency",
+                 "--save", str(path)]) == 0  # fmt: skip
+    capsys.readouterr()
+    _weights(w)  # other weights under the same name
+    args = ["search", "--space", str(path), "--budget-ms", "0.1", "--data-dir", str(tmp_path / "d")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--space {path}: {w.resolve()} is not the weights file it records (sha256 differs)" in err
+    w.unlink()
+    assert main(args) == 2
+    assert f"records the weights {w.resolve()}, which are not there" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "latency_tables").exists()
