@@ -212,7 +212,17 @@ class Analysis:
 
     def widths(self, chosen: dict[str, int]) -> dict[int, int | None]:
         """Active channels per channel variable for a config's ``widths`` (None: full size, not chosen)."""
-        return {var: chosen.get(self.var_group.get(root)) for var, root in self.var_root.items()}
+        out = {}
+        for var, root in self.var_root.items():
+            g = self.var_group.get(root)
+            w = chosen.get(g)
+            out[var] = None if w is None else w * self.unit_channels(g)
+        return out
+
+    def unit_channels(self, group: str | None) -> int:
+        """Channels per unit of a group's width: a head's ``head_dim`` where the heads are blocks of a
+        projection's channels (``view(B, S, -1, head_dim)``), else 1."""
+        return self.group_block.get(group, 1) if self.group_unit.get(group) == "heads" else 1
 
     def group_of(self, var: int) -> str | None:
         return self.var_group.get(self.var_root[var])
@@ -303,6 +313,9 @@ class _Walker:
         self.parts: dict[str, dict[int, tuple[Layout, int]]] = {}  # tuple-valued node -> element layouts
         self.fixed: dict[str, str] = {}  # node computed from the model's own tensors (get_attr) only
         self.head_vars: set[int] = set()
+        self.split: dict[str, tuple[int, int]] = {}  # node -> (heads dim, head_dim dim) of split channels
+        self._axis_set: set[str] = set()
+        self.split_roots: set[int] = set()  # channel variables split into heads
 
     # layouts
     def new(self, size: int) -> Layout:
@@ -333,6 +346,104 @@ class _Walker:
     def ax(self, node: fx.Node) -> int:
         return self.axis.get(node.name, 1)
 
+    def split_op(self, node: fx.Node, shape, ins: list[fx.Node]) -> tuple[bool, Layout | None]:
+        """Ops on channels split into heads (``view(B, S, -1, d)``): reshapes and permutes move the two
+        dims, scaled_dot_product_attention joins q, k and v, element-wise ops keep them; anything else
+        freezes them. Returns (handled, layout)."""
+        t, is_method = node.target, node.op == "call_method"
+        name = _target_name(node)
+        split_in = [i for i in ins if i.name in self.split]
+        if t is F.scaled_dot_product_attention:
+            qkv = [node.args[i] if i < len(node.args) else node.kwargs.get(k)
+                   for i, k in enumerate(("query", "key", "value"))]  # fmt: skip
+            lays = [self.layout.get(a.name) if isinstance(a, fx.Node) else None for a in qkv]
+            spl = [self.split.get(a.name) if isinstance(a, fx.Node) else None for a in qkv]
+            rank = len(shape)
+            if any(x is None for x in lays) or any(sp != (rank - 3, rank - 1) for sp in spl):
+                self.freeze(node, name, "scaled_dot_product_attention over tensors not split into heads (batch, "
+                            "heads, tokens, head_dim)", lays)  # fmt: skip
+                return True, self.frozen_out(node, shape, None, None)
+            lay = lays[0]
+            for other in lays[1:]:
+                lay = self.unify(node, lay, other)
+            self.split[node.name] = spl[2]
+            self.axis[node.name] = spl[2][0]
+            self._axis_set.add(node.name)
+            return True, lay
+        if not split_in:
+            if (is_method and t in ("view", "reshape")) or t is torch.reshape:
+                return self.split_reshape(node, shape)
+            return False, None
+        src = split_in[0]
+        lay = self.layout[src.name]
+        heads, inner = self.split[src.name]
+        if (is_method and t in ("view", "reshape")) or t is torch.reshape:
+            in_shape = _shape(src)
+            size_args = list(node.args[1:])
+            if len(size_args) == 1 and isinstance(size_args[0], list | tuple):
+                size_args = list(size_args[0])
+            merged = (*in_shape[:heads], in_shape[heads] * in_shape[inner], *in_shape[inner + 1 :])
+            if inner == heads + 1 and tuple(shape) == merged and len(size_args) == len(shape):
+                if isinstance(size_args[heads], int) and size_args[heads] != -1:
+                    self.freeze(node, name, f"reshape to the fixed channel count {size_args[heads]}", [lay])
+                self.axis[node.name] = heads
+                self._axis_set.add(node.name)
+                return True, lay  # the heads merge back into channels
+        elif (t in _PERMUTE_FUNCTIONS) or (is_method and t in _PERMUTE_METHODS):
+            rank = len(shape)
+            args = list(node.args[1:]) or list(node.kwargs.values())
+            if len(args) == 1 and isinstance(args[0], list | tuple):
+                args = list(args[0])
+            if t in ("transpose", torch.transpose):
+                d0, d1 = (int(a) % rank for a in args[:2])
+                perm = list(range(rank))
+                perm[d0], perm[d1] = d1, d0
+            else:
+                perm = [int(a) % rank for a in args]
+            batch = self.batch.get(src.name, 0)
+            self.split[node.name] = (perm.index(heads), perm.index(inner))
+            self.axis[node.name] = perm.index(heads)
+            self._axis_set.add(node.name)
+            self.batch[node.name] = perm.index(batch)
+            return True, lay
+        elif (is_method and t in _PASS_METHODS) or t in _PASS_FUNCTIONS:
+            if len(ins) == 1:
+                return False, None  # per-channel: the split is passed on with the layout
+        elif (
+            ((t in _BINARY_FUNCTIONS) or (is_method and t in _BINARY_METHODS))
+            and len(ins) == 1
+            and not any(isinstance(a, fx.Node) and a.name in self.fixed for a in node.args[:2])
+        ):
+            return False, None  # a scale
+        self.freeze(node, name, f"{name} over channels split into heads", [self.layout[i.name] for i in ins])
+        return True, self.frozen_out(node, shape, None, None)
+
+    def split_reshape(self, node: fx.Node, shape) -> tuple[bool, Layout | None]:
+        """``x.view(B, S, -1, d)``: the channels (last dim) of one projection become heads of ``d``."""
+        first = node.args[0]
+        lay = self.layout.get(first.name) if isinstance(first, fx.Node) else None
+        in_shape = _shape(first) if isinstance(first, fx.Node) else None
+        if lay is None or in_shape is None:
+            return False, None
+        k = self.ax(first)
+        size_args = list(node.args[1:])
+        if len(size_args) == 1 and isinstance(size_args[0], list | tuple):
+            size_args = list(size_args[0])
+        if not (k == len(in_shape) - 1 and len(shape) == len(in_shape) + 1 and tuple(shape[:k]) == tuple(in_shape[:k])
+                and shape[k] * shape[k + 1] == in_shape[k] and shape[k] > 1 and len(size_args) == len(shape)
+                and len(lay) == 1 and lay[0].repeat == 1 and isinstance(size_args[k + 1], int)):  # fmt: skip
+            return False, None
+        d = shape[k + 1]
+        root = self.vars.find(lay[0].var)
+        self.vars.block[root] = math.lcm(self.vars.block.get(root, 1), d)
+        self.split_roots.add(root)
+        if isinstance(size_args[k], int) and size_args[k] != -1:
+            self.freeze(node, _target_name(node), f"reshape to the fixed number of heads {size_args[k]}", [lay])
+        self.split[node.name] = (k, k + 1)
+        self.axis[node.name] = k
+        self._axis_set.add(node.name)
+        return True, lay
+
     def ax_of(self, name: str) -> int:
         return self.axis.get(name, 1)
 
@@ -344,6 +455,11 @@ class _Walker:
                 src = next((i for i in node.all_input_nodes if self.layout.get(i.name) == lay), None)
                 if src is not None:
                     self.axis[node.name] = self.ax(src)
+            if lay is not None and node.name not in self.split and node.name not in self._axis_set:
+                src = next((i for i in node.all_input_nodes if i.name in self.split and self.layout.get(i.name) == lay
+                            and _shape(i) == _shape(node)), None)  # fmt: skip
+                if src is not None:
+                    self.split[node.name] = self.split[src.name]
             if lay is not None and node.name not in self.batch:
                 src = next((i for i in node.all_input_nodes if self.layout.get(i.name) is not None), None)
                 if src is not None and self.batch.get(src.name, 0):
@@ -425,6 +541,9 @@ class _Walker:
         axis = self.ax(x) if x is not None else 1
         last = len(in_shape) - 1
         kind = type(m).__name__
+        if x is not None and x.name in self.split and type(m) not in _PASS_MODULES:
+            self.freeze(node, kind, f"{kind} over channels split into heads", [self.layout[i.name] for i in ins])
+            return self.frozen_out(node, shape, f"output of {path} ({kind} over channels split into heads)", None)
         if path in self.untraceable:
             self.freeze(node, kind, f"fx cannot trace it: {self.untraceable[path]}", [self.layout[i.name] for i in ins])
             return self.frozen_out(node, shape, None, x)  # a variable of its own, which no layer writes
@@ -579,6 +698,9 @@ class _Walker:
         first = node.args[0] if node.args else None
         lay0 = self.layout.get(first.name) if isinstance(first, fx.Node) else None
         axis0 = self.ax(first) if lay0 is not None else 1
+        handled, out = self.split_op(node, shape, ins)
+        if handled:
+            return out
         if (t in _PASS_FUNCTIONS) or (is_method and t in _PASS_METHODS):
             if len(ins) > 1:
                 self.freeze(node, name, "per-channel function with more than one tensor input", lays)
@@ -781,7 +903,8 @@ def _collect(gm: fx.GraphModule, w: _Walker, example_input: torch.Tensor, diviso
         sizes[name] = v.size[root]
         blocks[name] = v.block.get(root, 1)
         var_group[root] = name
-    units = {g: "heads" for g, rs in groups.items() if rs[0] in {v.find(h) for h in w.head_vars}}
+    head_roots = {v.find(h) for h in (*w.head_vars, *w.split_roots)}
+    units = {g: "heads" for g, rs in groups.items() if rs[0] in head_roots}
     var_root = {i: v.find(i) for i in range(len(v.parent))}
     node_shapes = {n.name: s for n in gm.graph.nodes if (s := _shape(n)) is not None}
     seq = _skippable(gm, w)

@@ -70,8 +70,10 @@ def derive_space(
     groups = {}
     for g, size in analysis.group_size.items():
         unit = analysis.group_unit.get(g, "channels")
-        divisor = 1 if unit == "heads" else channel_divisor  # a width in heads: any count of them
-        widths = width_choices(size, divisor, min_fraction, analysis.group_block[g], max_choices)
+        if unit == "heads":  # a width in heads, any count of them (heads of head_dim channels, or one each)
+            widths = width_choices(size // analysis.unit_channels(g), 1, min_fraction, 1, max_choices)
+        else:
+            widths = width_choices(size, channel_divisor, min_fraction, analysis.group_block[g], max_choices)
         if len(widths) > 1:
             groups[g] = WidthGroup(widths=widths, within=analysis.group_within[g], unit=unit)
     sequences = {

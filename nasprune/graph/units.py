@@ -684,7 +684,8 @@ class UnitPlan:
     def unit_keys(self, space: GraphSpace) -> list[tuple[UnitSpec, list[OpKey]]]:
         """Per unit, every key it can run as in ``space`` (widths tied across units are not tied here)."""
         a = self.analysis
-        choices = {var: (space.groups[g].widths if (g := a.var_group.get(root)) in space.groups else (None,))
+        choices = {var: ([w * a.unit_channels(g) for w in space.groups[g].widths]
+                         if (g := a.var_group.get(root)) in space.groups else (None,))
                    for var, root in a.var_root.items()}  # fmt: skip
 
         def counts(layout: Layout) -> list[int]:
@@ -824,7 +825,7 @@ def exact_extreme(
             if seq is not None and assign[("d", seq[0])] <= seq[1]:
                 table[values] = [(None, ())]  # the block is skipped: the unit costs nothing
                 continue
-            widths = {var: assign.get(("w", a.group_of(var))) for var in a.var_root}
+            widths = a.widths({g: w for (kind, g), w in assign.items() if kind == "w"})
             v = vec(plan.key_at(u, widths))
             zero = zero or tuple(0.0 for _ in v)
             table[values] = [(v, ())]

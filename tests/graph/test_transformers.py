@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -404,3 +405,81 @@ def test_a_model_traced_again_keeps_its_digest():
     model = build_model("torchvision:maxvit_t", {"num_classes": 10}).eval()
     x = torch.zeros(1, 3, 224, 224)
     assert analyze_model(model, x).digest == analyze_model(model, x).digest
+
+
+class SplitHeadsAttention(nn.Module):
+    """Attention written as Hugging Face's BERT writes it: separate q/k/v projections, each split into
+    heads by ``view(B, S, -1, head_dim)``, scaled_dot_product_attention, heads merged back."""
+
+    def __init__(self, d: int = 32, heads: int = 4, fixed_heads: bool = False):
+        super().__init__()
+        self.head_dim, self.split = d // heads, heads if fixed_heads else -1
+        self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        b, s = x.shape[0], x.shape[1]
+        q, k, v = (
+            f(x).view(b, s, self.split, self.head_dim).transpose(1, 2) for f in (self.query, self.key, self.value)
+        )
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, -1))
+
+
+class SplitHeadsLayer(nn.Module):
+    def __init__(self, fixed_heads: bool = False):
+        super().__init__()
+        self.attention, self.ln1 = SplitHeadsAttention(fixed_heads=fixed_heads), nn.LayerNorm(32)
+        self.intermediate, self.output, self.ln2 = nn.Linear(32, 64), nn.Linear(64, 32), nn.LayerNorm(32)
+
+    def forward(self, x):
+        x = self.ln1(x + self.attention(x))
+        return self.ln2(x + self.output(F.gelu(self.intermediate(x))))
+
+
+class SplitHeadsEncoder(nn.Module):
+    def __init__(self, num_classes: int = 3, fixed_heads: bool = False):
+        super().__init__()
+        self.embed = nn.Linear(12, 32)
+        self.layers = nn.Sequential(SplitHeadsLayer(fixed_heads), SplitHeadsLayer(fixed_heads))
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.head(self.layers(self.embed(x))[:, 0])
+
+
+def test_heads_split_by_view_are_groups_counted_in_heads(tmp_path):
+    from nasprune.latency.ops import all_ops, ops_for
+
+    model = _randomize(SplitHeadsEncoder()).eval()
+    x = torch.randn(4, 16, 12, generator=torch.Generator().manual_seed(2))
+    analysis = analyze_model(model, x[:1])
+    for i in range(2):
+        g = f"layers.{i}.attention.query"  # q, k, v and the output's columns: one group, in blocks of head_dim
+        assert analysis.group_unit[g] == "heads" and analysis.group_block[g] == 8 and analysis.group_size[g] == 32
+    ref = "tests.graph.test_transformers:SplitHeadsEncoder"
+    space = derive_space(analysis, "split_heads", ref, num_classes=3)
+    assert space.groups["layers.0.attention.query"].widths == [1, 2, 3, 4]
+    assert list(space.sequences) == ["layers.0-1"] and "embed" in space.groups  # nothing pins the hidden size
+    with torch.no_grad():
+        original = model(x)
+    net = GraphSupernet(space, model)
+    net.reorder_channels()  # heads move as whole blocks of q, k, v rows and output columns
+    with torch.no_grad():
+        assert (net(x) - original).abs().max().item() <= 1e-5
+    keys = set(all_ops(space))
+    for cfg in configs(space, 4):
+        with torch.no_grad(), net.select(cfg):
+            ref_out = net(x)
+        plain = extract(net, cfg)  # the model's own view(b, s, -1, d) runs the kept heads
+        with torch.no_grad():
+            assert (plain(x) - ref_out).abs().max().item() <= 1e-5
+        assert sum(p.numel() for p in plain.parameters()) == net.num_params(cfg)
+        ops = ops_for(space, cfg)
+        assert set(ops) <= keys and sum(k.macs for k in ops) == net.macs(cfg)
+    cfg = space.config(space.largest().depths, {g: min(c) for g, c in space.width_layers().items()})
+    assert export_subnet(net, cfg, tmp_path / "s.onnx", sequence_dims=(1,)).max_abs_diff <= 1e-4
+
+
+def test_heads_split_into_a_fixed_count_are_frozen_with_the_reason():
+    analysis = analyze_model(SplitHeadsEncoder(fixed_heads=True).eval(), torch.zeros(1, 16, 12))
+    assert "layers.0.attention.query" not in analysis.groups
+    assert any(f.reason == "reshape to the fixed number of heads 4" for f in analysis.frozen)
