@@ -1,11 +1,14 @@
 """``run_job``: one search job from a request to a verified, exported recommendation.
 
-1. get the trained supernet and the device's latency table (built once, cached in the data dir);
-2. refuse a budget below the fastest subnet's predicted latency, saying what is achievable;
+1. get the device's latency table (built once, cached in the data dir) and refuse a budget below the
+   fastest subnet's predicted latency, saying what is achievable, before anything is trained;
+2. tier 0 (``job.tier0``): where the space names trained weights, prune them to the budget without
+   training (:mod:`nasprune.search.tier0.job`), the job's first result; then get the trained supernet;
 3. run the backend (Optuna or Ray Tune) until the durable study holds ``n_trials`` trials;
 4. take the feasible Pareto front, export the most accurate candidates to ONNX and *measure* them
    on the device ("measure before you promise"); the recommendation is the most accurate one whose
-   measured latency is within budget;
+   measured latency is within budget; fine-tune the best few; deliver the more accurate usable model
+   of the search's and tier 0's;
 5. record everything in MLflow (parent run, child run per trial, front, plot, model) when a
    tracking URI is given, and write ``pareto.json``, ``pareto.png`` and ``model.onnx``.
 """
