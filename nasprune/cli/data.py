@@ -78,6 +78,7 @@ def register(sub) -> None:
     show.add_argument("name")
     show.add_argument("--grid", type=Path, help="where to write the sample grid (images; default NAME_samples.png)")
     show.add_argument("--data-dir", type=Path, help="data dir (default: NASPRUNE_DATA_DIR or ./.nasprune)")
+    _service(show, "show this service's record of the dataset (GET /v1/datasets/NAME; no sample grid)")
     show.set_defaults(func=_show)
 
 
@@ -193,7 +194,32 @@ def _list_service(args) -> int:
 def _show(args) -> int:
     from nasprune.data import dataset_info, load_dataset
 
+    if args.url:
+        return _show_service(args)
     info = dataset_info(args.name, args.data_dir)
+    _describe(info)
+    if info.layout == "image":
+        path = args.grid or Path(f"{info.name}_samples.png")
+        sample_grid(load_dataset(args.name, data_dir=args.data_dir), path)
+        print(f"\nsample grid: {path}")
+    return 0
+
+
+def _show_service(args) -> int:
+    from nasprune.cli.jobs import _cli_errors
+    from nasprune.client import Client
+    from nasprune.datasets.record import DatasetInfo
+
+    @_cli_errors
+    def run(args) -> int:
+        with Client(args.url, args.token) as c:
+            _describe(DatasetInfo.model_validate(c.dataset(args.name)))
+        return 0
+
+    return run(args)
+
+
+def _describe(info) -> None:
     print(f"{info.name}: {info.task}, {info.source}{' (built-in)' if info.builtin else ''}, hash {info.short_hash}")
     print(f"input {tuple(info.input_shape)} ({info.layout}), {info.num_classes} classes, {human(info.n_bytes)}B"
           f"{', streamed from disk for training' if info.streamed else ''}")  # fmt: skip
@@ -206,11 +232,6 @@ def _show(args) -> int:
     print()
     rows = [[c, *(info.class_counts[s][i] for s in ("train", "val", "test"))] for i, c in enumerate(info.class_names)]
     print(table(rows, ["class", "train", "val", "test"]))
-    if info.layout == "image":
-        path = args.grid or Path(f"{info.name}_samples.png")
-        sample_grid(load_dataset(args.name, data_dir=args.data_dir), path)
-        print(f"\nsample grid: {path}")
-    return 0
 
 
 def sample_grid(ds, path: Path, per_class: int = 8, max_classes: int = 10, cell: int = 48) -> Path:

@@ -24,6 +24,8 @@ def register(sub) -> None:
         ),
     )
     _data_dir(ls)
+    ls.add_argument("--url", help="list the spaces of this service instead (GET /v1/spaces)")
+    ls.add_argument("--token", help="API key or token (default $NASPRUNE_API_KEY or $NASPRUNE_API_TOKEN)")
     ls.set_defaults(func=_list)
     show = s.add_parser(
         "show",
@@ -52,6 +54,8 @@ def _data_dir(p) -> None:
 
 
 def _list(args) -> int:
+    if args.url:
+        return _list_service(args)
     from nasprune.budgets import local_devices
     from nasprune.registry import create_supernet, list_spaces, load_space
 
@@ -76,6 +80,34 @@ def _list(args) -> int:
         print("\nno latency table yet (the range shows once one is built):")
         print("\n".join(f"  {h}" for h in hints))
     return 0
+
+
+def _list_service(args) -> int:
+    from nasprune.cli.jobs import _cli_errors
+    from nasprune.client import Client
+
+    @_cli_errors
+    def run(args) -> int:
+        with Client(args.url, args.token) as c:
+            spaces = c.spaces()
+        rows = []
+        for sp in spaces:
+            ranges = sp.get("latency") or [{"device": "", "min_ms": None, "max_ms": None}]
+            for i, r in enumerate(ranges):
+                known = r.get("min_ms") is not None and r.get("max_ms") is not None
+                head = [
+                    sp["name"],
+                    sp["model"],
+                    sp["dataset"],
+                    "x".join(map(str, sp["input_shape"])),
+                    f"{sp['size']:,}",
+                ]
+                rows.append([*(head if i == 0 else [""] * 5), r.get("device", ""),
+                             f"{r['min_ms']:.4g} .. {r['max_ms']:.4g}" if known else "no table"])  # fmt: skip
+        print(table(rows, ["space", "model", "dataset", "input", "subnets", "device", "latency ms"]))
+        return 0
+
+    return run(args)
 
 
 def _range(rng) -> str:

@@ -125,3 +125,16 @@ def test_data_add_and_list_on_the_service(served, tmp_path, capsys):
     assert main(["data", "list", "--url", url]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^vecs\s+npz\s+64\s+4\s+120\s", out, re.M) and re.search(r"^mnist1d\s+builtin\s+1x40", out, re.M)
+    assert main(["data", "show", "vecs", "--url", url]) == 0  # GET /v1/datasets/vecs
+    out = capsys.readouterr().out
+    assert "vecs: classification, npz, hash" in out and "input (64,) (features), 4 classes" in out, out
+    assert main(["data", "show", "nothing_here", "--url", url]) == 2
+    assert "nothing_here" in capsys.readouterr().err
+
+
+def test_spaces_list_on_the_service(served, capsys):
+    _, url = served
+    assert main(["spaces", "list", "--url", url]) == 0  # GET /v1/spaces
+    out = capsys.readouterr().out
+    assert re.search(r"^mlp_digits\s+nasprune\.models\.mlp_digits:mlp_digits\s+digits\s+64\s", out, re.M), out
+    assert "local-cpu" in out
