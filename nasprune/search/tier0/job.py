@@ -33,7 +33,7 @@ def source_of(job: SearchJob, space, data_dir) -> tuple[str | None, str | None]:
     if job.tier0 == "only":
         from nasprune.train import supernet_path
 
-        if supernet_path(space, data_dir).is_file():
+        if supernet_path(space, data_dir, job.train_epochs).is_file():
             return "supernet", None
         return None, (
             f"tier0 'only' prunes trained weights, and space '{space.name}' names none and has no trained supernet "
@@ -64,7 +64,7 @@ def run(job: SearchJob, space, table, dataset, out: Path, data_dir, verify=None,
     else:
         from nasprune.train import load_checkpoint, supernet_path
 
-        model = load_checkpoint(supernet_path(space, data_dir), space)
+        model = load_checkpoint(supernet_path(space, data_dir, job.train_epochs), space)
     # a trained supernet keeps its channel order (its subnets were trained on it); a user's model is sorted
     pruner = Tier0(model, space, table, dataset, reorder=source == "weights")
     pending = out / "models" / "tier0-pending.onnx"  # renamed to its id once the subnet is known
