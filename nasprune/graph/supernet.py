@@ -163,10 +163,11 @@ class GraphSupernet(Supernet):
         for g, group in space.groups.items():
             if g not in analysis.group_size:
                 raise GraphError(f"space '{space.name}': group '{g}' is not a channel group of the model")
-            if max(group.widths) > analysis.group_size[g]:
+            unit, kind = analysis.unit_channels(g), analysis.group_unit.get(g, "channels")
+            if max(group.widths) * unit > analysis.group_size[g] or group.unit != kind:
                 raise GraphError(
-                    f"space '{space.name}': group '{g}' allows {max(group.widths)} channels; the model has "
-                    f"{analysis.group_size[g]}"
+                    f"space '{space.name}': group '{g}' allows {max(group.widths)} {group.unit}; the model has "
+                    f"{analysis.group_size[g] // unit} {kind}"
                 )
         for s, seq in space.sequences.items():
             if analysis.sequences.get(s, [])[: len(seq.blocks)] != seq.blocks:
