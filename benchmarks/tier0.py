@@ -129,6 +129,8 @@ def run_cli(space_ref: str, weights: Path, dataset: str, budget: float, root: Pa
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - t0
     print(proc.stdout, end="", flush=True)
+    if proc.returncode == 2 and "below the fastest subnet" in proc.stderr:  # the space cannot get there
+        return {"unreachable": proc.stderr.strip().splitlines()[-1], "wall_s": wall, "command": " ".join(cmd)}
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"nasprune prune failed ({proc.returncode}): {proc.stderr[-2000:]}")
     meta = {}
@@ -245,6 +247,10 @@ def main() -> None:
         row: dict = {"budget_ms": budget}
         model_path = tmp / f"tier0_{tag.rstrip('%')}.onnx"
         cli = run_cli(space_ref, weights, dataset, budget, root, model_path)
+        if "unreachable" in cli:  # below the space's fastest subnet: nothing to compare at this budget
+            print(f"[{tag}] {cli['unreachable']}", flush=True)
+            rows[tag] = {"budget_ms": budget, "unreachable": cli["unreachable"]}
+            continue
         meta = cli["metadata"]
         row["cli"] = {k: cli[k] for k in ("wall_s", "returncode", "command")}
         row["cli"].update({k: meta.get(k) for k in ("accuracy", "test_accuracy", "predicted_latency_ms",
