@@ -57,27 +57,42 @@ def build_model(ref: str, kwargs: dict | None = None) -> nn.Module:
     return model
 
 
+_FROM_CWD: dict[str, str] = {}  # module name -> the folder it was imported from, for modules found in the cwd
+
+
 def _import_user_module(source: str, ref: str):
     """``source`` imported as ``python -m`` would find it: from the installed packages, then from the
     current directory (a model file beside the user, e.g. ``mymodel:make_model`` run where
     ``mymodel.py`` lies). The current directory is searched after everything else, so it never shadows
-    an installed package."""
+    an installed package; it is on ``sys.path`` only for the import, and a module of that name imported
+    earlier from another folder (a process that changed directory) is imported afresh from this one."""
     import os
     import sys
 
     cwd = os.getcwd()
+    top = source.split(".")[0]
+    if top in _FROM_CWD and _FROM_CWD[top] != cwd:  # stale: that file lies in another folder
+        for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+            sys.modules.pop(name, None)
+        del _FROM_CWD[top]
     try:
         return importlib.import_module(source)
     except ModuleNotFoundError as e:
-        if e.name != source.split(".")[0]:  # the module was found; something it imports was not
+        if e.name != top:  # the module was found; something it imports was not
             raise GraphError(f"cannot import '{source}' for model '{ref}': {e}") from None
         error: ImportError = e
-    if cwd not in sys.path:
+    added = cwd not in sys.path
+    if added:
         sys.path.append(cwd)
-        try:
-            return importlib.import_module(source)
-        except ImportError as e:
-            error = e
+    try:
+        module = importlib.import_module(source)
+        _FROM_CWD[top] = cwd
+        return module
+    except ImportError as e:
+        error = e
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     path = source.replace(".", "/")
     raise GraphError(
         f"cannot import '{source}' for model '{ref}': {error} (looked on the Python path and in the current "

@@ -102,6 +102,26 @@ def test_a_factory_without_num_classes_is_called_without_it_and_checked_against_
     assert yaml.safe_load((own_model / "s.yaml").read_text())["model_kwargs"] == {}  # not passed: not recorded
 
 
+def test_a_model_file_is_imported_from_the_folder_the_command_runs_in(tmp_path, monkeypatch):
+    """Two folders with a ``mymodel.py`` each: a process that moves from one to the other builds the second's
+    model, and the folder is on ``sys.path`` only while importing."""
+    from nasprune.graph.models import build_model
+
+    for name, width in (("a", 4), ("b", 6)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mymodel.py").write_text(
+            f"import torch.nn as nn\n\ndef make_model():\n    return nn.Linear(3, {width})\n"
+        )
+    try:
+        monkeypatch.chdir(tmp_path / "a")
+        assert build_model("mymodel:make_model", {}).out_features == 4
+        monkeypatch.chdir(tmp_path / "b")
+        assert build_model("mymodel:make_model", {}).out_features == 6
+        assert str(tmp_path / "a") not in sys.path and str(tmp_path / "b") not in sys.path
+    finally:
+        sys.modules.pop("mymodel", None)
+
+
 def test_the_default_space_name_says_what_the_model_is():
     from nasprune.graph.api import default_space_name
 
