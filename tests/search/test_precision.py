@@ -140,7 +140,11 @@ def test_the_budget_floor_is_the_fastest_subnet_at_any_precision(prepared, int8_
     floor = min(fp32.min_latency(), int8_table.min_latency())
     job = SearchJob(space=SPACE, latency_budget_ms=floor, precisions=["fp32", "int8"])
     assert check_budget(job, fp32, int8_table) == floor
-    assert check_budget(job.model_copy(update={"precisions": ["fp32"]}), fp32) == fp32.min_latency()
+    fp32_only = job.model_copy(update={"precisions": ["fp32"], "latency_budget_ms": fp32.min_latency()})
+    assert check_budget(fp32_only, fp32) == fp32.min_latency()
+    if floor < fp32.min_latency():  # int8 reaches below fp32 (usually): that budget is refused to fp32 alone
+        with pytest.raises(BudgetError, match=r"predicted at fp32\); the smallest achievable budget"):
+            check_budget(job.model_copy(update={"precisions": ["fp32"]}), fp32)
     with pytest.raises(BudgetError, match=r"predicted at fp32 or int8\); the smallest achievable budget"):
         check_budget(job.model_copy(update={"latency_budget_ms": floor * 0.99}), fp32, int8_table)
 
