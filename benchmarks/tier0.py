@@ -52,7 +52,7 @@ from nasprune.evaluate import accuracy_of, recalibrate_bn
 from nasprune.export import read_metadata
 from nasprune.graph import GraphSupernet, build_model, load_weights
 from nasprune.graph.api import derive_space
-from nasprune.latency.table import get_table
+from nasprune.latency.store import get_table
 from nasprune.registry import load_space
 from nasprune.search.tier0 import Tier0, uniform_under
 from nasprune.search.tier0.importance import estimate, measure_choices, measured_loss

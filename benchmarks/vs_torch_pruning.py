@@ -53,7 +53,7 @@ from nasprune.export import export_model
 from nasprune.graph import build_model
 from nasprune.graph.api import derive_space
 from nasprune.graph.models import file_sha256
-from nasprune.latency.table import get_table
+from nasprune.latency.store import get_table
 from nasprune.latency.timing import feed_for, make_session, measure_model, time_interleaved
 from nasprune.registry import load_space
 from nasprune.search.job import JobContext, SearchJob

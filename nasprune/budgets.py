@@ -56,7 +56,7 @@ def build_hint(space: str, device: str, precision: str = "fp32") -> str:
 
 def latency_range(space, device: str, data_dir: str | Path | None = None, precision: str = "fp32") -> LatencyRange:
     """The range of ``space`` (a space or its name) on ``device`` from its table; never builds one."""
-    from nasprune.latency.table import get_table
+    from nasprune.latency.store import get_table
 
     name = space if isinstance(space, str) else space.name
     try:

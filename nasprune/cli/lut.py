@@ -112,7 +112,7 @@ def _where(p, table: bool = True) -> None:
 
 
 def _table_file(args) -> Path:
-    from nasprune.latency.table import table_path
+    from nasprune.latency.store import table_path
     from nasprune.registry import load_space
 
     if getattr(args, "table", None) is not None:
@@ -123,7 +123,8 @@ def _table_file(args) -> Path:
 
 
 def _load(args):
-    from nasprune.latency.table import LatencyTable, get_table
+    from nasprune.latency.store import get_table
+    from nasprune.latency.table import LatencyTable
 
     if args.table is not None:
         return LatencyTable.load(args.table), args.table
@@ -201,7 +202,7 @@ def _validate(args) -> int:
 def _flush_kb(text: str) -> int:
     import argparse
 
-    from nasprune.latency.profile import MAX_FLUSH_KB
+    from nasprune.latency.settings import MAX_FLUSH_KB
 
     try:
         value = int(text)

@@ -62,7 +62,7 @@ def _run(args) -> int:
 
     from nasprune.data import check_dataset_fits, load_dataset
     from nasprune.errors import BudgetError, ConfigError
-    from nasprune.latency.table import get_table
+    from nasprune.latency.store import get_table
     from nasprune.paths import data_dir
     from nasprune.registry import create_supernet, load_space
 

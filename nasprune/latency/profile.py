@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from nasprune.errors import LatencyTableError
 from nasprune.latency.device import DeviceProfile
@@ -41,16 +40,10 @@ from nasprune.latency.graphs import (
     producer_of,
 )
 from nasprune.latency.ops import OpKey, all_ops
+from nasprune.latency.settings import ProfileSettings, check_precision
+from nasprune.latency.table import LatencyTable, Sample, compare
 from nasprune.latency.timing import Timing, feed_for, make_session, time_interleaved, time_session
 from nasprune.space import SubnetConfig
-
-PRECISIONS = ("fp32", "int8")
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise LatencyTableError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
-    return precision
 
 
 def at_precision(models: Sequence, precision: str) -> list:
@@ -60,30 +53,6 @@ def at_precision(models: Sequence, precision: str) -> list:
     from nasprune.quantize import quantize_for_timing
 
     return [quantize_for_timing(m) for m in models]
-
-
-MAX_FLUSH_KB = 65536
-"""The most memory ``ProfileSettings.flush_kb`` may write before a timed call (64 MiB)."""
-
-
-class ProfileSettings(BaseModel):
-    """How hard to measure. Defaults give stable tables in well under a minute of timing per space."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    op_rounds: int = Field(40, ge=1, description="rounds over all op sessions")
-    op_burst: int = Field(10, ge=1, description="timed calls per op per round")
-    e2e_rounds: int = Field(30, ge=1, description="rounds over all subnet sessions")
-    e2e_burst: int = Field(20, ge=1, description="timed calls per subnet per round")
-    settle: int = Field(2, ge=0, description="untimed calls before each burst")
-    warmup: int = Field(20, ge=0, description="untimed calls per session before the first round")
-    flush_kb: int = Field(
-        0,
-        ge=0,
-        le=MAX_FLUSH_KB,
-        description="KiB of memory written before every timed op call (0: off): the unit's weights then come "
-        "from beyond the core's private caches, as inside a network (docs/results.md, benchmarks/unit_cache.py)",
-    )
 
 
 def _bar(progress: bool, total: int, desc: str, unit: str = "it"):
@@ -290,9 +259,6 @@ def build_table(
     ``n_fit`` subnets fit the correction (0: no fit, raw op sums), ``n_validate`` held-out subnets
     measure its error (0: unvalidated). Exported models go to ``folder`` (default: a temporary one).
     """
-    from nasprune.latency.table import LatencyTable, Sample
-    from nasprune.latency.validate import compare
-
     device = device or DeviceProfile.local()
     settings = settings or ProfileSettings()
     check_runs_here(device)

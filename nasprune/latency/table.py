@@ -6,10 +6,9 @@ and p90 latency of every op key's minimal graph, the fixed cost of an onnxruntim
 its measured error on held-out subnets (:class:`ErrorReport`). ``predict(cfg)`` needs only the
 config; ``min_latency()``/``max_latency()`` are exact over the whole space.
 
-Files live in ``nasprune.paths.tables_dir()`` as ``<space>__<device>.json`` (fp32) and
-``<space>__<device>__int8.json`` (int8: every unit and subnet quantized before it was timed);
-:func:`get_table` loads the table of a space, device and precision, building the ``local-cpu`` one
-on first use. :class:`PrecisionTables` predicts per precision.
+A table is fp32 or int8 (every unit and subnet quantized before it was timed). Finding, loading and
+building tables is :mod:`nasprune.latency.store` (``get_table``); :func:`compare` scores a table
+against measured subnets.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,9 +25,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from nasprune.errors import LatencyTableError
-from nasprune.latency.device import LOCAL_CPU, DeviceProfile
+from nasprune.latency.device import DeviceProfile
 from nasprune.latency.ops import OpKey, all_ops, block_ops, extreme_config, ops_for
-from nasprune.latency.profile import ProfileSettings, measure_subnet
+from nasprune.latency.settings import ProfileSettings
 from nasprune.latency.timing import Timing
 from nasprune.space import SearchSpace, SubnetConfig, format_validation_error
 
@@ -37,13 +36,10 @@ __all__ = [
     "Entry",
     "ErrorReport",
     "LatencyTable",
-    "PrecisionTables",
     "Sample",
+    "compare",
+    "error_report",
     "fit_correction",
-    "get_table",
-    "get_tables",
-    "measure_subnet",
-    "table_path",
 ]
 
 SCHEMA_VERSION = 1
@@ -189,7 +185,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _build_hint(space: str, device: str) -> str:
+def build_command(space: str, device: str) -> str:
     return f"nasprune lut build --space {space} --device {device}"
 
 
@@ -357,7 +353,7 @@ class LatencyTable(_Strict):
             raise LatencyTableError(
                 f"latency table for space '{self.space.name}' on device '{self.device.name}' has no entry for "
                 f"{key.describe()}; measure the missing ops on that device with "
-                f"'{_build_hint(self.space.name, self.device.name)} --extend' (or rebuild without --extend)"
+                f"'{build_command(self.space.name, self.device.name)} --extend' (or rebuild without --extend)"
             ) from None
 
     def missing(self, space=None) -> list[OpKey]:
@@ -456,14 +452,14 @@ class LatencyTable(_Strict):
             raise LatencyTableError(
                 f"latency table '{path}' was built for {other}space '{table.space.name}' (digest "
                 f"{table.space_digest}), not for '{space.name}' as it is now (digest {space.digest()}); "
-                f"rebuild it with '{_build_hint(space.name, table.device.name)}' "
+                f"rebuild it with '{build_command(space.name, table.device.name)}' "
                 "(add --extend to measure only the new ops)"
             )
         if device is not None and table.device_fingerprint != device.fingerprint():
             raise LatencyTableError(
                 f"latency table '{path}' was measured on a different device or runtime than '{device.name}' "
                 f"({'; '.join(table.device.differences(device))}); rebuild it with "
-                f"'{_build_hint(table.space.name, device.name)}'"
+                f"'{build_command(table.space.name, device.name)}'"
             )
         return table
 
@@ -594,143 +590,36 @@ def fit_key_adjustments(
     return {k: float(v) for k, v in zip(keys, d, strict=True) if v != 0.0}, best[1], best[0], base_loo
 
 
-# -- finding tables ----------------------------------------------------------------------------------------
+# -- a table against measurements -----------------------------------------------------------------
 
 
-def precision_suffix(precision: str) -> str:
-    """What a table file's name adds for its precision: nothing for fp32, ``__int8`` for int8."""
-    return "" if precision == "fp32" else f"__{precision}"
+def error_report(
+    predicted: Sequence[float], measured: Sequence[float], samples: list[Sample] | None = None
+) -> ErrorReport:
+    """Error statistics of ``predicted`` against ``measured`` (APE in percent)."""
+    from scipy.stats import spearmanr
 
-
-def table_path(space: str, device: str, data_dir: str | Path | None = None, precision: str = "fp32") -> Path:
-    """Where the table of ``space`` on ``device`` is kept: ``<tables_dir>/<space>__<device>.json``
-    (``...__int8.json`` for the int8 one)."""
-    from nasprune.paths import tables_dir
-
-    return tables_dir(data_dir) / f"{space}__{device}{precision_suffix(precision)}.json"
-
-
-def _uploaded(space: str, device: str, data_dir: str | Path | None, precision: str = "fp32") -> Path | None:
-    """A table for ``space`` among the files uploaded for ``device`` (``<data_dir>/devices/<device>/*.json``)."""
-    from nasprune.paths import data_dir as root
-
-    folder = root(data_dir) / "devices" / device
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if (
-            isinstance(raw, dict)
-            and isinstance(raw.get("space"), dict)
-            and raw["space"].get("name") == space
-            and raw.get("precision", "fp32") == precision
-        ):
-            return path
-    return None
-
-
-def get_table(
-    space,
-    device: str | DeviceProfile = LOCAL_CPU,
-    data_dir: str | Path | None = None,
-    build: bool = True,
-    progress: bool = False,
-    precision: str = "fp32",
-    **build_options,
-) -> LatencyTable:
-    """The latency table of ``space`` (a space or its name) on ``device`` at ``precision`` (fp32, int8).
-
-    ``local-cpu`` (this machine) is checked against this machine's fingerprint; a missing or stale
-    table is built (``build=True``; takes a few minutes, ``build_options`` go to ``build_table``)
-    or refused. Other devices are files built on that hardware and copied to :func:`table_path` (or
-    uploaded to ``<data_dir>/devices/<device>/``); they are loaded as they are, not checked against
-    this machine.
-    """
-    from nasprune.latency.profile import build_table, check_precision
-    from nasprune.registry import load_space
-
-    check_precision(precision)
-    hint = "" if precision == "fp32" else f" --precision {precision}"
-    if not hasattr(space, "digest"):
-        space = load_space(space)
-    name = device.name if isinstance(device, DeviceProfile) else device
-    if name != LOCAL_CPU:
-        path = table_path(space.name, name, data_dir, precision)
-        found = path if path.is_file() else _uploaded(space.name, name, data_dir, precision)
-        if found is None:
-            raise LatencyTableError(
-                f"no {precision} latency table for space '{space.name}' on device '{name}' (looked for '{path}'); "
-                f"build it on that device with '{_build_hint(space.name, name)}{hint}' and copy the file there"
-            )
-        return _of_precision(LatencyTable.load(found, space, device if isinstance(device, DeviceProfile) else None),
-                             precision, found)  # fmt: skip
-    here = DeviceProfile.local()
-    path = table_path(space.name, LOCAL_CPU, data_dir, precision)
-    problem = "it has not been built yet"
-    if path.is_file():
-        try:
-            return _of_precision(LatencyTable.load(path, space, here), precision, path)
-        except LatencyTableError as e:
-            problem = str(e)
-    if not build:
-        raise LatencyTableError(
-            f"no usable {precision} latency table for space '{space.name}' on '{LOCAL_CPU}' ({problem}); "
-            f"build it with '{_build_hint(space.name, LOCAL_CPU)}{hint}'"
+    p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    if p.size == 0:
+        return ErrorReport(
+            n=0, median_ape=0, p90_ape=0, max_ape=0, within_10=0, spearman=None, validated_at=time.strftime("%F %T")
         )
-    table = build_table(space, here, progress=progress, precision=precision, **build_options)
-    table.save(path)
-    return table
-
-
-def _of_precision(table: LatencyTable, precision: str, path: Path) -> LatencyTable:
-    if table.precision != precision:
-        raise LatencyTableError(
-            f"latency table '{path}' holds {table.precision} latencies, not {precision}; "
-            f"rebuild it with 'nasprune lut build --precision {precision}'"
-        )
-    return table
-
-
-class PrecisionTables:
-    """The latency tables of one space and device, one per precision: ``predict(cfg, precision)``.
-
-    Prediction stays a lookup per precision (no export, no quantization per trial).
-    """
-
-    def __init__(self, tables: dict[str, LatencyTable]):
-        if not tables:
-            raise LatencyTableError("no latency table given")
-        for p, t in tables.items():
-            if t.precision != p:
-                raise LatencyTableError(f"the table given for {p} holds {t.precision} latencies")
-        self.tables = dict(tables)
-
-    @property
-    def precisions(self) -> list[str]:
-        return list(self.tables)
-
-    def __getitem__(self, precision: str) -> LatencyTable:
-        try:
-            return self.tables[precision]
-        except KeyError:
-            raise LatencyTableError(
-                f"no {precision} latency table here (precisions: {', '.join(self.tables)})"
-            ) from None
-
-    def predict(self, cfg: SubnetConfig | dict, precision: str = "fp32") -> float:
-        return self[precision].predict(cfg)
-
-    def min_latency(self) -> float:
-        """The fastest predicted latency of any subnet at any precision held."""
-        return min(t.min_latency() for t in self.tables.values())
-
-
-def get_tables(
-    space, device: str | DeviceProfile = LOCAL_CPU, precisions=("fp32",), data_dir: str | Path | None = None,
-    build: bool = True, progress: bool = False, **build_options,
-) -> PrecisionTables:  # fmt: skip
-    """:func:`get_table` for each precision."""
-    return PrecisionTables(
-        {p: get_table(space, device, data_dir, build, progress, precision=p, **build_options) for p in precisions}
+    ape = np.abs(p - m) / m * 100
+    rho = float(spearmanr(p, m).statistic) if p.size >= 3 and np.ptp(p) > 0 and np.ptp(m) > 0 else None
+    return ErrorReport(
+        n=int(p.size),
+        median_ape=float(np.median(ape)),
+        p90_ape=float(np.percentile(ape, 90)),
+        max_ape=float(ape.max()),
+        within_10=float(np.mean(ape <= 10)),
+        spearman=rho,
+        validated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        samples=samples or [],
     )
+
+
+def compare(table: LatencyTable, cfgs: Sequence[SubnetConfig], timings: Sequence[Timing]) -> ErrorReport:
+    """The table's predictions for ``cfgs`` against their measured ``timings``."""
+    predicted = [table.predict(c) for c in cfgs]
+    samples = [Sample.of(table.space, c, t, p) for c, t, p in zip(cfgs, timings, predicted, strict=True)]
+    return error_report(predicted, [t.median_ms for t in timings], samples)

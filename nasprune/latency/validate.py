@@ -7,8 +7,6 @@ and the Spearman rank correlation. ``measure_subnet`` measures one subnet (e.g. 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,36 +21,9 @@ from nasprune.latency.profile import (
     sample_configs,
     workdir,
 )
-from nasprune.latency.table import ErrorReport, LatencyTable, Sample
-from nasprune.latency.timing import Timing
-from nasprune.space import SubnetConfig
+from nasprune.latency.table import ErrorReport, LatencyTable, compare, error_report
 
 __all__ = ["compare", "error_report", "measure_subnet", "validate_table"]
-
-
-def error_report(
-    predicted: Sequence[float], measured: Sequence[float], samples: list[Sample] | None = None
-) -> ErrorReport:
-    """Error statistics of ``predicted`` against ``measured`` (APE in percent)."""
-    from scipy.stats import spearmanr
-
-    p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
-    if p.size == 0:
-        return ErrorReport(
-            n=0, median_ape=0, p90_ape=0, max_ape=0, within_10=0, spearman=None, validated_at=time.strftime("%F %T")
-        )
-    ape = np.abs(p - m) / m * 100
-    rho = float(spearmanr(p, m).statistic) if p.size >= 3 and np.ptp(p) > 0 and np.ptp(m) > 0 else None
-    return ErrorReport(
-        n=int(p.size),
-        median_ape=float(np.median(ape)),
-        p90_ape=float(np.percentile(ape, 90)),
-        max_ape=float(ape.max()),
-        within_10=float(np.mean(ape <= 10)),
-        spearman=rho,
-        validated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        samples=samples or [],
-    )
 
 
 def validate_table(
@@ -78,10 +49,3 @@ def validate_table(
         paths = export_all(deployable_supernet(table.space), cfgs, tmp, progress)
         timings = measure_models(paths, table.device, settings, progress, seed=seed, precision=table.precision)
     return compare(table, cfgs, timings)
-
-
-def compare(table: LatencyTable, cfgs: Sequence[SubnetConfig], timings: Sequence[Timing]) -> ErrorReport:
-    """The table's predictions for ``cfgs`` against their measured ``timings``."""
-    predicted = [table.predict(c) for c in cfgs]
-    samples = [Sample.of(table.space, c, t, p) for c, t, p in zip(cfgs, timings, predicted, strict=True)]
-    return error_report(predicted, [t.median_ms for t in timings], samples)

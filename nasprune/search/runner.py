@@ -48,7 +48,7 @@ def run_job(
     job: SearchJob, ctx: JobContext, progress_bar: bool = False, verify: VerifySettings | None = None
 ) -> SearchResult:
     """Run (or resume) the job ``ctx.job_id`` to the end and return its result (``verify``: how to time candidates)."""
-    from nasprune.latency.table import get_table
+    from nasprune.latency.store import get_table
     from nasprune.registry import load_space
 
     out = Path(ctx.output_dir)

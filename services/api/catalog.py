@@ -198,7 +198,7 @@ class Catalog:
         if not isinstance(payload, dict):
             raise LatencyTableError(f"a latency table is a JSON object, not {type(payload).__name__}")
         table = validate_table(payload)
-        from nasprune.latency.table import precision_suffix  # the latency stack is imported on use
+        from nasprune.latency.store import precision_suffix  # the latency stack is imported on use
 
         # an int8 table sits beside the fp32 one of the same space, never over it
         space = getattr(getattr(table, "space", None), "name", None) or "table"

@@ -128,7 +128,7 @@ def test_cli_listings_show_the_range_and_submit_warns(table_dir, capsys):
 
 def test_an_int8_upload_sits_beside_the_fp32_table_of_its_space(table_dir, tmp_path):
     """Uploading a device's int8 table after its fp32 table keeps both: each precision has its own file."""
-    from nasprune.latency.table import get_table
+    from nasprune.latency.store import get_table
     from nasprune.registry import load_space
     from nasprune.settings import Settings
 
