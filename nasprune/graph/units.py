@@ -11,7 +11,7 @@ Every other op that runs (GELU, Mish, a LayerNorm, an adaptive pool to 2x2, a sp
 module fx could not trace, a conv with a non-square kernel, ...) is an ``op`` unit of its own: its
 key names the op (:func:`describe_nodes`: the module or function, its arguments, how its nodes
 connect) with its tensors' shapes at the config, and it is timed by exporting exactly that op with
-torch (:class:`~nasprune.latency.graphs.TorchOp`). An op with one tensor input and an output of the
+torch (:class:`~nasprune.graph.keys.TorchOp`). An op with one tensor input and an output of the
 same shape that directly follows a conv or linear layer is fused into that layer's unit (timed with
 it), where onnxruntime may fuse it into the layer's kernel. No list of known ops decides whether an
 op gets a unit: every op does.
@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from nasprune.graph.analyze import WEIGHTED_TYPES, Analysis, LayerUse, Layout, _target_name
-from nasprune.latency.graphs import TorchOp, register_torch_op
-from nasprune.latency.ops import OpKey
+from nasprune.graph.keys import OpKey, TorchOp, register_torch_op
 from nasprune.space import GraphSpace, SubnetConfig
 
 _ACT_MODULES = {

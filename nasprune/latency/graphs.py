@@ -17,7 +17,6 @@ graph: whatever the exporter writes for it and onnxruntime makes of that is what
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from nasprune.errors import LatencyTableError
-from nasprune.latency.ops import OpKey
+from nasprune.graph.keys import OpKey, torch_op
 
 OPSET = 18
 IR_VERSION = 10
@@ -140,27 +139,8 @@ def _rename_inputs(node: onnx.NodeProto, rename: dict[str, str]) -> None:
 # -- ops exported by torch ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class TorchOp:
-    """How to build, at a key's sizes, the torch module computing an op that has no hand-written graph.
-
-    ``build(key)`` returns a module taking the key's input tensors (``key.inputs``; for a conv or linear
-    key's fused op, the layer's output) and computing the op; :func:`nasprune.graph.units.UnitPlan`
-    registers one per op it finds (:func:`register_torch_op`), under the key's ``op`` text, which
-    names the op, its arguments and how its nodes connect, so equal texts compute the same thing.
-    """
-
-    build: Callable[[OpKey], object]
-
-
-_TORCH_OPS: dict[str, TorchOp] = {}
 _FRAGMENTS: dict[tuple, onnx.ModelProto] = {}
 _FRAGMENTS_LOCK = threading.Lock()
-
-
-def register_torch_op(name: str, op: TorchOp) -> None:
-    """Make ``op`` the way to build keys whose ``op`` text is ``name`` (kept for the process)."""
-    _TORCH_OPS[name] = op
 
 
 def fused_shape(key: OpKey) -> tuple[int, ...]:
@@ -183,7 +163,7 @@ def torch_fragment(key: OpKey) -> onnx.ModelProto:
         hit = _FRAGMENTS.get(cache_key)
     if hit is not None:
         return hit
-    op = _TORCH_OPS.get(key.op)
+    op = torch_op(key.op)
     if op is None:
         raise LatencyTableError(
             f"no torch module registered for {key.describe()}: such units are exported from the model, so time "
@@ -199,6 +179,7 @@ def torch_fragment(key: OpKey) -> onnx.ModelProto:
 def _export_fragment(module, shapes: tuple[tuple[int, ...], ...], what: str) -> onnx.ModelProto:
     import torch
 
+    from nasprune._quiet import quiet_export
     from nasprune.export import _EXPORT_LOCK
     from nasprune.export import OPSET as EXPORT_OPSET
 
@@ -209,7 +190,7 @@ def _export_fragment(module, shapes: tuple[tuple[int, ...], ...], what: str) -> 
     batched = tuple({0: batch} if x.dim() and x.shape[0] == 1 else None for x in xs)
     for dynamic in (batched, None):  # an op that specialises the batch size still gets a graph
         try:
-            with _EXPORT_LOCK, torch.no_grad():
+            with _EXPORT_LOCK, quiet_export(), torch.no_grad():
                 program = torch.onnx.export(
                     module.eval(), xs, None, dynamo=True, external_data=False, optimize=True, verbose=False,
                     opset_version=EXPORT_OPSET, dynamic_shapes=dynamic,
