@@ -20,6 +20,24 @@ SliceCache = dict[tuple, torch.Tensor | nn.Module]
 prototypes) holding them, keyed by (layer, what, sizes); see :func:`export_module`."""
 
 
+Sel = int | torch.Tensor
+"""Active channels: the leading ``n``, or these indices."""
+
+
+def take(t: torch.Tensor, dim: int, sel: Sel) -> torch.Tensor:
+    if isinstance(sel, int):
+        return t if sel == t.shape[dim] else t.narrow(dim, 0, sel)
+    return t.index_select(dim, sel if sel.device == t.device else sel.to(t.device))
+
+
+def count(sel: Sel) -> int:
+    return sel if isinstance(sel, int) else int(sel.numel())
+
+
+def sel_key(sel: Sel) -> tuple:
+    return (sel,) if isinstance(sel, int) else tuple(sel.tolist())
+
+
 def _copy(t: torch.Tensor, cache: SliceCache | None = None, key: tuple = ()) -> nn.Parameter:
     """A contiguous copy of a (sliced) tensor as a new parameter; with ``cache``, one copy per ``key``
     shared by every module exported with that cache (read-only: ``requires_grad`` is off)."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasprune.elastic.modules import ElasticModule, SliceCache, _copy
+from nasprune.elastic.modules import ElasticModule, SliceCache, _copy, count, sel_key, take
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -147,28 +147,21 @@ class ElasticMultiheadAttention(ElasticModule):
         self.inner = mha.embed_dim
         self.in_sel = self.out_sel = self.inner_sel = mha.embed_dim
 
-    def _take(self, t: torch.Tensor, dim: int, sel) -> torch.Tensor:
-        from nasprune.graph.elastic import take
-
-        return take(t, dim, sel)
-
     def active_in_proj(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         w = self.in_proj_weight.unflatten(0, (3, self.inner))
-        w = self._take(self._take(w, 1, self.inner_sel), 2, self.in_sel).flatten(0, 1)
+        w = take(take(w, 1, self.inner_sel), 2, self.in_sel).flatten(0, 1)
         b = self.in_proj_bias
         if b is not None:
-            b = self._take(b.unflatten(0, (3, self.inner)), 1, self.inner_sel).flatten()
+            b = take(b.unflatten(0, (3, self.inner)), 1, self.inner_sel).flatten()
         return w, b
 
     def active_out_proj(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w = self._take(self._take(self.out_proj.weight, 0, self.out_sel), 1, self.inner_sel)
-        b = None if self.out_proj.bias is None else self._take(self.out_proj.bias, 0, self.out_sel)
+        w = take(take(self.out_proj.weight, 0, self.out_sel), 1, self.inner_sel)
+        b = None if self.out_proj.bias is None else take(self.out_proj.bias, 0, self.out_sel)
         return w, b
 
     @property
     def active_heads(self) -> int:
-        from nasprune.graph.elastic import count
-
         return count(self.inner_sel) // self.head_dim
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
@@ -199,8 +192,6 @@ class ElasticMultiheadAttention(ElasticModule):
         return torch.stack(out)
 
     def export(self, cache: SliceCache | None = None) -> nn.Module:
-        from nasprune.graph.elastic import count, sel_key
-
         sizes = (*sel_key(self.in_sel), "|", *sel_key(self.inner_sel), "|", *sel_key(self.out_sel))
         m = Attention(count(self.in_sel), self.active_heads, self.head_dim, count(self.out_sel),
                       bias=self.in_proj_bias is not None, batch_first=self.batch_first, dropout=self.dropout,

@@ -12,25 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasprune.elastic.modules import ElasticModule, SliceCache, _ElasticWeighted, export_module
+from nasprune.elastic.modules import (
+    ElasticModule,
+    Sel,
+    SliceCache,
+    _ElasticWeighted,
+    count,
+    export_module,
+    sel_key,
+    take,
+)
 from nasprune.graph.attention import ElasticMultiheadAttention
-
-Sel = int | torch.Tensor
-"""Active channels: the leading ``n``, or these indices."""
-
-
-def take(t: torch.Tensor, dim: int, sel: Sel) -> torch.Tensor:
-    if isinstance(sel, int):
-        return t if sel == t.shape[dim] else t.narrow(dim, 0, sel)
-    return t.index_select(dim, sel if sel.device == t.device else sel.to(t.device))
-
-
-def count(sel: Sel) -> int:
-    return sel if isinstance(sel, int) else int(sel.numel())
-
-
-def sel_key(sel: Sel) -> tuple:
-    return (sel,) if isinstance(sel, int) else tuple(sel.tolist())
 
 
 class _Weighted(_ElasticWeighted):
