@@ -19,52 +19,17 @@ import hashlib
 import os
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, TensorDataset
 
-from nasprune.datasets.record import BUILTIN_INPUTS
+from nasprune.datasets.dataset import SPLITS, Dataset
+from nasprune.datasets.record import BUILTIN_INPUTS, DatasetInfo, Normalization, SplitPolicy, layout_of
+from nasprune.datasets.store import DatasetStore, check_fits, datasets_dir
 from nasprune.errors import DatasetError
-
-if TYPE_CHECKING:
-    from nasprune.datasets.record import DatasetInfo
-
-SPLITS = ("train", "val", "test", "calib")
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Tensors for every split; images are float32 and normalised, labels int64."""
-
-    name: str
-    input_shape: tuple[int, ...]
-    num_classes: int
-    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    info: DatasetInfo | None = None
-
-    @property
-    def content_hash(self) -> str:
-        """16 hex digits of the record's content hash (part of every cache key that depends on data)."""
-        return self.info.short_hash if self.info is not None else "unknown"
-
-    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in self.splits:
-            raise DatasetError(f"unknown split '{split}' (splits: {', '.join(self.splits)})")
-        return self.splits[split]
-
-    def loader(self, split: str, batch_size: int = 256, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        x, y = self.tensors(split)
-        gen = torch.Generator().manual_seed(seed)
-        return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=gen)
-
-    def sizes(self) -> dict[str, int]:
-        return {k: len(v[1]) for k, v in self.splits.items()}
 
 
 def _split(x: np.ndarray, y: np.ndarray, val: float, test: float, calib: int, seed: int):
@@ -258,8 +223,6 @@ def _fashion_mnist(seed: int) -> Dataset:
 def _builtin(name: str, shape: tuple[int, ...], splits, norm, policy, class_names=None) -> Dataset:
     """A built-in dataset with its record; the content hash covers the tensors of every split. Class names
     default to ``0..9``."""
-    from nasprune.datasets.record import DatasetInfo, Normalization, SplitPolicy, layout_of
-
     names = list(class_names) if class_names is not None else [str(i) for i in range(10)]
     k = len(names)
     h = hashlib.sha256(name.encode())
@@ -311,8 +274,6 @@ def load_dataset(name: str, seed: int = 0, data_dir: str | Path | None = None) -
     reused)."""
     if name in DATASETS:
         return _load_builtin(name, seed)
-    from nasprune.datasets.store import datasets_dir
-
     return _load_user(name, datasets_dir(data_dir).resolve())
 
 
@@ -323,8 +284,6 @@ def _load_builtin(name: str, seed: int) -> Dataset:
 
 @cache
 def _load_user(name: str, root: Path) -> Dataset:
-    from nasprune.datasets.store import DatasetStore
-
     return DatasetStore(root).load(name)
 
 
@@ -332,8 +291,6 @@ def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
     """The record of a dataset (a built-in is generated to compute its hash and statistics)."""
     if name in DATASETS:
         return load_dataset(name).info
-    from nasprune.datasets.store import DatasetStore
-
     return DatasetStore.at(data_dir).get(name)
 
 
@@ -343,8 +300,6 @@ def dataset_io(name: str, data_dir: str | Path | None = None) -> tuple[tuple[int
     if name in BUILTIN_INPUTS:
         shape, k = BUILTIN_INPUTS[name]
         return tuple(shape), k
-    from nasprune.datasets.store import DatasetStore
-
     info = DatasetStore.at(data_dir).get(name)
     return tuple(info.input_shape), info.num_classes
 
@@ -352,14 +307,10 @@ def dataset_io(name: str, data_dir: str | Path | None = None) -> tuple[tuple[int
 def check_dataset_fits(name: str, space, data_dir: str | Path | None = None) -> None:
     """Refuse (``DatasetError``) a dataset that is unknown or does not fit ``space``'s model input and classes.
     Cheap: built-ins are checked by their known shape, user datasets by their record."""
-    from nasprune.datasets.store import DatasetStore, check_fits
-
     if name in BUILTIN_INPUTS:
         if name in BUILTIN_AVAILABLE:
             BUILTIN_AVAILABLE[name]()
         shape, k = BUILTIN_INPUTS[name]
-        from nasprune.datasets.record import DatasetInfo
-
         stub = DatasetInfo.model_construct(name=name, input_shape=shape, num_classes=k)
         check_fits(stub, space)
         return
@@ -393,8 +344,6 @@ def data_key(name: str, data_dir: str | Path | None = None) -> str:
     """
     if not name or name in DATASETS:
         return ""
-    from nasprune.datasets.store import DatasetStore
-
     return f"-d{DatasetStore.at(data_dir).get(name).short_hash}"
 
 
@@ -419,8 +368,6 @@ def scoring_payload(ds: Dataset) -> dict:
 
 def dataset_from_payload(payload: dict) -> Dataset:
     """The scoring splits of :func:`scoring_payload` as a :class:`Dataset` (``calib`` and ``val`` only)."""
-    from nasprune.datasets.record import DatasetInfo
-
     splits = {
         s: (torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))) for s, (x, y) in payload["splits"].items()
     }

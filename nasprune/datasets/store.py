@@ -34,10 +34,10 @@ from nasprune.datasets.record import (
     SplitPolicy,
     layout_of,
 )
+from nasprune.datasets.stream import CHUNK_BYTES, StreamedDataset, in_memory
 from nasprune.errors import DatasetError, DatasetNameTaken
+from nasprune.paths import data_dir as data_root
 
-CHUNK_BYTES = 16 << 20
-"""Samples are copied, checked, hashed and streamed in windows of about this many bytes."""
 STREAM_BYTES = 256 << 20
 """Datasets whose samples take more than this are streamed from disk for training (train split); so is
 any dataset that takes more than a quarter of the memory the loading process has room for."""
@@ -46,22 +46,9 @@ BUILTIN_NAMES = tuple(BUILTIN_INPUTS)
 
 
 def datasets_dir(data_dir: str | Path | None = None) -> Path:
-    from nasprune.paths import data_dir as root
-
-    d = root(data_dir) / "datasets"
+    d = data_root(data_dir) / "datasets"
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def npy_data_offset(path: Path) -> int:
-    """Byte offset of the array data in a C-ordered ``.npy`` file."""
-    with open(path, "rb") as f:
-        major, _minor = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        _shape, fortran, _dtype = read_header(f)
-        if fortran:
-            raise DatasetError(f"{path} is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
-        return f.tell()
 
 
 class DatasetStore:
@@ -171,8 +158,6 @@ class DatasetStore:
     def load(self, name: str):
         """The dataset as a :class:`nasprune.data.Dataset` (normalised float32 tensors), streamed from
         disk for training when it was stored as streamed."""
-        from nasprune.datasets.stream import StreamedDataset, in_memory
-
         info = self.get(name)
         blob = self.blob(info)
         if not (blob / "x.npy").is_file():

@@ -1,4 +1,5 @@
-"""Stored datasets as :class:`nasprune.data.Dataset`: held in memory, or streamed from a memory-mapped file.
+"""Stored datasets as a :class:`~nasprune.datasets.dataset.Dataset`: held in memory, or streamed from a
+memory-mapped file.
 
 A streamed dataset never maps or reads its samples whole. Training batches come from windows of
 ``CHUNK_BYTES`` mapped one at a time (``np.memmap`` with an offset): per epoch the window order is
@@ -16,10 +17,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nasprune.data import Dataset
+from nasprune.datasets.dataset import Dataset
 from nasprune.datasets.record import SPLIT_CODES, DatasetInfo
-from nasprune.datasets.store import CHUNK_BYTES, npy_data_offset
 from nasprune.errors import DatasetError
+
+CHUNK_BYTES = 16 << 20
+"""Samples are copied, checked, hashed and streamed in windows of about this many bytes."""
+
+
+def npy_data_offset(path: Path) -> int:
+    """Byte offset of the array data in a C-ordered ``.npy`` file."""
+    with open(path, "rb") as f:
+        major, _minor = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        _shape, fortran, _dtype = read_header(f)
+        if fortran:
+            raise DatasetError(f"{path} is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
+        return f.tell()
 
 
 def _tensors(info: DatasetInfo, x: np.ndarray, y: np.ndarray, own: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
