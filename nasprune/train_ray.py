@@ -1,6 +1,6 @@
 """Data-parallel supernet training on Ray Train (``TorchTrainer``: gloo on CPU, nccl on GPU).
 
-Every worker runs :func:`nasprune.train.run_training` on its share of each batch (every
+Every worker runs :func:`nasprune.train_loop.run_training` on its share of each batch (every
 world-th example); the subnets of a step come from (seed, step) alone, so all workers train the
 same architectures in a step and the averaged gradients belong to one architecture. Worker 0
 validates and reports the whole training state as a Ray Train checkpoint after every epoch; a
@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 
 from nasprune.data import Dataset
-from nasprune.train import (
+from nasprune.ray_cluster import connect, disconnect
+from nasprune.train_loop import (
+    Dist,
     TrainConfig,
     TrainError,
-    _atomic_torch_save,
-    _Dist,
+    atomic_torch_save,
     read_train_state,
     run_training,
 )
@@ -81,9 +82,9 @@ def _worker_loop(config: dict) -> None:
             ray.train.report(metrics, checkpoint=None)
             return
         if state_file is not None and state_file.parent.is_dir():  # the same machine as the driver
-            _atomic_torch_save(st, state_file)
+            atomic_torch_save(st, state_file)
         with tempfile.TemporaryDirectory(prefix="nasprune-train-") as d:
-            _atomic_torch_save(st, Path(d) / STATE_FILE)
+            atomic_torch_save(st, Path(d) / STATE_FILE)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
         queue.put(("epoch", rec))
 
@@ -98,7 +99,7 @@ def _worker_loop(config: dict) -> None:
         device=device,
         state=state,
         notify=notify,
-        dist=_Dist(rank, world),
+        dist=Dist(rank, world),
         save_state=save_state,
     )
 
@@ -123,13 +124,12 @@ def train_on_ray(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
-    from nasprune.search.ray_backend import _connect, _disconnect
 
     if cfg.batch_size < 2 * workers:
         raise TrainError(f"--batch-size {cfg.batch_size} is too small for {workers} workers (at least 2 per worker)")
     if state_file is not None:
         state_file.parent.mkdir(parents=True, exist_ok=True)
-    _connect(ray, ray_address)
+    connect(ray, ray_address)
     storage = Path(tempfile.mkdtemp(prefix="nasprune-ray-train-", dir=state_file.parent if state_file else None))
     queue = None
     try:
@@ -190,7 +190,7 @@ def train_on_ray(
         if queue is not None:
             ray.kill(queue.actor)
         shutil.rmtree(storage, ignore_errors=True)
-        _disconnect(ray)
+        disconnect(ray)
 
 
 def _restarts(state: dict) -> int:

@@ -12,7 +12,7 @@ import pytest
 
 CODE = """
 import ctypes, os, signal, threading
-from nasprune.search import ray_backend
+from nasprune import ray_cluster
 import ray
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -32,10 +32,10 @@ before = handlers()
 failures = []
 
 def job():
-    ray_backend._connect(ray, None)
+    ray_cluster.connect(ray, None)
     during = handlers()
     failures.extend(f"{n} while connected" for n in ("SIGTERM", "SIGINT", "SIGHUP") if during[n] != before[n])
-    ray_backend._disconnect(ray)
+    ray_cluster.disconnect(ray)
 
 t = threading.Thread(target=job)
 t.start()

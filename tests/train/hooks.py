@@ -42,9 +42,9 @@ def _rank_now():
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    # patches nasprune.train when (and only if) the process imports it: no torch import elsewhere
+    # patches nasprune.train_loop (the loop that calls step_subnets) when (and only if) the process imports it
     def find_spec(self, name, path, target=None):
-        if name != "nasprune.train":
+        if name != "nasprune.train_loop":
             return None
         for finder in sys.meta_path:
             if finder is not self and hasattr(finder, "find_spec"):

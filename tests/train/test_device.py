@@ -13,13 +13,13 @@ from nasprune.evaluate import Evaluator
 from nasprune.train import (
     TrainConfig,
     TrainError,
-    _device_batches,
     checkpoint_meta,
     epoch_order,
     load_checkpoint,
     resolve_device,
     train_supernet,
 )
+from nasprune.train_loop import _device_batches
 
 NO_CUDA = "no CUDA device on this machine (torch.cuda.is_available() is False): the CUDA path is not run here"
 

@@ -22,7 +22,6 @@ from nasprune.errors import CheckpointError
 from nasprune.registry import load_space
 from nasprune.train import (
     TrainConfig,
-    _check_state,
     checkpoint_meta,
     load_checkpoint,
     read_train_state,
@@ -30,6 +29,7 @@ from nasprune.train import (
     step_subnets,
     train_supernet,
 )
+from nasprune.train_loop import check_state
 from tests.train.hooks import pause_site
 
 SPACE = "mlp_digits"
@@ -112,11 +112,11 @@ def test_a_state_of_another_recipe_or_space_is_refused(tmp_path):
     space = load_space(SPACE)
     cfg = TrainConfig(epochs=3, warmup_epochs=1, batch_size=64, n_random=1, max_shift=0)
     state = {"version": 1, "space": SPACE, "space_digest": space.digest(), "recipe": cfg.model_dump()}
-    _check_state(state, space, cfg, "s")
+    check_state(state, space, cfg, "s")
     with pytest.raises(CheckpointError, match=r"another recipe \(epochs: 3 then, 4 now\).*--restart"):
-        _check_state(state, space, cfg.model_copy(update={"epochs": 4}), "s")
+        check_state(state, space, cfg.model_copy(update={"epochs": 4}), "s")
     with pytest.raises(CheckpointError, match="belongs to space 'mlp_digits'.*not 'resnet_mnist'"):
-        _check_state(state, load_space("resnet_mnist"), cfg, "s")
+        check_state(state, load_space("resnet_mnist"), cfg, "s")
     (tmp_path / "x.resume").write_bytes(b"not a state")
     with pytest.raises(CheckpointError, match="damaged.*delete it"):
         read_train_state(tmp_path / "x.resume")
