@@ -12,7 +12,8 @@ import pytest
 
 from nasprune.export import read_metadata
 from nasprune.search.job import JobContext, SearchJob
-from nasprune.search.runner import RoundTiming, VerifySettings, distrust, run_job
+from nasprune.search.runner import run_job
+from nasprune.search.verify import RoundTiming, VerifySettings, distrust
 from tests.search.conftest import SPACE, assert_verified_or_too_busy
 
 

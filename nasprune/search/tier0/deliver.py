@@ -2,7 +2,7 @@
 
 :func:`deliver` prunes to the budget (:class:`~nasprune.search.tier0.Tier0`), exports the repaired model
 (``onnx.checker``, onnxruntime parity), times it on this machine with the search's verification (the
-interleaved rounds of :func:`nasprune.search.runner.time_rounds`, corrected by the table's reference
+interleaved rounds of :func:`nasprune.search.verify.time_rounds`, corrected by the table's reference
 subnets timed alongside, distrusted when the machine is too busy), and when the measurement misses the
 budget asks the knapsack again for a proportionally smaller target and retries. The file's metadata
 says what it is: ``tier: 0``, its weights, accuracies, predicted and measured latency, how to feed it.
@@ -15,7 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nasprune.data import preprocessing_metadata
+from nasprune.errors import LatencyTableError
+from nasprune.evaluate import accuracy_of
+from nasprune.export import export_subnet, stamp_metadata
+from nasprune.latency.profile import check_runs_here
 from nasprune.search.tier0 import Tier0, Tier0Result
+from nasprune.search.verify import VerifySettings, distrust, load_avg, machine_speed, reference_subnets, time_rounds
 
 
 @dataclass
@@ -45,15 +51,9 @@ def deliver(
 ) -> Delivery:
     """Prune with ``pruner`` to ``budget_ms``, export to ``path``, measure, step down while the
     measurement misses (at most ``retries`` times), stamp the metadata. ``verify``: the
-    :class:`~nasprune.search.runner.VerifySettings` (default: the search's)."""
+    :class:`~nasprune.search.verify.VerifySettings` (default: the search's)."""
     import tempfile
 
-    from nasprune.data import preprocessing_metadata
-    from nasprune.errors import LatencyTableError
-    from nasprune.evaluate import accuracy_of
-    from nasprune.export import export_subnet, stamp_metadata
-    from nasprune.latency.profile import check_runs_here
-    from nasprune.search.runner import VerifySettings
 
     t_start = time.perf_counter()
     settings = verify or VerifySettings()
@@ -87,10 +87,8 @@ def deliver(
         on_progress("measuring the model on this machine")
         t0 = time.perf_counter()
         if not references:
-            from nasprune.search.runner import _references
-
             folder = Path(references_dir) if references_dir else Path(tempfile.mkdtemp(prefix="nasprune-refs-"))
-            references = _references(table, pruner.supernet, folder)
+            references = reference_subnets(table, pruner.supernet, folder)
         measured, why, timing = _measure(path, references, table, settings)
         spent["measure_s"] += time.perf_counter() - t0
         result.timings.update(spent)
@@ -143,10 +141,8 @@ def deliver(
 def _measure(path: Path, references, table, settings) -> tuple[float | None, str | None, dict]:
     """The model's latency at the table's machine speed (None when the timing cannot be trusted), why
     not, and the timing's details; as the search's verification measures its candidates."""
-    from nasprune.search.runner import _load_avg, distrust, machine_speed, time_rounds
-
     for attempt in range(1, settings.attempts + 1):
-        load = _load_avg()
+        load = load_avg()
         timings = time_rounds([path] + [p for p, _ in references], table.device, settings, seed=attempt)
         cand, refs = timings[0], timings[1:]
         speed = machine_speed([t.best_ms for t in refs], [ms for _, ms in references])
