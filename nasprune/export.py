@@ -21,7 +21,7 @@ from torch import nn
 
 from nasprune.elastic.supernet import Supernet, extract
 from nasprune.errors import ExportError
-from nasprune.latency.timing import make_session
+from nasprune.onnxrt import make_session
 from nasprune.space import SubnetConfig
 
 OPSET = 18

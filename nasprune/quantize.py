@@ -27,6 +27,8 @@ from typing import Literal
 import numpy as np
 import onnx
 
+from nasprune.onnxrt import make_session
+
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
 Calibration = Literal["minmax", "entropy", "percentile"]
@@ -177,8 +179,6 @@ def is_qdq(path: str | Path) -> bool:
 
 def onnx_accuracy(model: str | Path | bytes, x: np.ndarray, y: np.ndarray, batch: int = 256, threads: int = 1) -> float:
     """Top-1 accuracy of an ONNX classifier (float or quantized) run by onnxruntime on ``x``/``y``."""
-    from nasprune.latency.timing import make_session
-
     sess = make_session(model, threads)
     name = sess.get_inputs()[0].name
     x = np.asarray(x, dtype=np.float32)

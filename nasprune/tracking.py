@@ -816,7 +816,7 @@ def log_onnx_model(
     metadata = {"nasprune": {k: _json_or_str(v) for k, v in meta.items()}}
     signature = None
     if input_example is not None:
-        from nasprune.latency.timing import make_session
+        from nasprune.onnxrt import make_session
 
         (logits,) = make_session(path).run(None, {"input": input_example})
         signature = infer_signature(input_example, logits)

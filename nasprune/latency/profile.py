@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from nasprune.errors import LatencyTableError
+from nasprune.export import export_subnet
 from nasprune.latency.device import DeviceProfile
 from nasprune.latency.graphs import (
     consumer_baseline,
@@ -43,6 +44,8 @@ from nasprune.latency.ops import OpKey, all_ops
 from nasprune.latency.settings import ProfileSettings, check_precision
 from nasprune.latency.table import LatencyTable, Sample, compare
 from nasprune.latency.timing import Timing, feed_for, make_session, time_interleaved, time_session
+from nasprune.quantize import quantize_for_timing
+from nasprune.registry import create_supernet
 from nasprune.space import SubnetConfig
 
 
@@ -50,8 +53,6 @@ def at_precision(models: Sequence, precision: str) -> list:
     """The models (bytes or paths) as they run at ``precision``: int8 ones quantized (as bytes)."""
     if check_precision(precision) == "fp32":
         return list(models)
-    from nasprune.quantize import quantize_for_timing
-
     return [quantize_for_timing(m) for m in models]
 
 
@@ -110,8 +111,6 @@ def deployable_supernet(space):
     Latency does not depend on weight values, but the exporter drops all-zero biases, which a
     freshly initialised BatchNorm would fold into; a trained network always has them.
     """
-    from nasprune.registry import create_supernet
-
     net = create_supernet(space)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -128,8 +127,6 @@ def export_all(supernet, cfgs: Sequence[SubnetConfig], folder: Path, progress: b
 
     A file already in ``folder`` for the same space definition and subnet is reused.
     """
-    from nasprune.export import export_subnet
-
     paths = []
     with _bar(progress, len(cfgs), "exporting subnets", unit="subnet") as bar:
         for cfg in cfgs:
@@ -312,8 +309,6 @@ def measure_subnet(
     ``device`` (default ``local-cpu``) must describe this machine; its threads, batch size and
     execution provider are used.
     """
-    from nasprune.export import export_subnet
-
     device = device or DeviceProfile.local()
     check_runs_here(device)
     with tempfile.TemporaryDirectory(prefix="nasprune-measure-") as tmp:

@@ -7,19 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from nasprune.onnxrt import make_session
 
-def make_session(model: str | Path | bytes, threads: int = 1, provider: str = "CPUExecutionProvider"):
-    """An onnxruntime session with full graph optimisation and ``threads`` intra-op threads."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, sess_options=so, providers=[provider])
+__all__ = ["Timing", "feed_for", "make_session", "measure_model", "time_interleaved", "time_session"]
 
 
 @dataclass(frozen=True)
