@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from nasprune.errors import NasPruneError
+from nasprune.progress import progress_bar
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -189,8 +190,6 @@ class Client:
 
     @staticmethod
     def _update_bar(bar, job: dict, p: dict):
-        from nasprune.cli._common import progress_bar
-
         total = p.get("n_total") or job["spec"]["n_trials"]
         if bar is None:
             bar = progress_bar(total, job["status"], file=sys.stderr)

@@ -96,7 +96,7 @@ def test_every_command_has_a_description():
 def test_progress_off_a_terminal_is_plain_lines_every_few_seconds():
     import io
 
-    from nasprune.cli._common import LineProgress, progress_bar
+    from nasprune.progress import LineProgress, progress_bar
 
     assert isinstance(progress_bar(10, "x", file=io.StringIO()), LineProgress)  # not a terminal
     out = io.StringIO()

@@ -326,7 +326,8 @@ def _tracking(args, root: Path) -> str | None:
 
 def _search(job, args, root) -> int:
     from nasprune.budgets import budget_warnings, latency_range
-    from nasprune.cli._common import front_table, progress_bar
+    from nasprune.cli._common import front_table
+    from nasprune.progress import progress_bar
     from nasprune.search.job import JobContext
     from nasprune.search.runner import run_job
     from nasprune.search.study import journal_url
