@@ -15,9 +15,6 @@ import re
 import secrets
 import threading
 import time
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from services.auth.errors import KeyNotFound, NameTaken, UserExists, UserNotFound
 from services.auth.principal import Principal, Role
 from services.jobs.errors import InvalidRequest, StorageQuotaExceeded
-from services.jobs.store import UTCDateTime, metadata, utcnow
+from services.jobs.store import UTCDateTime, metadata, serialized, utcnow
 
 USER_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
 TEAM_PATTERN = USER_NAME_PATTERN
@@ -142,32 +139,6 @@ class AuditEntry:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _lock_key(text: str) -> int:
-    return 0x6E730000 + zlib.crc32(text.encode()) % 0xFFFF
-
-
-@contextmanager
-def serialized(engine: Engine, name: str) -> Iterator[Connection]:
-    """A transaction that no other holder of the same ``name`` runs at the same time, in any process.
-
-    PostgreSQL: a transaction-scoped advisory lock. SQLite: ``BEGIN IMMEDIATE`` takes the database's
-    write lock before the first read, so a count and the insert it guards cannot interleave.
-    """
-    with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            with conn.begin():
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(name)})
-                yield conn
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
 
 
 class UserStore:

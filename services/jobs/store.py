@@ -10,7 +10,9 @@ under a lock, so upgrading nasprune upgrades an existing database.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -144,6 +146,32 @@ class JobRecord:
             user_name=m.get("user_name"),
             team=m.get("team"),
         )
+
+
+def _lock_key(text: str) -> int:
+    return 0x6E730000 + zlib.crc32(text.encode()) % 0xFFFF
+
+
+@contextmanager
+def serialized(engine: Engine, name: str) -> Iterator[Connection]:
+    """A transaction that no other holder of the same ``name`` runs at the same time, in any process.
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite: ``BEGIN IMMEDIATE`` takes the database's
+    write lock before the first read, so a count and the insert it guards cannot interleave.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            with conn.begin():
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(name)})
+                yield conn
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -329,8 +357,6 @@ class JobStore:
                 if queued >= max_queued:
                     raise QueueFull(queued, max_queued)
             if user is not None and user_max_queued is not None:
-                from services.auth.store import serialized
-
                 with serialized(self.engine, f"queue:{user}") as conn:
                     mine = int(
                         conn.scalar(
