@@ -39,6 +39,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check nasprune services tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: install
