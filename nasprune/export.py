@@ -19,6 +19,7 @@ import onnx
 import torch
 from torch import nn
 
+from nasprune._quiet import quiet_export
 from nasprune.elastic.supernet import Supernet, extract
 from nasprune.errors import ExportError
 from nasprune.onnxrt import make_session
@@ -44,12 +45,13 @@ _EXPORT_LOCK = threading.Lock()
 def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, sequence_dims: tuple[int, ...] = ()) -> None:
     """``torch.onnx.export`` as is: with ``verbose=False`` it prints nothing.
 
-    Exports run in the service's worker threads, so nothing process-wide is changed around them:
-    ``redirect_stdout`` and ``warnings.catch_warnings`` swap ``sys.stdout`` and the warning filters
-    for every thread, and two exports at once can restore each other's (a discarded buffer stays
-    ``sys.stdout``). Warnings and log records go where the application sends them.
+    Exports run in the service's worker threads, so ``sys.stdout`` is left alone (``redirect_stdout``
+    swaps it for every thread, and two exports at once could restore each other's: a discarded buffer
+    would stay ``sys.stdout``). Warnings and log records go where the application sends them, except
+    two notices the exporter gives torch's own developers (``nasprune._quiet.quiet_export``), ignored
+    inside the lock, so no two exports swap the warning filters at once.
     """
-    with _EXPORT_LOCK:
+    with _EXPORT_LOCK, quiet_export():
         torch.onnx.export(
             model,
             (sample,),

@@ -36,13 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     import os
-    import warnings
 
     if not sys.stderr.isatty():  # a log file: any tqdm bar (training, table builds) updates every 10 s at most
         os.environ.setdefault("TQDM_MININTERVAL", "10")
-    # torch 2.13's ONNX exporter trips its own pytree deprecation on every export (through copyreg): a
-    # notice for torch's developers, not for a user of this command
-    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

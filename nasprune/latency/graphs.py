@@ -179,6 +179,7 @@ def torch_fragment(key: OpKey) -> onnx.ModelProto:
 def _export_fragment(module, shapes: tuple[tuple[int, ...], ...], what: str) -> onnx.ModelProto:
     import torch
 
+    from nasprune._quiet import quiet_export
     from nasprune.export import _EXPORT_LOCK
     from nasprune.export import OPSET as EXPORT_OPSET
 
@@ -189,7 +190,7 @@ def _export_fragment(module, shapes: tuple[tuple[int, ...], ...], what: str) -> 
     batched = tuple({0: batch} if x.dim() and x.shape[0] == 1 else None for x in xs)
     for dynamic in (batched, None):  # an op that specialises the batch size still gets a graph
         try:
-            with _EXPORT_LOCK, torch.no_grad():
+            with _EXPORT_LOCK, quiet_export(), torch.no_grad():
                 program = torch.onnx.export(
                     module.eval(), xs, None, dynamo=True, external_data=False, optimize=True, verbose=False,
                     opset_version=EXPORT_OPSET, dynamic_shapes=dynamic,
