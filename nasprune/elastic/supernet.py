@@ -24,8 +24,9 @@ class Supernet(nn.Module):
     space: object
     body: nn.Module
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+    def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """The body on its inputs: one tensor, or several (token ids and an attention mask)."""
+        return self.body(x, *inputs)
 
     def _checked(self, cfg: SubnetConfig | dict) -> SubnetConfig:
         return self.space.parse_config(cfg)

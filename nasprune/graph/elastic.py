@@ -222,6 +222,14 @@ class ElasticGroupNorm(_AffineNorm):
         return self._copy_affine(nn.GroupNorm(c // self.per_group, c, eps=self.eps, affine=self.weight is not None))
 
 
+class Skipped(nn.Identity):
+    """A skipped block in an extracted model: its first input, whatever else it is called with (a
+    Hugging Face encoder calls its layers with the attention mask too)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return x
+
+
 class Skippable(ElasticModule):
     """A residual block that a subnet may skip (its input and output shapes match): then it is the identity."""
 
@@ -234,7 +242,7 @@ class Skippable(ElasticModule):
         return self.block(x, *args, **kwargs) if self.keep else x
 
     def export(self, cache: SliceCache | None = None) -> nn.Module:
-        return export_module(self.block, cache) if self.keep else nn.Identity()
+        return export_module(self.block, cache) if self.keep else Skipped()
 
     def elastic_state(self) -> tuple:
         return (self.keep,)

@@ -86,3 +86,51 @@ def test_what_is_frozen_says_why(analysed):
     assert "embedding" in stream
     assert a.frozen_groups["model.classifier"] == "network output"
     assert {f.reason.split(" '")[0] for f in a.frozen} == {"used with the fixed-size tensor"}
+
+
+@pytest.fixture(scope="module")
+def converted(analysed):
+    import numpy as np
+
+    from nasprune.graph import GraphSupernet, derive_space
+
+    model, a = analysed
+    x = tokens(4, 16)
+    with torch.no_grad():
+        original = model(*x)
+    space = derive_space(a, "minilm", "tests.graph.test_hf_bert:minilm_classifier", num_classes=2)
+    t = time.perf_counter()
+    net = GraphSupernet(space, model, tokens())
+    print(f"\nMiniLM-L6 conversion: {time.perf_counter() - t:.2f} s")
+    rng = np.random.default_rng(7)
+    return net, space, x, original, [space.smallest(), *(space.sample(rng) for _ in range(3))]
+
+
+def test_the_largest_subnet_is_the_original(converted):
+    net, space, x, original, _ = converted
+    assert space.groups["model.bert.encoder.layer.0.attention.self.query"].widths == [3, 4, 6, 8, 10, 12]  # heads
+    with torch.no_grad(), net.select(space.largest()):
+        diff = (net(*x) - original).abs().max().item()
+    print(f"MiniLM-L6 largest subnet vs original: {diff:.1e}")
+    assert diff <= 1e-5
+
+
+def test_extract_matches_select_and_counts(converted):
+    from nasprune.elastic.modules import ElasticModule
+    from nasprune.elastic.supernet import extract
+
+    net, _, x, _, cfgs = converted
+    worst, seconds = 0.0, 0.0
+    for cfg in cfgs:
+        with torch.no_grad(), net.select(cfg):
+            ref = net(*x)
+        t = time.perf_counter()
+        plain = extract(net, cfg)  # BERT's own view(b, s, -1, 32) runs the kept heads; skipped layers pass x on
+        seconds = max(seconds, time.perf_counter() - t)
+        assert not any(isinstance(m, ElasticModule) for m in plain.modules())
+        with torch.no_grad():
+            worst = max(worst, (plain(*x) - ref).abs().max().item())
+        assert sum(p.numel() for p in plain.parameters()) == net.num_params(cfg)
+    print(f"MiniLM-L6 extract vs select: {worst:.1e} (extraction {seconds:.2f} s)")
+    assert worst <= 1e-5
+    assert net.num_params(cfgs[0]) < net.num_params(net.space.largest())
