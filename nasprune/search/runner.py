@@ -70,6 +70,10 @@ def run_job(
     table_space = space  # latency does not depend on the data: one table per space, whatever the dataset
     if job.dataset is not None and job.dataset != space.dataset:
         space = space.model_copy(update={"dataset": job.dataset})  # its own checkpoint (the digest covers it)
+    if job.tier0 == "only":  # refused before a table is measured for nothing
+        source, why = tier0_job.source_of(job, space, ctx.data_dir)
+        if source is None:
+            raise ConfigError(why)
     ctx.on_progress(
         Progress(
             stage="building latency table",
