@@ -26,7 +26,8 @@ from torch.nn.utils import parametrize
 
 from nasprune.data import Dataset, random_shift
 from nasprune.elastic.supernet import Supernet, extract
-from nasprune.evaluate import recalibrate_bn
+from nasprune.evaluate import Evaluator, recalibrate_bn
+from nasprune.registry import create_supernet
 from nasprune.space import SubnetConfig
 
 
@@ -134,13 +135,10 @@ def teacher_of(supernet: Supernet, dataset: Dataset | None = None) -> nn.Module:
     wrecked fine-tuning (90% -> 47%)."""
     space = supernet.space
     if getattr(space, "weights", None):
-        from nasprune.registry import create_supernet
-
         original = create_supernet(space)
         return extract(original, space.largest()).eval()
     if dataset is None:
         return extract(supernet, space.largest()).eval()
-    from nasprune.evaluate import Evaluator
 
     return Evaluator(supernet, dataset).subnet(space.largest())  # recalibrated as the search scores it
 

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from nasprune.data import Dataset, load_dataset, random_shift
+from nasprune.data import Dataset, data_key, load_dataset, random_shift
 from nasprune.elastic.supernet import Supernet, extract
 from nasprune.errors import CheckpointError
 from nasprune.evaluate import accuracy_of, recalibrate_bn
+from nasprune.paths import checkpoints_dir
 from nasprune.registry import create_supernet, load_space
 from nasprune.space import SubnetConfig
 from nasprune.train_loop import (
@@ -289,9 +290,6 @@ def checkpoint_meta(path: str | Path) -> dict:
 def supernet_path(space, data_dir: str | Path | None = None, epochs: int | None = None) -> Path:
     """Where the trained supernet of ``space`` is cached (the digest covers the weights it starts from); one
     trained for ``epochs`` other than the default recipe's is cached apart (``-e<epochs>``)."""
-    from nasprune.data import data_key
-    from nasprune.paths import checkpoints_dir
-
     length = f"-e{epochs}" if epochs is not None and epochs != default_recipe(space).epochs else ""
     return checkpoints_dir(data_dir) / f"{space.name}-{space.digest()}{data_key(space.dataset, data_dir)}{length}.pt"
 

@@ -36,8 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from nasprune.graph.analyze import WEIGHTED_TYPES, Analysis, LayerUse, Layout, _target_name
+from nasprune.errors import GraphError, LatencyTableError
+from nasprune.graph.analyze import WEIGHTED_TYPES, Analysis, LayerUse, Layout, _target_name, analyze_model
+from nasprune.graph.attention import ElasticMultiheadAttention
+from nasprune.graph.elastic import ElasticBatchNorm, ElasticConv, ElasticGroupNorm, ElasticLayerNorm, ElasticLinear
 from nasprune.graph.keys import OpKey, TorchOp, register_torch_op
+from nasprune.graph.models import build_model
 from nasprune.space import GraphSpace, SubnetConfig
 
 _ACT_MODULES = {
@@ -206,8 +210,6 @@ class UnitPlan:
         a = self.analysis
         gm = a.graph
         if gm is None:
-            from nasprune.errors import LatencyTableError
-
             raise LatencyTableError("the analysis has no graph to plan units from")
         self.modules = dict(gm.named_modules())
         self._index = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -721,10 +723,6 @@ def plan_for(space: GraphSpace) -> UnitPlan:
 
 @functools.lru_cache(maxsize=32)
 def _plan_cached(model_ref: str, kwargs: tuple, input_shape: tuple, divisor: int, digest: str, blocks: tuple):
-    from nasprune.errors import GraphError
-    from nasprune.graph.analyze import analyze_model
-    from nasprune.graph.models import build_model
-
     model = build_model(model_ref, dict(kwargs)).eval()
     analysis = analyze_model(model, torch.zeros(1, *input_shape), divisor)
     if analysis.digest != digest:
@@ -1009,18 +1007,8 @@ def _resized(module: nn.Module, inner: InnerLayer, c_in: int, c_out: int, heads_
     """A plain copy of one of the model's prunable layers at ``c_in`` -> ``c_out`` channels (and, for
     attention, ``heads_features`` of kept heads), through the elastic layer the supernet would use, so
     it is the layer a subnet deploys."""
-    from nasprune.graph.elastic import (
-        ElasticBatchNorm,
-        ElasticConv,
-        ElasticGroupNorm,
-        ElasticLayerNorm,
-        ElasticLinear,
-    )
-
     kind = inner.use.kind
     if kind == "attention":
-        from nasprune.graph.attention import ElasticMultiheadAttention
-
         e = ElasticMultiheadAttention(module)
         e.in_sel, e.inner_sel, e.out_sel = c_in, heads_features, c_out
         return e.export().eval()

@@ -26,7 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nasprune.quantize import DEFAULT_CALIBRATION, calibration_inputs, quantize_model
+from nasprune.evaluate import PerExample
+from nasprune.export import export_subnet, stamp_metadata
+from nasprune.latency.timing import make_session
+from nasprune.quantize import DEFAULT_CALIBRATION, calibration_inputs, quantize_model, split_accuracy
+from nasprune.search.study import TrialRecord
 
 INT8_NUMBER_OFFSET = 1_000_000_000
 """int8 records are numbered ``offset + trial number`` while the front is verified (numbers key the
@@ -70,8 +74,6 @@ class Int8Scorer:
         """The int8 ONNX model of ``cfg`` (BatchNorm recalibrated as scored), quantized once."""
         path = self.folder / f"{cfg.key()}.onnx"
         if not path.is_file():
-            from nasprune.export import export_subnet
-
             flt = self.folder / f"{cfg.key()}.fp32.onnx"
             export_subnet(self.supernet, cfg, flt, model=self.evaluator.subnet(cfg))
             quantize_model(flt, path, calibration_inputs(self.evaluator.dataset), self.calibration,
@@ -81,8 +83,6 @@ class Int8Scorer:
         return path
 
     def accuracy(self, cfg, split: str = "val") -> float:
-        from nasprune.quantize import split_accuracy
-
         key = cfg.key()
         if split not in self.scores.get(key, {}):
             self.scores.setdefault(key, {})[split] = split_accuracy(self.model(cfg), self.evaluator.dataset, split)
@@ -102,8 +102,6 @@ def int8_metadata(calibration: str) -> dict[str, str]:
 
 def expand_front(front: list, trials: list, job, table_int8, scorer: Int8Scorer, max_quantized: int = MAX_QUANTIZED):
     """The fp32 ``front`` joined with the int8 candidates that reach it (see the module docstring)."""
-    from nasprune.search.study import TrialRecord
-
     space = scorer.supernet.space
     points = [(r.accuracy, r.latency_ms) for r in front]
     best: dict[str, object] = {}
@@ -145,8 +143,6 @@ def deliver(path: Path, rec, dataset, calibration: str = DEFAULT_CALIBRATION) ->
     if is_int8(rec):
         quantize_model(path, path, calibration_inputs(dataset), calibration, metadata=int8_metadata(calibration))
     else:
-        from nasprune.export import stamp_metadata
-
         stamp_metadata(path, {"precision": "fp32"})
 
 
@@ -157,9 +153,6 @@ def per_example(evaluator, rec, out: Path):
     if not is_int8(rec):
         return evaluator.per_example(cfg, "val")
     import torch
-
-    from nasprune.evaluate import PerExample
-    from nasprune.latency.timing import make_session
 
     sess = make_session(Path(out) / "int8" / f"{cfg.key()}.onnx")
     x, y = evaluator.dataset.tensors("val")

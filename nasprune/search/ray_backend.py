@@ -16,10 +16,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nasprune.data import dataset_from_payload, scoring_payload
+from nasprune.evaluate import Evaluator
+from nasprune.latency.table import LatencyTable
 from nasprune.ray_cluster import connect, disconnect
+from nasprune.registry import create_supernet
 from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.objective import Objective
 from nasprune.search.study import TrialRecord, make_sampler, make_storage, n_complete, open_study, quiet_optuna
+from nasprune.space import parse_space
 
 _WORKER_CACHE: dict[str, Objective] = {}
 
@@ -31,12 +36,6 @@ def _worker_objective(payload: dict) -> Objective:
         import io
 
         import torch
-
-        from nasprune.data import dataset_from_payload
-        from nasprune.evaluate import Evaluator
-        from nasprune.latency.table import LatencyTable
-        from nasprune.registry import create_supernet
-        from nasprune.space import parse_space
 
         torch.set_num_threads(1)
         space = parse_space(payload["space"])
@@ -76,8 +75,6 @@ def _payload(objective: Objective, job: SearchJob, checkpoint_id: str) -> dict:
     import io
 
     import torch
-
-    from nasprune.data import scoring_payload
 
     buf = io.BytesIO()
     torch.save(objective.supernet.state_dict(), buf)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from nasprune.search.optuna_backend import mirror, run_trial
+from nasprune.search.study import open_study, quiet_optuna, record_of
 from nasprune.space import SubnetConfig
 
 Fits = Callable[[SubnetConfig], bool]
@@ -99,9 +101,6 @@ def run(objective, job, ctx, on_trial) -> int:
     ``job.n_trials`` complete trials or no unscored grown subnet is found (a small space near its budget);
     returns how many refinement trials the study holds."""
     from optuna.trial import TrialState
-
-    from nasprune.search.optuna_backend import mirror, run_trial
-    from nasprune.search.study import open_study, quiet_optuna, record_of
 
     n_refine = job.n_refine()
     if n_refine == 0:

@@ -20,10 +20,26 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from nasprune.errors import BudgetError
-from nasprune.search.job import Candidate, JobContext, Progress, SearchJob, SearchResult
+from nasprune.data import load_dataset, preprocessing_metadata
+from nasprune.errors import BudgetError, ConfigError, LatencyTableError
+from nasprune.evaluate import Evaluator, accuracy_of
+from nasprune.export import export_model, export_subnet, read_metadata, stamp_metadata
+from nasprune.finetune import finetune_subnet
+from nasprune.latency.profile import check_runs_here
+from nasprune.latency.store import get_table
+from nasprune.latency.timing import feed_for, make_session, time_interleaved
+from nasprune.paths import models_dir
+from nasprune.quantize import DEFAULT_CALIBRATION, calibration_inputs, quantize_model, split_accuracy
+from nasprune.registry import load_space
+from nasprune.search import optuna_backend, precision, ray_backend, refine
+from nasprune.search.job import Candidate, JobContext, Progress, SearchJob, SearchResult, TrainingProgress
 from nasprune.search.objective import Objective
+from nasprune.search.plot import pareto_plot
+from nasprune.search.precision import deliver, per_example
+from nasprune.search.select import rank
 from nasprune.search.study import TrialRecord, open_study, pareto_trials, record_of, trial_records
+from nasprune.search.tier0 import job as tier0_job
+from nasprune.search.tier0.job import best_of_tiers
 from nasprune.search.verify import (
     VerifySettings,
     distrust,
@@ -33,6 +49,8 @@ from nasprune.search.verify import (
     time_rounds,
     too_few_rounds,
 )
+from nasprune.tracking import JobTracker, MlflowTracker, job_run_name
+from nasprune.train import checkpoint_id, default_recipe, get_supernet
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +74,9 @@ def run_job(
     job: SearchJob, ctx: JobContext, progress_bar: bool = False, verify: VerifySettings | None = None
 ) -> SearchResult:
     """Run (or resume) the job ``ctx.job_id`` to the end and return its result (``verify``: how to time candidates)."""
-    from nasprune.latency.store import get_table
-    from nasprune.registry import load_space
-
     out = Path(ctx.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if job.model is not None:  # an uploaded model: its derived space lies beside its weights
-        from nasprune.paths import models_dir
 
         space = load_space(models_dir(ctx.data_dir) / f"{job.model}.yaml")
     else:
@@ -101,16 +115,11 @@ def run_job(
 
 def _tier0(job: SearchJob, space, table, ctx: JobContext, out: Path, verify, tracking):
     """The job's tier-0 model (:mod:`nasprune.search.tier0.job`), or None where the job makes none."""
-    from nasprune.search.tier0 import job as tier0_job
-
     source, why = tier0_job.source_of(job, space, ctx.data_dir)
     if source is None:
         if job.tier0 == "only":
-            from nasprune.errors import ConfigError
-
             raise ConfigError(why)
         return None
-    from nasprune.data import load_dataset
 
     def note(msg: str) -> None:
         ctx.on_progress(Progress(stage="tier 0", n_total=job.n_trials, message=f"tier 0: {msg}"))
@@ -137,8 +146,6 @@ def _tier0(job: SearchJob, space, table, ctx: JobContext, out: Path, verify, tra
 
 def _tier0_only(job: SearchJob, ctx: JobContext, tier0, table, tracking, out: Path) -> SearchResult:
     """A ``tier0: only`` job's result: the tier-0 model delivered, no supernet, no trials."""
-    from nasprune.search.tier0.job import best_of_tiers
-
     recommended = best_of_tiers(None, tier0, job)
     if recommended is not None:
         (out / "model.onnx").write_bytes((out / "models" / f"{tier0.candidate_id}.onnx").read_bytes())
@@ -163,10 +170,6 @@ def _tier0_only(job: SearchJob, ctx: JobContext, tier0, table, tracking, out: Pa
 
 def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracking, out: Path, progress_bar, verify):
     """Supernet, search, verification, fine-tuning: the rest of :func:`run_job` after tier 0."""
-    from nasprune.data import load_dataset
-    from nasprune.evaluate import Evaluator
-    from nasprune.train import checkpoint_id, default_recipe, get_supernet
-
     ctx.on_progress(
         Progress(
             stage="preparing supernet",
@@ -175,7 +178,6 @@ def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracki
             tier0=tier0,
         )
     )
-    from nasprune.search.job import TrainingProgress
 
     def on_epoch(rec: dict) -> None:  # when this job trains the supernet (or resumes its killed training)
         training = TrainingProgress.of(rec)
@@ -194,8 +196,6 @@ def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracki
 
     train_tracker = None
     if ctx.tracking_uri:
-        from nasprune.tracking import MlflowTracker
-
         train_tracker = MlflowTracker(ctx.tracking_uri)  # the training's epochs as MLflow step metrics
     supernet, ckpt = get_supernet(
         space, ctx.data_dir, tracker=train_tracker, progress=progress_bar, on_epoch=on_epoch, notify=on_note,
@@ -236,18 +236,12 @@ def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracki
     def sample(upto: SearchJob) -> None:
         nonlocal extra
         if job.backend == "ray":
-            from nasprune.search import ray_backend
-
             extra = ray_backend.run(objective, upto, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
         else:
-            from nasprune.search import optuna_backend
-
             optuna_backend.run(objective, upto, ctx, on_trial)
 
     sample(job.model_copy(update={"n_trials": job.n_trials - job.n_refine()}))  # the rest: refine.run
     if job.n_refine() and not ctx.should_stop():
-        from nasprune.search import refine
-
         report("searching", "growing the best candidates towards the budget")
         refine.run(objective, job, ctx, on_trial)
         if len(done) < job.n_trials and not ctx.should_stop():  # nothing new left to grow: sample the rest
@@ -275,7 +269,6 @@ def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracki
     front = list(unique.values())
     scorer = None
     if "int8" in job.precisions:  # int8 candidates that can reach the front (nasprune.search.precision)
-        from nasprune.search import precision
 
         report("verifying", "quantizing the int8 candidates that can reach the front")
         scorer = precision.Int8Scorer(supernet, evaluator, out / "int8")
@@ -291,7 +284,6 @@ def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracki
             report("verifying", f"fine-tuning candidate {i}/{len(tuned)} ({how}{steps} steps)")
             _finetune(rec, job, supernet, evaluator, out, steps)
         recommended = _deliver(tuned, out)
-    from nasprune.search.tier0.job import best_of_tiers
 
     delivered = best_of_tiers(recommended, tier0, job)
     if delivered is not None and delivered is tier0:  # tier 0 scored better: it is what the job hands out
@@ -376,12 +368,6 @@ def _verify(
     uploaded table) nothing can be measured: the most accurate candidate within the predicted
     budget is exported and recommended, unverified.
     """
-    from nasprune.data import preprocessing_metadata
-    from nasprune.errors import LatencyTableError
-    from nasprune.export import export_subnet, stamp_metadata
-    from nasprune.latency.profile import check_runs_here
-    from nasprune.search.precision import deliver, per_example
-
     settings = settings or VerifySettings()
     try:
         check_runs_here(table.device)
@@ -395,7 +381,6 @@ def _verify(
     recommended_number = None
     eligible: list[int] = []  # trial numbers that may be delivered, in selection order (verified ones first)
     references = reference_subnets(table, supernet, out / "latency_references") if here else []
-    from nasprune.search.select import rank
 
     ranked = rank(
         front,
@@ -519,13 +504,6 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
     the two is the check). An int8 candidate is quantized again after fine-tuning, as the search
     quantized it (its ``calibration``), and scored as int8 with onnxruntime; it is fine-tuned
     quantization-aware when quantizing had cost it more than ``qat_min_drop``."""
-    from nasprune.data import preprocessing_metadata
-    from nasprune.evaluate import accuracy_of
-    from nasprune.export import export_model, read_metadata, stamp_metadata
-    from nasprune.finetune import finetune_subnet
-    from nasprune.latency.timing import feed_for, make_session, time_interleaved
-    from nasprune.train import default_recipe
-
     int8, qat = rec.precision == "int8", _quantization_aware(rec, job)
     space = supernet.space
     cfg = space.parse_config(rec.config)
@@ -539,8 +517,6 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
     meta.update(preprocessing_metadata(ds))
     path = out / "models" / f"{rec.candidate_id}.finetuned.onnx"
     if int8:
-        from nasprune.quantize import DEFAULT_CALIBRATION, calibration_inputs, quantize_model, split_accuracy
-
         flt = path.with_name(f"{rec.candidate_id}.finetuned.fp32.onnx")
         export_model(res.model, tuple(space.input_shape), flt, meta)
         quantize_model(flt, path, calibration_inputs(ds), rec.calibration or DEFAULT_CALIBRATION)
@@ -593,8 +569,6 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
 def _deliver(tuned: list[Candidate], out: Path) -> Candidate:
     """Of the fine-tuned candidates, the most accurate on validation (the slower of equals: it uses the
     budget), copied to ``model.onnx``; it says how it compared (``finetune_rank`` in its metadata)."""
-    from nasprune.export import stamp_metadata
-
     best = max(tuned, key=lambda c: (c.accuracy, c.measured_latency_ms or c.latency_ms))
     suffix = ".finetuned.onnx" if best.delivered == "fine-tuned" else ".onnx"
     src = out / "models" / f"{best.candidate_id}{suffix}"
@@ -605,8 +579,6 @@ def _deliver(tuned: list[Candidate], out: Path) -> Candidate:
 
 
 def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJob, out: Path) -> None:
-    from nasprune.search.plot import pareto_plot
-
     (out / "pareto.json").write_text(
         json.dumps(
             {
@@ -642,7 +614,6 @@ def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJ
 def _start_tracking(job: SearchJob, ctx: JobContext, table):
     if not ctx.tracking_uri:
         return None
-    from nasprune.tracking import JobTracker, MlflowTracker, job_run_name
 
     marker = Path(ctx.output_dir) / "mlflow_run_id"
     tracking = JobTracker(

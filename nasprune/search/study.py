@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel
 
+from nasprune.db import advisory_lock
 from nasprune.search.job import SearchJob
 
 DIRECTIONS = ["maximize", "minimize"]
@@ -165,8 +166,6 @@ def prepare_storage(url: str) -> None:
         make_storage(url)
         return
     import sqlalchemy as sa
-
-    from nasprune.db import advisory_lock
 
     engine = sa.create_engine(url)
     try:

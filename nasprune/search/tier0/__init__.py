@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from nasprune.elastic.supernet import extract
+from nasprune.evaluate import recalibrate_bn
+from nasprune.graph import GraphSupernet
 from nasprune.search.tier0.importance import KINDS, Importance, estimate, measure_choices
 from nasprune.search.tier0.knapsack import Choice, Knapsack, Values, uniform_under, values_of
 from nasprune.search.tier0.repair import LayerFit, reconstruct
@@ -59,7 +62,6 @@ class Tier0:
 
     def __init__(self, source: nn.Module, space, table, dataset, importance: str = "fisher",
                  values: str = "measured", reorder: bool = True, batch_size: int = 128):  # fmt: skip
-        from nasprune.graph import GraphSupernet
 
         if importance not in KINDS:
             raise ValueError(f"importance '{importance}' is not one of {', '.join(KINDS)}")
@@ -115,9 +117,6 @@ class Tier0:
 
     def build(self, cfg, repair: str = "ls", **repair_options) -> tuple[nn.Module, list[LayerFit]]:
         """The subnet ``cfg`` extracted (a plain model) and repaired: ``none``, ``bn`` or ``ls`` (:data:`REPAIRS`)."""
-        from nasprune.elastic.supernet import extract
-        from nasprune.evaluate import recalibrate_bn
-
         if repair not in REPAIRS:
             raise ValueError(f"repair '{repair}' is not one of {', '.join(REPAIRS)}")
         self.prepare()

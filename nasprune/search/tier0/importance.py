@@ -31,6 +31,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nasprune.elastic.supernet import extract
+from nasprune.evaluate import recalibrate_bn
+from nasprune.graph.elastic import Skippable
+from nasprune.search.tier0.knapsack import Values
+
 KINDS = ("fisher", "taylor", "l1")
 
 
@@ -75,8 +80,6 @@ def estimate(supernet, x: torch.Tensor, y: torch.Tensor, kind: str = "fisher", b
 def _mask_gradients(supernet, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
     """Per group ``(n, channels)`` and per skippable block ``(n,)``: the per-example gradients of the loss
     with respect to the channel and block masks (float64)."""
-    from nasprune.graph.elastic import Skippable
-
     a = supernet.analysis
     readers = [u for u in a.layers.values() if u.kind in ("conv1d", "conv2d", "linear") and not u.depthwise]
     sizes = {g: a.group_size[g] for g in a.groups}
@@ -176,9 +179,6 @@ def measure_choices(supernet, x: torch.Tensor, y: torch.Tensor, max_examples: in
     Where the per-channel scores of :func:`estimate` are local (a quadratic at the trained weights),
     these hold for large removals too: on ``resnet_mnist`` the Fisher estimate ranked single choices
     well (Spearman 0.9) but put removing stage 3's two blocks at 0.008 where it measured 0.95."""
-    from nasprune.elastic.supernet import extract
-    from nasprune.search.tier0.knapsack import Values
-
     space = supernet.space
     largest = space.largest()
     x, y = x[:max_examples], y[:max_examples]
@@ -189,8 +189,6 @@ def measure_choices(supernet, x: torch.Tensor, y: torch.Tensor, max_examples: in
     def loss_of(cfg) -> float:
         model = extract(supernet, cfg).eval()
         if not one_batch:
-            from nasprune.evaluate import recalibrate_bn
-
             recalibrate_bn(model, (x[i : i + batch_size] for i in range(0, len(x), batch_size)))
             return measured_loss(model, x, y, batch_size)
         for m in model.modules():

@@ -13,7 +13,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from nasprune.registry import create_supernet
 from nasprune.search.job import Candidate, SearchJob
+from nasprune.search.tier0 import Tier0
+from nasprune.search.tier0.deliver import deliver
+from nasprune.train import load_checkpoint, supernet_path
 
 RECORD = "tier0.json"
 
@@ -31,8 +35,6 @@ def source_of(job: SearchJob, space, data_dir) -> tuple[str | None, str | None]:
     if space.weights is not None:
         return "weights", None
     if job.tier0 == "only":
-        from nasprune.train import supernet_path
-
         if supernet_path(space, data_dir, job.train_epochs).is_file():
             return "supernet", None
         return None, (
@@ -54,16 +56,10 @@ def run(job: SearchJob, space, table, dataset, out: Path, data_dir, verify=None,
     source, why = source_of(job, space, data_dir)
     if source is None:
         raise ValueError(why)
-    from nasprune.search.tier0 import Tier0
-    from nasprune.search.tier0.deliver import deliver
 
     if source == "weights":
-        from nasprune.registry import create_supernet
-
         model = create_supernet(space)
     else:
-        from nasprune.train import load_checkpoint, supernet_path
-
         model = load_checkpoint(supernet_path(space, data_dir, job.train_epochs), space)
     # a trained supernet keeps its channel order (its subnets were trained on it); a user's model is sorted
     pruner = Tier0(model, space, table, dataset, reorder=source == "weights")

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nasprune.errors import BudgetError
+from nasprune.latency.ops import block_ops, ops_for
 from nasprune.space import GraphSpace, SubnetConfig
 
 Var = tuple[str, str]  # ("w", group) or ("d", sequence)
@@ -128,8 +130,6 @@ class Knapsack:
         (:func:`nasprune.latency.ops.block_ops`): a unit's *scope* is the choices that change its key (or
         skip it) when changed alone from the largest config; each distinct scope's joint choices are then
         probed once. Per factor: (scope, linear ms, weights). None above ``max_probes`` probe configs."""
-        from nasprune.latency.ops import block_ops
-
         c, table = self.table.correction, self.table
         base = {v: max(opts) for v, opts in self.choices.items()}
 
@@ -274,8 +274,6 @@ class Knapsack:
             if predict(done) <= budget_ms:
                 best = (loss(done), done, None, None, steps)
         if best is None:
-            from nasprune.errors import BudgetError
-
             raise BudgetError(
                 f"latency budget {budget_ms:g} ms is below the fastest subnet of '{self.space.name}' on "
                 f"'{self.table.device.name}'; the smallest achievable budget is {self.table.min_latency():.4f} ms"
@@ -382,8 +380,6 @@ class Knapsack:
 
 
 def _ops(space: GraphSpace, cfg: SubnetConfig):
-    from nasprune.latency.ops import ops_for
-
     return ops_for(space, cfg)
 
 

@@ -36,6 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasprune.evaluate import recalibrate_bn
+from nasprune.graph.elastic import count
+
 
 @dataclass(frozen=True)
 class LayerFit:
@@ -153,9 +156,6 @@ def reconstruct(
     whose input lost channels) to the original's outputs on ``x``; see the module docstring. BatchNorm
     statistics are recalibrated on ``x`` before each layer's inputs are read and once at the end."""
     import math
-
-    from nasprune.evaluate import recalibrate_bn
-    from nasprune.graph.elastic import count
 
     t_start = time.perf_counter()
     a = supernet.analysis
