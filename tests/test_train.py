@@ -120,7 +120,7 @@ def test_datasets_load_without_network(monkeypatch):
         sizes = ds.sizes()
         assert sizes["train"] > sizes["val"] > 0 and sizes["test"] > 0 and sizes["calib"] > 0, name
         x, y = ds.tensors("train")
-        assert x.shape[1:] == ds.input_shape and set(y.unique().tolist()) == set(range(10))
+        assert x.shape[1:] == ds.input_shape and set(y.unique().tolist()) == set(range(ds.num_classes)), name
 
 
 def test_splits_are_stratified_disjoint_and_seeded():
