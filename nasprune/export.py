@@ -42,7 +42,39 @@ class ExportResult:
 _EXPORT_LOCK = threading.Lock()
 
 
-def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, sequence_dims: tuple[int, ...] = ()) -> None:
+INPUT_KINDS = ("features", "tokens")
+"""What a model reads: one float tensor ``input`` (features), or token ids and an attention mask
+(``input_ids``, ``attention_mask``: int64, ``(batch, sequence)``), a Hugging Face encoder's inputs."""
+
+
+def sample_inputs(
+    input_shape: tuple[int, ...], batch: int = 1, kind: str = "features", generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Inputs of one kind (``INPUT_KINDS``): zeros / all-attended when ``generator`` is None, else random
+    (token ids below 100, every vocabulary has them; samples after the first padded in their last quarter)."""
+    shape = (batch, *input_shape)
+    if kind == "features":
+        return (torch.zeros(shape) if generator is None else torch.randn(shape, generator=generator),)
+    if kind != "tokens":
+        raise ValueError(f"unknown input kind {kind!r} (one of {', '.join(INPUT_KINDS)})")
+    ids = torch.zeros(shape, dtype=torch.long) if generator is None else torch.randint(100, shape, generator=generator)
+    mask = torch.ones(shape, dtype=torch.long)
+    if generator is not None:
+        mask[1:, ..., shape[-1] - shape[-1] // 4 :] = 0
+    return ids, mask
+
+
+def _input_names(kind: str) -> list[str]:
+    return ["input_ids", "attention_mask"] if kind == "tokens" else ["input"]
+
+
+def _torch_export(
+    model: nn.Module,
+    sample: torch.Tensor | tuple[torch.Tensor, ...],
+    path: Path,
+    sequence_dims: tuple[int, ...] = (),
+    input_kind: str = "features",
+) -> None:
     """``torch.onnx.export`` as is: with ``verbose=False`` it prints nothing.
 
     Exports run in the service's worker threads, so ``sys.stdout`` is left alone (``redirect_stdout``
@@ -51,22 +83,23 @@ def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, sequence_d
     two notices the exporter gives torch's own developers (``nasprune._quiet.quiet_export``), ignored
     inside the lock, so no two exports swap the warning filters at once.
     """
+    samples = sample if isinstance(sample, tuple) else (sample,)
+    dims = {0: torch.export.Dim("batch", min=1, max=4096)} | {
+        d: torch.export.Dim(f"sequence{d}", min=2, max=samples[0].shape[d]) for d in sequence_dims
+    }  # every input shares them (token ids and their mask)
     with _EXPORT_LOCK, quiet_export():
         torch.onnx.export(
             model,
-            (sample,),
+            samples,
             str(path),
             dynamo=True,
             external_data=False,
             optimize=True,
             verbose=False,
             opset_version=OPSET,
-            input_names=["input"],
+            input_names=_input_names(input_kind),
             output_names=["logits"],
-            dynamic_shapes=(
-                {0: torch.export.Dim("batch", min=1, max=4096)}
-                | {d: torch.export.Dim(f"sequence{d}", min=2, max=sample.shape[d]) for d in sequence_dims},
-            ),
+            dynamic_shapes=tuple(dict(dims) for _ in samples),
         )
 
 
@@ -78,6 +111,7 @@ def check_parity(
     atol: float = 1e-4,
     seed: int = 0,
     sequence_dims: tuple[int, ...] = (),
+    input_kind: str = "features",
 ) -> float:
     """Max |onnxruntime - torch| over random inputs at each batch size (and, for each of the input's
     ``sequence_dims``, a shorter length too); raises above ``atol``."""
@@ -91,10 +125,10 @@ def check_parity(
         shapes += [(b, *short) for b in batch_sizes]
     for shape in shapes:
         where = f"batch {shape[0]}" + (f", input {shape}" if sequence_dims else "")
-        x = torch.randn(shape, generator=gen)
+        xs = sample_inputs(shape[1:], shape[0], input_kind, gen)
         with torch.no_grad():
-            ref = model(x).numpy()
-        (got,) = sess.run(None, {"input": x.numpy()})
+            ref = model(*xs).numpy()
+        (got,) = sess.run(None, {n: x.numpy() for n, x in zip(_input_names(input_kind), xs, strict=True)})
         if got.shape != ref.shape:
             raise ExportError(f"{path}: onnxruntime output shape {got.shape} != torch {ref.shape} at {where}")
         diff = float(np.max(np.abs(got - ref)))
@@ -113,15 +147,17 @@ def export_model(
     metadata: dict[str, object] | None = None,
     atol: float = 1e-4,
     sequence_dims: tuple[int, ...] = (),
+    input_kind: str = "features",
 ) -> ExportResult:
     """Export a plain torch model to ONNX, check it and stamp ``metadata`` into it. ``sequence_dims``:
-    dims of the input (1 is the first after the batch) whose size may vary up to the given shape's."""
+    dims of the input (1 is the first after the batch) whose size may vary up to the given shape's.
+    ``input_kind``: ``tokens`` for a model of ``(input_ids, attention_mask)`` (see ``INPUT_KINDS``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     t0 = time.perf_counter()
     try:
-        _torch_export(model, torch.zeros((1, *input_shape)), path, sequence_dims)
+        _torch_export(model, sample_inputs(input_shape, 1, input_kind), path, sequence_dims, input_kind)
     except Exception as e:  # the exporter raises many types; report them as one named error
         raise ExportError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0
@@ -133,7 +169,7 @@ def export_model(
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{path}: onnx.checker rejected the model: {e}") from None
     onnx.save(proto, str(path))
-    diff = check_parity(path, model, input_shape, atol=atol, sequence_dims=sequence_dims)
+    diff = check_parity(path, model, input_shape, atol=atol, sequence_dims=sequence_dims, input_kind=input_kind)
     return ExportResult(path, diff, seconds, meta)
 
 
@@ -176,6 +212,7 @@ def export_subnet(
     atol: float = 1e-4,
     model: nn.Module | None = None,
     sequence_dims: tuple[int, ...] = (),
+    input_kind: str = "features",
 ) -> ExportResult:
     """Extract the subnet ``cfg`` (physically smaller tensors) and export it with checks and metadata.
 
@@ -189,7 +226,8 @@ def export_subnet(
     cfg = supernet.space.parse_config(cfg)
     model = (model if model is not None else extract(supernet, cfg)).eval()
     meta = {**subnet_metadata(supernet, cfg), **(extra_metadata or {})}
-    return export_model(model, tuple(supernet.space.input_shape), path, meta, atol=atol, sequence_dims=sequence_dims)
+    return export_model(model, tuple(supernet.space.input_shape), path, meta, atol=atol, sequence_dims=sequence_dims,
+                        input_kind=input_kind)  # fmt: skip
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
