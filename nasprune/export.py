@@ -1,7 +1,9 @@
 """ONNX export that checks itself: export, ``onnx.checker``, onnxruntime parity, metadata.
 
 The file is a single self-contained ``.onnx`` (no external-data sidecar) with a dynamic batch axis
-(and, where the caller names them, dynamic sequence dims), input ``input`` and output ``logits``.
+(and, where the caller names them, dynamic sequence dims), input ``input`` and output ``logits``; a
+token model (a space's ``input_kind: tokens``) takes ``input_ids`` and ``attention_mask`` instead, with
+a dynamic sequence length.
 Metadata (``metadata_props``) records the space, the subnet key and config, params and MACs, plus
 anything the caller adds (accuracy, latencies).
 """
@@ -22,6 +24,7 @@ from torch import nn
 from nasprune._quiet import quiet_export
 from nasprune.elastic.supernet import Supernet, extract
 from nasprune.errors import ExportError
+from nasprune.graph.inputs import PackedTokens, example_inputs, input_names, onnx_inputs
 from nasprune.onnxrt import make_session
 from nasprune.space import SubnetConfig
 
@@ -42,38 +45,12 @@ class ExportResult:
 _EXPORT_LOCK = threading.Lock()
 
 
-INPUT_KINDS = ("features", "tokens")
-"""What a model reads: one float tensor ``input`` (features), or token ids and an attention mask
-(``input_ids``, ``attention_mask``: int64, ``(batch, sequence)``), a Hugging Face encoder's inputs."""
-
-
-def sample_inputs(
-    input_shape: tuple[int, ...], batch: int = 1, kind: str = "features", generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, ...]:
-    """Inputs of one kind (``INPUT_KINDS``): zeros / all-attended when ``generator`` is None, else random
-    (token ids below 100, every vocabulary has them; samples after the first padded in their last quarter)."""
-    shape = (batch, *input_shape)
-    if kind == "features":
-        return (torch.zeros(shape) if generator is None else torch.randn(shape, generator=generator),)
-    if kind != "tokens":
-        raise ValueError(f"unknown input kind {kind!r} (one of {', '.join(INPUT_KINDS)})")
-    ids = torch.zeros(shape, dtype=torch.long) if generator is None else torch.randint(100, shape, generator=generator)
-    mask = torch.ones(shape, dtype=torch.long)
-    if generator is not None:
-        mask[1:, ..., shape[-1] - shape[-1] // 4 :] = 0
-    return ids, mask
-
-
-def _input_names(kind: str) -> list[str]:
-    return ["input_ids", "attention_mask"] if kind == "tokens" else ["input"]
-
-
 def _torch_export(
     model: nn.Module,
     sample: torch.Tensor | tuple[torch.Tensor, ...],
     path: Path,
     sequence_dims: tuple[int, ...] = (),
-    input_kind: str = "features",
+    input_kind: str = "tensor",
 ) -> None:
     """``torch.onnx.export`` as is: with ``verbose=False`` it prints nothing.
 
@@ -97,7 +74,7 @@ def _torch_export(
             optimize=True,
             verbose=False,
             opset_version=OPSET,
-            input_names=_input_names(input_kind),
+            input_names=input_names(input_kind),
             output_names=["logits"],
             dynamic_shapes=tuple(dict(dims) for _ in samples),
         )
@@ -111,10 +88,11 @@ def check_parity(
     atol: float = 1e-4,
     seed: int = 0,
     sequence_dims: tuple[int, ...] = (),
-    input_kind: str = "features",
+    input_kind: str = "tensor",
 ) -> float:
     """Max |onnxruntime - torch| over random inputs at each batch size (and, for each of the input's
-    ``sequence_dims``, a shorter length too); raises above ``atol``."""
+    ``sequence_dims``, a shorter length too); raises above ``atol``. ``model`` reads the inputs of
+    ``input_kind`` (:func:`nasprune.graph.inputs.example_inputs`), the file what the export gave it."""
     sess = make_session(path)
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -125,10 +103,11 @@ def check_parity(
         shapes += [(b, *short) for b in batch_sizes]
     for shape in shapes:
         where = f"batch {shape[0]}" + (f", input {shape}" if sequence_dims else "")
-        xs = sample_inputs(shape[1:], shape[0], input_kind, gen)
+        xs = example_inputs(shape[1:], shape[0], input_kind, gen)
         with torch.no_grad():
             ref = model(*xs).numpy()
-        (got,) = sess.run(None, {n: x.numpy() for n, x in zip(_input_names(input_kind), xs, strict=True)})
+        feed = zip(input_names(input_kind), onnx_inputs(xs, input_kind), strict=True)
+        (got,) = sess.run(None, {n: x.numpy() for n, x in feed})
         if got.shape != ref.shape:
             raise ExportError(f"{path}: onnxruntime output shape {got.shape} != torch {ref.shape} at {where}")
         diff = float(np.max(np.abs(got - ref)))
@@ -147,21 +126,28 @@ def export_model(
     metadata: dict[str, object] | None = None,
     atol: float = 1e-4,
     sequence_dims: tuple[int, ...] = (),
-    input_kind: str = "features",
+    input_kind: str = "tensor",
 ) -> ExportResult:
     """Export a plain torch model to ONNX, check it and stamp ``metadata`` into it. ``sequence_dims``:
     dims of the input (1 is the first after the batch) whose size may vary up to the given shape's.
-    ``input_kind``: ``tokens`` for a model of ``(input_ids, attention_mask)`` (see ``INPUT_KINDS``)."""
+    ``input_kind`` (:data:`nasprune.space.INPUT_KINDS`): ``tokens`` for a model of ``(batch, 2, L)`` token
+    ids and masks (``input_shape`` ``(2, L)``); the file then takes ``input_ids`` and ``attention_mask``,
+    ``(batch, L)`` int64, with the batch and the sequence length dynamic."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    exported, sample = model, example_inputs(input_shape, 1, input_kind)
+    if input_kind == "tokens":  # the file takes the ids and the mask apart, each (batch, L), L dynamic
+        exported, sample, sequence_dims = PackedTokens(model).eval(), onnx_inputs(sample, input_kind), (1,)
     t0 = time.perf_counter()
     try:
-        _torch_export(model, sample_inputs(input_shape, 1, input_kind), path, sequence_dims, input_kind)
+        _torch_export(exported, sample, path, sequence_dims, input_kind)
     except Exception as e:  # the exporter raises many types; report them as one named error
         raise ExportError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0
     proto = onnx.load(str(path))
+    if input_kind == "tokens":  # what a caller tokenises to, and what timing feeds it
+        metadata = {"input_kind": input_kind, "max_length": input_shape[-1], **(metadata or {})}
     meta = _prefixed(metadata or {})
     write_metadata(proto, meta)
     try:
@@ -169,6 +155,8 @@ def export_model(
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{path}: onnx.checker rejected the model: {e}") from None
     onnx.save(proto, str(path))
+    if input_kind == "tokens":
+        sequence_dims = (2,)  # of the model's (batch, 2, L) input
     diff = check_parity(path, model, input_shape, atol=atol, sequence_dims=sequence_dims, input_kind=input_kind)
     return ExportResult(path, diff, seconds, meta)
 
@@ -212,7 +200,6 @@ def export_subnet(
     atol: float = 1e-4,
     model: nn.Module | None = None,
     sequence_dims: tuple[int, ...] = (),
-    input_kind: str = "features",
 ) -> ExportResult:
     """Extract the subnet ``cfg`` (physically smaller tensors) and export it with checks and metadata.
 
@@ -226,8 +213,9 @@ def export_subnet(
     cfg = supernet.space.parse_config(cfg)
     model = (model if model is not None else extract(supernet, cfg)).eval()
     meta = {**subnet_metadata(supernet, cfg), **(extra_metadata or {})}
-    return export_model(model, tuple(supernet.space.input_shape), path, meta, atol=atol, sequence_dims=sequence_dims,
-                        input_kind=input_kind)  # fmt: skip
+    space = supernet.space
+    return export_model(model, tuple(space.input_shape), path, meta, atol=atol, sequence_dims=sequence_dims,
+                        input_kind=space.input_kind)  # fmt: skip
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

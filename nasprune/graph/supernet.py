@@ -25,6 +25,7 @@ from nasprune.errors import GraphError
 from nasprune.graph.analyze import Analysis, Layout, analyze_model
 from nasprune.graph.attention import COMPOSED
 from nasprune.graph.elastic import ElasticConv, Sel, Skippable, count, elastic_of
+from nasprune.graph.inputs import example_inputs
 from nasprune.space import DepthSequence, GraphSpace, SubnetConfig, WidthGroup
 
 DEFAULT_MIN_FRACTION = 0.25
@@ -61,8 +62,10 @@ def derive_space(
     min_fraction: float = DEFAULT_MIN_FRACTION,
     max_choices: int = DEFAULT_MAX_CHOICES,
     description: str = "",
+    input_kind: str = "tensor",
 ) -> GraphSpace:
     """The search space of an analysed model: widths per channel group, depths per block sequence.
+    ``input_kind``: what the model was analysed with (:func:`nasprune.graph.inputs.example_inputs`).
 
     Groups with a single width choice (narrower than two steps of the divisor) are left out: they
     stay at full width, as :func:`fixed_groups` reports.
@@ -89,6 +92,7 @@ def derive_space(
         model=model,
         model_kwargs=model_kwargs or {},
         input_shape=analysis.input_shape,
+        input_kind=input_kind,
         graph_digest=analysis.digest,
         groups=groups,
         sequences=sequences,
@@ -150,10 +154,12 @@ class GraphSupernet(Supernet):
     """``model`` converted in place: its conv/linear/norm layers become elastic (same parameters), its
     skippable blocks are wrapped. Without a config, it computes exactly what ``model`` computed."""
 
-    def __init__(self, space: GraphSpace, model: nn.Module, example_input: torch.Tensor | None = None):
+    def __init__(
+        self, space: GraphSpace, model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None
+    ):
         super().__init__()
         self.space = space
-        x = example_input if example_input is not None else torch.zeros(1, *space.input_shape)
+        x = example_input if example_input is not None else example_inputs(space)
         analysis = analyze_model(model, x, space.channel_divisor)
         if analysis.digest != space.graph_digest:
             raise GraphError(

@@ -40,6 +40,7 @@ from nasprune.errors import GraphError, LatencyTableError
 from nasprune.graph.analyze import WEIGHTED_TYPES, Analysis, LayerUse, Layout, _target_name, analyze_model
 from nasprune.graph.attention import ElasticMultiheadAttention
 from nasprune.graph.elastic import ElasticBatchNorm, ElasticConv, ElasticGroupNorm, ElasticLayerNorm, ElasticLinear
+from nasprune.graph.inputs import example_inputs
 from nasprune.graph.keys import OpKey, TorchOp, register_torch_op
 from nasprune.graph.models import build_model
 from nasprune.space import GraphSpace, SubnetConfig
@@ -718,13 +719,14 @@ def plan_for(space: GraphSpace) -> UnitPlan:
     blocks = tuple(b for seq in space.sequences.values() for b in seq.blocks)
     kwargs = tuple(sorted(space.model_kwargs.items()))
     shape = tuple(space.input_shape)
-    return _plan_cached(space.model, kwargs, shape, space.channel_divisor, space.graph_digest, blocks)
+    return _plan_cached(space.model, kwargs, shape, space.input_kind, space.channel_divisor, space.graph_digest, blocks)
 
 
 @functools.lru_cache(maxsize=32)
-def _plan_cached(model_ref: str, kwargs: tuple, input_shape: tuple, divisor: int, digest: str, blocks: tuple):
+def _plan_cached(model_ref: str, kwargs: tuple, input_shape: tuple, input_kind: str, divisor: int, digest: str,
+                 blocks: tuple):  # fmt: skip
     model = build_model(model_ref, dict(kwargs)).eval()
-    analysis = analyze_model(model, torch.zeros(1, *input_shape), divisor)
+    analysis = analyze_model(model, example_inputs(input_shape, 1, input_kind), divisor)
     if analysis.digest != digest:
         raise GraphError(f"the graph of {model_ref} (digest {analysis.digest}) is not the one its space was derived "
                          f"from ({digest}); derive the space again")  # fmt: skip

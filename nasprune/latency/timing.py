@@ -26,12 +26,22 @@ class Timing:
 
 
 def feed_for(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 inputs for every graph input, with dynamic axes set to ``batch``."""
+    """Random inputs for every graph input, with the dynamic batch axis set to ``batch``: float32, or for a
+    token model (int64 ``input_ids`` and ``attention_mask``) ids below 100 and a mask of ones, at the
+    sequence length its metadata records (``nasprune.max_length``)."""
     rng = np.random.default_rng(seed)
+    meta = session.get_modelmeta().custom_metadata_map
+    length = int(meta.get("nasprune.max_length", 0)) or None
     feed = {}
     for inp in session.get_inputs():
-        shape = [batch if not isinstance(d, int) else d for d in inp.shape]
-        feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
+        shape = [d if isinstance(d, int) else batch if i == 0 else length for i, d in enumerate(inp.shape)]
+        if None in shape:
+            raise ValueError(f"input '{inp.name}' has a dynamic axis other than the batch and no nasprune.max_length")
+        if inp.type == "tensor(int64)":
+            ids = inp.name != "attention_mask"
+            feed[inp.name] = rng.integers(0, 100, shape) if ids else np.ones(shape, np.int64)
+        else:
+            feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
     return feed
 
 

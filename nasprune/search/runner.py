@@ -518,7 +518,7 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
     path = out / "models" / f"{rec.candidate_id}.finetuned.onnx"
     if int8:
         flt = path.with_name(f"{rec.candidate_id}.finetuned.fp32.onnx")
-        export_model(res.model, tuple(space.input_shape), flt, meta)
+        export_model(res.model, tuple(space.input_shape), flt, meta, input_kind=space.input_kind)
         quantize_model(flt, path, calibration_inputs(ds), rec.calibration or DEFAULT_CALIBRATION)
         flt.unlink()
         rec.finetuned_accuracy = split_accuracy(path, ds, "val")
@@ -547,7 +547,7 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
                                  "quantized" if qat else "in float, then quantized again")  # fmt: skip
         stamp_metadata(path, finetuned)
     else:
-        export_model(res.model, tuple(space.input_shape), path, {**meta, **finetuned})
+        export_model(res.model, tuple(space.input_shape), path, {**meta, **finetuned}, input_kind=space.input_kind)
     if rec.measured_latency_ms is not None:  # re-verify: the same architecture must time the same
         sessions = [make_session(p) for p in (inherited, path)]
         t_inh, t_ft = time_interleaved(sessions, [feed_for(x) for x in sessions], rounds=20, burst=5, warmup=10)

@@ -21,13 +21,16 @@ LAYERS, HEADS, HEAD_DIM, FFN = 6, 12, 32, 1536
 
 
 class Classifier(nn.Module):
-    """``(input_ids, attention_mask) -> logits`` around a ``...ForSequenceClassification``."""
+    """``(input_ids, attention_mask) -> logits`` around a ``...ForSequenceClassification``; also
+    ``model(x)`` with ``x`` the two stacked, ``(batch, 2, L)``, as a space of ``input_kind: tokens`` calls it."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            input_ids, attention_mask = input_ids[:, 0], input_ids[:, 1]
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
@@ -53,13 +56,25 @@ def tokens(batch: int = 1, length: int = 16, seed: int = 0) -> tuple[torch.Tenso
     return ids, mask
 
 
+def packed(batch: int = 1, length: int = 16, seed: int = 0) -> torch.Tensor:
+    """:func:`tokens` stacked, ``(batch, 2, L)``: a text dataset's samples, a tokens space's model input."""
+    return torch.stack(tokens(batch, length, seed), dim=1)
+
+
 @pytest.fixture(scope="module")
 def analysed():
     model = minilm_classifier()
     t = time.perf_counter()
-    analysis = analyze_model(model, tokens())
+    analysis = analyze_model(model, packed())
     print(f"\nMiniLM-L6 analysis: {time.perf_counter() - t:.2f} s")
     return model, analysis
+
+
+def test_two_inputs_analyse_as_the_packed_one(analysed):
+    model, a = analysed
+    two = analyze_model(model, tokens())  # the model's own (input_ids, attention_mask)
+    assert two.groups.keys() == a.groups.keys() and two.sequences == a.sequences
+    assert (two.input_shape, a.input_shape) == ((16,), (2, 16))
 
 
 def test_heads_ffn_neurons_and_layers_are_found(analysed):
@@ -92,12 +107,12 @@ def converted(analysed):
     from nasprune.graph import GraphSupernet, derive_space
 
     model, a = analysed
-    x = tokens(4, 16)
+    x = (packed(4, 16),)
     with torch.no_grad():
         original = model(*x)
-    space = derive_space(a, "minilm", "tests.graph.test_hf_bert:minilm_classifier", num_classes=2)
+    space = derive_space(a, "minilm", "tests.graph.test_hf_bert:minilm_classifier", num_classes=2, input_kind="tokens")
     t = time.perf_counter()
-    net = GraphSupernet(space, model, tokens())
+    net = GraphSupernet(space, model)  # the space's own example inputs: tokens (1, 2, 16)
     print(f"\nMiniLM-L6 conversion: {time.perf_counter() - t:.2f} s")
     rng = np.random.default_rng(7)
     return net, space, x, original, [space.smallest(), *(space.sample(rng) for _ in range(3))]
@@ -143,7 +158,7 @@ def test_onnx_export_with_dynamic_batch_and_sequence(converted, tmp_path):
         path = tmp_path / f"{i}.onnx"
         t = time.perf_counter()
         # parity at batch 1 and 7, at the full length and half of it, with padding after the first sample
-        res = export_subnet(net, cfg, path, sequence_dims=(1,), input_kind="tokens")
+        res = export_subnet(net, cfg, path)  # the space's input_kind: tokens
         print(f"MiniLM-L6 ONNX export: {time.perf_counter() - t:.1f} s, parity {res.max_abs_diff:.1e}")
         assert res.max_abs_diff <= 1e-4
         proto = onnx.load(str(path))
