@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -309,6 +310,8 @@ class LatencyTable(_Strict):
         raw = [e.model_copy(update={"adjust_ms": 0.0}) for e in self.entries]
         base = self._update(entries=raw, correction=fit_correction(self, samples), fit_samples=samples, error=None)
         adjust, ridge, loo, base_loo = fit_key_adjustments(base, samples)
+        if adjust and not _fastest(base, base.correction, adjust) > 0:  # few noisy fit subnets (a busy machine)
+            adjust, ridge, loo = {}, None, None  # would predict a subnet at <= 0 ms: the correction alone
         c = base.correction.model_copy(update={"key_ridge": ridge, "key_loo_ape": loo, "base_loo_ape": base_loo})
         entries = [e.model_copy(update={"adjust_ms": adjust.get(e.op, 0.0)}) for e in raw]
         fitted = base._update(entries=entries, correction=c)
@@ -474,13 +477,27 @@ def _design(ops_ms: np.ndarray, weights: np.ndarray, free: float | None) -> np.n
     return np.column_stack(cols)
 
 
-def _solve(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _solve(x: np.ndarray, y: np.ndarray, intercept_min: float = -np.inf) -> np.ndarray:
     """Least squares on relative error (rows weighted by 1/y), slope and cache term kept >= 0."""
     from scipy.optimize import lsq_linear
 
     w = 1.0 / y
-    lower = [-np.inf, 1e-6] + [0.0] * (x.shape[1] - 2)
+    lower = [intercept_min, 1e-6] + [0.0] * (x.shape[1] - 2)
     return lsq_linear(x * w[:, None], y * w, bounds=(lower, np.inf)).x
+
+
+def _fastest(table: LatencyTable, correction: Correction, adjust: dict) -> float:
+    """The smallest latency over ``table``'s space predicted with ``correction`` and per-unit ``adjust``
+    (exact, as :meth:`LatencyTable.min_latency`); +inf where the table lacks entries (nothing to check)."""
+    try:
+        return extreme_config(
+            table.space,
+            lambda k: (table.op_ms(k), k.weights, adjust.get(k, 0.0)),
+            min,
+            lambda v: correction.apply(v[0], round(v[1])) + v[2],
+        )[1]
+    except LatencyTableError:
+        return math.inf
 
 
 def fit_correction(table: LatencyTable, samples: list[Sample]) -> Correction:
@@ -512,17 +529,24 @@ def fit_correction(table: LatencyTable, samples: list[Sample]) -> Correction:
             best = (loo, free)
     free = best[1]
     x = _design(ops_ms, weights, free)
-    coef = _solve(x, y)
-    ape = np.abs(x @ coef - y) / y * 100
-    return Correction(
-        overhead_ms=over,
-        intercept_ms=float(coef[0]),
-        scale=float(max(coef[1], 1e-6)),
-        cache_ms_per_mweight=float(coef[2]) if free is not None else 0.0,
-        cache_free_weights=int(free) if free is not None else 0,
-        fit_subnets=len(samples),
-        fit_median_ape=float(np.median(ape)),
-    )
+
+    def correction(coef: np.ndarray) -> Correction:
+        return Correction(
+            overhead_ms=over,
+            intercept_ms=float(coef[0]),
+            scale=float(max(coef[1], 1e-6)),
+            cache_ms_per_mweight=float(coef[2]) if free is not None else 0.0,
+            cache_free_weights=int(free) if free is not None else 0,
+            fit_subnets=len(samples),
+            fit_median_ape=float(np.median(np.abs(x @ coef - y) / y * 100)),
+        )
+
+    fitted = correction(_solve(x, y))
+    if not _fastest(table, fitted, {}) > 0:
+        # A negative constant that would put the space's fastest subnet at <= 0 ms (a few fit subnets timed on a
+        # busy machine can ask for it): the constant is kept >= 0 instead, so every prediction stays positive.
+        fitted = correction(_solve(x, y, intercept_min=0.0))
+    return fitted
 
 
 MIN_KEY_FIT = 12

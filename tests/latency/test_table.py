@@ -167,6 +167,24 @@ def test_per_unit_adjustments_learn_what_units_cost_in_a_network(resnet_table):
                                                    for e in refit.entries))  # fmt: skip
 
 
+def test_a_fit_on_few_noisy_subnets_never_predicts_a_subnet_at_zero(resnet_table):
+    """Four large subnets timed on a busy machine can lie on a line that crosses 0 ms before the space's fastest
+    subnet (a steep scale, a large negative constant): the refit keeps the constant >= 0 instead of failing,
+    and every subnet is predicted above 0."""
+    from nasprune.latency.timing import Timing
+
+    space = resnet_table.space
+    cfgs = sorted(every_config(space), key=lambda c: sum(resnet_table.op_ms(k) for k in ops_for(space, c)))
+    total = [sum(resnet_table.op_ms(k) for k in ops_for(space, c)) for c in cfgs]
+    base = 0.9 * total[-4]
+    assert total[0] < base  # the line through the four crosses 0 ms before the fastest subnet
+    samples = [Sample.of(space, c, Timing(ms, ms * 1.1, 100)) for c, t in zip(cfgs[-4:], total[-4:], strict=True)
+               for ms in [3.0 * (t - base) + 1e-4]]  # fmt: skip
+    refit = resnet_table.refit(samples)
+    assert refit.correction.intercept_ms >= 0 and refit.min_latency() > 0
+    assert all(refit.predict(c) > 0 for c in cfgs)
+
+
 def test_units_can_be_timed_with_cold_weights(tiny_mlp):
     """``ProfileSettings.flush_kb``: memory is written before every timed op call; the table records the
     setting and still has every unit (the effect on accuracy is a benchmark figure, not a test)."""
