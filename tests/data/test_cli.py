@@ -29,7 +29,7 @@ def test_add_list_show_with_sample_grid(tmp_path):
     r = run("data", "list", "--data-dir", data)
     assert r.returncode == 0, r.stderr
     lines = {line.split()[0]: line for line in r.stdout.splitlines()[2:]}
-    assert set(lines) == {"mnist5k", "digits", "mnist1d", "fashion_mnist", "pets", "vectors"}
+    assert set(lines) == {"mnist5k", "digits", "mnist1d", "fashion_mnist", "rotten_tomatoes", "pets", "vectors"}
     assert "3x16x12" in lines["pets"] and "builtin" in lines["mnist1d"]
     assert lines["mnist1d"].split()[4:] == ["10,000", "1.6MB"]  # built-ins too: samples and float32 size
     assert lines["fashion_mnist"].split()[4:] == ["70,000", "220MB"]
