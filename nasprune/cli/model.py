@@ -214,7 +214,12 @@ def _inspect(args) -> int:
     print(table(rows, ["subnet", "params", "MACs"]))
     exported = plan.exported
     print(f"\nlatency units: {len(plan.units)} (what onnxruntime runs, after its fusions)")
-    if exported:
+    if plan.unsupported:
+        try:
+            plan.check_timeable(args.model)
+        except GraphError as e:
+            print(f"  {e}")
+    elif exported:
         shown = "; ".join(f"{unit} ({ops})" for unit, ops in list(exported.items())[:8])
         more = f"; and {len(exported) - 8} more" if len(exported) > 8 else ""
         print(f"  {len(exported)} hold ops without a hand-written unit, timed as torch exports them: {shown}{more}")

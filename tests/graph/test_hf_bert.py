@@ -164,6 +164,72 @@ def test_onnx_export_with_dynamic_batch_and_sequence(converted, tmp_path):
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto, full_check=True)
         assert [i.name for i in proto.graph.input] == ["input_ids", "attention_mask"]
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert (meta["nasprune.input_kind"], meta["nasprune.max_length"]) == ("tokens", "16")
         for inp in proto.graph.input:
             dims = inp.type.tensor_type.shape.dim
             assert dims[0].dim_param and dims[1].dim_param
+
+
+def test_a_tokens_space_round_trips_through_yaml_and_a_tensor_space_is_unchanged(converted, tmp_path):
+    import yaml
+
+    from nasprune.registry import load_space
+
+    _, space, _, _, _ = converted
+    assert space.input_kind == "tokens" and space.input_shape == (2, 16)
+    space.save(tmp_path / "minilm.yaml")
+    data = yaml.safe_load((tmp_path / "minilm.yaml").read_text())
+    assert data["input_kind"] == "tokens" and data["input_shape"] == [2, 16]
+    again = load_space(tmp_path / "minilm.yaml")
+    assert again == space and again.digest() == space.digest()
+    # a space of float inputs dumps and hashes as before input_kind existed: its file and digest are the same
+    builtin = load_space("mlp_digits")
+    assert builtin.input_kind == "tensor" and "input_kind" not in builtin.model_dump()
+    builtin.save(tmp_path / "mlp_digits.yaml")
+    assert "input_kind" not in (tmp_path / "mlp_digits.yaml").read_text()
+    assert builtin.digest() == load_space(tmp_path / "mlp_digits.yaml").digest() == "9ae258fef46a0abb"  # as before
+
+
+def test_cli_inspect_of_hf_minilm_on_rotten_tomatoes_saves_a_tokens_space(tmp_path, capsys):
+    from nasprune.cli import main
+    from nasprune.graph.inputs import example_inputs
+    from nasprune.registry import create_supernet, load_space
+
+    out = tmp_path / "minilm.yaml"
+    t = time.perf_counter()
+    rc = main(["model", "inspect", "--model", "hf:minilm-l6", "--dataset", "rotten_tomatoes", "--save", str(out),
+               "--no-latency"])  # fmt: skip
+    text = capsys.readouterr().out
+    print(f"inspect: {time.perf_counter() - t:.1f} s")
+    assert rc == 0, text
+    assert "input (2, 64) (tokens: ids and attention mask)" in text
+    assert "no latency table for hf:minilm-l6" in text and "scaled_dot_product_attention of 6 attentions" in text
+    space = load_space(out)
+    assert (space.input_kind, space.input_shape, space.dataset, space.num_classes) == ("tokens", (2, 64),
+                                                                                        "rotten_tomatoes", 2)
+    prefix = "hf.bert.encoder.layer"
+    heads = {g for g, w in space.groups.items() if w.unit == "heads"}
+    assert heads == {f"{prefix}.{i}.attention.self.query" for i in range(LAYERS)}
+    assert {g for g in space.groups if g.endswith("intermediate.dense")} == {
+        f"{prefix}.{i}.intermediate.dense" for i in range(LAYERS)}  # fmt: skip
+    assert [seq.blocks for seq in space.sequences.values()] == [[f"{prefix}.{i}" for i in range(LAYERS)]]
+    # the saved space builds its supernet with token inputs of its own (no example inputs passed in)
+    net = create_supernet(space)
+    (x,) = example_inputs(space, 2, generator=torch.Generator().manual_seed(0))
+    assert x.dtype == torch.long and x.shape == (2, 2, 64) and int(x[:, 0].max()) < 100
+    with torch.no_grad(), net.select(space.smallest()):
+        assert net(x).shape == (2, 2)
+
+
+def test_no_latency_table_for_the_exported_attention(tmp_path):
+    from nasprune.cli import main
+    from nasprune.errors import GraphError
+    from nasprune.graph.units import plan_for
+    from nasprune.registry import load_space
+
+    out = tmp_path / "m.yaml"
+    assert main(["model", "inspect", "--model", "hf:minilm-l6", "--input-shape", "16", "--save", str(out),
+                 "--no-latency"]) == 0  # fmt: skip
+    with pytest.raises(GraphError, match=r"unit '.*' holds the scaled_dot_product_attention of 6 attentions"):
+        plan_for(load_space(out))
