@@ -228,7 +228,7 @@ def _inspect(args) -> int:
         print(f"\nspace written to {args.save}" + ("" if args.dataset else
               " (it records no dataset: pass --dataset to the search, or derive it again with --dataset)"))  # fmt: skip
     print()
-    for line in _latency_lines(args, net, space):
+    for line in _latency_lines(args, net, space, timeable=not plan.unsupported):
         print(line)
     return 0
 
@@ -293,7 +293,7 @@ def _layer_text(model, path: str) -> str:
     return kind
 
 
-def _latency_lines(args, net, space) -> list[str]:
+def _latency_lines(args, net, space, timeable: bool = True) -> list[str]:
     from nasprune.budgets import LOCAL_CPU, budget_advice, latency_range, measured_range
 
     ref = args.save or "SPACE.yaml"
@@ -305,6 +305,11 @@ def _latency_lines(args, net, space) -> list[str]:
         source = f"--model {args.model}{weights} --dataset {args.dataset or 'NAME'}"
     command = f"nasprune search {source} --budget-ms {{budget}} -o model.onnx"
     quick = f"nasprune prune {source} --budget-ms {{budget}} -o model.onnx" if args.weights else None
+    if not timeable:  # no table, so no budgeted search: no command to suggest that would fail
+        why = "no latency table can be built for this space yet (see the latency units above)"
+        if args.no_latency:
+            return [f"latency: not measured (--no-latency); {why}"]
+        return [budget_advice(measured_range(net), command)[0], f"no budgeted search of this space: {why}"]
     rng = latency_range(space, LOCAL_CPU, args.data_dir)
     if not rng.known:
         if args.no_latency:

@@ -205,6 +205,7 @@ def test_cli_inspect_of_hf_minilm_on_rotten_tomatoes_saves_a_tokens_space(tmp_pa
     assert rc == 0, text
     assert "input (2, 64) (tokens: ids and attention mask)" in text
     assert "no latency table for hf:minilm-l6" in text and "scaled_dot_product_attention of 6 attentions" in text
+    assert "no latency table can be built for this space yet" in text and "next: nasprune search" not in text
     space = load_space(out)
     assert (space.input_kind, space.input_shape, space.dataset, space.num_classes) == ("tokens", (2, 64),
                                                                                         "rotten_tomatoes", 2)
