@@ -149,6 +149,8 @@ def _add(args) -> int:
 BUILTIN_SAMPLES = {"mnist5k": 5_000, "digits": 1_797, "mnist1d": 10_000, "fashion_mnist": 70_000,
                    "rotten_tomatoes": 12_808}  # fmt: skip
 """Samples (train + val + test) of each built-in, listed without generating or reading it (a test checks them)."""
+BUILTIN_ITEM_BYTES = {"rotten_tomatoes": 8}
+"""Bytes per value in memory once loaded where not float32's 4 (token ids and masks are int64)."""
 
 
 def _list(args) -> int:
@@ -161,8 +163,8 @@ def _list(args) -> int:
 
     rows = []
     for n, (shape, k) in BUILTIN_INPUTS.items():
-        total = BUILTIN_SAMPLES[n]  # float32 in memory once loaded, as a user dataset's size counts them
-        size = human(total * math.prod(shape) * 4) + "B"
+        total = BUILTIN_SAMPLES[n]  # in memory once loaded, as a user dataset's size counts them
+        size = human(total * math.prod(shape) * BUILTIN_ITEM_BYTES.get(n, 4)) + "B"
         rows.append([n, "builtin", "x".join(map(str, shape)), k, f"{total:,}", size])
     for info in DatasetStore.at(args.data_dir).list():
         total = sum(info.sizes[s] for s in ("train", "val", "test"))

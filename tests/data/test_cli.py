@@ -33,6 +33,7 @@ def test_add_list_show_with_sample_grid(tmp_path):
     assert "3x16x12" in lines["pets"] and "builtin" in lines["mnist1d"]
     assert lines["mnist1d"].split()[4:] == ["10,000", "1.6MB"]  # built-ins too: samples and float32 size
     assert lines["fashion_mnist"].split()[4:] == ["70,000", "220MB"]
+    assert lines["rotten_tomatoes"].split()[4:] == ["12,808", "13.1MB"]  # int64 token ids and masks
     grid = tmp_path / "grid.png"
     r = run("data", "show", "pets", "--grid", str(grid), "--data-dir", data)
     assert r.returncode == 0, r.stderr
