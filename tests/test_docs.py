@@ -220,12 +220,28 @@ def _read_only() -> list[tuple[str, str]]:
     return out
 
 
+def _saved_by(path: str) -> dict[str, str]:
+    """The files that documented commands of ``path`` write with ``--save FILE``, and the line that writes each."""
+    out = {}
+    for p, line in _documented():
+        argv = nasprune_argv(line)
+        if p == path and "--save" in argv[:-1]:
+            out[argv[argv.index("--save") + 1]] = line
+    return out
+
+
 @pytest.mark.parametrize(("path", "line"), _read_only(), ids=lambda v: v if "/" not in v else None)
 def test_the_read_only_commands_of_the_docs_run_as_written(path, line, tmp_path, monkeypatch, capsys):
+    """Each in a folder of its own; a file that an earlier command of the same doc saves (``--save FILE``) is
+    made by running that command first, as a reader of the doc would."""
     from nasprune.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NASPRUNE_DATA_DIR", str(tmp_path / "data"))
+    saves = _saved_by(path)
+    for arg in nasprune_argv(line):
+        if arg in saves and saves[arg] != line:
+            assert main([*nasprune_argv(saves[arg]), "--no-latency"]) == 0, saves[arg]
     rc = main(nasprune_argv(line))
     captured = capsys.readouterr()
     assert rc == 0, f"{path}: '{line}' exited {rc}: {captured.err}"
