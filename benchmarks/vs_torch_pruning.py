@@ -48,9 +48,10 @@ import torch.nn.functional as F
 from _util import write as save_results
 
 from nasprune.data import load_dataset, random_shift
+from nasprune.errors import BudgetError
 from nasprune.evaluate import Evaluator, accuracy_of
 from nasprune.export import export_model
-from nasprune.graph import build_model
+from nasprune.graph import build_model, load_weights
 from nasprune.graph.api import derive_space
 from nasprune.graph.models import file_sha256
 from nasprune.latency.store import get_table
@@ -220,11 +221,16 @@ def main() -> None:
                     "(architecture quality), 'wall' nasprune's whole wall time for that budget (what a user waits)")
     ap.add_argument("--wall-budgets", type=float, nargs="+", default=None,
                     help="run the 'wall' regime only at these budgets (default: every budget)")
+    ap.add_argument("--wall-importances", nargs="+", choices=["lamp", "group_magnitude"], default=None,
+                    help="run the 'wall' regime only with these importances (default: every one of --importances)")
     ap.add_argument("--importances", nargs="+", choices=(IMPS := ["lamp", "group_magnitude"]), default=IMPS,
                     help="Torch-Pruning's importance criteria (global pruning, round_to=8)")  # fmt: skip
     ap.add_argument("--train-samples", type=int, default=None,
                     help="train everything on a stratified subset of this many train images, registered as a "
                     "user dataset with the val and test splits kept whole (default: the whole train split)")
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="the original's safetensors from an earlier run with the same --target, --train-samples "
+                    "and --seed (default: train it here; --epochs)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training (timing uses 1 thread)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -243,16 +249,23 @@ def main() -> None:
     n_test = len(yt)
     out: dict = {"args": vars(args), "n_test": n_test}
 
-    # 1. the user's trained model
-    torch.manual_seed(args.seed)
-    original, t_orig, _ = train_plain(build_model(ref, {"num_classes": 10}), ds, args.epochs, args.seed)
-    from safetensors.torch import save_file
+    # 1. the user's trained model (trained here, or the weights of an earlier run of this script or tier0.py)
+    original = build_model(ref, {"num_classes": 10})
+    if args.weights:
+        load_weights(original, args.weights)
+        weights, t_orig = args.weights, None
+    else:
+        torch.manual_seed(args.seed)
+        original, t_orig, _ = train_plain(original, ds, args.epochs, args.seed)
+        from safetensors.torch import save_file
 
-    weights = tmp / f"{args.target}.safetensors"
-    save_file({k: v.contiguous() for k, v in original.state_dict().items()}, str(weights))
+        weights = tmp / f"{args.target}.safetensors"
+        save_file({k: v.contiguous() for k, v in original.state_dict().items()}, str(weights))
+    original.eval()
     _, orig_ms = onnx_ms(original, tmp, "original")
     out["original"] = {"test_accuracy": accuracy_of(original, xt, yt), "ms": orig_ms, "train_s": t_orig}
-    print(f"original: {out['original']['test_accuracy']:.2%} test, {orig_ms:.4f} ms, trained in {t_orig:.0f} s")
+    trained = f"trained in {t_orig:.0f} s" if t_orig is not None else f"weights {args.weights}"
+    print(f"original: {out['original']['test_accuracy']:.2%} test, {orig_ms:.4f} ms, {trained}")
 
     # 2. nasprune: supernet from the trained weights, one search per budget
     if builtin:
@@ -287,12 +300,19 @@ def main() -> None:
                         finetune_steps=args.finetune_steps)  # fmt: skip
         ctx = JobContext(f"vs_tp_{tag.rstrip('%')}", journal_url(tmp / f"trials_{tag.rstrip('%')}.journal"),
                          tmp / f"out_{tag.rstrip('%')}", data_dir=root)  # fmt: skip
-        result = run_job(job, ctx)
+        try:
+            result = run_job(job, ctx)
+        except BudgetError as e:  # below the derived space's fastest subnet: recorded, Torch-Pruning still runs
+            result = None
+            print(f"[{tag}] nasprune: cannot reach the budget: {e}")
         t_search = time.perf_counter() - t0
         spent = t_supernet + t_search
-        rec = result.recommended
-        row = {"budget_ms": budget, "nasprune_s": spent, "search_s": t_search, "budget_use": result.budget_use}
-        if rec is not None:
+        rec = result.recommended if result is not None else None
+        row = {"budget_ms": budget, "nasprune_s": spent, "search_s": t_search,
+               "budget_use": result.budget_use if result is not None else None}  # fmt: skip
+        if result is None:
+            row["nasprune"] = {"unreachable": True}
+        elif rec is not None:
             acc = rec.test_accuracy
             finals[f"nasprune@{tag}"] = ctx.output_dir / "model.onnx"
             row["nasprune"] = {"test_accuracy": acc, "config": rec.config, "params": rec.params,
@@ -310,7 +330,8 @@ def main() -> None:
         else:
             row["nasprune"] = None
             print(f"[{tag}] nasprune: no recommended model under {budget:.4f} ms")
-        t0m = result.tier0  # the job's first result: the trained weights pruned without training (issue 26)
+        # the job's first result: the trained weights pruned without training (issue 26)
+        t0m = result.tier0 if result is not None else None
         if t0m is not None:
             finals[f"tier0@{tag}"] = ctx.output_dir / "models" / f"{t0m.candidate_id}.onnx"
             row["tier0"] = {"test_accuracy": t0m.test_accuracy, "val_accuracy": t0m.accuracy, "config": t0m.config,
@@ -340,6 +361,8 @@ def main() -> None:
             prune_s = time.perf_counter() - t0
             for regime in args.regimes:
                 if regime == "wall" and args.wall_budgets and not any(math.isclose(frac, b) for b in args.wall_budgets):
+                    continue
+                if regime == "wall" and args.wall_importances and imp not in args.wall_importances:
                     continue
                 limit = {"steps": ft_steps} if regime == "steps" else {"seconds": spent}
                 model, ft_s, steps = train_plain(copy.deepcopy(pruned), ds, epochs=1, seed=args.seed, lr=0.01,

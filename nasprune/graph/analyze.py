@@ -1056,7 +1056,7 @@ def _ends_in_residual_add(y: fx.Node, x: fx.Node, modules: dict[str, nn.Module])
     """Whether ``y`` is ``add(f(x), x)``, possibly followed by per-channel ops (an activation)."""
     while True:
         if y.op in ("call_function", "call_method") and y.target in _ADD_TARGETS:
-            return x in y.args[:2]
+            return x in _skip_sources(y, modules)
         per_channel = (
             (y.op == "call_module" and type(modules.get(str(y.target))) in _PASS_MODULES)
             or (y.op == "call_function" and y.target in _PASS_FUNCTIONS)
@@ -1067,6 +1067,28 @@ def _ends_in_residual_add(y: fx.Node, x: fx.Node, modules: dict[str, nn.Module])
         y = y.args[0]
 
 
+def _skip_sources(add: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
+    """The two operands of a residual ``add``, each with what it reads through identity modules: a
+    shortcut written as ``self.shortcut = nn.Identity()`` (or a Dropout) adds the block input itself."""
+    out = []
+    for a in add.args[:2]:
+        out.append(a)
+        while (
+            isinstance(a, fx.Node)
+            and a.op == "call_module"
+            and type(modules.get(str(a.target))) in _FREE_PASS_MODULES
+            and len(a.args) == 1
+            and isinstance(a.args[0], fx.Node)
+        ):
+            a = a.args[0]
+            out.append(a)
+    return out
+
+
+_FREE_PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+"""Modules that return their input (at inference): a skip through one is the skip itself."""
+
+
 def _residual_chain(y: fx.Node, x: fx.Node, modules: dict[str, nn.Module], members: set[fx.Node]) -> bool:
     """Whether ``y`` reaches ``x`` along residual adds, per-channel ops and LayerNorms only: a
     transformer layer (``x1 = x + f(x); y = x1 + g(x1)``, pre-norm, or post-norm with a LayerNorm after
@@ -1075,7 +1097,7 @@ def _residual_chain(y: fx.Node, x: fx.Node, modules: dict[str, nn.Module], membe
     while seen < 64:
         seen += 1
         if y.op in ("call_function", "call_method") and y.target in _ADD_TARGETS:
-            if x in y.args[:2]:
+            if x in _skip_sources(y, modules):
                 return True
             inner = [a for a in y.args[:2] if isinstance(a, fx.Node) and a in members]
             return any(_residual_chain(a, x, modules, members) for a in inner if _is_add_path(a, modules))

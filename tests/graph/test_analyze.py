@@ -178,3 +178,59 @@ def test_a_model_file_in_the_current_directory_is_found_and_a_factory_without_nu
     assert str(tmp_path) not in sys.path  # on the path only while importing (searched after every installed package)
     with pytest.raises(GraphError, match=r"current directory .* for not_here_x1\.py .*PYTHONPATH"):
         build_model("not_here_x1:make_model", {})
+
+
+class IdentityShortcut(nn.Module):
+    """A basic block as the CIFAR ResNets write it: ``relu(f(x) + self.shortcut(x))`` with
+    ``self.shortcut = nn.Identity()`` where the shape is kept, a 1x1 projection where it changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        return torch.relu(self.drop(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.layer1 = nn.Sequential(IdentityShortcut(16, 16), IdentityShortcut(16, 16))
+        self.layer2 = nn.Sequential(IdentityShortcut(16, 32, 2), IdentityShortcut(32, 32), IdentityShortcut(32, 32))
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(torch.relu(self.stem(x))))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_a_shortcut_written_as_an_identity_module_is_a_skippable_block(tmp_path):
+    """The residual add reads the block input through ``nn.Identity`` (and the branch through a
+    Dropout): still a skippable block. Before, such ResNets got no depth choices at all."""
+    from nasprune.export import export_model
+    from nasprune.latency.timing import make_session
+
+    torch.manual_seed(0)
+    model = randomize(CifarResNet()).eval()
+    a = analyze_model(model, X[:1])
+    assert a.sequences == {"layer1.0-1": ["layer1.0", "layer1.1"], "layer2.1-2": ["layer2.1", "layer2.2"]}
+    space = derive_space(a, "cifar", "tests.graph.test_analyze:CifarResNet", num_classes=5)
+    net = GraphSupernet(space, model).eval()
+    cfg = space.config({"layer1.0-1": 0, "layer2.1-2": 1}, {g: min(grp.widths) for g, grp in space.groups.items()})
+    plain = extract(net, cfg)
+    assert isinstance(plain.layer1[0], nn.Identity) and isinstance(plain.layer2[2], nn.Identity)
+    with torch.no_grad(), net.select(cfg):
+        ref = net(X)
+        assert (plain(X) - ref).abs().max().item() <= 1e-5
+    exported = export_model(plain, tuple(X.shape[1:]), tmp_path / "m.onnx")  # checks parity at batch 1 itself
+    sess = make_session(exported.path)
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: X.numpy()})
+    assert np.abs(got - ref.numpy()).max() <= 1e-4
