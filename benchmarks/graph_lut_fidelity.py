@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/graph_lut_fidelity.py [--models cnn1d,resnet18] [--max-choices 8]
         [--n-fit 20] [--n-validate 50] [--input-size 224] [--flush-kb 1024] [--save DIR]
+    .venv/bin/python benchmarks/graph_lut_fidelity.py --space minilm64.yaml [--n-validate 50]
+
+``--space FILE`` takes a space saved by ``nasprune model inspect --save`` instead (e.g. MiniLM-L6:
+``nasprune model inspect --model hf:minilm-l6 --input-shape 64 --no-latency --save minilm64.yaml``;
+its sequence length is the input shape), keyed by the file's stem.
 
 For each model (randomly initialised; latency does not depend on weight values): derive its space,
 profile every unit key with onnxruntime (1 thread, batch 1), fit the correction on ``--n-fit``
@@ -55,17 +60,25 @@ def main() -> None:
         type=Path,
         help="also write each table (entries, fit and held-out samples) to DIR/<model>.json, for refitting offline",
     )
+    ap.add_argument("--space", type=Path, action="append", default=[],
+                    help="a saved space file (repeatable) instead of --models")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(1)
     out: dict = {}
-    for name in args.models.split(","):
-        ref, shape = MODELS[name]
-        if args.input_size and len(shape) == 3:
-            shape = (shape[0], args.input_size, args.input_size)
-        model = build_model(ref, {"num_classes": 10}).eval()
-        analysis = analyze_model(model, torch.zeros(1, *shape))
-        space = derive_space(analysis, f"fidelity_{name}", ref, 10, model_kwargs={"num_classes": 10},
-                             max_choices=args.max_choices)  # fmt: skip
+    for name in [p.stem for p in args.space] or args.models.split(","):
+        if args.space:
+            from nasprune.registry import load_space
+
+            space = load_space(next(p for p in args.space if p.stem == name))
+            shape = space.input_shape
+        else:
+            ref, shape = MODELS[name]
+            if args.input_size and len(shape) == 3:
+                shape = (shape[0], args.input_size, args.input_size)
+            model = build_model(ref, {"num_classes": 10}).eval()
+            analysis = analyze_model(model, torch.zeros(1, *shape))
+            space = derive_space(analysis, f"fidelity_{name}", ref, 10, model_kwargs={"num_classes": 10},
+                                 max_choices=args.max_choices)  # fmt: skip
         t0 = time.perf_counter()
         settings = ProfileSettings(flush_kb=args.flush_kb, e2e_rounds=args.e2e_rounds)
         table = build_table(space, n_fit=args.n_fit, n_validate=args.n_validate, settings=settings,

@@ -171,6 +171,15 @@ class TorchOp:
     """
 
     build: Callable[[OpKey], object]
+    dtypes: tuple[str, ...] = ()
+    """The dtype of each input (``float32``, ``int64``, ``bool``: a token model's ids and masks), one per
+    ``key.inputs``; empty: all float32."""
+    out_dtypes: tuple[str, ...] = ()
+    """The same for each output (``key.outputs``)."""
+
+    @property
+    def all_float(self) -> bool:
+        return all(d.startswith("float") for d in (*self.dtypes, *self.out_dtypes))
 
 
 _TORCH_OPS: dict[str, TorchOp] = {}

@@ -179,10 +179,10 @@ class UnitPlan:
 
     @property
     def unsupported(self) -> dict[str, str]:
-        """Unit name -> why it cannot be timed as a unit: the attentions of a Hugging Face encoder
-        (``scaled_dot_product_attention`` of every layer, joined by the mask they share, in one ``op`` unit
-        that spans the skippable layers; the transformer latency units of issue 31, point 3, do not exist
-        yet). Empty when a latency table can be built."""
+        """Unit name -> why it cannot be timed as a unit: several attentions in one ``op`` unit (what joined
+        them could not be cut at a block's boundary). Units stay inside one skippable block, so an
+        encoder's shared attention mask is a unit of its own and this is empty for the models tested;
+        kept as a guard, so a table is never built from a unit that spans layers."""
         return dict(self._unsupported)
 
     def check_timeable(self, model: str = "the model") -> None:
@@ -191,9 +191,9 @@ class UnitPlan:
             first, why = next(iter(self._unsupported.items()))
             more = f" (and {len(self._unsupported) - 1} more units)" if len(self._unsupported) > 1 else ""
             raise GraphError(
-                f"no latency table for {model}: unit '{first}'{more} {why}; latency units for transformer "
-                "attention are not implemented yet, so build no table and search no budget on it. The measured "
-                "range of 'nasprune model inspect' / 'nasprune spaces show' (whole subnets exported and timed) works"
+                f"no latency table for {model}: unit '{first}'{more} {why}, so no table is built and no budget "
+                "searched on it. The measured range of 'nasprune model inspect' / 'nasprune spaces show' (whole "
+                "subnets exported and timed) works"
             )
 
     # -- planning ------------------------------------------------------------------------------------
@@ -374,8 +374,15 @@ class UnitPlan:
         """``node`` and the ops joined to it, in graph order: ops without hand-written units (and keyed
         element-wise ops on one tensor) linked through tensors that only such ops read. One unit, so
         that what onnxruntime fuses among them (a transpose or a scale into a matmul, the nodes of a
-        GELU, a BatchNorm into a grouped conv and its activation after it) is timed fused, as it runs."""
+        GELU, a BatchNorm into a grouped conv and its activation after it) is timed fused, as it runs.
+        A unit stays inside one skippable block (or outside all): what several blocks read (a Hugging Face
+        encoder's attention mask, computed once for every layer) is a unit of its own, an input of theirs,
+        so that each layer's attention is timed per layer and leaves the subnet with its layer."""
+        block = self._block_of(node)
+
         def ok(y: fx.Node) -> bool:
+            if y not in members and self._block_of(y) != block:
+                return False
             return (y in members or self._eligible(y, consumed) or self._joinable(y, consumed)
                     or self._skip_norm(y, consumed) in members)  # fmt: skip
 
@@ -387,6 +394,7 @@ class UnitPlan:
                 near = list(x.users) if x.users and all(ok(u) for u in x.users) else []
                 # an op whose readers all joined joins too; not a keyed one, which a conv before it may fuse
                 near += [p for p in x.all_input_nodes if p.users and all(u in members for u in p.users)
+                         and self._block_of(p) == block
                          and (self._eligible(p, consumed) or self._skip_norm(p, consumed) is x)]  # fmt: skip
                 for y in near:
                     if y not in members and ok(y):
@@ -590,7 +598,12 @@ class UnitPlan:
             return None  # computes nothing anything reads: the exporter drops it
         resized = [str(n.target) for n in order if n.op == "call_module" and str(n.target) in a.layers]
         text = describe_nodes(order, externals, self.modules, resized if fused_into is None else ())
-        register_torch_op(text, TorchOp(functools.partial(_build_generic, order, externals, consts, self)))
+        dtypes = tuple(d for x in externals for d in _tensor_dtypes(x))
+        out_dtypes = tuple(d for n in outputs for d in _tensor_dtypes(n))
+        if all(d == "float32" for d in (*dtypes, *out_dtypes)):
+            dtypes = out_dtypes = ()
+        build = functools.partial(_build_generic, order, externals, consts, self)
+        register_torch_op(text, TorchOp(build, dtypes, out_dtypes))
         label = "+".join(_op_name(n, self.modules) for n in order if _tensor_shapes(n))
         head = nodes[0]
         if fused_into is not None:
@@ -935,6 +948,25 @@ def _tensor_shapes(node: fx.Node) -> list[tuple[int, ...]]:
     def walk(meta) -> None:
         if hasattr(meta, "shape"):
             out.append(tuple(meta.shape))
+        elif isinstance(meta, list | tuple):
+            for m in meta:
+                walk(m)
+        elif isinstance(meta, dict):
+            for m in meta.values():
+                walk(m)
+
+    walk(node.meta.get("tensor_meta"))
+    return out
+
+
+def _tensor_dtypes(node: fx.Node) -> list[str]:
+    """The dtypes (``float32``, ``int64``, ``bool``...) of the tensors a node returns, as traced; one per
+    :func:`_tensor_shapes` entry."""
+    out: list[str] = []
+
+    def walk(meta) -> None:
+        if hasattr(meta, "shape"):
+            out.append(str(getattr(meta, "dtype", torch.float32)).removeprefix("torch."))
         elif isinstance(meta, list | tuple):
             for m in meta:
                 walk(m)

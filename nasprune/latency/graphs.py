@@ -108,15 +108,21 @@ class _Builder:
             self.opsets.setdefault(o.domain, o.version)
         return [rename.get(o.name, o.name) for o in g.output]
 
-    def model(self, x: str | list, x_shape: list, y: str | list, y_shape: list) -> bytes:
-        """A model with inputs ``x`` (a name, or a list of names with a list of shapes) and outputs ``y``."""
+    def model(
+        self, x: str | list, x_shape: list, y: str | list, y_shape: list,
+        x_types: list[int] | None = None, y_types: list[int] | None = None,
+    ) -> bytes:  # fmt: skip
+        """A model with inputs ``x`` (a name, or a list of names with a list of shapes) and outputs ``y``;
+        float32 unless ``x_types`` / ``y_types`` give ONNX element types."""
         xs, x_shapes = ([x], [x_shape]) if isinstance(x, str) else (x, x_shape)
         ys, y_shapes = ([y], [y_shape]) if isinstance(y, str) else (y, y_shape)
+        x_types = x_types or [TensorProto.FLOAT] * len(xs)
+        y_types = y_types or [TensorProto.FLOAT] * len(ys)
         graph = helper.make_graph(
             self.nodes,
             "op",
-            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(xs, x_shapes, strict=True)],
-            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(ys, y_shapes, strict=True)],
+            [helper.make_tensor_value_info(n, t, s) for n, t, s in zip(xs, x_types, x_shapes, strict=True)],
+            [helper.make_tensor_value_info(n, t, s) for n, t, s in zip(ys, y_types, y_shapes, strict=True)],
             initializer=self.inits,
         )
         opsets = [helper.make_opsetid(d, v) for d, v in {"": OPSET, **self.opsets}.items()]
@@ -170,13 +176,25 @@ def torch_fragment(key: OpKey) -> onnx.ModelProto:
             "them through its space (build_table/extend_table with the space, which plans its units first)"
         )
     module = op.build(key)
-    proto = _export_fragment(module, shapes, key.describe())
+    proto = _export_fragment(module, shapes, key.describe(), op.dtypes)
     with _FRAGMENTS_LOCK:
         _FRAGMENTS[cache_key] = proto
     return proto
 
 
-def _export_fragment(module, shapes: tuple[tuple[int, ...], ...], what: str) -> onnx.ModelProto:
+def _example(shape: tuple[int, ...], dtype: str, gen):
+    """An input to export a fragment with: random floats; for integer and boolean inputs (a token
+    model's ids and attention mask) ones, valid as a token id, a mask value and an index."""
+    import torch
+
+    if dtype.startswith("float") or dtype.startswith("bfloat"):
+        return torch.randn(shape, generator=gen, dtype=getattr(torch, dtype))
+    return torch.ones(shape, dtype=getattr(torch, dtype))
+
+
+def _export_fragment(
+    module, shapes: tuple[tuple[int, ...], ...], what: str, dtypes: tuple[str, ...] = ()
+) -> onnx.ModelProto:
     import torch
 
     from nasprune._quiet import quiet_export
@@ -184,7 +202,7 @@ def _export_fragment(module, shapes: tuple[tuple[int, ...], ...], what: str) -> 
     from nasprune.export import OPSET as EXPORT_OPSET
 
     gen = torch.Generator().manual_seed(0)
-    xs = tuple(torch.randn(s, generator=gen) for s in shapes)
+    xs = tuple(_example(s, d, gen) for s, d in zip(shapes, dtypes or ("float32",) * len(shapes), strict=True))
     batch = torch.export.Dim("batch", min=1, max=4096)
     errors = []
     batched = tuple({0: batch} if x.dim() and x.shape[0] == 1 else None for x in xs)
@@ -239,6 +257,8 @@ def producer_of(key: OpKey) -> Producer | None:
     if key.graph_input or key.kind == "linear":
         return None
     if key.kind == "op":  # feature maps come from a conv, as inside a network; anything else is fed as is
+        if not _float_inputs(key):  # token ids, a mask: fed as they are
+            return None
         maps = _maps(key.inputs) if key.inputs else None
         if maps is None:
             return None
@@ -278,14 +298,26 @@ def consumers_of(key: OpKey) -> list[Consumer]:
     outputs without space)."""
     if key.kind == "op":
         out = []
-        for s in key.outputs:
-            if (maps := _maps((s,))) is not None:
+        for s, float_out in zip(key.outputs, _float_outputs(key), strict=True):
+            if float_out and (maps := _maps((s,))) is not None:
                 dims, [(c, h, w)] = maps
                 out.append(Consumer(c, h, w, dims))
         return out
     if key.kind == "linear" or not key.spatial:
         return []
     return [Consumer(key.c_out, key.h_out, key.w_out, key.dims)]
+
+
+def _float_inputs(key: OpKey) -> bool:
+    op = torch_op(key.op)
+    return op is None or all(d.startswith("float") for d in op.dtypes)
+
+
+def _float_outputs(key: OpKey) -> list[bool]:
+    """Per output of an ``op`` key: is it a float tensor (a mask is not, and no conv can read it)?"""
+    op = torch_op(key.op)
+    dtypes = op.out_dtypes if op is not None and op.out_dtypes else ("float32",) * len(key.outputs)
+    return [d.startswith("float") for d in dtypes]
 
 
 def consumer_of(key: OpKey) -> Consumer | None:
@@ -359,17 +391,22 @@ def _torch_unit_model(key: OpKey, seed: int = 0) -> bytes:
     graph inputs), each feature-map output read by a consumer."""
     g = _Builder(seed)
     p = producer_of(key)
+    fragment = torch_fragment(key)
+    x_types = None
     if p is None:
         names = [f"x{i}" if i else "x" for i in range(len(key.inputs))]
         shapes, ins = [_batched(s) for s in key.inputs], names
+        x_types = [vi.type.tensor_type.elem_type for vi in fragment.graph.input]  # ids and masks stay integers
     else:
         names, shapes, ins = _produce_all(g, p)
-    ys = g.splice(torch_fragment(key), list(ins))
+    ys = g.splice(fragment, list(ins))
     cons = iter(consumers_of(key))
-    outs = []
-    for y, s in zip(ys, key.outputs, strict=True):
-        outs.append(_consume(g, y, next(cons)) if _maps((s,)) is not None else y)
-    return g.model(names, shapes, outs, [_batched(s) for s in key.outputs])
+    outs, y_types = [], []
+    for y, s, vi, float_out in zip(ys, key.outputs, fragment.graph.output, _float_outputs(key), strict=True):
+        consumed = float_out and _maps((s,)) is not None
+        outs.append(_consume(g, y, next(cons)) if consumed else y)
+        y_types.append(TensorProto.FLOAT if consumed else vi.type.tensor_type.elem_type)
+    return g.model(names, shapes, outs, [_batched(s) for s in key.outputs], x_types, y_types)
 
 
 def _batched(shape: tuple[int, ...]) -> list:

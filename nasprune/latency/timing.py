@@ -27,8 +27,9 @@ class Timing:
 
 def feed_for(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for every graph input, with the dynamic batch axis set to ``batch``: float32, or for a
-    token model (int64 ``input_ids`` and ``attention_mask``) ids below 100 and a mask of ones, at the
-    sequence length its metadata records (``nasprune.max_length``)."""
+    token model (int64 ``input_ids`` and ``attention_mask``) ids below 100 and a mask of ones (any other
+    integer input, a latency unit's ids or mask: ones), at the
+    sequence length its metadata records (``nasprune.max_length``); a boolean input (a mask) all true."""
     rng = np.random.default_rng(seed)
     meta = session.get_modelmeta().custom_metadata_map
     length = int(meta.get("nasprune.max_length", 0)) or None
@@ -37,9 +38,12 @@ def feed_for(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
         shape = [d if isinstance(d, int) else batch if i == 0 else length for i, d in enumerate(inp.shape)]
         if None in shape:
             raise ValueError(f"input '{inp.name}' has a dynamic axis other than the batch and no nasprune.max_length")
-        if inp.type == "tensor(int64)":
-            ids = inp.name != "attention_mask"
-            feed[inp.name] = rng.integers(0, 100, shape) if ids else np.ones(shape, np.int64)
+        if inp.type in ("tensor(int64)", "tensor(int32)"):
+            ids = inp.name == "input_ids"  # a mask, or a latency unit's integer input (ids, mask): ones
+            dtype = np.int64 if inp.type == "tensor(int64)" else np.int32
+            feed[inp.name] = rng.integers(0, 100, shape).astype(dtype) if ids else np.ones(shape, dtype)
+        elif inp.type == "tensor(bool)":  # a mask (a latency unit's input inside a token model)
+            feed[inp.name] = np.ones(shape, bool)
         else:
             feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
     return feed

@@ -204,8 +204,7 @@ def test_cli_inspect_of_hf_minilm_on_rotten_tomatoes_saves_a_tokens_space(tmp_pa
     print(f"inspect: {time.perf_counter() - t:.1f} s")
     assert rc == 0, text
     assert "input (2, 64) (tokens: ids and attention mask)" in text
-    assert "no latency table for hf:minilm-l6" in text and "scaled_dot_product_attention of 6 attentions" in text
-    assert "no latency table can be built for this space yet" in text and "next: nasprune search" not in text
+    assert "no latency table" not in text and "the first search builds the latency table" in text, text
     space = load_space(out)
     assert (space.input_kind, space.input_shape, space.dataset, space.num_classes) == ("tokens", (2, 64),
                                                                                         "rotten_tomatoes", 2)
@@ -223,14 +222,38 @@ def test_cli_inspect_of_hf_minilm_on_rotten_tomatoes_saves_a_tokens_space(tmp_pa
         assert net(x).shape == (2, 2)
 
 
-def test_no_latency_table_for_the_exported_attention(tmp_path):
+def test_each_layers_attention_is_a_latency_unit_of_its_own_layer(tmp_path):
+    """The attention mask that every layer reads is computed once, outside the layers: a unit of its own,
+    so each layer's ``scaled_dot_product_attention`` is timed in a unit of that layer and leaves the
+    subnet with it (issue 31 point 3; before, one unit held all six with the mask and no table could be
+    built). Units that read token ids or the boolean mask are exported and timed with such inputs."""
+    import onnxruntime as ort
+
     from nasprune.cli import main
-    from nasprune.errors import GraphError
+    from nasprune.graph.keys import torch_op
     from nasprune.graph.units import plan_for
+    from nasprune.latency.graphs import op_model
+    from nasprune.latency.timing import feed_for
     from nasprune.registry import load_space
 
     out = tmp_path / "m.yaml"
     assert main(["model", "inspect", "--model", "hf:minilm-l6", "--input-shape", "16", "--save", str(out),
                  "--no-latency"]) == 0  # fmt: skip
-    with pytest.raises(GraphError, match=r"unit '.*' holds the scaled_dot_product_attention of 6 attentions"):
-        plan_for(load_space(out))
+    space = load_space(out)
+    plan = plan_for(space)
+    assert plan.unsupported == {}
+    prefix = "hf.bert.encoder.layer"
+    attention = [u for u in plan.units if "scaled_dot_product_attention" in plan.exported.get(u.name, "")]
+    assert sorted(u.block for u in attention) == [f"{prefix}.{i}" for i in range(LAYERS)]
+    integer_in = []
+    for unit, keys in plan.unit_keys(space):
+        op = torch_op(keys[0].op) if keys[0].kind == "op" else None
+        if op is not None and not op.all_float:
+            integer_in.append((unit, keys[0], op))
+    kinds = {d for _, _, op in integer_in for d in (*op.dtypes, *op.out_dtypes)}
+    assert {"int64", "bool"} <= kinds, kinds  # the ids, the mask the attentions read
+    assert any(u.block is None and "bool" in op.out_dtypes for u, _, op in integer_in)  # the mask, outside layers
+    for unit, key, _ in integer_in[:3]:
+        sess = ort.InferenceSession(op_model(key), providers=["CPUExecutionProvider"])
+        outs = sess.run(None, feed_for(sess))
+        assert all(o.size for o in outs), unit.name
