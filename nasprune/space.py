@@ -199,6 +199,17 @@ class _SpaceBase(_Strict, ABC):
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def latency_digest(self) -> str:
+        """A short hash of what sets the subnets' latency (architecture, widths, depths, input): the digest
+        without the description, the dataset and the trained weights. A latency table built for a space
+        serves every space with the same latency digest (new weights need no new table)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude=set(_NOT_LATENCY)), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_NOT_LATENCY = frozenset({"description", "dataset", "weights", "weights_sha256"})
+"""Space fields that change what a subnet computes or learns from, not what it runs: same ops, same time."""
+
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int | np.integer) and not isinstance(v, bool)

@@ -443,13 +443,21 @@ class LatencyTable(_Strict):
     def load(cls, path: str | Path, space=None, device: DeviceProfile | None = None) -> LatencyTable:
         """Read a table file.
 
-        With ``space``, the table must have been built for that definition of it (same digest); with
-        ``device``, under that device profile (same fingerprint).
+        With ``space``, the table must have been built for that definition of it, or one that runs the
+        same ops (same :meth:`latency_digest`: other trained weights, another dataset); it then comes back
+        as the table of ``space``. With ``device``, under that device profile (same fingerprint).
         """
         path = Path(path)
         if not path.is_file():
             raise LatencyTableError(f"latency table file '{path}' does not exist")
         table = cls.from_json(path.read_text(), str(path))
+        if (
+            space is not None
+            and table.space.name == space.name
+            and table.space_digest != space.digest()
+            and table.space.latency_digest() == space.latency_digest()
+        ):
+            table = table._update(space=space, space_digest=space.digest())
         if space is not None and (table.space.name, table.space_digest) != (space.name, space.digest()):
             other = "another version of " if table.space.name == space.name else ""
             raise LatencyTableError(

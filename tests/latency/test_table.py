@@ -284,6 +284,22 @@ def _grown():
     return parse_space(spec)
 
 
+def test_a_table_serves_the_same_architecture_with_other_weights_or_data(resnet_table, tmp_path):
+    """New trained weights (or another dataset) change the space's digest, not a subnet's latency: the
+    table loads for it as it is, as that space's table, instead of being measured again."""
+    path = resnet_table.save(tmp_path / "t.json")
+    retrained = resnet_table.space.model_copy(update={"dataset": "fashion_mnist", "description": "retrained"})
+    assert retrained.digest() != resnet_table.space.digest()
+    assert retrained.latency_digest() == resnet_table.space.latency_digest()
+    loaded = LatencyTable.load(path, space=retrained)
+    assert loaded.space == retrained and loaded.space_digest == retrained.digest()
+    assert loaded.predict(retrained.largest()) == resnet_table.predict(resnet_table.space.largest())
+    grown = _grown()  # a width more: other ops, so the digest that counts differs and the table is refused
+    assert grown.latency_digest() != resnet_table.space.latency_digest()
+    with pytest.raises(LatencyTableError, match="another version of space 'tiny_resnet'"):
+        LatencyTable.load(path, space=grown)
+
+
 def test_missing_entry_names_the_op_and_how_to_extend(resnet_table, tmp_path):
     grown = _grown()
     with pytest.raises(LatencyTableError, match="another version of space 'tiny_resnet'.*--extend"):

@@ -20,6 +20,7 @@ from nasprune.data import load_dataset
 from nasprune.elastic.supernet import extract
 from nasprune.evaluate import recalibrate_bn
 from nasprune.export import read_metadata
+from nasprune.latency import table_path
 from nasprune.registry import load_space
 from nasprune.search.tier0 import Knapsack, Tier0, Values, estimate, prune_to_budget, reconstruct
 from nasprune.search.tier0.importance import measure_choices
@@ -465,7 +466,10 @@ def test_a_job_on_trained_weights_delivers_tier0_first_and_the_better_of_both_ti
     save_checkpoint(res.supernet, supernet_path(space, data))
     seen: list = []
     job = SearchJob(space=str(path), latency_budget_ms=budget, n_trials=6, finetune_steps=0, seed=1)
+    table_file = table_path(SPACE, "local-cpu", data)
+    before = table_file.read_bytes()
     result = run_job(job, _job_ctx(data, "tiers", tmp_path, seen), verify=_quick())
+    assert table_file.read_bytes() == before  # the weights are new, the architecture is not: the same table
     stages = [p.stage for p in seen]
     first = next(i for i, p in enumerate(seen) if p.tier0 is not None)
     assert seen[first].stage == "tier 0" and first < stages.index("preparing supernet")
