@@ -20,9 +20,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from nasprune.data import load_dataset, preprocessing_metadata
 from nasprune.errors import BudgetError, ConfigError, LatencyTableError
-from nasprune.evaluate import Evaluator, accuracy_of
+from nasprune.evaluate import Evaluator, accuracy_of, per_example_of
 from nasprune.export import export_model, export_subnet, read_metadata, stamp_metadata
 from nasprune.finetune import finetune_subnet
 from nasprune.latency.profile import check_runs_here
@@ -36,7 +38,7 @@ from nasprune.search.job import Candidate, JobContext, Progress, SearchJob, Sear
 from nasprune.search.objective import Objective
 from nasprune.search.plot import pareto_plot
 from nasprune.search.precision import deliver, per_example
-from nasprune.search.select import rank
+from nasprune.search.select import mcnemar_worse, rank
 from nasprune.search.study import TrialRecord, open_study, pareto_trials, record_of, trial_records
 from nasprune.search.tier0 import job as tier0_job
 from nasprune.search.tier0.job import best_of_tiers
@@ -279,11 +281,12 @@ def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracki
     steps = job.finetune_plan(len(evaluator.dataset.tensors("train")[1]), default_recipe(space).batch_size)
     if recommended is not None and steps > 0 and not ctx.should_stop():
         tuned = eligible[: job.finetune_top_k]
+        correct: dict[str, torch.Tensor | None] = {}
         for i, rec in enumerate(tuned, 1):
             how = "quantization-aware, " if _quantization_aware(rec, job) else ""
             report("verifying", f"fine-tuning candidate {i}/{len(tuned)} ({how}{steps} steps)")
-            _finetune(rec, job, supernet, evaluator, out, steps)
-        recommended = _deliver(tuned, out)
+            correct[rec.candidate_id] = _finetune(rec, job, supernet, evaluator, out, steps)
+        recommended = _deliver(tuned, out, job.selection, correct)
 
     delivered = best_of_tiers(recommended, tier0, job)
     if delivered is not None and delivered is tier0:  # tier 0 scored better: it is what the job hands out
@@ -495,7 +498,7 @@ def _quantization_aware(rec: Candidate, job: SearchJob) -> bool:
     return rec.fp32_accuracy - rec.accuracy > job.qat_min_drop
 
 
-def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, steps: int) -> None:
+def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, steps: int) -> torch.Tensor | None:
     """Fine-tune one verified candidate alone for ``steps`` optimiser steps (:mod:`nasprune.finetune`),
     score it on the validation split the search used, and keep the fine-tuned file beside the inherited
     one when it scores at least as well (``rec.delivered`` says which of the two :func:`_deliver` would
@@ -503,7 +506,8 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
     is timed against the verified inherited model in interleaved rounds (same architecture: the ratio of
     the two is the check). An int8 candidate is quantized again after fine-tuning, as the search
     quantized it (its ``calibration``), and scored as int8 with onnxruntime; it is fine-tuned
-    quantization-aware when quantizing had cost it more than ``qat_min_drop``."""
+    quantization-aware when quantizing had cost it more than ``qat_min_drop``. Returns the delivered
+    weights' per-image correctness on the validation split (None for int8), for :func:`_deliver`."""
     int8, qat = rec.precision == "int8", _quantization_aware(rec, job)
     space = supernet.space
     cfg = space.parse_config(rec.config)
@@ -526,7 +530,8 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
     else:
         xv, yv = ds.tensors("val")
         xt, yt = ds.tensors("test")
-        rec.finetuned_accuracy = accuracy_of(res.model, xv, yv)
+        tuned_correct = per_example_of(res.model, xv, yv).correct
+        rec.finetuned_accuracy = float(tuned_correct.float().mean())
         rec.finetuned_test_accuracy = accuracy_of(res.model, xt, yt)
     rec.inherited_accuracy, rec.inherited_test_accuracy = rec.accuracy, rec.test_accuracy
     rec.finetune_steps = res.steps
@@ -535,7 +540,7 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
         path.unlink(missing_ok=True)
         stamp_metadata(inherited, {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy,
                                    "finetune_steps": res.steps})  # fmt: skip
-        return
+        return None if int8 else evaluator.per_example(cfg, "val").correct
     finetuned = {
         "delivered": "fine-tuned", "inherited_accuracy": rec.accuracy, "accuracy": rec.finetuned_accuracy,
         "test_accuracy": rec.finetuned_test_accuracy, "finetune_steps": res.steps,
@@ -557,19 +562,33 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
             rec.delivered = "inherited"
             stamp_metadata(inherited, {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy,
                                        "finetuned_over_budget_ms": ms})  # fmt: skip
-            return
+            return None if int8 else evaluator.per_example(cfg, "val").correct
         raw = float(meta["measured_raw_ms"]) * ratio if "measured_raw_ms" in meta else None
         stamp_metadata(path, {"measured_latency_ms": ms, "verified": True,
                               **({"measured_raw_ms": raw} if raw is not None else {})})  # fmt: skip
         rec.measured_latency_ms = ms
     rec.delivered = "fine-tuned"
     rec.accuracy, rec.test_accuracy = rec.finetuned_accuracy, rec.finetuned_test_accuracy
+    return None if int8 else tuned_correct
 
 
-def _deliver(tuned: list[Candidate], out: Path) -> Candidate:
-    """Of the fine-tuned candidates, the most accurate on validation (the slower of equals: it uses the
-    budget), copied to ``model.onnx``; it says how it compared (``finetune_rank`` in its metadata)."""
-    best = max(tuned, key=lambda c: (c.accuracy, c.measured_latency_ms or c.latency_ms))
+def _deliver(
+    tuned: list[Candidate], out: Path, rule: str = "accuracy", correct: dict[str, torch.Tensor | None] | None = None
+) -> Candidate:
+    """Of the fine-tuned candidates, the one to hand out, copied to ``model.onnx`` (its metadata says how
+    the others scored). By default (``largest-tied``) the slowest of those that validation cannot show to
+    be worse than the most accurate (paired, McNemar's exact test at 5% on the validation images, as the
+    search ranks its candidates): the job uses its budget unless a smaller model is shown to be better.
+    Otherwise, or without per-image results (int8), the most accurate (the slower of equals)."""
+    def ms(c: Candidate) -> float:
+        return c.measured_latency_ms or c.latency_ms
+
+    best = max(tuned, key=lambda c: (c.accuracy, ms(c)))
+    per_image = correct or {}
+    if rule == "largest-tied" and all(per_image.get(c.candidate_id) is not None for c in tuned):
+        ref = per_image[best.candidate_id]
+        tied = [c for c in tuned if c is best or mcnemar_worse(per_image[c.candidate_id], ref) >= 0.05]
+        best = max(tied, key=lambda c: (ms(c), c.accuracy))
     suffix = ".finetuned.onnx" if best.delivered == "fine-tuned" else ".onnx"
     src = out / "models" / f"{best.candidate_id}{suffix}"
     (out / "model.onnx").write_bytes(src.read_bytes())

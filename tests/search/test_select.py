@@ -91,3 +91,43 @@ def test_the_default_rule_prefers_the_slowest_of_the_tied_candidates():
     assert ranked == ["tied_larger", "tied_mid", "best", "worse_largest"]
     by_acc = [n for n, _ in rank(names, lambda n: items[n][0], lambda n: items[n][1], 1.0, rule="accuracy")]
     assert by_acc == ["best", "tied_mid", "tied_larger", "worse_largest"]
+
+
+def test_of_the_fine_tuned_candidates_the_slowest_tied_one_is_delivered(tmp_path):
+    """After fine-tuning the top candidates, ``largest-tied`` hands out the slowest one that validation
+    cannot show to be worse than the most accurate (paired test), not the one that got an image or two
+    more right; a candidate that is shown worse is not delivered however slow; ``accuracy`` keeps the
+    most accurate."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from nasprune.export import read_metadata
+    from nasprune.search.job import Candidate
+    from nasprune.search.runner import _deliver
+
+    (tmp_path / "models").mkdir()
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])  # fmt: skip
+    n = 6000
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(n, generator=g) < 0.90
+    tied = base.clone()
+    tied[torch.nonzero(base)[:2, 0]] = False  # two images fewer: a tie at 6,000 images
+    worse = base.clone()
+    worse[torch.nonzero(base)[:150, 0]] = False  # 2.5 pt fewer: shown worse
+
+    def cand(cid: str, correct: torch.Tensor, ms: float) -> Candidate:
+        onnx.save(helper.make_model(graph), str(tmp_path / "models" / f"{cid * 16}.finetuned.onnx"))
+        return Candidate(candidate_id=cid * 16, trial_number=1, config={}, accuracy=float(correct.float().mean()),
+                         latency_ms=ms, measured_latency_ms=ms, params=1, macs=1, feasible=True,
+                         delivered="fine-tuned")  # fmt: skip
+
+    best, slow_tied, slowest_worse = cand("a", base, 0.10), cand("b", tied, 0.12), cand("c", worse, 0.13)
+    tuned = [best, slow_tied, slowest_worse]
+    correct = {best.candidate_id: base, slow_tied.candidate_id: tied, slowest_worse.candidate_id: worse}
+    assert _deliver(tuned, tmp_path, "largest-tied", correct) is slow_tied
+    assert read_metadata(tmp_path / "model.onnx")["finetuned_candidates"] == "3"
+    assert _deliver(tuned, tmp_path, "accuracy", correct) is best
+    no_images = {**correct, best.candidate_id: None}  # int8: no per-image results, the most accurate
+    assert _deliver(tuned, tmp_path, "largest-tied", no_images) is best
