@@ -247,7 +247,7 @@ def main() -> None:
         dataset, ds = as_user_dataset(ds, args.train_samples, root)
     xt, yt = ds.tensors("test")
     n_test = len(yt)
-    out: dict = {"args": vars(args), "n_test": n_test}
+    out: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "n_test": n_test}
 
     # 1. the user's trained model (trained here, or the weights of an earlier run of this script or tier0.py)
     original = build_model(ref, {"num_classes": 10})
