@@ -44,13 +44,13 @@ import torch
 import vs_torch_pruning as vtp
 from _util import write as save_results
 from scipy.stats import spearmanr
-from vs_torch_pruning import TARGETS, binomial_se, onnx_ms, share_of, tp_prune, train_plain
+from vs_torch_pruning import TARGETS, binomial_se, onnx_ms, original_model, share_of, tp_prune
 
 from nasprune.data import load_dataset
 from nasprune.elastic.supernet import extract
 from nasprune.evaluate import accuracy_of, recalibrate_bn
 from nasprune.export import read_metadata
-from nasprune.graph import GraphSupernet, build_model, load_weights
+from nasprune.graph import GraphSupernet
 from nasprune.graph.api import derive_space
 from nasprune.latency.store import get_table
 from nasprune.registry import load_space
@@ -193,18 +193,8 @@ def main() -> None:
                  "load_avg_start": list(os.getloadavg())}  # fmt: skip
 
     # 1. the user's trained model, its latency, its space and this machine's table
-    original = build_model(ref, {"num_classes": 10})
-    if args.weights:
-        load_weights(original, args.weights)
-        weights, t_orig = args.weights, None
-    else:
-        torch.manual_seed(args.seed)
-        original, t_orig, _ = train_plain(original, ds, args.epochs or default_epochs, args.seed)
-        from safetensors.torch import save_file
-
-        weights = tmp / f"{args.target}.safetensors"
-        save_file({k: v.contiguous() for k, v in original.state_dict().items()}, str(weights))
-    original.eval()
+    original, weights, t_orig = original_model(ref, ds, args.weights, args.epochs or default_epochs, args.seed,
+                                               tmp / args.target)  # fmt: skip
     _, orig_ms = onnx_ms(original, tmp, "original")
     out["original"] = {"test_accuracy": accuracy_of(original, xt, yt), "ms": orig_ms, "train_s": t_orig}
     print(f"original: {out['original']['test_accuracy']:.2%} test, {orig_ms:.4f} ms", flush=True)

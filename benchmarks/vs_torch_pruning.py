@@ -163,6 +163,22 @@ def tp_prune(original, importance: str, target_share: float, folder: Path):
     return best, tries
 
 
+def original_model(ref: str, ds, weights: Path | None, epochs: int, seed: int, stem: Path):
+    """The user's trained model (eval mode), its safetensors file and its training seconds: loaded from
+    ``weights`` (None seconds), or trained here for ``epochs`` and saved to ``stem.safetensors``."""
+    model = build_model(ref, {"num_classes": 10})
+    if weights:
+        load_weights(model, weights)
+        return model.eval(), weights, None
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model, seconds, _ = train_plain(model, ds, epochs, seed)
+    path = stem.with_suffix(".safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model.eval(), path, seconds
+
+
 def head(model) -> torch.nn.Linear:
     """The classifier (the last Linear), which keeps its outputs."""
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
@@ -250,18 +266,7 @@ def main() -> None:
     out: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "n_test": n_test}
 
     # 1. the user's trained model (trained here, or the weights of an earlier run of this script or tier0.py)
-    original = build_model(ref, {"num_classes": 10})
-    if args.weights:
-        load_weights(original, args.weights)
-        weights, t_orig = args.weights, None
-    else:
-        torch.manual_seed(args.seed)
-        original, t_orig, _ = train_plain(original, ds, args.epochs, args.seed)
-        from safetensors.torch import save_file
-
-        weights = tmp / f"{args.target}.safetensors"
-        save_file({k: v.contiguous() for k, v in original.state_dict().items()}, str(weights))
-    original.eval()
+    original, weights, t_orig = original_model(ref, ds, args.weights, args.epochs, args.seed, tmp / args.target)
     _, orig_ms = onnx_ms(original, tmp, "original")
     out["original"] = {"test_accuracy": accuracy_of(original, xt, yt), "ms": orig_ms, "train_s": t_orig}
     trained = f"trained in {t_orig:.0f} s" if t_orig is not None else f"weights {args.weights}"

@@ -194,17 +194,19 @@ class _SpaceBase(_Strict, ABC):
             total += n
         return total
 
+    def _hash(self, exclude: frozenset[str] = frozenset()) -> str:
+        blob = json.dumps(self.model_dump(mode="json", exclude=set(exclude)), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
     def digest(self) -> str:
         """A short hash of the space definition; checkpoints and tables record it."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return self._hash()
 
     def latency_digest(self) -> str:
         """A short hash of what sets the subnets' latency (architecture, widths, depths, input): the digest
         without the description, the dataset and the trained weights. A latency table built for a space
         serves every space with the same latency digest (new weights need no new table)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude=set(_NOT_LATENCY)), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return self._hash(_NOT_LATENCY)
 
 
 _NOT_LATENCY = frozenset({"description", "dataset", "weights", "weights_sha256"})
@@ -299,8 +301,7 @@ class GraphSpace(_SpaceBase):
 
     def digest(self) -> str:
         """Like every space's digest, but the weights count by their content, not by where they lie."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"weights"}), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return self._hash(frozenset({"weights"}))
 
     def model_post_init(self, _ctx) -> None:
         if not self.groups and not self.sequences:

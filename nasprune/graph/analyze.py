@@ -48,6 +48,9 @@ _PASS_MODULES: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 """Leaf modules that act per channel and accept any channel count (PReLU only with one parameter)."""
 
+IDENTITY_MODULES: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+"""Modules that return their input at inference: no kernel, and a skip through one is the skip itself."""
+
 _PASS_FUNCTIONS = {
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
     F.hardtanh, F.sigmoid, F.tanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d,
@@ -1076,17 +1079,13 @@ def _skip_sources(add: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
         while (
             isinstance(a, fx.Node)
             and a.op == "call_module"
-            and type(modules.get(str(a.target))) in _FREE_PASS_MODULES
+            and type(modules.get(str(a.target))) in IDENTITY_MODULES
             and len(a.args) == 1
             and isinstance(a.args[0], fx.Node)
         ):
             a = a.args[0]
             out.append(a)
     return out
-
-
-_FREE_PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-"""Modules that return their input (at inference): a skip through one is the skip itself."""
 
 
 def _residual_chain(y: fx.Node, x: fx.Node, modules: dict[str, nn.Module], members: set[fx.Node]) -> bool:

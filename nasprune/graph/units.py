@@ -37,7 +37,15 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from nasprune.errors import GraphError, LatencyTableError
-from nasprune.graph.analyze import WEIGHTED_TYPES, Analysis, LayerUse, Layout, _target_name, analyze_model
+from nasprune.graph.analyze import (
+    IDENTITY_MODULES,
+    WEIGHTED_TYPES,
+    Analysis,
+    LayerUse,
+    Layout,
+    _target_name,
+    analyze_model,
+)
 from nasprune.graph.attention import ElasticMultiheadAttention
 from nasprune.graph.elastic import ElasticBatchNorm, ElasticConv, ElasticGroupNorm, ElasticLayerNorm, ElasticLinear
 from nasprune.graph.inputs import example_inputs
@@ -55,7 +63,7 @@ _ACT_FUNCTIONS = {
     F.leaky_relu: "leaky_relu",
 }  # fmt: skip
 _ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh"}
-_FREE_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Flatten)
+_FREE_MODULES = (*IDENTITY_MODULES, nn.Flatten)
 _FREE_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, torch.flatten, torch.reshape, getattr}
 _FREE_METHODS = {"view", "reshape", "flatten", "contiguous", "clone", "size", "dim", "float", "detach"}
 _BINARY = {
@@ -941,13 +949,13 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
-def _tensor_shapes(node: fx.Node) -> list[tuple[int, ...]]:
-    """The shapes of the tensors a node returns (a tensor, or a tuple/list of them), as traced."""
-    out: list[tuple[int, ...]] = []
+def _tensor_metas(node: fx.Node) -> list:
+    """The traced metadata (shape, dtype) of each tensor a node returns (a tensor, or a tuple/list/dict of them)."""
+    out: list = []
 
     def walk(meta) -> None:
         if hasattr(meta, "shape"):
-            out.append(tuple(meta.shape))
+            out.append(meta)
         elif isinstance(meta, list | tuple):
             for m in meta:
                 walk(m)
@@ -957,25 +965,17 @@ def _tensor_shapes(node: fx.Node) -> list[tuple[int, ...]]:
 
     walk(node.meta.get("tensor_meta"))
     return out
+
+
+def _tensor_shapes(node: fx.Node) -> list[tuple[int, ...]]:
+    """The shapes of the tensors a node returns, as traced."""
+    return [tuple(m.shape) for m in _tensor_metas(node)]
 
 
 def _tensor_dtypes(node: fx.Node) -> list[str]:
     """The dtypes (``float32``, ``int64``, ``bool``...) of the tensors a node returns, as traced; one per
     :func:`_tensor_shapes` entry."""
-    out: list[str] = []
-
-    def walk(meta) -> None:
-        if hasattr(meta, "shape"):
-            out.append(str(getattr(meta, "dtype", torch.float32)).removeprefix("torch."))
-        elif isinstance(meta, list | tuple):
-            for m in meta:
-                walk(m)
-        elif isinstance(meta, dict):
-            for m in meta.values():
-                walk(m)
-
-    walk(node.meta.get("tensor_meta"))
-    return out
+    return [str(getattr(m, "dtype", torch.float32)).removeprefix("torch.") for m in _tensor_metas(node)]
 
 
 def _module_text(module: nn.Module) -> str:

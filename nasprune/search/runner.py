@@ -511,6 +511,10 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
     int8, qat = rec.precision == "int8", _quantization_aware(rec, job)
     space = supernet.space
     cfg = space.parse_config(rec.config)
+
+    def kept_inherited() -> torch.Tensor | None:  # the inherited weights stay: their per-image results
+        return None if int8 else evaluator.per_example(cfg, "val").correct
+
     recipe = default_recipe(space)
     ds = evaluator.dataset
     res = finetune_subnet(supernet, cfg, ds, steps=steps, seconds=job.finetune_seconds,
@@ -540,7 +544,7 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
         path.unlink(missing_ok=True)
         stamp_metadata(inherited, {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy,
                                    "finetune_steps": res.steps})  # fmt: skip
-        return None if int8 else evaluator.per_example(cfg, "val").correct
+        return kept_inherited()
     finetuned = {
         "delivered": "fine-tuned", "inherited_accuracy": rec.accuracy, "accuracy": rec.finetuned_accuracy,
         "test_accuracy": rec.finetuned_test_accuracy, "finetune_steps": res.steps,
@@ -562,7 +566,7 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
             rec.delivered = "inherited"
             stamp_metadata(inherited, {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy,
                                        "finetuned_over_budget_ms": ms})  # fmt: skip
-            return None if int8 else evaluator.per_example(cfg, "val").correct
+            return kept_inherited()
         raw = float(meta["measured_raw_ms"]) * ratio if "measured_raw_ms" in meta else None
         stamp_metadata(path, {"measured_latency_ms": ms, "verified": True,
                               **({"measured_raw_ms": raw} if raw is not None else {})})  # fmt: skip
