@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,3 +41,19 @@ def write(name: str, payload: dict) -> Path:
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     print(f"\nwrote {path}")
     return path
+
+
+@contextlib.contextmanager
+def spinners(n: int):
+    """``n`` processes spinning on the CPU (``python3 -c "while True: pass"``) for the ``with`` block, stopped by
+    their process ids after it: the "busy machine" of the latency benchmarks. Yields their pids."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        if n:
+            time.sleep(1.0)  # let them reach the CPU before the first timed call
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()

@@ -606,6 +606,8 @@ class JobTracker:
                 }
             )
             tags.update({"nasprune.recommended": rec.candidate_id, "nasprune.recommended_trial": str(rec.trial_number)})
+        if result.table_drift:
+            tags["nasprune.table_drift"] = result.table_drift
         if result.tier0 is not None:
             t0 = result.tier0
             summary.update({"tier0_val_accuracy": t0.accuracy, "tier0_test_accuracy": t0.test_accuracy,

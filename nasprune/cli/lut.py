@@ -221,6 +221,8 @@ def _summary(table) -> None:
     print(f"device     {table.device.describe()}")
     print(f"           fingerprint {table.device_fingerprint}, cpu flags {' '.join(table.device.cpu_flags) or '-'}")
     print(f"built      {table.built_at} in {table.build_seconds:.0f} s; {len(table)} entries")
+    load = table.build_load
+    print(f"machine    {load.describe() if load is not None else 'load not recorded (a table built before it was)'}")
     cache = (
         f" + {c.cache_ms_per_mweight:.4g} ms per 1M weights above {c.cache_free_weights:,}"
         if c.cache_ms_per_mweight

@@ -402,6 +402,8 @@ def _search(job, args, root) -> int:
         e = res.table_error_in_use
         print(f"latency table on this job's {e['n']} measured candidate(s): median error {e['median_ape']:.1f}%, "
               f"max {e['max_ape']:.1f}%")  # fmt: skip
+        if res.table_drift:
+            print(f"warning: {res.table_drift}")
     if res.recommended and args.output is not None and (Path(out) / "model.onnx").is_file():
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_bytes((Path(out) / "model.onnx").read_bytes())

@@ -4,8 +4,9 @@
    (:mod:`nasprune.latency.graphs`) and an onnxruntime session under the device profile. All
    sessions, their baselines (the producers that feed feature maps, and an empty "null" graph that
    gives the fixed cost of a call) are timed against each other in rounds of random order
-   (:func:`~nasprune.latency.timing.time_interleaved`), so drift and load bursts spread over all
-   ops alike. An entry is a key's time minus its baseline's.
+   (:func:`~nasprune.latency.timing.interleave_calls`), so drift and load bursts spread over all
+   ops alike; a session's time is the minimum of its per-round medians (``ProfileSettings.statistic``).
+   An entry is a key's time minus its baseline's.
 2. ``n_fit`` subnets (the smallest, the largest and random ones) go through the real deployment
    path (``export_subnet`` -> onnxruntime session) and are timed end to end, again interleaved.
 3. :func:`fit_correction` maps the summed op latencies to those end-to-end latencies (see
@@ -40,10 +41,11 @@ from nasprune.latency.graphs import (
     producer_model,
     producer_of,
 )
+from nasprune.latency.load import LoadProbe
 from nasprune.latency.ops import OpKey, all_ops
 from nasprune.latency.settings import ProfileSettings, check_precision
 from nasprune.latency.table import LatencyTable, Sample, compare
-from nasprune.latency.timing import Timing, feed_for, make_session, time_interleaved, time_session
+from nasprune.latency.timing import Timing, feed_for, interleave_calls, make_session, time_session
 from nasprune.quantize import quantize_for_timing
 from nasprune.registry import create_supernet
 from nasprune.space import SubnetConfig
@@ -173,11 +175,12 @@ def _time_all(
     desc: str,
     flush_bytes: int = 0,
 ) -> list[Timing]:
-    """Sessions made as for deployment on ``device``, timed interleaved (see ``time_interleaved``)."""
+    """Sessions made as for deployment on ``device``, timed interleaved (see ``interleave_calls``), each one's
+    calls summed up by ``settings.statistic``."""
     sessions = [make_session(m, device.threads, device.provider) for m in models]
     feeds = [feed_for(s, device.batch_size) for s in sessions]
     with _bar(progress, rounds, f"{desc}, round", unit="round") as bar:  # the total counts rounds, not models
-        return time_interleaved(
+        calls = interleave_calls(
             sessions,
             feeds,
             rounds=rounds,
@@ -188,6 +191,9 @@ def _time_all(
             on_round=bar.update if bar is not None else None,
             flush_bytes=flush_bytes,
         )
+    if settings.statistic == "median of all calls":
+        return [Timing.of(c.ravel()) for c in calls]
+    return [Timing.of_rounds(c) for c in calls]
 
 
 @contextlib.contextmanager
@@ -259,7 +265,7 @@ def build_table(
     device = device or DeviceProfile.local()
     settings = settings or ProfileSettings()
     check_runs_here(device)
-    t0 = time.perf_counter()
+    t0, probe = time.perf_counter(), LoadProbe()
     keys = all_ops(space)
     entries, overhead = profile_ops(keys, device, settings, progress=progress, seed=seed, precision=precision)
     table = LatencyTable.from_measurements(space, device, entries, overhead, settings, precision=precision)
@@ -274,7 +280,7 @@ def build_table(
             table = table.refit([Sample.of(space, c, t) for c, t in zip(fit, timings, strict=False)])
         if held:
             table = table.with_error(compare(table, held, timings[len(fit) :]))
-    return table.with_build_seconds(time.perf_counter() - t0)
+    return table.with_build_seconds(time.perf_counter() - t0, probe.read())
 
 
 def extend_table(table, space=None, settings: ProfileSettings | None = None, progress: bool = False):

@@ -6,11 +6,13 @@ Part of every table (``LatencyTable.settings``) and the input of profiling, so b
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from nasprune.errors import LatencyTableError
 
-__all__ = ["MAX_FLUSH_KB", "PRECISIONS", "ProfileSettings", "check_precision"]
+__all__ = ["MAX_FLUSH_KB", "PRECISIONS", "STATISTICS", "ProfileSettings", "check_precision"]
 
 PRECISIONS = ("fp32", "int8")
 
@@ -20,6 +22,10 @@ def check_precision(precision: str) -> str:
         raise LatencyTableError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
     return precision
 
+
+STATISTICS = ("min of round medians", "median of all calls")
+"""How a session's timed calls become its time: the minimum over rounds of each round's median (the default),
+or the median of all its calls (tables built before 2026-12-07)."""
 
 MAX_FLUSH_KB = 65536
 """The most memory ``ProfileSettings.flush_kb`` may write before a timed call (64 MiB)."""
@@ -36,6 +42,12 @@ class ProfileSettings(BaseModel):
     e2e_burst: int = Field(20, ge=1, description="timed calls per subnet per round")
     settle: int = Field(2, ge=0, description="untimed calls before each burst")
     warmup: int = Field(20, ge=0, description="untimed calls per session before the first round")
+    statistic: Literal["min of round medians", "median of all calls"] = Field(
+        "min of round medians",
+        description="how a unit's or subnet's timed calls become its time: the minimum over rounds of each round's "
+        "median (stable when the machine's speed moves or other processes come and go: docs/latency.md), or the "
+        "median of all calls (what tables built before it recorded)",
+    )
     flush_kb: int = Field(
         0,
         ge=0,

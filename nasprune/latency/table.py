@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from nasprune.errors import LatencyTableError
 from nasprune.latency.device import DeviceProfile
+from nasprune.latency.load import MachineLoad
 from nasprune.latency.ops import OpKey, all_ops, block_ops, extreme_config, ops_for
 from nasprune.latency.settings import ProfileSettings
 from nasprune.latency.timing import Timing
@@ -207,6 +208,8 @@ class LatencyTable(_Strict):
     device_fingerprint: str
     built_at: str
     build_seconds: NonNeg = 0.0
+    build_load: MachineLoad | None = None
+    """How busy the machine was while the table was timed (None: tables written before it was recorded)."""
     settings: ProfileSettings
     correction: Correction
     entries: list[Entry]
@@ -221,6 +224,9 @@ class LatencyTable(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _check_version(cls, data: Any) -> Any:
+        settings = data.get("settings") if isinstance(data, dict) else None
+        if isinstance(settings, dict) and "statistic" not in settings:  # written before the statistic was recorded
+            data = {**data, "settings": {**settings, "statistic": "median of all calls"}}
         if isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
             raise ValueError(
                 f"schema version {data['schema_version']!r}, but this nasprune reads version {SCHEMA_VERSION}; "
@@ -323,8 +329,8 @@ class LatencyTable(_Strict):
     def with_error(self, report: ErrorReport) -> LatencyTable:
         return self._update(error=report)
 
-    def with_build_seconds(self, seconds: float) -> LatencyTable:
-        return self._update(build_seconds=seconds)
+    def with_build_seconds(self, seconds: float, load: MachineLoad | None = None) -> LatencyTable:
+        return self._update(build_seconds=seconds, build_load=load)
 
     def with_entries(self, entries: dict[OpKey, Timing], space=None) -> LatencyTable:
         """The table with more measured entries, e.g. for a space that gained choices (its error is reset)."""

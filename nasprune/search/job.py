@@ -220,6 +220,11 @@ class Candidate(BaseModel):
     )
 
 
+DRIFT_APE = 10.0
+"""A table whose predictions miss a job's measured models by more than this (median APE, %) is reported as
+drifted, with the command that rebuilds it (:attr:`SearchResult.table_drift`)."""
+
+
 class SearchResult(BaseModel):
     job: SearchJob
     n_trials: int
@@ -241,6 +246,20 @@ class SearchResult(BaseModel):
         if not ape:
             return None
         return {"n": len(ape), "median_ape": round(statistics.median(ape), 3), "max_ape": round(max(ape), 3)}
+
+    @computed_field
+    @property
+    def table_drift(self) -> str | None:
+        """What to do when the table predicted this job's measured models more than :data:`DRIFT_APE` % off
+        (median): it no longer describes this machine (rebuilt while it was busy, or the machine changed)."""
+        err = self.table_error_in_use
+        if err is None or err["median_ape"] <= DRIFT_APE:
+            return None
+        return (
+            f"the latency table predicted this job's {err['n']} measured model(s) {err['median_ape']:.1f}% off "
+            f"(median; more than {DRIFT_APE:g}%): it no longer describes this machine; rebuild it while the machine "
+            f"is quiet with 'nasprune lut build --space {self.job.space} --device {self.job.device}' and search again"
+        )
 
     @computed_field
     @property

@@ -8,12 +8,13 @@ subnets of the latency table timed alongside (:func:`machine_speed`). The search
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from nasprune.latency.profile import export_all
-from nasprune.latency.timing import feed_for, make_session
+from nasprune.latency.timing import feed_for, interleave_calls, make_session
 
 __all__ = [
     "RoundTiming",
@@ -82,31 +83,14 @@ class RoundTiming:
 
 
 def time_rounds(paths: list[Path], device, settings: VerifySettings, seed: int = 1) -> list[RoundTiming]:
-    """Per-round medians of exported models, timed interleaved in sessions made as for ``device``."""
-    import random
-    import statistics
-
+    """Per-round medians of exported models, timed interleaved (:func:`~nasprune.latency.timing.interleave_calls`,
+    as latency tables are) in sessions made as for ``device``."""
     sessions = [make_session(p, device.threads, device.provider) for p in paths]
     feeds = [feed_for(s, device.batch_size) for s in sessions]
-    for sess, feed in zip(sessions, feeds, strict=True):
-        for _ in range(settings.warmup):
-            sess.run(None, feed)
-    rng = random.Random(seed)
-    medians: list[list[float]] = [[] for _ in paths]
-    order = list(range(len(paths)))
-    for _ in range(settings.rounds):
-        rng.shuffle(order)
-        for i in order:
-            sess, feed = sessions[i], feeds[i]
-            for _ in range(settings.settle):
-                sess.run(None, feed)
-            calls = []
-            for _ in range(settings.burst):
-                t0 = time.perf_counter_ns()
-                sess.run(None, feed)
-                calls.append((time.perf_counter_ns() - t0) / 1e6)
-            medians[i].append(statistics.median(calls))
-    return [RoundTiming(tuple(m)) for m in medians]
+    calls = interleave_calls(
+        sessions, feeds, settings.rounds, settings.burst, settings.settle, settings.warmup, seed=seed
+    )
+    return [RoundTiming(tuple(float(m) for m in np.median(c, axis=1))) for c in calls]
 
 
 def distrust(

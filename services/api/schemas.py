@@ -237,6 +237,11 @@ class ParetoFront(BaseModel):
         description="the latency table's error on this job's own measurements: n, median_ape and max_ape (%) of "
         "its predictions for the candidates measured here",
     )
+    table_drift: str | None = Field(
+        None,
+        description="set when the table's median error on this job's measurements is above 10%: what happened and "
+        "the command that rebuilds the table",
+    )
     tracking_error: str | None
 
     @field_serializer("candidates")

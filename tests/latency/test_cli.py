@@ -30,6 +30,10 @@ def test_build_show_predict_validate_list(tmp_path, capsys):
     path = tmp_path / "data" / "latency_tables" / "tiny_mlp__local-cpu.json"
     table = LatencyTable.load(path)
     assert table.error.n == 2 and table.correction.fit_subnets == 3
+    # how busy the machine was, measured over the build and said with the table
+    load = table.build_load
+    assert load is not None and load.cpus >= 1 and 0 < load.seconds <= table.build_seconds + 1
+    assert f"machine    {load.describe()}" in r.stdout
 
     assert main(["lut", "show", *where, "--entries"]) == 0
     out = capsys.readouterr().out

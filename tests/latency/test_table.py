@@ -231,6 +231,15 @@ def _edit(table, tmp_path, change) -> str:
     return str(path)
 
 
+def test_a_table_says_how_its_calls_were_summed_up_and_older_files_say_the_median(resnet_table, tmp_path):
+    assert resnet_table.settings.statistic == "min of round medians"  # what a build uses now
+    assert resnet_table.build_load is not None and resnet_table.build_load.seconds > 0
+    path = _edit(resnet_table, tmp_path, lambda raw: (raw["settings"].pop("statistic"), raw.pop("build_load")))
+    old = LatencyTable.load(path)  # a file written before both were recorded
+    assert old.settings.statistic == "median of all calls" and old.build_load is None
+    assert old.predict(old.space.largest()) == resnet_table.predict(resnet_table.space.largest())
+
+
 def test_schema_version_mismatch_is_a_clear_error(resnet_table, tmp_path):
     path = _edit(resnet_table, tmp_path, lambda raw: raw.update(schema_version=99))
     with pytest.raises(LatencyTableError, match=r"schema version 99.*reads version 1.*nasprune lut build"):

@@ -7,7 +7,7 @@ import random
 import optuna
 import pytest
 
-from nasprune.search.job import JobContext, SearchJob
+from nasprune.search.job import DRIFT_APE, JobContext, SearchJob
 from nasprune.search.refine import _steps, grow, propose, shrink
 from nasprune.search.runner import run_job
 from nasprune.search.study import make_storage
@@ -72,3 +72,13 @@ def test_a_job_spends_its_refinement_trials_on_distinct_maximal_subnets(prepared
         apes = [abs(c.latency_ms - c.measured_latency_ms) / c.measured_latency_ms * 100 for c in measured]
         assert err["n"] == len(measured) and err["max_ape"] == pytest.approx(max(apes), abs=1e-3)
         assert res.model_dump()["table_error_in_use"] == err
+    # within DRIFT_APE no advice; a table whose predictions miss the measurements by more says so and how to rebuild
+    assert (res.table_drift is None) == (err is None or err["median_ape"] <= DRIFT_APE)
+    if measured:
+        off = res.model_copy(update={"pareto": [
+            c.model_copy(update={"measured_latency_ms": c.latency_ms / 1.25}) if c.measured_latency_ms else c
+            for c in res.pareto]})  # fmt: skip
+        assert off.table_error_in_use["median_ape"] == pytest.approx(25.0, abs=1e-3)
+        assert "25.0% off" in off.table_drift
+        assert f"nasprune lut build --space {SPACE} --device local-cpu" in off.table_drift
+        assert off.model_dump()["table_drift"] == off.table_drift

@@ -64,6 +64,7 @@ def pareto(job_id: str, jobs: JobsDep, who: PrincipalDep) -> ParetoFront:
         tier0=public(result.tier0) if result.tier0 else None,
         table_error=result.table_error,
         table_error_in_use=result.table_error_in_use,
+        table_drift=result.table_drift,
         tracking_error=result.tracking_error,
     )
 
