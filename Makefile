@@ -44,7 +44,7 @@ demo: install
 test: install
 	$(BIN)/ruff check nasprune services tests benchmarks
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: install
 	$(BIN)/python benchmarks/extract_export.py

@@ -1,4 +1,6 @@
-"""The CLI as users run it: a real subprocess, exit codes, one-line errors (never a traceback)."""
+"""The CLI as users run it: a real subprocess, exit codes, one-line errors (never a traceback). Where a test
+runs several commands, one goes through ``python -m nasprune`` and the rest through ``nasprune.cli.main`` in
+this process (the same code after the interpreter's start, without its ~4 s of imports each)."""
 
 import json
 import subprocess
@@ -13,11 +15,23 @@ def run(*args, cwd=None):
     )
 
 
-def test_spaces_list_and_show():
+def in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """``nasprune ARGS`` run by ``nasprune.cli.main`` here, its exit code and output as ``run`` gives them."""
+    from nasprune.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def test_spaces_list_and_show(capsys):
     r = run("spaces", "list")
     assert r.returncode == 0, r.stderr
     assert "resnet_mnist" in r.stdout and "mlp_digits" in r.stdout
-    r = run("spaces", "show", "resnet_mnist")
+    r = in_process(capsys, "spaces", "show", "resnet_mnist")
     assert r.returncode == 0, r.stderr
     assert "stages.2.2.conv1" in r.stdout and "largest" in r.stdout and "75,866,112" in r.stdout
 
@@ -41,7 +55,7 @@ def test_export_config_file(tmp_path):
     assert json.loads(meta["nasprune.config"])["widths"] == cfg["widths"]
 
 
-def test_errors_are_one_line_and_nonzero(tmp_path):
+def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
     cases = [
         (("spaces", "show", "nope"), "unknown search space 'nope'"),
         (
@@ -66,8 +80,8 @@ def test_errors_are_one_line_and_nonzero(tmp_path):
             "--trials: Input should be greater than or equal to 1; --finetune-epochs: Input should be greater",
         ),
     ]
-    for args, needle in cases:
-        r = run(*args)
+    for i, (args, needle) in enumerate(cases):
+        r = run(*args) if i == 0 else in_process(capsys, *args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert needle in r.stderr, r.stderr
         assert "Traceback" not in r.stderr

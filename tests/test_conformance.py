@@ -16,7 +16,7 @@ from tests.conftest import randomize
 
 SPACES = list_spaces()
 N_RANDOM = 20
-N_EXPORT = 4
+N_EXPORT = 2
 
 
 def configs(space):
@@ -108,7 +108,7 @@ def test_macs_shrink_with_smaller_configs(net):
 
 
 def test_onnx_export_checker_and_parity(net, tmp_path):
-    """Largest, smallest and 4 random subnets (an export with its parity check costs 2-5 s; the
+    """Largest, smallest and 2 random subnets (an export with its parity check costs 2-5 s; the
     extraction tests above cover 20 random subnets)."""
     for i, cfg in enumerate(configs(net.space)[: 2 + N_EXPORT]):
         path = tmp_path / f"{i}.onnx"

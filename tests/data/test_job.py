@@ -5,6 +5,7 @@ the model's accuracy."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -16,11 +17,12 @@ from nasprune.registry import load_space
 from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.runner import run_job
 from nasprune.train import TrainConfig, save_checkpoint, supernet_path, train_supernet
-from tests.search.conftest import SPACE, prepared  # noqa: F401 (the session fixture: table + data dir)
+from tests.conftest import SPACE
 
 
-def test_job_on_user_data_delivers_its_preprocessing(prepared, tmp_path):  # noqa: F811
-    root, table = prepared
+def test_job_on_user_data_delivers_its_preprocessing(prepared, tmp_path):
+    root = shutil.copytree(prepared[0], tmp_path / "data")  # the session's data dir stays as other tests expect it
+    table = prepared[1]
     from sklearn.datasets import load_digits
 
     d = load_digits()

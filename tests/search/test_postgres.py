@@ -30,13 +30,14 @@ from services.jobs import JobStore
 from tests.cluster import mlflow_server, s3_server
 from tests.search.conftest import SPACE
 
-N_LONG = 60  # the job a worker is killed in (after its 10th trial); the other job has 20
+N_LONG = 40  # the job a worker is killed in (after its 10th trial); the other job has 20
 
 
 class Role:
     """``python -m nasprune <role>`` configured by environment variables only; waits for ``/readyz``."""
 
-    def __init__(self, role: str, env: dict[str, str], log_dir: Path, timeout_s: float = 120.0):
+    def __init__(self, role: str, env: dict[str, str], log_dir: Path, timeout_s: float = 120.0, wait: bool = True):
+        self.role, self.timeout_s = role, timeout_s
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / f"{role}-{self.port}.log"
@@ -50,12 +51,17 @@ class Role:
                 stdin=subprocess.DEVNULL,
                 env=full_env,
             )
-        deadline = time.monotonic() + timeout_s
+        if wait:
+            self.ready()
+
+    def ready(self) -> Role:
+        """Wait until its ``/readyz`` answers 200 (the process must not exit meanwhile)."""
+        role, deadline = self.role, time.monotonic() + self.timeout_s
         while True:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
+                    return self
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, f"{role} not ready: {self.log.read_text()[-3000:]}"
@@ -98,10 +104,14 @@ def test_api_and_workers_share_postgresql_and_an_mlflow_server(prepared, budget,
             "NASPRUNE_POLL_S": "0.2",
         }
         try:
-            roles = [Role("api", env, tmp_path), Role("worker", env, tmp_path), Role("worker", env, tmp_path)]
+            # started together (each spends seconds importing), then waited for
+            roles = [Role(r, env, tmp_path, wait=False) for r in ("api", "worker", "worker")]
+            for role in roles:
+                role.ready()
             api, workers = roles[0], roles[1:]
             http = httpx.Client(base_url=api.url, timeout=30)
-            spec = {"space": SPACE, "latency_budget_ms": budget, "sampler": "tpe", "verify_top_k": 1}
+            spec = {"space": SPACE, "latency_budget_ms": budget, "sampler": "tpe", "verify_top_k": 1,
+                    "finetune_steps": 0}  # fmt: skip
             long_id = http.post("/v1/jobs", json={**spec, "n_trials": N_LONG, "seed": 1}).json()["id"]
             short_id = http.post("/v1/jobs", json={**spec, "n_trials": 20, "seed": 2}).json()["id"]
 

@@ -40,11 +40,14 @@ def test_trials_run_on_both_nodes_of_a_ray_cluster(prepared, budget, pg_server, 
     hide = (tmp_path_factory.getbasetemp(),) if can_hide_paths() else ()
 
     # refine_trials=0: every trial is a Ray trial (refinement trials run in the driver, after the sampler's)
+    # (finetune_steps=0: the placement of trials is what this test is about)
     job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=N_TRIALS, backend="ray", seed=4, verify_top_k=1,
-                    refine_trials=0)  # fmt: skip
-    # The worker node's processes start 15 s late, as under load: without the rendezvous, the head
-    # runs all 12 trials before the worker's actor is up ({'head': 12, 'worker1': 0}, as in the CI run).
-    slow = {"worker1": 15.0}
+                    refine_trials=0, finetune_steps=0)  # fmt: skip
+    # The worker node's processes start late, as under load: without the rendezvous, the head ran all 12
+    # trials before the worker's actor was up ({'head': 12, 'worker1': 0}, in a CI run); with it, the
+    # head's trials wait for one to begin on the worker (4 s late here: every Ray worker process of the
+    # node sleeps it, so more only makes the test longer).
+    slow = {"worker1": 4.0}
     with ray_cluster(
         worker_cpus=[1], head_cpus=1, hide=hide, trial_floor_s=1.0, rendezvous=True, slow_start_s=slow
     ) as cluster:

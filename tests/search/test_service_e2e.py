@@ -195,7 +195,7 @@ def _complete_trials(journal: Path, job_id: str) -> dict[int, list[float]]:
 def test_sigkill_mid_job_then_restart_finishes_without_loss(data_dir, budget):
     n = 100
     svc = Service(data_dir)
-    job_id = _submit(svc, budget, n, sampler="random", seed=6)
+    job_id = _submit(svc, budget, n, sampler="random", seed=6, finetune_steps=0)  # trials are what is checked
     # A trial of this space takes ~5 ms and the API's progress is written at most every 0.5 s: waiting
     # on it let the whole job finish before the kill (CI, 2026-12-03). So the test watches the trial
     # storage itself and freezes the service (SIGSTOP) as soon as 20 trials are done, reads what is
@@ -227,9 +227,9 @@ def test_sigkill_mid_job_then_restart_finishes_without_loss(data_dir, budget):
 def test_mlflow_stopped_mid_job_still_succeeds_and_says_so(data_dir, budget, tmp_path):
     mlflow = start_mlflow_server(tmp_path / "mlflow")
     # a finished job waits NASPRUNE_TRACKING_DRAIN_S (default 60 s) for MLflow to take what is still queued
-    svc = Service(data_dir, "--tracking-uri", mlflow.url, env={"NASPRUNE_TRACKING_DRAIN_S": "5"})
+    svc = Service(data_dir, "--tracking-uri", mlflow.url, env={"NASPRUNE_TRACKING_DRAIN_S": "1"})
     try:
-        job_id = _submit(svc, budget, 100, sampler="random", seed=7)
+        job_id = _submit(svc, budget, 100, sampler="random", seed=7, finetune_steps=0)
         svc.wait(job_id, lambda s: s["progress"]["n_done"] >= 10)
         mlflow.stop()
         state = svc.wait(job_id, lambda s: s["status"] == "succeeded")

@@ -385,45 +385,48 @@ def _job_ctx(root, job_id, tmp_path, seen, **kw):
                       data_dir=root, on_progress=seen.append, **kw)  # fmt: skip
 
 
-def test_a_tier0_only_job_delivers_the_tier0_model_and_logs_its_own_mlflow_run(prepared, budget, tmp_path):
+def test_a_tier0_only_job_delivers_the_tier0_model_and_logs_its_own_mlflow_run(
+    prepared, budget, shared_mlflow, tmp_path
+):
     import httpx
 
-    from nasprune.mlflow_server import mlflow_server
     from nasprune.search.job import SearchJob
     from nasprune.search.runner import run_job
 
     root, _ = prepared
     seen: list = []
-    with mlflow_server(tmp_path / "mlflow") as srv:
-        job = SearchJob(space=SPACE, latency_budget_ms=budget, tier0="only", n_trials=5)
-        res = run_job(job, _job_ctx(root, "t0only", tmp_path, seen, tracking_uri=srv.url), verify=_quick())
-        assert res.n_trials == 0 and res.pareto == [] and res.tier0 is not None and res.tracking_error is None
-        t0 = res.tier0
-        assert t0.tier == 0 and t0.trial_number == -1 and t0.latency_ms <= budget
-        assert_verified_or_too_busy(t0, budget)
-        assert res.recommended == t0  # verified (or too busy to tell): what the job delivers
-        out = tmp_path / "t0only"
-        meta = read_metadata(out / "model.onnx")
-        assert meta["tier"] == "0" and float(meta["accuracy"]) == pytest.approx(t0.accuracy)
-        assert (out / "models" / f"{t0.candidate_id}.onnx").read_bytes() == (out / "model.onnx").read_bytes()
-        stages = [p.stage for p in seen]
-        assert "tier 0" in stages and "training supernet" not in stages and "searching" not in stages
-        assert seen[-1].stage == "done" and seen[-1].tier0 == t0
-        # its own MLflow run under the job's, with its figures and its ONNX file
-        api = f"{srv.url}/api/2.0/mlflow"
-        exp = httpx.get(f"{api}/experiments/get-by-name", params={"experiment_name": f"nasprune/{SPACE}"}).json()
-        runs = httpx.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment"]["experiment_id"]]}).json()
-        by_name = {r["info"]["run_name"]: r for r in runs["runs"]}
-        run = by_name["tier-0"]
-        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-        assert tags["nasprune.tier"] == "0" and run["info"]["status"] == "FINISHED"
-        assert metrics["val_accuracy"] == pytest.approx(t0.accuracy)
-        assert metrics["test_accuracy"] == pytest.approx(t0.test_accuracy)
-        parent = next(r for r in runs["runs"] if r["info"]["run_id"] == tags["mlflow.parentRunId"])
-        assert {m["key"]: m["value"] for m in parent["data"]["metrics"]}["recommended_tier"] == 0
-        files = httpx.get(f"{api}/artifacts/list", params={"run_id": run["info"]["run_id"], "path": "model"}).json()
-        assert [f["path"] for f in files["files"]] == [f"model/{t0.candidate_id}.onnx"]
+    srv = shared_mlflow  # other tests log there too: the tier-0 run is found under this job's run
+    job = SearchJob(space=SPACE, latency_budget_ms=budget, tier0="only", n_trials=5)
+    res = run_job(job, _job_ctx(root, "t0only", tmp_path, seen, tracking_uri=srv.url), verify=_quick())
+    assert res.n_trials == 0 and res.pareto == [] and res.tier0 is not None and res.tracking_error is None
+    t0 = res.tier0
+    assert t0.tier == 0 and t0.trial_number == -1 and t0.latency_ms <= budget
+    assert_verified_or_too_busy(t0, budget)
+    assert res.recommended == t0  # verified (or too busy to tell): what the job delivers
+    out = tmp_path / "t0only"
+    meta = read_metadata(out / "model.onnx")
+    assert meta["tier"] == "0" and float(meta["accuracy"]) == pytest.approx(t0.accuracy)
+    assert (out / "models" / f"{t0.candidate_id}.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    stages = [p.stage for p in seen]
+    assert "tier 0" in stages and "training supernet" not in stages and "searching" not in stages
+    assert seen[-1].stage == "done" and seen[-1].tier0 == t0
+    # its own MLflow run under the job's, with its figures and its ONNX file
+    api, parent_tag = f"{srv.url}/api/2.0/mlflow", "mlflow.parentRunId"
+    exp = httpx.get(f"{api}/experiments/get-by-name", params={"experiment_name": f"nasprune/{SPACE}"}).json()
+    runs = httpx.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment"]["experiment_id"]]}).json()
+    tags_of = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs["runs"]}
+    (job_run,) = [i for i, t in tags_of.items() if t.get("nasprune.job_id") == "t0only"]
+    (run,) = [r for r in runs["runs"] if r["info"]["run_name"] == "tier-0"
+              and tags_of[r["info"]["run_id"]].get(parent_tag) == job_run]  # fmt: skip
+    tags = tags_of[run["info"]["run_id"]]
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert tags["nasprune.tier"] == "0" and run["info"]["status"] == "FINISHED"
+    assert metrics["val_accuracy"] == pytest.approx(t0.accuracy)
+    assert metrics["test_accuracy"] == pytest.approx(t0.test_accuracy)
+    parent = next(r for r in runs["runs"] if r["info"]["run_id"] == tags["mlflow.parentRunId"])
+    assert {m["key"]: m["value"] for m in parent["data"]["metrics"]}["recommended_tier"] == 0
+    files = httpx.get(f"{api}/artifacts/list", params={"run_id": run["info"]["run_id"], "path": "model"}).json()
+    assert [f["path"] for f in files["files"]] == [f"model/{t0.candidate_id}.onnx"]
 
 
 def test_a_tier0_only_job_is_refused_without_trained_weights(tmp_path):

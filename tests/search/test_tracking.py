@@ -33,73 +33,73 @@ def _api(url: str, path: str, **kw):
     return r.json()
 
 
-def test_job_and_trials_land_in_mlflow(prepared, budget, tmp_path):
+def test_job_and_trials_land_in_mlflow(prepared, budget, shared_mlflow, tmp_path):
     root, _ = prepared
-    with mlflow_server(tmp_path / "mlflow") as srv:
-        res = run_job(
-            SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=N, seed=3),
-            _ctx(root, "tracked", tmp_path, srv.url),
-        )
-        assert res.tracking_error is None
-        exp = httpx.get(
-            f"{srv.url}/api/2.0/mlflow/experiments/get-by-name",
-            params={"experiment_name": f"nasprune/{SPACE}"},
-            timeout=10,
-        ).json()["experiment"]
-        runs = _api(srv.url, "runs/search", experiment_ids=[exp["experiment_id"]], max_results=1000)["runs"]
-        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
-        parents = [r for r, t in zip(runs, tags, strict=True) if t.get("nasprune.job_id") == "tracked"]
-        assert len(parents) == 1
-        parent = parents[0]
-        assert parent["info"]["status"] == "FINISHED"
-        pid = parent["info"]["run_id"]
-        children = [(r, t) for r, t in zip(runs, tags, strict=True) if t.get("mlflow.parentRunId") == pid]
-        assert len(children) == N
-        assert sorted(int(t["nasprune.trial"]) for _, t in children) == list(range(N))
-        pareto_ids = {c.trial_number for c in res.pareto}
-        for run, t in children:
-            metrics = {m["key"] for m in run["data"]["metrics"]}
-            params = {p["key"]: p["value"] for p in run["data"]["params"]}
-            assert {"val_accuracy", "predicted_latency_ms", "params", "macs"} <= metrics
-            assert "depth.blocks.0-2" in params and "width.stem.0" in params
-            assert "None" not in params.values()
-            assert t["pareto"] == str(int(t["nasprune.trial"]) in pareto_ids).lower()
-            assert t["feasible"] in ("true", "false")
-        verified = [(r, t) for r, t in children if t["verified"] == "true"]
-        assert all(t["pareto"] == "true" for _, t in verified)
-        assert_verified_or_too_busy(res.recommended, budget)
-        assert bool(verified) == res.recommended.verified
-        for run, _ in verified:  # measured, and scored on the test split
-            metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-            assert metrics["measured_latency_ms"] > 0 and 0 < metrics["test_accuracy"] <= 1
-        (rec_run, rec_tags) = next((r, t) for r, t in children if t.get("nasprune.recommended") == "true")
-        assert int(rec_tags["nasprune.trial"]) == res.recommended.trial_number
-        assert rec_run["info"]["run_name"] == f"trial-{res.recommended.trial_number} (recommended)"
-        assert sum(t.get("nasprune.recommended") == "true" for _, t in children) == 1
-        arts = _api(srv.url, f"artifacts/list?run_id={pid}")["files"]
-        assert {"pareto.json", "pareto.png"} <= {a["path"] for a in arts}
-        parent_metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
-        assert parent_metrics["n_trials"] == N and parent_metrics["latency_budget_ms"] == pytest.approx(budget)
-        assert parent_metrics["recommended_val_accuracy"] == pytest.approx(res.recommended.accuracy)
-        parent_params = {p["key"]: p["value"] for p in parent["data"]["params"]}
-        assert "None" not in parent_params.values() and "dataset" not in parent_params
-        # one best-so-far point per trial: never decreasing over the trial numbers
-        history = _api(srv.url, f"metrics/get-history?run_id={pid}&metric_key=best_feasible_val_accuracy")["metrics"]
-        values = [m["value"] for m in sorted(history, key=lambda m: m["step"])]
-        feasible = [
-            next(m["value"] for m in r["data"]["metrics"] if m["key"] == "val_accuracy")
-            for r, t in children
-            if t["feasible"] == "true"
-        ]
-        assert values and values == sorted(values) and values[-1] == pytest.approx(max(feasible))
+    srv = shared_mlflow  # other tests' jobs log there too: this one reads its own job's runs
+    res = run_job(
+        SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=N, seed=3),
+        _ctx(root, "tracked", tmp_path, srv.url),
+    )
+    assert res.tracking_error is None
+    exp = httpx.get(
+        f"{srv.url}/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": f"nasprune/{SPACE}"},
+        timeout=10,
+    ).json()["experiment"]
+    runs = _api(srv.url, "runs/search", experiment_ids=[exp["experiment_id"]], max_results=1000)["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, t in zip(runs, tags, strict=True) if t.get("nasprune.job_id") == "tracked"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent["info"]["status"] == "FINISHED"
+    pid = parent["info"]["run_id"]
+    children = [(r, t) for r, t in zip(runs, tags, strict=True) if t.get("mlflow.parentRunId") == pid]
+    assert len(children) == N
+    assert sorted(int(t["nasprune.trial"]) for _, t in children) == list(range(N))
+    pareto_ids = {c.trial_number for c in res.pareto}
+    for run, t in children:
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert {"val_accuracy", "predicted_latency_ms", "params", "macs"} <= metrics
+        assert "depth.blocks.0-2" in params and "width.stem.0" in params
+        assert "None" not in params.values()
+        assert t["pareto"] == str(int(t["nasprune.trial"]) in pareto_ids).lower()
+        assert t["feasible"] in ("true", "false")
+    verified = [(r, t) for r, t in children if t["verified"] == "true"]
+    assert all(t["pareto"] == "true" for _, t in verified)
+    assert_verified_or_too_busy(res.recommended, budget)
+    assert bool(verified) == res.recommended.verified
+    for run, _ in verified:  # measured, and scored on the test split
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert metrics["measured_latency_ms"] > 0 and 0 < metrics["test_accuracy"] <= 1
+    (rec_run, rec_tags) = next((r, t) for r, t in children if t.get("nasprune.recommended") == "true")
+    assert int(rec_tags["nasprune.trial"]) == res.recommended.trial_number
+    assert rec_run["info"]["run_name"] == f"trial-{res.recommended.trial_number} (recommended)"
+    assert sum(t.get("nasprune.recommended") == "true" for _, t in children) == 1
+    arts = _api(srv.url, f"artifacts/list?run_id={pid}")["files"]
+    assert {"pareto.json", "pareto.png"} <= {a["path"] for a in arts}
+    parent_metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert parent_metrics["n_trials"] == N and parent_metrics["latency_budget_ms"] == pytest.approx(budget)
+    assert parent_metrics["recommended_val_accuracy"] == pytest.approx(res.recommended.accuracy)
+    parent_params = {p["key"]: p["value"] for p in parent["data"]["params"]}
+    assert "None" not in parent_params.values() and "dataset" not in parent_params
+    # one best-so-far point per trial: never decreasing over the trial numbers
+    history = _api(srv.url, f"metrics/get-history?run_id={pid}&metric_key=best_feasible_val_accuracy")["metrics"]
+    values = [m["value"] for m in sorted(history, key=lambda m: m["step"])]
+    feasible = [
+        next(m["value"] for m in r["data"]["metrics"] if m["key"] == "val_accuracy")
+        for r, t in children
+        if t["feasible"] == "true"
+    ]
+    assert values and values == sorted(values) and values[-1] == pytest.approx(max(feasible))
 
 
 def test_search_completes_when_tracking_server_is_down(prepared, budget, tmp_path):
     root, _ = prepared
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     ctx = _ctx(root, "untracked", tmp_path, dead)
-    ctx.tracking_drain_s = 3.0  # what is still queued at the end waits this long for MLflow (default 60 s)
-    res = run_job(SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=6, seed=4), ctx)
+    ctx.tracking_drain_s = 0.5  # what is still queued at the end waits this long for MLflow (default 60 s)
+    res = run_job(SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=6, seed=4, finetune_steps=0), ctx)
     assert res.n_trials == 6 and res.recommended is not None
     assert res.tracking_error and "MLflow tracking at" in res.tracking_error and dead in res.tracking_error
     assert (tmp_path / "untracked" / "model.onnx").is_file()

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from contextlib import contextmanager
-
 import pytest
 
 from nasprune.export import read_metadata
@@ -21,18 +15,6 @@ def _ctx(root, job_id, tmp_path):
     return JobContext(
         job_id=job_id, storage_url=f"sqlite:///{tmp_path / 'trials.db'}", output_dir=tmp_path / job_id, data_dir=root
     )
-
-
-@contextmanager
-def busy(n: int = 2):
-    """``n`` processes spinning on the CPU, stopped by their PIDs on exit."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        yield [p.pid for p in procs]
-    finally:
-        for p in procs:
-            os.kill(p.pid, signal.SIGKILL)
-            p.wait(10)
 
 
 def test_distrust_states_why():
@@ -57,12 +39,12 @@ def test_distrust_states_why():
 
 
 def test_untrusted_timing_gives_an_unverified_recommendation_not_a_failure(prepared, budget, tmp_path):
-    """Two rounds of one call each on a machine kept busy: nothing can be trusted; the job still completes,
-    recommends its most accurate candidate within the predicted budget and says why it is unverified."""
+    """Two rounds of one call each (fewer than the five a timing needs, however quiet the machine): nothing can
+    be trusted; the job still completes, recommends its most accurate candidate within the predicted budget and
+    says why it is unverified."""
     root, _ = prepared
     job = SearchJob(space=SPACE, latency_budget_ms=budget, n_trials=8, seed=5)
-    with busy(2):
-        res = run_job(job, _ctx(root, "busy", tmp_path), verify=VerifySettings(rounds=2, burst=1, warmup=1))
+    res = run_job(job, _ctx(root, "busy", tmp_path), verify=VerifySettings(rounds=2, burst=1, warmup=1))
     rec = res.recommended
     assert rec is not None and not rec.verified and rec.measured_latency_ms is None
     assert "only 2 timing round(s)" in rec.unverified_reason

@@ -125,13 +125,12 @@ def test_three_users_one_with_forty_jobs(tmp_path):
             assert runner.event(job_id).wait(30), f"{owner[job_id]}'s job did not start"
         waits = {owner[j]: runner.started[j] - submitted[j] for j in singles}
         after_release = {owner[j]: runner.started[j] - released for j in singles}
-        for job_id in heavy:
+        for job_id in heavy[:6]:  # and heavy's queue goes on after them (all 40 would only add 10 s of waiting)
             assert runner.event(job_id).wait(60)
-        heavy_waits = sorted(runner.started[j] - submitted[j] for j in heavy)
+        heavy_waits = sorted(runner.started[j] - submitted[j] for j in heavy[:6])
         print(
             f"\nfair share, 2 workers, jobs of {JOB_S} s: b waited {waits['b']:.2f} s, c {waits['c']:.2f} s; "
-            f"heavy's 40 jobs waited {heavy_waits[0]:.2f}-{heavy_waits[-1]:.2f} s "
-            f"(median {heavy_waits[20]:.2f} s)"
+            f"heavy's first 6 jobs waited {heavy_waits[0]:.2f}-{heavy_waits[-1]:.2f} s"
         )
         # within one job's duration of the running jobs' start (plus the time a worker takes to claim a job)
         assert max(after_release.values()) < JOB_S + 0.5, after_release

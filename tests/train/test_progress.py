@@ -61,18 +61,16 @@ def test_a_resumed_training_reports_its_epochs_to_the_job_and_to_mlflow(tmp_path
 
 
 @pytest.mark.slow
-def test_a_search_job_that_trains_its_supernet_shows_the_epochs(tmp_path, monkeypatch):
+def test_a_search_job_that_trains_its_supernet_shows_the_epochs(prepared, tmp_path, monkeypatch):
     """``run_job`` on a data dir without a trained supernet: the job's progress has a 'training
-    supernet' stage per epoch (a 2-epoch recipe stands in for the 40-epoch default)."""
+    supernet' stage per epoch (a 2-epoch recipe stands in for the 40-epoch default). The data dir holds
+    only the session's latency table (``prepared``'s), not its supernet."""
     import nasprune.train
-    from nasprune.latency import ProfileSettings, build_table, table_path
-    from nasprune.registry import load_space
+    from nasprune.latency import table_path
     from nasprune.search.job import JobContext, SearchJob
     from nasprune.search.runner import run_job
 
-    space = load_space("mlp_digits")
-    settings = ProfileSettings(op_rounds=10, op_burst=5, e2e_rounds=8, e2e_burst=10, warmup=5)
-    table = build_table(space, n_fit=8, n_validate=6, settings=settings)
+    table = prepared[1]
     table.save(table_path("mlp_digits", "local-cpu", tmp_path))
     monkeypatch.setattr(nasprune.train, "default_recipe", lambda _space: RECIPE.model_copy(update={"epochs": 2}))
     seen: list[Progress] = []
