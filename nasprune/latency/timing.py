@@ -140,18 +140,7 @@ def interleave_calls(
     return samples
 
 
-def time_interleaved(
-    sessions: list,
-    feeds: list[dict[str, np.ndarray]],
-    rounds: int,
-    burst: int = 1,
-    settle: int = 0,
-    warmup: int = 10,
-    seed: int = 0,
-    on_round=None,
-    flush_bytes: int = 0,
-) -> list[Timing]:
-    """:func:`interleave_calls`, each session's calls summed up by :meth:`Timing.of_rounds` (the minimum of its
-    per-round medians)."""
-    calls = interleave_calls(sessions, feeds, rounds, burst, settle, warmup, seed, on_round, flush_bytes)
-    return [Timing.of_rounds(c) for c in calls]
+def time_interleaved(sessions: list, feeds: list[dict[str, np.ndarray]], rounds: int, **kw) -> list[Timing]:
+    """:func:`interleave_calls` (the same arguments), each session's calls summed up by :meth:`Timing.of_rounds`
+    (the minimum of its per-round medians)."""
+    return [Timing.of_rounds(c) for c in interleave_calls(sessions, feeds, rounds, **kw)]
