@@ -45,9 +45,11 @@ def write(name: str, payload: dict) -> Path:
 
 @contextlib.contextmanager
 def spinners(n: int):
-    """``n`` processes spinning on the CPU (``python3 -c "while True: pass"``) for the ``with`` block, stopped by
+    """``n`` processes spinning on the CPU (as ``python3 -c "while True: pass"``) for the ``with`` block, stopped by
     their process ids after it: the "busy machine" of the latency benchmarks. Yields their pids."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    # each spins until stopped, or until this process is gone (a killed benchmark leaves no spinner behind)
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
     try:
         if n:
             time.sleep(1.0)  # let them reach the CPU before the first timed call
