@@ -15,7 +15,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["BUSY_CORES", "LoadProbe", "MachineLoad"]
+__all__ = ["BUSY_CORES", "LoadProbe", "MachineLoad", "load_avg"]
 
 BUSY_CORES = 0.25
 """Other processes using this many cores or more (on average) make the machine "busy" for a timing."""
@@ -66,7 +66,8 @@ def _own_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _load_avg() -> list[float] | None:
+def load_avg() -> list[float] | None:
+    """The 1, 5 and 15-minute load average (None where the system has none)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -95,5 +96,5 @@ class LoadProbe:
             cpus=os.cpu_count() or 1,
             others_cores=others,
             steal_cores=steal,
-            load_avg=_load_avg(),
+            load_avg=load_avg(),
         )

@@ -6,7 +6,7 @@ Part of every table (``LatencyTable.settings``) and the input of profiling, so b
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,7 +23,8 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-STATISTICS = ("min of round medians", "median of all calls")
+Statistic = Literal["min of round medians", "median of all calls"]
+STATISTICS: tuple[str, ...] = get_args(Statistic)
 """How a session's timed calls become its time: the minimum over rounds of each round's median (the default),
 or the median of all its calls (tables built before 2026-12-07)."""
 
@@ -42,7 +43,7 @@ class ProfileSettings(BaseModel):
     e2e_burst: int = Field(20, ge=1, description="timed calls per subnet per round")
     settle: int = Field(2, ge=0, description="untimed calls before each burst")
     warmup: int = Field(20, ge=0, description="untimed calls per session before the first round")
-    statistic: Literal["min of round medians", "median of all calls"] = Field(
+    statistic: Statistic = Field(
         "min of round medians",
         description="how a unit's or subnet's timed calls become its time: the minimum over rounds of each round's "
         "median (stable when the machine's speed moves or other processes come and go: docs/latency.md), or the "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nasprune.latency.load import load_avg
 from nasprune.latency.profile import export_all
 from nasprune.latency.timing import feed_for, interleave_calls, make_session
 
@@ -137,15 +138,6 @@ def distrust(
 def too_few_rounds(settings: VerifySettings) -> bool:
     """Whether every attempt is bound to be distrusted for its round count alone (no point retrying)."""
     return settings.rounds < settings.min_rounds
-
-
-def load_avg() -> list[float] | None:
-    import os
-
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def reference_subnets(table, supernet, folder: Path, n: int = 3) -> list[tuple[Path, float]]:
