@@ -42,7 +42,7 @@ demo: install
 	$(BIN)/python -m nasprune demo
 
 test: install
-	$(BIN)/ruff check nasprune services tests benchmarks
+	$(BIN)/ruff check nasprune tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 

@@ -42,8 +42,8 @@ def main() -> None:
 
     from nasprune.budgets import latency_range
     from nasprune.registry import list_spaces
+    from nasprune.service.api.catalog import Catalog
     from nasprune.settings import Settings
-    from services.api.catalog import Catalog
 
     t0 = time.perf_counter()
     latency_range(list_spaces()[0], "local-cpu", args.data_dir)  # imports (torch, onnx) and first table read

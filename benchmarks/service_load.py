@@ -45,9 +45,9 @@ def light_runner(job, ctx):
 
 def serve(port: int, data_dir: str, workers: int, real: bool) -> None:
     """The server side (run in a subprocess by ``main``)."""
+    from nasprune.service.api.app import create_app
+    from nasprune.service.api.server import make_server
     from nasprune.settings import Settings
-    from services.api.app import create_app
-    from services.api.server import make_server
 
     settings = Settings(data_dir=data_dir, workers=workers, port=port)
     app = create_app(settings, None if real else light_runner)

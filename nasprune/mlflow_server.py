@@ -6,7 +6,7 @@ instead of ~3 GB. It binds 127.0.0.1 only; MLflow answers 403 to Host headers ot
 or private addresses, so its UI is for this machine (or an SSH tunnel).
 
 ``nasprune serve`` binds it to a Unix socket instead (``socket_path``) in a folder only its user can
-enter, and serves it through the API under ``/mlflow`` (``services/api/mlflow_proxy.py``): no TCP
+enter, and serves it through the API under ``/mlflow`` (``nasprune/service/api/mlflow_proxy.py``): no TCP
 port to reach it by, and the API's token guards it. The server's environment holds no secret of the
 service (``NASPRUNE_*`` variables and MLflow client credentials are left out).
 

@@ -1,7 +1,7 @@
 """The registry of search spaces: ``list_spaces``, ``load_space``, ``create_supernet``.
 
-Spaces are the YAML files in the project's ``search_spaces/`` folder, plus any folder listed in
-``NASPRUNE_SPACES_PATH`` (``os.pathsep``-separated). Adding a file adds a space everywhere,
+Spaces are the YAML files the package ships (``nasprune/search_spaces/``, package data), plus any
+folder listed in ``NASPRUNE_SPACES_PATH`` (``os.pathsep``-separated). Adding a file adds a space everywhere,
 tests included.
 """
 
@@ -16,7 +16,7 @@ from nasprune.elastic.supernet import Supernet
 from nasprune.errors import SpaceError
 from nasprune.space import GraphSpace, parse_space
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+BUILTIN_DIR = Path(__file__).resolve().parent / "search_spaces"
 
 Space = GraphSpace
 

@@ -1,6 +1,6 @@
 """Search spaces and subnet configurations.
 
-A search space (one YAML file under ``search_spaces/``, or derived from a model by
+A search space (one YAML file under ``nasprune/search_spaces/``, or derived from a model by
 ``nasprune.derive_space``) names the model it prunes, a dataset, the input shape, and the choices:
 per channel group the widths, per sequence of skippable residual blocks the depths. A
 :class:`SubnetConfig` picks one depth per sequence and one width per *active* group (groups inside a

@@ -131,7 +131,7 @@ def test_progress_off_a_terminal_is_plain_lines_every_few_seconds():
 def test_pareto_reads_a_local_search_job(tmp_path, capsys):
     from nasprune.cli import main
     from nasprune.search.job import SearchJob, SearchResult
-    from tests.services.fakes import candidate
+    from tests.service.fakes import candidate
 
     job_id = "0123456789abcdef0123456789abcdef"
     best, other = candidate(1, 0.9, 0.008, measured=0.0085), candidate(2, 0.95, 0.012)

@@ -266,8 +266,8 @@ def test_the_service_commands_of_the_docs_run_against_a_real_server(tmp_path, mo
     from nasprune.client import Client
     from nasprune.graph import build_model
     from nasprune.settings import Settings
-    from tests.services.fakes import instant_runner
-    from tests.services.server import running
+    from tests.service.fakes import instant_runner
+    from tests.service.server import running
 
     found = [(p, nasprune_argv(line)) for p, line in _documented()]
     argvs = [
@@ -317,7 +317,7 @@ def _run_readme_curl_lines(url: str, cwd: Path) -> None:
 
     import httpx
 
-    from tests.services.server import wait_for
+    from tests.service.server import wait_for
 
     if shutil.which("curl") is None:
         return  # the CLI lines went through the same routes
@@ -353,8 +353,8 @@ def test_the_curl_lines_of_docs_api_run_against_a_real_server(tmp_path, monkeypa
     from nasprune.client import Client
     from nasprune.graph import build_model
     from nasprune.settings import Settings
-    from tests.services.fakes import instant_runner
-    from tests.services.server import running, wait_for
+    from tests.service.fakes import instant_runner
+    from tests.service.server import running, wait_for
 
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed; the service commands test covers the routes through the CLI")

@@ -42,9 +42,9 @@ def register(sub) -> None:
 def _run(args) -> int:
     from contextlib import ExitStack
 
+    from nasprune.service.api.app import create_app
+    from nasprune.service.api.server import make_server
     from nasprune.settings import Settings
-    from services.api.app import create_app
-    from services.api.server import make_server
 
     overrides = {
         "host": args.host,
@@ -148,7 +148,7 @@ def _start_mlflow(stack, settings, base: str):
     import tempfile
 
     from nasprune.mlflow_server import supervised_mlflow_server
-    from services.api.mlflow_proxy import MlflowProxy
+    from nasprune.service.api.mlflow_proxy import MlflowProxy
 
     folder = Path(tempfile.mkdtemp(prefix="nasprune-mlflow-"))  # mode 0700; short enough for a socket path
     stack.callback(shutil.rmtree, folder, True)

@@ -127,9 +127,9 @@ class _Local:
     """The same operations as the API's admin routes, on the job database directly."""
 
     def __init__(self, args):
+        from nasprune.service.auth import UserStore
+        from nasprune.service.jobs.store import JobStore
         from nasprune.settings import Settings
-        from services.auth import UserStore
-        from services.jobs.store import JobStore
 
         kw = {k: v for k, v in {"data_dir": args.data_dir, "database_url": args.database_url}.items() if v}
         self.settings = Settings(**kw)
@@ -180,7 +180,7 @@ class _Local:
         return {"total": total, "items": items}
 
     def _user(self, u) -> dict:
-        from services.jobs.status import JobStatus
+        from nasprune.service.jobs.status import JobStatus
 
         return {
             "name": u.name,

@@ -93,8 +93,8 @@ def _redact(url: str) -> str:
 
 
 def _run_api(args) -> int:
-    from services.api.app import create_app
-    from services.api.server import make_server
+    from nasprune.service.api.app import create_app
+    from nasprune.service.api.server import make_server
 
     settings = _settings(args)
     app = create_app(settings, start_workers=False)  # also prepares the trial storage
@@ -122,7 +122,7 @@ class _Probes:
 
 
 def worker_app(settings, runner=None):
-    """A FastAPI app that runs a :class:`~services.jobs.worker.WorkerPool` for its lifetime and serves
+    """A FastAPI app that runs a :class:`~nasprune.service.jobs.worker.WorkerPool` for its lifetime and serves
     ``/healthz`` and ``/readyz`` (the API's own health routes, on the worker's store)."""
     from contextlib import asynccontextmanager
 
@@ -130,10 +130,10 @@ def worker_app(settings, runner=None):
     from starlette.concurrency import run_in_threadpool
 
     from nasprune.search.study import prepare_storage
+    from nasprune.service.api.routes import health
+    from nasprune.service.jobs.store import JobStore
+    from nasprune.service.jobs.worker import WorkerPool
     from nasprune.settings import is_sqlite
-    from services.api.routes import health
-    from services.jobs.store import JobStore
-    from services.jobs.worker import WorkerPool
 
     store = JobStore(settings.db_url)
     store.migrate()
@@ -162,7 +162,7 @@ def worker_app(settings, runner=None):
 
 
 def _run_worker(args) -> int:
-    from services.api.server import make_server
+    from nasprune.service.api.server import make_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)

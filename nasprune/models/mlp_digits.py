@@ -1,7 +1,7 @@
 """A residual MLP for flat features (the built-in ``mlp_digits`` space: sklearn's 8x8 digits, 64 pixels).
 
 A plain torch model with no nasprune code in it: its search space is derived from its graph
-(``search_spaces/mlp_digits.yaml``). A Linear-BatchNorm-ReLU stem sets the residual stream's width;
+(``nasprune/search_spaces/mlp_digits.yaml``). A Linear-BatchNorm-ReLU stem sets the residual stream's width;
 each block is a bottleneck ``x + BN(fc2(ReLU(BN(fc1(x)))))`` followed by ReLU, so every block has its
 own inner width and blocks can be skipped (elastic depth); a linear head.
 """

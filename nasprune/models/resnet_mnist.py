@@ -1,7 +1,7 @@
 """A small ResNet for 1 x 28 x 28 digits (the built-in ``resnet_mnist`` space).
 
 A plain torch model with no nasprune code in it: its search space is derived from its graph, like a
-user's model (``search_spaces/resnet_mnist.yaml`` holds the derived space, narrowed by hand). A stem
+user's model (``nasprune/search_spaces/resnet_mnist.yaml`` holds the derived space, narrowed by hand). A stem
 conv, then stages of basic residual blocks: the first block of a stage downsamples through a 1x1
 projection shortcut, the others add their input unchanged (so they can be skipped: elastic depth).
 Global average pooling and a linear head.

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests.data.helpers import blobs, image_zip
-from tests.services.fakes import instant_runner
-from tests.services.server import running, wait_for
+from tests.service.fakes import instant_runner
+from tests.service.server import running, wait_for
 
 OCTET = {"content-type": "application/octet-stream"}
 

@@ -333,8 +333,8 @@ def test_dockerfile_installs_like_make_and_runs_the_package_entrypoint():
             env.update(dict(w.split("=", 1) for w in shlex.split(rest)))
     names = {k for k in env if k.startswith("NASPRUNE_")}
     assert names <= KNOWN_VARS, names - KNOWN_VARS
-    assert env["NASPRUNE_SPACES_PATH"] == "/app/search_spaces"
-    assert ("COPY", "search_spaces ./search_spaces") in steps and ("WORKDIR", "/app") in steps
+    # The built-in spaces ship inside the package (package data): no path to set, nothing to copy beside it.
+    assert "NASPRUNE_SPACES_PATH" not in env and ("COPY", "nasprune ./nasprune") in steps
     assert ("EXPOSE", env["NASPRUNE_PORT"]) in steps
     assert any(ins == "RUN" and "install" in rest and " wget" in rest for ins, rest in steps)  # KubeRay's probes
     # The build context sends nothing but what the image copies (not the 2 GB .venv).
@@ -349,8 +349,8 @@ def dockerfile_text() -> str:
 
 
 def test_the_image_install_layout_works(tmp_path):
-    """Install the package as the image does (a wheel, not editable; spaces from NASPRUNE_SPACES_PATH)
-    and run its entrypoints from elsewhere: the CLI, the job-store migrations shipped in the wheel."""
+    """Install the package as the image does (a wheel, not editable) and run its entrypoints from
+    elsewhere: the CLI with the built-in spaces and the job-store migrations, both shipped in the wheel."""
     wheels = tmp_path / "wheels"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(wheels)],
@@ -368,12 +368,12 @@ def test_the_image_install_layout_works(tmp_path):
         timeout=300,
     )
     assert install.returncode == 0, install.stderr[-2000:]
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target), "NASPRUNE_SPACES_PATH": str(ROOT / "search_spaces")}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target)}
     code = (
-        "import nasprune, services, sys\n"
+        "import nasprune, sys\n"
         "assert nasprune.__file__.startswith(sys.argv[1]), nasprune.__file__\n"
         "from nasprune.cli import main\n"
-        "from services.jobs import JobStore\n"
+        "from nasprune.service.jobs import JobStore\n"
         "store = JobStore('sqlite:///' + sys.argv[2]); store.migrate(); print(store.schema_version())\n"
         "main(['spaces', 'list'])\n"
     )
@@ -386,7 +386,7 @@ def test_the_image_install_layout_works(tmp_path):
         env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "mlp_digits" in run.stdout and "resnet_mnist" in run.stdout
+    assert "mlp_digits" in run.stdout and "resnet_mnist" in run.stdout and "cnn1d_mnist1d" in run.stdout
     assert run.stdout.splitlines()[0].strip() == "0003"
 
 

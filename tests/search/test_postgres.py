@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 
 from nasprune.mlflow_server import free_port
 from nasprune.search.study import load_trials
-from services.jobs import JobStore
+from nasprune.service.jobs import JobStore
 from tests.cluster import mlflow_server, s3_server
 from tests.search.conftest import SPACE
 

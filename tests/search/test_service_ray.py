@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
+from nasprune.service.jobs import JobStore
 from nasprune.settings import Settings
-from services.jobs import JobStore
 from tests.search.test_service_e2e import Service, _submit, data_dir  # noqa: F401  (fixture)
 
 

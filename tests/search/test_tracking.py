@@ -135,7 +135,7 @@ def test_supernet_training_lands_in_mlflow(tmp_path):
 
 
 def test_job_links_are_made_from_the_current_tracking_uri():
-    from services.jobs.tracking import run_link, run_path
+    from nasprune.service.jobs.tracking import run_link, run_path
 
     stored = run_path("3", "abc")
     assert stored == "#/experiments/3/runs/abc"  # what the job store keeps: no address

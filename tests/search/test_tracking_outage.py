@@ -25,7 +25,7 @@ from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.runner import run_job
 from nasprune.settings import Settings
 from tests.search.conftest import SPACE
-from tests.services.server import running, wait_for
+from tests.service.server import running, wait_for
 
 
 def _group_pids(pgid: int) -> list[int]:
@@ -222,8 +222,8 @@ def test_a_job_given_up_after_crashes_closes_its_run_failed(shared_mlflow, tmp_p
     """A job whose worker died in it three times is failed on the fourth claim, and its MLflow run with it."""
     from mlflow.tracking import MlflowClient
 
-    from services.jobs.store import JobStore
-    from tests.services.fakes import instant_runner
+    from nasprune.service.jobs.store import JobStore
+    from tests.service.fakes import instant_runner
 
     srv = shared_mlflow  # an experiment of its own ("crashes")
     settings = Settings(data_dir=tmp_path / "data", poll_s=0.05, heartbeat_s=0.5, tracking_uri=srv.url).prepare()

@@ -14,7 +14,7 @@ import pytest
 from nasprune.cli import main
 from tests.search.conftest import SPACE
 from tests.search.test_service_e2e import Service
-from tests.services.test_mlflow_auth import descendants
+from tests.service.test_mlflow_auth import descendants
 
 
 @pytest.fixture

@@ -1,1 +1,0 @@
-"""The nasprune service: an HTTP API (``services.api``) over a durable job queue (``services.jobs``)."""

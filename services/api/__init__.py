@@ -1,5 +1,0 @@
-"""The HTTP API of nasprune (FastAPI). Build it with ``create_app(settings)``."""
-
-from services.api.app import create_app
-
-__all__ = ["create_app"]
