@@ -189,7 +189,7 @@ def test_device_upload_is_validated(api):
     r = client.post("/v1/devices", params={"name": "phone"}, json=[1, 2])
     assert r.status_code == 422 and "JSON object" in r.json()["detail"]
     r = client.post("/v1/devices", params={"name": "phone"}, json={"not": "a table"})
-    assert r.status_code in (422, 501), r.text  # 501 until nasprune.latency.table exists
+    assert r.status_code == 422 and "latency table" in r.json()["detail"], r.text
     assert "phone" not in [d["name"] for d in client.get("/v1/devices").json()]
 
 

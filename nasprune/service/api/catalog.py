@@ -15,9 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nasprune.budgets import LatencyRange, budget_warnings, build_hint
+from nasprune.budgets import LatencyRange, budget_warnings, build_hint, latency_range
 from nasprune.errors import LatencyTableError, NasPruneError
-from nasprune.service.api.errors import NotImplementedYet
 from nasprune.service.api.schemas import DEVICE_NAME_PATTERN, DevicePublic, LatencyRangePublic, SpacePublic
 from nasprune.service.jobs.errors import InvalidRequest, UnknownDevice, UnknownSpace
 from nasprune.settings import Settings
@@ -33,31 +32,19 @@ BUILTIN_DESCRIPTION = (
 log = logging.getLogger(__name__)
 
 
-class TableValidationUnavailable(NotImplementedYet):
-    """This build cannot validate latency tables (``nasprune.latency.table`` is missing)."""
-
-
 def cached_latency_range(space: str, device: str, data_dir: Path, precision: str = "fp32") -> LatencyRange:
     """The predicted latency range of ``space`` on ``device`` when its table is already built.
 
     Never builds a table (that takes minutes): without one the range is unknown and says how to
     build it, and a job checks its budget itself once its table exists.
     """
-    try:
-        from nasprune.budgets import latency_range
-    except ImportError:
-        return LatencyRange(space, device, missing=build_hint(space, device, precision), precision=precision)
     return latency_range(space, device, data_dir, precision)
 
 
 def validate_table(payload: Any) -> Any:
     """A latency table parsed and checked by ``nasprune.latency.table.LatencyTable``."""
-    try:
-        from nasprune.latency.table import LatencyTable
-    except ImportError:
-        raise TableValidationUnavailable(
-            "this server cannot validate uploaded latency tables yet (nasprune.latency.table is not installed)"
-        ) from None
+    from nasprune.latency.table import LatencyTable  # torch and onnx: imported on first use (see warm_imports)
+
     try:
         return LatencyTable.model_validate(payload)
     except ValidationError as e:

@@ -79,10 +79,6 @@ class UnsupportedMediaType(NasPruneError):
     """A JSON route was sent a body of another media type."""
 
 
-class NotImplementedYet(NasPruneError):
-    pass
-
-
 # Most specific first: the first class in an error's MRO found here decides.
 STATUS: dict[type[Exception], tuple[int, str]] = {
     Unauthorized: (401, "unauthorized"),
@@ -107,7 +103,6 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     BudgetUnreachable: (422, "budget_unreachable"),
     InvalidRequest: (422, "invalid_request"),
     QueueFull: (429, "queue_full"),
-    NotImplementedYet: (501, "not_implemented"),
     SchemaError: (503, "schema_error"),
     SpaceError: (422, "space_error"),
     ConfigError: (422, "config_error"),

@@ -40,7 +40,6 @@ def devices(services: ServicesDep, who: PrincipalDep) -> list[DevicePublic]:
         409: {"model": ErrorBody, "description": "the device name belongs to another user"},
         413: {"model": ErrorBody, "description": "the table is too large"},
         422: {"model": ErrorBody, "description": "not a valid latency table, or a bad device name"},
-        501: {"model": ErrorBody, "description": "this server cannot validate latency tables yet"},
     },
 )
 def upload_device(
