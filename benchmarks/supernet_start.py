@@ -4,7 +4,7 @@ The search scores subnets on weights they share; on derived spaces those inherit
 (issue 25: 94.0% / 96.6% before fine-tuning against an original of 98.2%). This trains the user's
 model (``--target`` of ``vs_torch_pruning.py``), derives its space, then for each recipe trains a
 supernet *from those weights* and scores a fixed set of subnets spread over the space's size
-(``SearchSpace.sample_at``) on the validation split, inherited weights with BatchNorm recalibrated,
+(``GraphSpace.sample_at``) on the validation split, inherited weights with BatchNorm recalibrated,
 as the search scores them. The reference for each subnet is what it reaches *alone*: extracted from
 the original model (channels in the same importance order) and fine-tuned for ``--ref-steps`` steps
 with distillation from the original (``nasprune.finetune``). Reported per recipe: the mean and

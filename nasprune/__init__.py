@@ -31,7 +31,7 @@ _API = {
     "export_subnet": "nasprune.export",
     "load_space": "nasprune.registry",
     "create_supernet": "nasprune.registry",
-    "SearchSpace": "nasprune.space",
+    "GraphSpace": "nasprune.space",
     "SubnetConfig": "nasprune.space",
     "train_supernet": "nasprune.train",
     "SearchJob": "nasprune.search.job",

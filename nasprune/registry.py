@@ -18,8 +18,6 @@ from nasprune.space import GraphSpace, parse_space
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "search_spaces"
 
-Space = GraphSpace
-
 
 def space_dirs() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("NASPRUNE_SPACES_PATH", "").split(os.pathsep) if p]
@@ -40,7 +38,7 @@ def list_spaces() -> list[str]:
     return sorted(_space_files())
 
 
-def load_space_file(path: str | Path) -> Space:
+def load_space_file(path: str | Path) -> GraphSpace:
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"search space file '{path}' does not exist")
@@ -58,7 +56,7 @@ def load_space_file(path: str | Path) -> Space:
     return space
 
 
-def load_space(name_or_path: str | Path) -> Space:
+def load_space(name_or_path: str | Path) -> GraphSpace:
     """A space by registered name (``resnet_mnist``) or by path to a YAML file."""
     s = str(name_or_path)
     if s.endswith((".yaml", ".yml")) or os.sep in s:
@@ -69,7 +67,7 @@ def load_space(name_or_path: str | Path) -> Space:
     return load_space_file(files[s])
 
 
-def create_supernet(space: Space | str, weights: str | Path | None = None) -> Supernet:
+def create_supernet(space: GraphSpace | str, weights: str | Path | None = None) -> Supernet:
     """The supernet of a space (given as a space or its name/path).
 
     Builds the model from the space's ``model`` reference, loads ``weights`` (a safetensors file; by

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from functools import cached_property
 from typing import Annotated, Literal
@@ -45,13 +44,149 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _SpaceBase(_Strict, ABC):
+def _is_int(v: object) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _product(choices: dict[str, tuple[int, ...]]) -> Iterator[dict[str, int]]:
+    names = list(choices)
+    idx = [0] * len(names)
+    while True:
+        yield {n: choices[n][i] for n, i in zip(names, idx, strict=True)}
+        for k in reversed(range(len(names))):
+            idx[k] += 1
+            if idx[k] < len(choices[names[k]]):
+                break
+            idx[k] = 0
+        else:
+            return
+
+
+class WidthGroup(_Strict):
+    """A channel group of a graph-derived space: its width choices and, when all its layers live in
+    one skippable block, that block (the group does not run when the block is skipped)."""
+
+    widths: list[PositiveInt]
+    within: str | None = None
+    unit: Literal["channels", "heads"] = "channels"
+    """What a width counts: channels, or the heads of an attention (not bound by ``channel_divisor``)."""
+
+    @field_validator("widths")
+    @classmethod
+    def _sorted_unique(cls, v: list[int]) -> list[int]:
+        return _choices(v, "widths")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_unit(self, handler):
+        """Spaces without heads dump (and hash) as they did before ``unit`` existed."""
+        data = handler(self)
+        if data.get("unit") == "channels":
+            del data["unit"]
+        return data
+
+
+class DepthSequence(_Strict):
+    """Consecutive skippable residual blocks; a subnet keeps the first ``d`` of them."""
+
+    blocks: Annotated[list[str], Field(min_length=1)]
+    depths: list[Annotated[int, Field(ge=0)]]
+
+    @field_validator("depths")
+    @classmethod
+    def _sorted_unique(cls, v: list[int]) -> list[int]:
+        return _choices(v, "depths")
+
+    def model_post_init(self, _ctx) -> None:
+        if max(self.depths) > len(self.blocks):
+            raise ValueError(f"depths {self.depths} exceed the {len(self.blocks)} blocks of the sequence")
+
+
+_NOT_LATENCY = frozenset({"description", "dataset", "weights", "weights_sha256"})
+"""Space fields that change what a subnet computes or learns from, not what it runs: same ops, same time."""
+
+
+class GraphSpace(_Strict):
+    """A space derived from a model's graph (``nasprune.derive_space``): per channel group the widths,
+    per sequence of skippable residual blocks the depths. ``model`` says how to build the model:
+    ``torchvision:NAME`` or ``PKG.MODULE:FACTORY`` (local, trusted code), called with ``model_kwargs``.
+    ``graph_digest`` is the hash of the traced graph: a model whose graph changed no longer fits."""
+
     name: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
     description: str = ""
-    dataset: str
+    dataset: str = ""
     num_classes: Annotated[int, Field(ge=2)]
     channel_divisor: PositiveInt = 8
     """Every width must be a multiple of this (8 by default: other counts run slowly on CPUs)."""
+    family: Literal["graph"]
+    model: Annotated[str, Field(pattern=r"^([A-Za-z0-9_.]+:[A-Za-z0-9_]+|hf:[^\s]+)$")]
+    model_kwargs: dict[str, int | float | str | bool] = {}
+    input_shape: Annotated[tuple[PositiveInt, ...], Field(min_length=1, max_length=3)]
+    input_kind: Literal["tensor", "tokens"] = "tensor"
+    """``tokens``: the model reads int64 ``(batch, 2, L)`` token ids and attention masks (``input_shape``
+    ``(2, L)``), a Hugging Face encoder's inputs (``INPUT_KINDS``); left out of the file when ``tensor``."""
+    graph_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    groups: dict[str, WidthGroup]
+    sequences: dict[str, DepthSequence] = {}
+    weights: str | None = None
+    """Trained weights the supernet starts from: a safetensors file (relative to the space file's folder)."""
+    weights_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_default_input_kind(self, handler):
+        """Spaces of float inputs dump (and hash) as they did before ``input_kind`` existed."""
+        data = handler(self)
+        if data.get("input_kind") == "tensor":
+            del data["input_kind"]
+        return data
+
+    def digest(self) -> str:
+        """A short hash of the space definition; checkpoints and tables record it. The weights count by
+        their content (``weights_sha256``), not by where they lie."""
+        return self._hash(frozenset({"weights"}))
+
+    def model_post_init(self, _ctx) -> None:
+        if not self.groups and not self.sequences:
+            raise ValueError("a space needs at least one width group or depth sequence to choose from")
+        if self.input_kind == "tokens" and (len(self.input_shape) != 2 or self.input_shape[0] != 2):
+            raise ValueError(f"input_kind tokens takes input_shape (2, L) (token ids and attention mask), "
+                             f"not {tuple(self.input_shape)}")  # fmt: skip
+        if (self.weights is None) != (self.weights_sha256 is None):
+            raise ValueError("weights and weights_sha256 go together (the file and the sha256 of its bytes)")
+        # the largest width is the model's own channel count, which need not be a multiple
+        self._check_divisible({name: tuple(g.widths[:-1]) for name, g in self.groups.items() if g.unit == "channels"})
+        blocks = {b for seq in self.sequences.values() for b in seq.blocks}
+        for name, g in self.groups.items():
+            if g.within is not None and g.within not in blocks:
+                raise ValueError(f"groups.{name}.within: '{g.within}' is not a block of any sequence")
+
+    def save(self, path) -> None:
+        """Write the space as a YAML space file (``load_space(path)`` reads it back)."""
+        from pathlib import Path
+
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+    def width_layers(self) -> dict[str, tuple[int, ...]]:
+        """Every width group of the largest subnet, in network order, with its allowed widths."""
+        return {name: tuple(g.widths) for name, g in self.groups.items()}
+
+    def depth_choices(self) -> dict[str, tuple[int, ...]]:
+        """Per sequence of skippable blocks, the allowed depths."""
+        return {name: tuple(seq.depths) for name, seq in self.sequences.items()}
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.sequences)
+
+    def skipped_blocks(self, depths: dict[str, int]) -> set[str]:
+        """The blocks a subnet with ``depths`` does not run."""
+        return {b for name, seq in self.sequences.items() for b in seq.blocks[depths[name] :]}
+
+    def active_layers(self, depths: dict[str, int]) -> list[str]:
+        """The width groups that run when the sequences have ``depths``."""
+        skipped = self.skipped_blocks(depths)
+        return [name for name, g in self.groups.items() if g.within not in skipped]
 
     def _check_divisible(self, widths: dict[str, tuple[int, ...]]) -> None:
         for layer, ws in widths.items():
@@ -61,24 +196,6 @@ class _SpaceBase(_Strict, ABC):
                     f"{layer}: widths {bad} are not multiples of channel_divisor={self.channel_divisor} "
                     "(round them, or set channel_divisor: 1 in the space file)"
                 )
-
-    # -- the width layers and their choices ------------------------------------------------------
-    @abstractmethod
-    def width_layers(self) -> dict[str, tuple[int, ...]]:
-        """Every width layer of the largest subnet, in network order, with its allowed widths."""
-
-    @abstractmethod
-    def active_layers(self, depths: dict[str, int]) -> list[str]:
-        """The width layers that run when the stages have ``depths``."""
-
-    @property
-    @abstractmethod
-    def stage_names(self) -> list[str]:
-        """The names of the depth choices (sequences of skippable blocks)."""
-
-    @abstractmethod
-    def depth_choices(self) -> dict[str, tuple[int, ...]]:
-        """Per sequence of skippable blocks, the allowed depths."""
 
     # -- configs -----------------------------------------------------------------------------------
     def config(self, depths: dict[str, int], widths: dict[str, int]) -> SubnetConfig:
@@ -198,155 +315,12 @@ class _SpaceBase(_Strict, ABC):
         blob = json.dumps(self.model_dump(mode="json", exclude=set(exclude)), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def digest(self) -> str:
-        """A short hash of the space definition; checkpoints and tables record it."""
-        return self._hash()
-
     def latency_digest(self) -> str:
         """A short hash of what sets the subnets' latency (architecture, widths, depths, input): the digest
         without the description, the dataset and the trained weights. A latency table built for a space
         serves every space with the same latency digest (new weights need no new table)."""
         return self._hash(_NOT_LATENCY)
 
-
-_NOT_LATENCY = frozenset({"description", "dataset", "weights", "weights_sha256"})
-"""Space fields that change what a subnet computes or learns from, not what it runs: same ops, same time."""
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def _product(choices: dict[str, tuple[int, ...]]) -> Iterator[dict[str, int]]:
-    names = list(choices)
-    idx = [0] * len(names)
-    while True:
-        yield {n: choices[n][i] for n, i in zip(names, idx, strict=True)}
-        for k in reversed(range(len(names))):
-            idx[k] += 1
-            if idx[k] < len(choices[names[k]]):
-                break
-            idx[k] = 0
-        else:
-            return
-
-
-class WidthGroup(_Strict):
-    """A channel group of a graph-derived space: its width choices and, when all its layers live in
-    one skippable block, that block (the group does not run when the block is skipped)."""
-
-    widths: list[PositiveInt]
-    within: str | None = None
-    unit: Literal["channels", "heads"] = "channels"
-    """What a width counts: channels, or the heads of an attention (not bound by ``channel_divisor``)."""
-
-    @field_validator("widths")
-    @classmethod
-    def _sorted_unique(cls, v: list[int]) -> list[int]:
-        return _choices(v, "widths")
-
-    @model_serializer(mode="wrap")
-    def _omit_default_unit(self, handler):
-        """Spaces without heads dump (and hash) as they did before ``unit`` existed."""
-        data = handler(self)
-        if data.get("unit") == "channels":
-            del data["unit"]
-        return data
-
-
-class DepthSequence(_Strict):
-    """Consecutive skippable residual blocks; a subnet keeps the first ``d`` of them."""
-
-    blocks: Annotated[list[str], Field(min_length=1)]
-    depths: list[Annotated[int, Field(ge=0)]]
-
-    @field_validator("depths")
-    @classmethod
-    def _sorted_unique(cls, v: list[int]) -> list[int]:
-        return _choices(v, "depths")
-
-    def model_post_init(self, _ctx) -> None:
-        if max(self.depths) > len(self.blocks):
-            raise ValueError(f"depths {self.depths} exceed the {len(self.blocks)} blocks of the sequence")
-
-
-class GraphSpace(_SpaceBase):
-    """A space derived from a model's graph (``nasprune.derive_space``): per channel group the widths,
-    per sequence of skippable residual blocks the depths. ``model`` says how to build the model:
-    ``torchvision:NAME`` or ``PKG.MODULE:FACTORY`` (local, trusted code), called with ``model_kwargs``.
-    ``graph_digest`` is the hash of the traced graph: a model whose graph changed no longer fits."""
-
-    family: Literal["graph"]
-    dataset: str = ""
-    model: Annotated[str, Field(pattern=r"^([A-Za-z0-9_.]+:[A-Za-z0-9_]+|hf:[^\s]+)$")]
-    model_kwargs: dict[str, int | float | str | bool] = {}
-    input_shape: Annotated[tuple[PositiveInt, ...], Field(min_length=1, max_length=3)]
-    input_kind: Literal["tensor", "tokens"] = "tensor"
-    """``tokens``: the model reads int64 ``(batch, 2, L)`` token ids and attention masks (``input_shape``
-    ``(2, L)``), a Hugging Face encoder's inputs (``INPUT_KINDS``); left out of the file when ``tensor``."""
-    graph_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
-    groups: dict[str, WidthGroup]
-    sequences: dict[str, DepthSequence] = {}
-    weights: str | None = None
-    """Trained weights the supernet starts from: a safetensors file (relative to the space file's folder)."""
-    weights_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_default_input_kind(self, handler):
-        """Spaces of float inputs dump (and hash) as they did before ``input_kind`` existed."""
-        data = handler(self)
-        if data.get("input_kind") == "tensor":
-            del data["input_kind"]
-        return data
-
-    def digest(self) -> str:
-        """Like every space's digest, but the weights count by their content, not by where they lie."""
-        return self._hash(frozenset({"weights"}))
-
-    def model_post_init(self, _ctx) -> None:
-        if not self.groups and not self.sequences:
-            raise ValueError("a space needs at least one width group or depth sequence to choose from")
-        if self.input_kind == "tokens" and (len(self.input_shape) != 2 or self.input_shape[0] != 2):
-            raise ValueError(f"input_kind tokens takes input_shape (2, L) (token ids and attention mask), "
-                             f"not {tuple(self.input_shape)}")  # fmt: skip
-        if (self.weights is None) != (self.weights_sha256 is None):
-            raise ValueError("weights and weights_sha256 go together (the file and the sha256 of its bytes)")
-        # the largest width is the model's own channel count, which need not be a multiple
-        self._check_divisible({name: tuple(g.widths[:-1]) for name, g in self.groups.items() if g.unit == "channels"})
-        blocks = {b for seq in self.sequences.values() for b in seq.blocks}
-        for name, g in self.groups.items():
-            if g.within is not None and g.within not in blocks:
-                raise ValueError(f"groups.{name}.within: '{g.within}' is not a block of any sequence")
-
-    def save(self, path) -> None:
-        """Write the space as a YAML space file (``load_space(path)`` reads it back)."""
-        from pathlib import Path
-
-        import yaml
-
-        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
-
-    def width_layers(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(g.widths) for name, g in self.groups.items()}
-
-    def depth_choices(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(seq.depths) for name, seq in self.sequences.items()}
-
-    @property
-    def stage_names(self) -> list[str]:
-        return list(self.sequences)
-
-    def skipped_blocks(self, depths: dict[str, int]) -> set[str]:
-        """The blocks a subnet with ``depths`` does not run."""
-        return {b for name, seq in self.sequences.items() for b in seq.blocks[depths[name] :]}
-
-    def active_layers(self, depths: dict[str, int]) -> list[str]:
-        skipped = self.skipped_blocks(depths)
-        return [name for name, g in self.groups.items() if g.within not in skipped]
-
-
-SearchSpace = GraphSpace
-"""Any search space (one schema since the built-in families became plain models)."""
 
 _RETIRED_FAMILIES = {
     "resnet": ("resnet_mnist", "1,28,28"),

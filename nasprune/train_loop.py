@@ -61,7 +61,7 @@ class TrainConfig(BaseModel):
     sampling: Literal["uniform", "sizes"] = Field(
         "uniform",
         description="how the n_random subnets are drawn: every choice uniformly (most subnets mid-sized), or "
-        "around a uniformly drawn size level (SearchSpace.sample_at: small, mid and large subnets alike)",
+        "around a uniformly drawn size level (GraphSpace.sample_at: small, mid and large subnets alike)",
     )
     seed: int = 0
 

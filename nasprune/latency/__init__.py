@@ -8,7 +8,7 @@ wrong it was on held-out subnets. See ``docs/latency.md``.
 from nasprune.latency.device import LOCAL_CPU, DeviceProfile
 from nasprune.latency.ops import OpKey, ops_for
 from nasprune.latency.profile import ProfileSettings, build_table, measure_subnet
-from nasprune.latency.store import PrecisionTables, get_table, get_tables, table_path
+from nasprune.latency.store import get_table, table_path
 from nasprune.latency.table import ErrorReport, LatencyTable
 from nasprune.latency.validate import validate_table
 
@@ -18,11 +18,9 @@ __all__ = [
     "ErrorReport",
     "LatencyTable",
     "OpKey",
-    "PrecisionTables",
     "ProfileSettings",
     "build_table",
     "get_table",
-    "get_tables",
     "measure_subnet",
     "ops_for",
     "table_path",

@@ -4,7 +4,6 @@ Files live in ``nasprune.paths.tables_dir()`` as ``<space>__<device>.json`` (fp3
 ``<space>__<device>__int8.json`` (int8); tables built on other hardware may also be uploaded to
 ``<data_dir>/devices/<device>/``. :func:`get_table` loads the table of a space, device and precision,
 building the ``local-cpu`` one on first use (:func:`nasprune.latency.profile.build_table`).
-:class:`PrecisionTables` predicts per precision.
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ from nasprune.latency.table import LatencyTable, build_command
 from nasprune.paths import data_dir as root
 from nasprune.paths import tables_dir
 from nasprune.registry import load_space
-from nasprune.space import SubnetConfig
 
-__all__ = ["PrecisionTables", "get_table", "get_tables", "precision_suffix", "table_path"]
+__all__ = ["get_table", "precision_suffix", "table_path"]
 
 
 def precision_suffix(precision: str) -> str:
@@ -111,47 +109,3 @@ def _of_precision(table: LatencyTable, precision: str, path: Path) -> LatencyTab
             f"rebuild it with 'nasprune lut build --precision {precision}'"
         )
     return table
-
-
-class PrecisionTables:
-    """The latency tables of one space and device, one per precision: ``predict(cfg, precision)``.
-
-    Prediction stays a lookup per precision (no export, no quantization per trial).
-    """
-
-    def __init__(self, tables: dict[str, LatencyTable]):
-        if not tables:
-            raise LatencyTableError("no latency table given")
-        for p, t in tables.items():
-            if t.precision != p:
-                raise LatencyTableError(f"the table given for {p} holds {t.precision} latencies")
-        self.tables = dict(tables)
-
-    @property
-    def precisions(self) -> list[str]:
-        return list(self.tables)
-
-    def __getitem__(self, precision: str) -> LatencyTable:
-        try:
-            return self.tables[precision]
-        except KeyError:
-            raise LatencyTableError(
-                f"no {precision} latency table here (precisions: {', '.join(self.tables)})"
-            ) from None
-
-    def predict(self, cfg: SubnetConfig | dict, precision: str = "fp32") -> float:
-        return self[precision].predict(cfg)
-
-    def min_latency(self) -> float:
-        """The fastest predicted latency of any subnet at any precision held."""
-        return min(t.min_latency() for t in self.tables.values())
-
-
-def get_tables(
-    space, device: str | DeviceProfile = LOCAL_CPU, precisions=("fp32",), data_dir: str | Path | None = None,
-    build: bool = True, progress: bool = False, **build_options,
-) -> PrecisionTables:  # fmt: skip
-    """:func:`get_table` for each precision."""
-    return PrecisionTables(
-        {p: get_table(space, device, data_dir, build, progress, precision=p, **build_options) for p in precisions}
-    )

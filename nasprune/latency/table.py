@@ -31,7 +31,7 @@ from nasprune.latency.load import MachineLoad
 from nasprune.latency.ops import OpKey, all_ops, block_ops, extreme_config, ops_for
 from nasprune.latency.settings import ProfileSettings
 from nasprune.latency.timing import Timing
-from nasprune.space import SearchSpace, SubnetConfig, format_validation_error
+from nasprune.space import GraphSpace, SubnetConfig, format_validation_error
 
 __all__ = [
     "Correction",
@@ -202,7 +202,7 @@ class LatencyTable(_Strict):
     schema_version: int
     precision: Literal["fp32", "int8"] = "fp32"
     """What the entries and subnets were timed as: float, or int8 QDQ (tables written before int8 are fp32)."""
-    space: SearchSpace
+    space: GraphSpace
     space_digest: str
     device: DeviceProfile
     device_fingerprint: str

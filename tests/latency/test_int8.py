@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nasprune.errors import LatencyTableError
-from nasprune.latency import LatencyTable, PrecisionTables, build_table, get_table, get_tables, table_path
+from nasprune.latency import LatencyTable, build_table, get_table, table_path
 from nasprune.latency.ops import all_ops
 from tests.latency.conftest import FAST
 
@@ -25,13 +25,8 @@ def test_int8_table_has_the_same_keys_its_own_error_and_predicts(int8_table, res
     assert int8_table.correction.fit_subnets == 6
     # its entries were measured on quantized graphs, not copied from the fp32 table
     assert [e.median_ms for e in int8_table.entries] != [e.median_ms for e in resnet_table.entries]
-    tables = PrecisionTables({"fp32": resnet_table, "int8": int8_table})
     for cfg in (tiny_resnet.smallest(), tiny_resnet.largest()):
-        assert tables.predict(cfg, "int8") == int8_table.predict(cfg) > 0
-        assert tables.predict(cfg) == resnet_table.predict(cfg)
-    assert tables.min_latency() == min(resnet_table.min_latency(), int8_table.min_latency())
-    with pytest.raises(LatencyTableError, match="no int4"):
-        tables.predict(tiny_resnet.smallest(), "int4")
+        assert int8_table.predict(cfg) > 0
 
 
 @pytest.mark.slow
@@ -43,8 +38,8 @@ def test_files_by_precision_and_old_tables_load_as_fp32(int8_table, resnet_table
     old.write_text(json.dumps(raw))
     assert old.name == f"{tiny_resnet.name}__board.json"
     assert LatencyTable.load(old).precision == "fp32"
-    both = get_tables(tiny_resnet, "board", ["fp32", "int8"], data_dir=tmp_path)
-    assert both["int8"] == int8_table and both["fp32"].predict(tiny_resnet.largest()) == resnet_table.predict(
+    assert get_table(tiny_resnet, "board", tmp_path, precision="int8") == int8_table
+    assert get_table(tiny_resnet, "board", tmp_path).predict(tiny_resnet.largest()) == resnet_table.predict(
         tiny_resnet.largest()
     )
     # a table file of the wrong precision under the int8 name is refused, saying what it holds
