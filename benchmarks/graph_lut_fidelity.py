@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._util import spinners
 from benchmarks.graph_models import MODELS
-from nasprune.graph import analyze_model, build_model, derive_space
+from nasprune.graph import analyze_model, build_model, space_from_analysis
 from nasprune.latency.ops import all_ops
 from nasprune.latency.profile import ProfileSettings, build_table
 from nasprune.latency.settings import STATISTICS
@@ -85,7 +85,7 @@ def main() -> None:
                 shape = (shape[0], args.input_size, args.input_size)
             model = build_model(ref, {"num_classes": 10}).eval()
             analysis = analyze_model(model, torch.zeros(1, *shape))
-            space = derive_space(analysis, f"fidelity_{name}", ref, 10, model_kwargs={"num_classes": 10},
+            space = space_from_analysis(analysis, f"fidelity_{name}", ref, 10, model_kwargs={"num_classes": 10},
                                  max_choices=args.max_choices)  # fmt: skip
         t0 = time.perf_counter()
         settings = ProfileSettings(flush_kb=args.flush_kb, e2e_rounds=args.e2e_rounds, statistic=args.statistic)

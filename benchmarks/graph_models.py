@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nasprune.elastic.supernet import extract
 from nasprune.export import export_subnet
-from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space, fixed_groups
+from nasprune.graph import GraphSupernet, analyze_model, build_model, fixed_groups, space_from_analysis
 
 MODELS = {
     "resnet18": ("torchvision:resnet18", (3, 32, 32)),
@@ -54,7 +54,7 @@ def bench(name: str, repeats: int, n_subnets: int) -> dict:
         t = time.perf_counter()
         analysis = analyze_model(model, x[:1])
         times["analysis_ms"].append((time.perf_counter() - t) * 1e3)
-        space = derive_space(analysis, name, ref, 10, model_kwargs={"num_classes": 10})
+        space = space_from_analysis(analysis, name, ref, 10, model_kwargs={"num_classes": 10})
         t = time.perf_counter()
         net = GraphSupernet(space, model)
         times["conversion_ms"].append((time.perf_counter() - t) * 1e3)

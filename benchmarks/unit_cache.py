@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.graph_models import MODELS
-from nasprune.graph import analyze_model, build_model, derive_space
+from nasprune.graph import analyze_model, build_model, space_from_analysis
 from nasprune.latency.device import DeviceProfile
 from nasprune.latency.ops import ops_for
 from nasprune.latency.profile import ProfileSettings, deployable_supernet, export_all, measure_models, profile_ops
@@ -46,7 +46,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ref, shape = MODELS[args.model]
     model = build_model(ref, {"num_classes": 10}).eval()
-    space = derive_space(analyze_model(model, torch.zeros(1, *shape)), f"cache_{args.model}", ref, 10,
+    space = space_from_analysis(analyze_model(model, torch.zeros(1, *shape)), f"cache_{args.model}", ref, 10,
                          model_kwargs={"num_classes": 10}, max_choices=2)  # fmt: skip
     rng = np.random.default_rng(args.seed)
     cfgs = [space.smallest(), space.largest()] + [space.sample(rng) for _ in range(args.subnets - 2)]

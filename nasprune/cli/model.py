@@ -129,7 +129,14 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _inspect(args) -> int:
-    from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space, fixed_groups, load_weights
+    from nasprune.graph import (
+        GraphSupernet,
+        analyze_model,
+        build_model,
+        fixed_groups,
+        load_weights,
+        space_from_analysis,
+    )
     from nasprune.graph.api import default_space_name
     from nasprune.graph.inputs import example_inputs
     from nasprune.graph.units import UnitPlan
@@ -171,7 +178,7 @@ def _inspect(args) -> int:
         )
     name = args.name or (Path(args.save).stem if args.save else default_space_name(args.model))
     kwargs = {k: v for k, v in kwargs.items() if k in _taken(args.model, kwargs)}  # what the factory was called with
-    space = derive_space(
+    space = space_from_analysis(
         analysis, _space_name(name), args.model, num_classes=max(classes, 2), model_kwargs=kwargs,
         channel_divisor=args.divisor, min_fraction=args.min_fraction, max_choices=args.max_choices, input_kind=kind,
     )  # fmt: skip

@@ -8,8 +8,7 @@ from torch import nn
 
 from nasprune.graph.analyze import analyze_model
 from nasprune.graph.inputs import example_inputs
-from nasprune.graph.supernet import DEFAULT_MAX_CHOICES, DEFAULT_MIN_FRACTION, GraphSupernet
-from nasprune.graph.supernet import derive_space as _derive
+from nasprune.graph.supernet import DEFAULT_MAX_CHOICES, DEFAULT_MIN_FRACTION, GraphSupernet, space_from_analysis
 from nasprune.space import GraphSpace
 
 
@@ -37,7 +36,7 @@ def derive_space(
     model.train(was)
     name = name or default_space_name(model_ref)
     classes = analysis.output_shape[0] if analysis.output_shape else 2
-    return _derive(
+    return space_from_analysis(
         analysis, name, model_ref, num_classes=max(classes, 2), dataset=dataset, model_kwargs=model_kwargs,
         channel_divisor=channel_divisor, min_fraction=min_fraction, max_choices=max_choices, input_kind=input_kind,
     )  # fmt: skip

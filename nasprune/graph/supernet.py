@@ -1,6 +1,6 @@
 """A supernet made from a user's model: its layers converted in place to elastic ones.
 
-``derive_space`` turns an :class:`~nasprune.graph.analyze.Analysis` into a
+``space_from_analysis`` turns an :class:`~nasprune.graph.analyze.Analysis` into a
 :class:`~nasprune.space.GraphSpace`; ``GraphSupernet`` converts the model the space was derived from
 and runs any config of the space (``select``), extracts it (``extract``), counts its parameters and
 MACs, and sorts channels by importance. The per-config shape propagation is :meth:`GraphSupernet.trace`:
@@ -51,7 +51,7 @@ def width_choices(
     return sorted({*widths[::-1][::stride], widths[0]})
 
 
-def derive_space(
+def space_from_analysis(
     analysis: Analysis,
     name: str,
     model: str,
@@ -481,4 +481,4 @@ def fixed_groups(analysis: Analysis, space: GraphSpace) -> dict[str, str]:
     return out
 
 
-__all__ = ["GraphLayer", "GraphSupernet", "derive_space", "fixed_groups", "width_choices"]
+__all__ = ["GraphLayer", "GraphSupernet", "fixed_groups", "space_from_analysis", "width_choices"]

@@ -11,7 +11,7 @@ from torch import nn
 
 from nasprune.elastic.supernet import extract
 from nasprune.errors import GraphError
-from nasprune.graph import GraphSupernet, analyze_model, derive_space
+from nasprune.graph import GraphSupernet, analyze_model, space_from_analysis
 from tests.conftest import randomize
 
 
@@ -113,7 +113,7 @@ def test_what_cannot_be_analysed_is_frozen_with_its_reason(weird, reason):
     else:
         assert {"a", "b"} <= set(a.groups)
     # the rest still prunes, and extraction stays exact
-    space = derive_space(a, "net", "tests.graph:Net", num_classes=5)
+    space = space_from_analysis(a, "net", "tests.graph:Net", num_classes=5)
     net = GraphSupernet(space, model).eval()
     rng = np.random.default_rng(0)
     for cfg in [space.smallest(), space.sample(rng)]:
@@ -147,7 +147,7 @@ def test_skipping_blocks_keeps_shapes_and_drops_their_groups():
     torch.manual_seed(0)
     model = randomize(Net()).eval()
     a = analyze_model(model, X[:1])
-    space = derive_space(a, "net", "tests.graph:Net", num_classes=5)
+    space = space_from_analysis(a, "net", "tests.graph:Net", num_classes=5)
     net = GraphSupernet(space, model).eval()
     cfg = space.config({"blocks.0-1": 0}, {"stem": 16, "a": 8, "b": 8, "mix": 24})
     assert "blocks.0.conv1" not in cfg.widths
@@ -222,7 +222,7 @@ def test_a_shortcut_written_as_an_identity_module_is_a_skippable_block(tmp_path)
     model = randomize(CifarResNet()).eval()
     a = analyze_model(model, X[:1])
     assert a.sequences == {"layer1.0-1": ["layer1.0", "layer1.1"], "layer2.1-2": ["layer2.1", "layer2.2"]}
-    space = derive_space(a, "cifar", "tests.graph.test_analyze:CifarResNet", num_classes=5)
+    space = space_from_analysis(a, "cifar", "tests.graph.test_analyze:CifarResNet", num_classes=5)
     net = GraphSupernet(space, model).eval()
     cfg = space.config({"layer1.0-1": 0, "layer2.1-2": 1}, {g: min(grp.widths) for g, grp in space.groups.items()})
     plain = extract(net, cfg)

@@ -12,7 +12,7 @@ import torch
 from nasprune.elastic.modules import ElasticModule
 from nasprune.elastic.supernet import extract
 from nasprune.export import export_subnet, read_metadata
-from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space
+from nasprune.graph import GraphSupernet, analyze_model, build_model, space_from_analysis
 from nasprune.space import parse_space
 from tests.conftest import randomize
 
@@ -35,7 +35,7 @@ def _build(name: str, seed: int = 0):
     model = randomize(build_model(ref, kwargs), seed).eval()
     x = torch.randn((4, *shape), generator=torch.Generator().manual_seed(seed))
     analysis = analyze_model(model, x[:1])
-    space = derive_space(analysis, name, ref, num_classes=10, model_kwargs=kwargs)
+    space = space_from_analysis(analysis, name, ref, num_classes=10, model_kwargs=kwargs)
     return model, x, analysis, space
 
 

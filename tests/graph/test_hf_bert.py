@@ -104,13 +104,14 @@ def test_what_is_frozen_says_why(analysed):
 def converted(analysed):
     import numpy as np
 
-    from nasprune.graph import GraphSupernet, derive_space
+    from nasprune.graph import GraphSupernet, space_from_analysis
 
     model, a = analysed
     x = (packed(4, 16),)
     with torch.no_grad():
         original = model(*x)
-    space = derive_space(a, "minilm", "tests.graph.test_hf_bert:minilm_classifier", num_classes=2, input_kind="tokens")
+    model_ref = "tests.graph.test_hf_bert:minilm_classifier"
+    space = space_from_analysis(a, "minilm", model_ref, num_classes=2, input_kind="tokens")
     t = time.perf_counter()
     net = GraphSupernet(space, model)  # the space's own example inputs: tokens (1, 2, 16)
     print(f"\nMiniLM-L6 conversion: {time.perf_counter() - t:.2f} s")

@@ -16,7 +16,7 @@ from torch import nn
 from nasprune.elastic.modules import ElasticModule
 from nasprune.elastic.supernet import extract
 from nasprune.export import export_subnet, read_metadata
-from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space
+from nasprune.graph import GraphSupernet, analyze_model, build_model, space_from_analysis
 from nasprune.graph.attention import Attention, ElasticMultiheadAttention
 from nasprune.space import parse_space
 
@@ -66,7 +66,7 @@ def _build(name: str, seed: int = 0):
     model = _randomize(build_model(ref, kwargs), seed).eval()
     x = torch.randn((4, *shape), generator=torch.Generator().manual_seed(seed))
     analysis = analyze_model(model, x[:1])
-    space = derive_space(analysis, name, ref, num_classes=10, model_kwargs=kwargs)
+    space = space_from_analysis(analysis, name, ref, num_classes=10, model_kwargs=kwargs)
     return model, x, analysis, space, seq_dims
 
 
@@ -289,7 +289,7 @@ def test_the_hidden_size_is_a_group_where_nothing_pins_it(norm_first, tmp_path):
     x = torch.randn(4, 16, 12, generator=torch.Generator().manual_seed(1))
     analysis = analyze_model(model, x[:1])
     assert analysis.group_size["embed"] == 32 and set(analysis.frozen_groups) == {"head"}
-    space = derive_space(analysis, "unpinned", "tests.graph.test_transformers:Unpinned", num_classes=3)
+    space = space_from_analysis(analysis, "unpinned", "tests.graph.test_transformers:Unpinned", num_classes=3)
     with torch.no_grad():
         original = model(x)
     net = GraphSupernet(space, model)
@@ -384,7 +384,7 @@ def test_torchvision_convnext_and_swin_get_their_mlp_neurons_and_layer_scale_fre
             assert analysis.frozen_groups["features.1.0.block.5"].startswith(
                 "used with the fixed-size tensor 'features.1.0.layer_scale'"
             )
-        space = derive_space(analysis, "t", ref, num_classes=10)
+        space = space_from_analysis(analysis, "t", ref, num_classes=10)
         with torch.no_grad():
             original = model(x)
         net = GraphSupernet(space, model)
@@ -456,7 +456,7 @@ def test_heads_split_by_view_are_groups_counted_in_heads(tmp_path):
         g = f"layers.{i}.attention.query"  # q, k, v and the output's columns: one group, in blocks of head_dim
         assert analysis.group_unit[g] == "heads" and analysis.group_block[g] == 8 and analysis.group_size[g] == 32
     ref = "tests.graph.test_transformers:SplitHeadsEncoder"
-    space = derive_space(analysis, "split_heads", ref, num_classes=3)
+    space = space_from_analysis(analysis, "split_heads", ref, num_classes=3)
     assert space.groups["layers.0.attention.query"].widths == [1, 2, 3, 4]
     assert list(space.sequences) == ["layers.0-1"] and "embed" in space.groups  # nothing pins the hidden size
     with torch.no_grad():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nasprune.export import export_subnet
-from nasprune.graph import GraphSupernet, analyze_model, build_model, derive_space
+from nasprune.graph import GraphSupernet, analyze_model, build_model, space_from_analysis
 from nasprune.graph.units import bound_graph, plan_for
 from nasprune.latency.graphs import consumer_model, consumers_of, op_model, producer_model, producer_of
 from nasprune.latency.ops import all_ops, extreme_config, ops_for
@@ -24,7 +24,7 @@ def _space(name: str, max_choices: int = 3):
     ref, kwargs, shape = MODELS[name]
     model = build_model(ref, kwargs).eval()
     analysis = analyze_model(model, torch.zeros(1, *shape))
-    return derive_space(analysis, name, ref, num_classes=10, model_kwargs=kwargs, max_choices=max_choices), model
+    return space_from_analysis(analysis, name, ref, num_classes=10, model_kwargs=kwargs, max_choices=max_choices), model
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -103,7 +103,7 @@ def test_an_op_without_a_hand_written_unit_gets_its_own():
 
     model = Odd().eval()
     analysis = analyze_model(model, torch.zeros(1, 3, 8, 8))
-    space = derive_space(analysis, "odd", "tests:Odd", num_classes=4)
+    space = space_from_analysis(analysis, "odd", "tests:Odd", num_classes=4)
     plan = UnitPlan(analysis)
     keys = dict(plan.ops(space, space.smallest()))
     pool = keys["pool"]

@@ -68,7 +68,7 @@ class ModelStore:
         import torch
 
         from nasprune.data import dataset_io
-        from nasprune.graph import analyze_model, build_model, derive_space, fixed_groups, load_weights
+        from nasprune.graph import analyze_model, build_model, fixed_groups, load_weights, space_from_analysis
 
         try:
             kwargs = {"num_classes": num_classes}
@@ -91,7 +91,9 @@ class ModelStore:
             model_id = "m_" + hashlib.sha256(
                 json.dumps([architecture, kwargs, list(input_shape), sha256]).encode()
             ).hexdigest()[:16]
-            space = derive_space(analysis, model_id, architecture, num_classes, dataset=dataset, model_kwargs=kwargs)
+            space = space_from_analysis(
+                analysis, model_id, architecture, num_classes, dataset=dataset, model_kwargs=kwargs
+            )
             space = space.model_copy(update={"weights": f"{model_id}.safetensors", "weights_sha256": sha256})
             weights = self.folder / f"{model_id}.safetensors"
             if admit is not None:
