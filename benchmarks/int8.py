@@ -43,6 +43,7 @@ from _util import RESULTS, write
 
 from nasprune.latency import LatencyTable, build_table, table_path
 from nasprune.registry import load_space
+from nasprune.search.pareto import pareto_records
 
 SPACE = "resnet_mnist"
 
@@ -186,7 +187,7 @@ def stage_front(root: Path, epochs: int, n_archs: int, seed: int = 0) -> dict:
     for frac in (0.25, 0.5, 0.75):
         budget = frac * largest
         feas = [t.model_copy(update={"feasible": t.latency_ms <= budget}) for t in trials]
-        fp32_front = precision.pareto([t for t in feas if t.feasible])
+        fp32_front = pareto_records([t for t in feas if t.feasible])
         job = SearchJob(space=SPACE, latency_budget_ms=budget, precisions=["fp32", "int8"])
         before = scorer.quantized
         t1 = time.perf_counter()

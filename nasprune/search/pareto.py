@@ -21,6 +21,24 @@ def pareto_indices(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def is_dominated(point: tuple[float, float], points: Sequence[tuple[float, float]]) -> bool:
+    """Some point of ``points`` dominates ``point`` (an equal point does not)."""
+    return any(dominates(p, point) for p in points)
+
+
+def pareto_records(records: Sequence) -> list:
+    """The records (``.accuracy``, ``.latency_ms``) that no other record dominates, by latency; records
+    at the same point are all kept (two architectures can score and cost the same)."""
+    order = sorted(records, key=lambda r: (r.latency_ms, -r.accuracy))
+    front: list = []
+    for r in order:
+        if not front or r.accuracy > front[-1].accuracy or (r.accuracy, r.latency_ms) == (
+            front[-1].accuracy, front[-1].latency_ms
+        ):
+            front.append(r)
+    return front
+
+
 def hypervolume(points: Sequence[tuple[float, float]], ref_latency: float, ref_accuracy: float = 0.0) -> float:
     """Area dominated by the front, bounded by ``(ref_accuracy, ref_latency)`` (worst corner)."""
     pts = [points[i] for i in pareto_indices(points)]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from nasprune.evaluate import PerExample
 from nasprune.export import export_subnet, stamp_metadata
 from nasprune.latency.timing import make_session
 from nasprune.quantize import DEFAULT_CALIBRATION, calibration_inputs, quantize_model, split_accuracy
+from nasprune.search.pareto import is_dominated, pareto_records
 from nasprune.search.study import TrialRecord
 
 INT8_NUMBER_OFFSET = 1_000_000_000
@@ -44,17 +44,6 @@ def candidate_id(subnet_key: str, precision: str) -> str:
     if precision == "fp32":
         return subnet_key
     return hashlib.sha256(f"{subnet_key}:{precision}".encode()).hexdigest()[:16]
-
-
-def _dominated(acc: float, lat: float, points: Sequence[tuple[float, float]]) -> bool:
-    return any(a >= acc and ms <= lat and (a > acc or ms < lat) for a, ms in points)
-
-
-def pareto(records: list) -> list:
-    """The non-dominated records (accuracy up, latency down), by latency."""
-    pts = [(r.accuracy, r.latency_ms) for r in records]
-    keep = [r for r in records if not _dominated(r.accuracy, r.latency_ms, pts)]
-    return sorted(keep, key=lambda r: (r.latency_ms, -r.accuracy))
 
 
 class Int8Scorer:
@@ -114,7 +103,7 @@ def expand_front(front: list, trials: list, job, table_int8, scorer: Int8Scorer,
         lat = table_int8.predict(cfg)
         if lat > job.latency_budget_ms or not _within_constraints(r, job):
             continue
-        if _dominated(r.accuracy, lat, points):  # even at its fp32 accuracy it cannot reach the front
+        if is_dominated((r.accuracy, lat), points):  # even at its fp32 accuracy it cannot reach the front
             continue
         if scorer.quantized >= max_quantized and cfg.key() not in scorer.scores:
             break  # the most accurate ones were tried first
@@ -125,7 +114,7 @@ def expand_front(front: list, trials: list, job, table_int8, scorer: Int8Scorer,
         )  # fmt: skip
         int8.append(rec)
         points.append((acc, lat))
-    return pareto([*front, *int8])
+    return pareto_records([*front, *int8])
 
 
 def _within_constraints(r, job) -> bool:

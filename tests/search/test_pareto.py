@@ -1,6 +1,8 @@
+from types import SimpleNamespace
+
 import numpy as np
 
-from nasprune.search.pareto import dominates, hypervolume, pareto_indices
+from nasprune.search.pareto import dominates, hypervolume, is_dominated, pareto_indices, pareto_records
 
 
 def test_front_is_exactly_the_non_dominated_set():
@@ -10,6 +12,18 @@ def test_front_is_exactly_the_non_dominated_set():
     for i, p in enumerate(pts):
         dominated = any(dominates(q, p) for q in pts)
         assert (i in front) == (not dominated)
+
+
+def test_record_front_is_the_non_dominated_records_ties_kept():
+    """Records on a coarse grid (accuracies and latencies repeat), so equal points and equal
+    accuracies at different latencies occur: every record that no other dominates is kept, once."""
+    rng = np.random.default_rng(1)
+    recs = [SimpleNamespace(accuracy=int(a) / 10, latency_ms=int(b) / 4) for a, b in rng.integers(0, 8, (300, 2))]
+    front = pareto_records(recs)
+    pts = [(r.accuracy, r.latency_ms) for r in recs]
+    assert sorted(map(id, front)) == sorted(id(r) for r in recs if not is_dominated((r.accuracy, r.latency_ms), pts))
+    assert [r.latency_ms for r in front] == sorted(r.latency_ms for r in front)
+    assert len({(r.accuracy, r.latency_ms) for r in front}) < len(front)  # the grid made ties, and they stay
 
 
 def test_front_sorted_by_latency_with_rising_accuracy():

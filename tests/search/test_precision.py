@@ -16,6 +16,7 @@ from nasprune.quantize import is_qdq, split_accuracy
 from nasprune.registry import load_space
 from nasprune.search import precision
 from nasprune.search.job import JobContext, SearchJob
+from nasprune.search.pareto import is_dominated, pareto_records
 from nasprune.search.runner import run_job
 from nasprune.search.study import TrialRecord, load_trials
 from nasprune.train import load_checkpoint, supernet_path
@@ -82,7 +83,7 @@ def test_search_with_both_precisions_states_precision_everywhere(prepared, int8_
     assert res.pareto and all(c.precision in ("fp32", "int8") for c in res.pareto)
     assert all(c.trial_number < res.n_trials for c in res.pareto)
     pts = [(c.accuracy, c.latency_ms) for c in res.pareto]
-    assert not any(precision._dominated(a, ms, pts) for a, ms in pts)
+    assert not any(is_dominated(p, pts) for p in pts)
     for c in res.pareto:
         if c.precision == "int8":
             assert c.calibration == "minmax" and c.fp32_accuracy is not None
@@ -117,17 +118,17 @@ def test_expand_front_gate_uses_fp32_accuracy_and_int8_latency(prepared, int8_ta
     ]  # fmt: skip
     budget = max(int8_table.predict(c) for c in cfgs) + 1
     job = SearchJob(space=SPACE, latency_budget_ms=budget, precisions=["fp32", "int8"])
-    front = precision.pareto(trials)
+    front = pareto_records(trials)
     scorer = precision.Int8Scorer(supernet, ev, tmp_path / "int8")
     joint = precision.expand_front(front, trials, job, int8_table, scorer)
     pts = [(r.accuracy, r.latency_ms) for r in front]
     for t in trials:
         lat8 = int8_table.predict(space.parse_config(t.config))
-        if precision._dominated(t.accuracy, lat8, pts):  # could not reach even the fp32 front: never quantized
+        if is_dominated((t.accuracy, lat8), pts):  # could not reach even the fp32 front: never quantized
             assert t.subnet_key not in scorer.scores
     assert all(r.precision == "int8" for r in joint if r.number >= precision.INT8_NUMBER_OFFSET)
     jp = [(r.accuracy, r.latency_ms) for r in joint]
-    assert not any(precision._dominated(a, ms, jp) for a, ms in jp)
+    assert not any(is_dominated(p, jp) for p in jp)
 
 
 def test_the_budget_floor_is_the_fastest_subnet_at_any_precision(prepared, int8_table):
