@@ -132,12 +132,9 @@ def budget_warnings(budget_ms: float, rng: LatencyRange) -> list[str]:
 
 def local_devices(data_dir: str | Path | None = None) -> list[str]:
     """``local-cpu`` and every device with a table in the data dir (built here, copied or uploaded)."""
-    from nasprune.paths import data_dir as root
-    from nasprune.paths import tables_dir
+    from nasprune.paths import devices_dir, table_file_device, tables_dir
 
-    names = {p.stem.split("__")[1] for p in tables_dir(data_dir).glob("*__*.json")}  # <space>__<device>[__int8]
-    uploads = root(data_dir) / "devices"
-    if uploads.is_dir():
-        names |= {d.name for d in uploads.iterdir() if d.is_dir() and any(d.glob("*.json"))}
+    names = {table_file_device(p) for p in tables_dir(data_dir).glob("*__*.json")}
+    names |= {d.name for d in devices_dir(data_dir).iterdir() if d.is_dir() and any(d.glob("*.json"))}
     names.discard(LOCAL_CPU)
     return [LOCAL_CPU, *sorted(names)]

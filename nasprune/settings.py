@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nasprune.paths import DEVICES, JOBS
+
 SQLITE_TIMEOUT_S = 30.0
 
 
@@ -126,12 +128,12 @@ class Settings(BaseSettings):
 
     @property
     def jobs_dir(self) -> Path:
-        return self.data_dir / "jobs"
+        return self.data_dir / JOBS
 
     @property
     def devices_dir(self) -> Path:
         """Latency tables uploaded through ``POST /v1/devices``: ``<devices_dir>/<device>/<file>.json``."""
-        return self.data_dir / "devices"
+        return self.data_dir / DEVICES
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from nasprune.paths import JobFiles
+
 log = logging.getLogger(__name__)
 
 # Fail fast when the server is down instead of MLflow's default minutes of retries. These are
@@ -568,13 +570,13 @@ class JobTracker:
     def finish(
         self,
         result,
-        out: Path,
+        files: JobFiles,
         *,
         input_example=None,
         extra_tags: dict[str, str] | None = None,
         trials: list | None = None,
     ) -> None:
-        """Queue what a finished job adds (``SearchResult``, its output folder ``out``), then close.
+        """Queue what a finished job adds (``SearchResult``, the files it wrote), then close.
 
         Front trials get their candidate's figures (measured latency, test accuracy, ...) on their own
         child runs, the recommended one a tag and a name that says so; the parent gets the summary,
@@ -613,10 +615,10 @@ class JobTracker:
             summary.update({"tier0_val_accuracy": t0.accuracy, "tier0_test_accuracy": t0.test_accuracy,
                             "tier0_measured_latency_ms": t0.measured_latency_ms})  # fmt: skip
         self.on_parent("the job's summary", lambda c, p: _log(c, p, summary, tags))
-        for name in ("pareto.json", "pareto.png"):
-            if (out / name).is_file():
-                self.on_parent(name, lambda c, p, name=name: c.log_artifact(p, str(out / name)))
-        model = out / "model.onnx"
+        for path in (files.pareto_json, files.pareto_png):
+            if path.is_file():
+                self.on_parent(path.name, lambda c, p, path=path: c.log_artifact(p, str(path)))
+        model = files.model
         if rec is not None and model.is_file():
             self.on_parent(
                 "the delivered model",

@@ -457,11 +457,11 @@ def _describe_job(job: dict, base_url: str) -> str:
 
 def _local_result(args) -> dict | None:
     """The front of a local 'nasprune search' job, in the shape the service answers, if it is there."""
-    from nasprune.paths import data_dir
+    from nasprune.paths import job_files, jobs_dir
 
     if args.url is not None or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", args.job_id):  # a folder name
         return None
-    path = data_dir(args.data_dir) / "jobs" / args.job_id / "result.json"
+    path = job_files(jobs_dir(args.data_dir) / args.job_id).result
     if not path.is_file():
         return None
     res = json.loads(path.read_text())

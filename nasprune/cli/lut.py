@@ -282,11 +282,9 @@ def _list(args) -> int:
     import json
 
     from nasprune.cli._common import table as grid
-    from nasprune.paths import data_dir, tables_dir
+    from nasprune.paths import devices_dir, tables_dir
 
-    files = sorted(tables_dir(args.data_dir).glob("*.json")) + sorted(
-        (data_dir(args.data_dir) / "devices").glob("*/*.json")
-    )
+    files = sorted(tables_dir(args.data_dir).glob("*.json")) + sorted(devices_dir(args.data_dir).glob("*/*.json"))
     from nasprune.errors import NasPruneError
     from nasprune.latency.table import LatencyTable
 

@@ -327,13 +327,15 @@ def _tracking(args, root: Path) -> str | None:
 def _search(job, args, root) -> int:
     from nasprune.budgets import budget_warnings, latency_range
     from nasprune.cli._common import front_table
+    from nasprune.paths import JOBS, job_files
     from nasprune.progress import progress_bar
     from nasprune.search.job import JobContext
     from nasprune.search.runner import run_job
     from nasprune.search.study import journal_url
 
     job_id = args.job_id or uuid.uuid4().hex
-    out = args.output_dir or root / "jobs" / job_id
+    out = args.output_dir or root / JOBS / job_id
+    files = job_files(out)
     storage = args.storage or journal_url(root / "trials.journal")
     tracking_uri = _tracking(args, root)
     bar = progress_bar(job.n_trials, "preparing supernet")
@@ -354,7 +356,7 @@ def _search(job, args, root) -> int:
             seen.add("tier 0")  # the job's first result: say so at once, above the bar
             t = p.tier0
             ms = f"measured {t.measured_latency_ms:.4g} ms" if t.measured_latency_ms is not None else "not measured"
-            path = Path(out) / "models" / f"{t.candidate_id}.onnx"
+            path = files.candidate(t.candidate_id)
             bar.write(f"tier 0 model (no training): validation {t.accuracy:.2%}, test {t.test_accuracy:.2%}, {ms}"
                       f"{' (verified)' if t.verified else ''}; {path}")  # fmt: skip
         if p.stage == "searching":
@@ -404,12 +406,12 @@ def _search(job, args, root) -> int:
               f"max {e['max_ape']:.1f}%")  # fmt: skip
         if res.table_drift:
             print(f"warning: {res.table_drift}")
-    if res.recommended and args.output is not None and (Path(out) / "model.onnx").is_file():
+    if res.recommended and args.output is not None and files.model.is_file():
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_bytes((Path(out) / "model.onnx").read_bytes())
+        args.output.write_bytes(files.model.read_bytes())
         print(f"wrote {args.output}")
     print(f"{res.n_trials} trials in {time.perf_counter() - t0:.0f} s; outputs in {out}")
-    run_file = Path(out) / "mlflow_run_id"
+    run_file = files.run_id
     if tracking_uri and run_file.is_file() and not res.tracking_error:
         from nasprune.tracking import public_uri
 

@@ -36,19 +36,13 @@ from nasprune.datasets.record import (
 )
 from nasprune.datasets.stream import CHUNK_BYTES, StreamedDataset, in_memory
 from nasprune.errors import DatasetError, DatasetNameTaken
-from nasprune.paths import data_dir as data_root
+from nasprune.paths import datasets_dir
 
 STREAM_BYTES = 256 << 20
 """Datasets whose samples take more than this are streamed from disk for training (train split); so is
 any dataset that takes more than a quarter of the memory the loading process has room for."""
 BUILTIN_NAMES = tuple(BUILTIN_INPUTS)
 """Names taken by the built-in datasets (``nasprune.data`` builds them; the list is ``record.BUILTIN_INPUTS``)."""
-
-
-def datasets_dir(data_dir: str | Path | None = None) -> Path:
-    d = data_root(data_dir) / "datasets"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 class DatasetStore:

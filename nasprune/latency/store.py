@@ -16,27 +16,21 @@ from nasprune.latency.device import LOCAL_CPU, DeviceProfile
 from nasprune.latency.profile import build_table
 from nasprune.latency.settings import check_precision
 from nasprune.latency.table import LatencyTable, build_command
-from nasprune.paths import data_dir as root
-from nasprune.paths import tables_dir
+from nasprune.paths import devices_dir, table_file_name, tables_dir
 from nasprune.registry import load_space
 
-__all__ = ["get_table", "precision_suffix", "table_path"]
-
-
-def precision_suffix(precision: str) -> str:
-    """What a table file's name adds for its precision: nothing for fp32, ``__int8`` for int8."""
-    return "" if precision == "fp32" else f"__{precision}"
+__all__ = ["get_table", "table_path"]
 
 
 def table_path(space: str, device: str, data_dir: str | Path | None = None, precision: str = "fp32") -> Path:
     """Where the table of ``space`` on ``device`` is kept: ``<tables_dir>/<space>__<device>.json``
     (``...__int8.json`` for the int8 one)."""
-    return tables_dir(data_dir) / f"{space}__{device}{precision_suffix(precision)}.json"
+    return tables_dir(data_dir) / table_file_name(space, device, precision)
 
 
 def _uploaded(space: str, device: str, data_dir: str | Path | None, precision: str = "fp32") -> Path | None:
     """A table for ``space`` among the files uploaded for ``device`` (``<data_dir>/devices/<device>/*.json``)."""
-    folder = root(data_dir) / "devices" / device
+    folder = devices_dir(data_dir) / device
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             raw = json.loads(path.read_text())

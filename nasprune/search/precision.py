@@ -135,15 +135,15 @@ def deliver(path: Path, rec, dataset, calibration: str = DEFAULT_CALIBRATION) ->
         stamp_metadata(path, {"precision": "fp32"})
 
 
-def per_example(evaluator, rec, out: Path):
+def per_example(evaluator, rec, int8_dir: Path):
     """Per-example correctness and loss on the validation split: of the quantized model for int8
-    records (onnxruntime), of the shared-weight subnet otherwise."""
+    records (onnxruntime, the :class:`Int8Scorer`'s file in ``int8_dir``), of the shared-weight subnet otherwise."""
     cfg = evaluator.supernet.space.parse_config(rec.config)
     if not is_int8(rec):
         return evaluator.per_example(cfg, "val")
     import torch
 
-    sess = make_session(Path(out) / "int8" / f"{cfg.key()}.onnx")
+    sess = make_session(Path(int8_dir) / f"{cfg.key()}.onnx")
     x, y = evaluator.dataset.tensors("val")
     logits = np.concatenate([sess.run(None, {"input": x[i : i + 256].numpy()})[0] for i in range(0, len(y), 256)])
     t = torch.from_numpy(logits).double()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -30,7 +29,7 @@ from nasprune.finetune import finetune_subnet
 from nasprune.latency.profile import check_runs_here
 from nasprune.latency.store import get_table
 from nasprune.latency.timing import feed_for, make_session, time_interleaved
-from nasprune.paths import models_dir
+from nasprune.paths import FINETUNED, JobFiles, job_files, models_dir
 from nasprune.quantize import DEFAULT_CALIBRATION, calibration_inputs, quantize_model, split_accuracy
 from nasprune.registry import load_space
 from nasprune.search import optuna_backend, precision, ray_backend, refine
@@ -76,8 +75,8 @@ def run_job(
     job: SearchJob, ctx: JobContext, progress_bar: bool = False, verify: VerifySettings | None = None
 ) -> SearchResult:
     """Run (or resume) the job ``ctx.job_id`` to the end and return its result (``verify``: how to time candidates)."""
-    out = Path(ctx.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files = job_files(ctx.output_dir)
+    files.root.mkdir(parents=True, exist_ok=True)
     if job.model is not None:  # an uploaded model: its derived space lies beside its weights
 
         space = load_space(models_dir(ctx.data_dir) / f"{job.model}.yaml")
@@ -105,17 +104,17 @@ def run_job(
     check_budget(job, *(t for t in (table, table8) if t is not None))
     tracking = _start_tracking(job, ctx, table)
     try:
-        tier0 = _tier0(job, space, table, ctx, out, verify, tracking)
+        tier0 = _tier0(job, space, table, ctx, files, verify, tracking)
         if job.tier0 == "only":
-            return _tier0_only(job, ctx, tier0, table, tracking, out)
-        return _search(job, ctx, space, table, table8, tier0, tracking, out, progress_bar, verify)
+            return _tier0_only(job, ctx, tier0, table, tracking, files)
+        return _search(job, ctx, space, table, table8, tier0, tracking, files, progress_bar, verify)
     except BaseException:
         if tracking and not tracking.closed:
             tracking.close("FAILED")  # the job's run must not stay RUNNING after the job failed
         raise
 
 
-def _tier0(job: SearchJob, space, table, ctx: JobContext, out: Path, verify, tracking):
+def _tier0(job: SearchJob, space, table, ctx: JobContext, files: JobFiles, verify, tracking):
     """The job's tier-0 model (:mod:`nasprune.search.tier0.job`), or None where the job makes none."""
     source, why = tier0_job.source_of(job, space, ctx.data_dir)
     if source is None:
@@ -126,11 +125,11 @@ def _tier0(job: SearchJob, space, table, ctx: JobContext, out: Path, verify, tra
     def note(msg: str) -> None:
         ctx.on_progress(Progress(stage="tier 0", n_total=job.n_trials, message=f"tier 0: {msg}"))
 
-    fresh = not (out / tier0_job.RECORD).is_file()
-    cand = tier0_job.run(job, space, table, load_dataset(space.dataset, data_dir=ctx.data_dir), out, ctx.data_dir,
+    fresh = not files.tier0.is_file()
+    cand = tier0_job.run(job, space, table, load_dataset(space.dataset, data_dir=ctx.data_dir), files, ctx.data_dir,
                          verify=verify, on_progress=note)  # fmt: skip
     if tracking and fresh:
-        tracking.log_tier0(cand, out / "models" / f"{cand.candidate_id}.onnx")
+        tracking.log_tier0(cand, files.candidate(cand.candidate_id))
     ms = f"measured {cand.measured_latency_ms:.4g} ms" if cand.measured_latency_ms is not None else "not measured"
     ctx.on_progress(
         Progress(
@@ -146,11 +145,11 @@ def _tier0(job: SearchJob, space, table, ctx: JobContext, out: Path, verify, tra
     return cand
 
 
-def _tier0_only(job: SearchJob, ctx: JobContext, tier0, table, tracking, out: Path) -> SearchResult:
+def _tier0_only(job: SearchJob, ctx: JobContext, tier0, table, tracking, files: JobFiles) -> SearchResult:
     """A ``tier0: only`` job's result: the tier-0 model delivered, no supernet, no trials."""
     recommended = best_of_tiers(None, tier0, job)
     if recommended is not None:
-        (out / "model.onnx").write_bytes((out / "models" / f"{tier0.candidate_id}.onnx").read_bytes())
+        files.model.write_bytes(files.candidate(tier0.candidate_id).read_bytes())
     result = SearchResult(
         job=job,
         n_trials=0,
@@ -160,17 +159,19 @@ def _tier0_only(job: SearchJob, ctx: JobContext, tier0, table, tracking, out: Pa
         table_error=_table_error(table),
         tracking_error=tracking.error if tracking else None,
     )
-    _write_outputs(result, [], job, out)
+    _write_outputs(result, [], job, files)
     if tracking:
-        _finish_tracking(tracking, result, out, {}, None, [])
+        _finish_tracking(tracking, result, files, {}, None, [])
         result.tracking_error = tracking.error
-    (out / "result.json").write_text(result.model_dump_json(indent=2))
+    files.result.write_text(result.model_dump_json(indent=2))
     ctx.on_progress(Progress(stage="done", n_total=job.n_trials, best_accuracy=tier0.accuracy,
                              best_latency_ms=tier0.measured_latency_ms, tier0=tier0))  # fmt: skip
     return result
 
 
-def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracking, out: Path, progress_bar, verify):
+def _search(
+    job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracking, files: JobFiles, progress_bar, verify
+):
     """Supernet, search, verification, fine-tuning: the rest of :func:`run_job` after tier 0."""
     ctx.on_progress(
         Progress(
@@ -273,9 +274,9 @@ def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracki
     if "int8" in job.precisions:  # int8 candidates that can reach the front (nasprune.search.precision)
 
         report("verifying", "quantizing the int8 candidates that can reach the front")
-        scorer = precision.Int8Scorer(supernet, evaluator, out / "int8")
+        scorer = precision.Int8Scorer(supernet, evaluator, files.int8)
         front = precision.expand_front(front, trials, job, table8, scorer)
-    candidates, recommended, eligible = _verify(front, job, supernet, evaluator, table, out, verify)
+    candidates, recommended, eligible = _verify(front, job, supernet, evaluator, table, files, verify)
     if scorer is not None:
         precision.finish(candidates, scorer)
     steps = job.finetune_plan(len(evaluator.dataset.tensors("train")[1]), default_recipe(space).batch_size)
@@ -285,12 +286,12 @@ def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracki
         for i, rec in enumerate(tuned, 1):
             how = "quantization-aware, " if _quantization_aware(rec, job) else ""
             report("verifying", f"fine-tuning candidate {i}/{len(tuned)} ({how}{steps} steps)")
-            correct[rec.candidate_id] = _finetune(rec, job, supernet, evaluator, out, steps)
-        recommended = _deliver(tuned, out, job.selection, correct)
+            correct[rec.candidate_id] = _finetune(rec, job, supernet, evaluator, files, steps)
+        recommended = _deliver(tuned, files, job.selection, correct)
 
     delivered = best_of_tiers(recommended, tier0, job)
     if delivered is not None and delivered is tier0:  # tier 0 scored better: it is what the job hands out
-        (out / "model.onnx").write_bytes((out / "models" / f"{tier0.candidate_id}.onnx").read_bytes())
+        files.model.write_bytes(files.candidate(tier0.candidate_id).read_bytes())
     recommended = delivered
     if tracking:
         for rec in trials:
@@ -305,11 +306,11 @@ def _search(job: SearchJob, ctx: JobContext, space, table, table8, tier0, tracki
         table_error=_table_error(table),
         tracking_error=tracking.error if tracking else None,
     )
-    _write_outputs(result, trials, job, out)
+    _write_outputs(result, trials, job, files)
     if tracking:
-        _finish_tracking(tracking, result, out, extra, evaluator.dataset, trials)
+        _finish_tracking(tracking, result, files, extra, evaluator.dataset, trials)
         result.tracking_error = tracking.error
-    (out / "result.json").write_text(result.model_dump_json(indent=2))
+    files.result.write_text(result.model_dump_json(indent=2))
     ctx.on_progress(
         Progress(
             stage="done",
@@ -350,7 +351,7 @@ def _verify(
     supernet,
     evaluator,
     table,
-    out: Path,
+    files: JobFiles,
     settings: VerifySettings | None = None,
 ):
     """Export and measure front candidates, ``verify_top_k`` at a time, until one of them is within
@@ -378,16 +379,15 @@ def _verify(
     except LatencyTableError as e:
         here = False
         not_here = f"not measured: {e}"
-    models = out / "models"
     measured: dict[int, _Measured] = {}
     tested: dict[int, float] = {}
     recommended_number = None
     eligible: list[int] = []  # trial numbers that may be delivered, in selection order (verified ones first)
-    references = reference_subnets(table, supernet, out / "latency_references") if here else []
+    references = reference_subnets(table, supernet, files.latency_references) if here else []
 
     ranked = rank(
         front,
-        lambda r: per_example(evaluator, r, out),
+        lambda r: per_example(evaluator, r, files.int8),
         lambda r: r.latency_ms,
         job.latency_budget_ms,
         rule=job.selection,
@@ -407,7 +407,7 @@ def _verify(
             }
             cfg = supernet.space.parse_config(rec.config)
             # the model that scored ``rec.accuracy``: extracted, BatchNorm recalibrated
-            res = export_subnet(supernet, cfg, models / f"{rec.subnet_key}.onnx", meta, model=evaluator.subnet(cfg))
+            res = export_subnet(supernet, cfg, files.candidate(rec.subnet_key), meta, model=evaluator.subnet(cfg))
             deliver(res.path, rec, evaluator.dataset)  # int8: quantized in place; precision in the metadata
             paths.append(res.path)
             tested[rec.number] = evaluator.accuracy(cfg, "test")
@@ -483,8 +483,7 @@ def _verify(
         )
     recommended = next((c for c in candidates if c.trial_number == recommended_number), None)
     if recommended is not None:
-        src = models / f"{recommended.candidate_id}.onnx"
-        (out / "model.onnx").write_bytes(src.read_bytes())
+        files.model.write_bytes(files.candidate(recommended.candidate_id).read_bytes())
     by_number = {c.trial_number: c for c in candidates}
     return candidates, recommended, [by_number[n] for n in eligible]
 
@@ -498,7 +497,7 @@ def _quantization_aware(rec: Candidate, job: SearchJob) -> bool:
     return rec.fp32_accuracy - rec.accuracy > job.qat_min_drop
 
 
-def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, steps: int) -> torch.Tensor | None:
+def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, files: JobFiles, steps: int) -> torch.Tensor | None:
     """Fine-tune one verified candidate alone for ``steps`` optimiser steps (:mod:`nasprune.finetune`),
     score it on the validation split the search used, and keep the fine-tuned file beside the inherited
     one when it scores at least as well (``rec.delivered`` says which of the two :func:`_deliver` would
@@ -520,10 +519,10 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
     res = finetune_subnet(supernet, cfg, ds, steps=steps, seconds=job.finetune_seconds,
                           batch_size=recipe.batch_size, max_shift=recipe.max_shift, seed=job.seed,
                           fake_quant=qat)  # fmt: skip
-    inherited = out / "models" / f"{rec.candidate_id}.onnx"
+    inherited = files.candidate(rec.candidate_id)
     meta = {k.removeprefix("nasprune."): v for k, v in read_metadata(inherited).items()}
     meta.update(preprocessing_metadata(ds))
-    path = out / "models" / f"{rec.candidate_id}.finetuned.onnx"
+    path = files.candidate(rec.candidate_id, FINETUNED)
     if int8:
         flt = path.with_name(f"{rec.candidate_id}.finetuned.fp32.onnx")
         export_model(res.model, tuple(space.input_shape), flt, meta, input_kind=space.input_kind)
@@ -577,7 +576,10 @@ def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, out: Path, st
 
 
 def _deliver(
-    tuned: list[Candidate], out: Path, rule: str = "accuracy", correct: dict[str, torch.Tensor | None] | None = None
+    tuned: list[Candidate],
+    files: JobFiles,
+    rule: str = "accuracy",
+    correct: dict[str, torch.Tensor | None] | None = None,
 ) -> Candidate:
     """Of the fine-tuned candidates, the one to hand out, copied to ``model.onnx`` (its metadata says how
     the others scored). By default (``largest-tied``) the slowest of those that validation cannot show to
@@ -593,16 +595,15 @@ def _deliver(
         ref = per_image[best.candidate_id]
         tied = [c for c in tuned if c is best or mcnemar_worse(per_image[c.candidate_id], ref) >= 0.05]
         best = max(tied, key=lambda c: (ms(c), c.accuracy))
-    suffix = ".finetuned.onnx" if best.delivered == "fine-tuned" else ".onnx"
-    src = out / "models" / f"{best.candidate_id}{suffix}"
-    (out / "model.onnx").write_bytes(src.read_bytes())
+    src = files.candidate(best.candidate_id, FINETUNED if best.delivered == "fine-tuned" else ".onnx")
+    files.model.write_bytes(src.read_bytes())
     others = {c.candidate_id: c.accuracy for c in tuned if c is not best}
-    stamp_metadata(out / "model.onnx", {"finetuned_candidates": len(tuned), "finetune_others_accuracy": others})
+    stamp_metadata(files.model, {"finetuned_candidates": len(tuned), "finetune_others_accuracy": others})
     return best
 
 
-def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJob, out: Path) -> None:
-    (out / "pareto.json").write_text(
+def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJob, files: JobFiles) -> None:
+    files.pareto_json.write_text(
         json.dumps(
             {
                 "job": job.model_dump(),
@@ -624,7 +625,7 @@ def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJ
         {c.trial_number for c in fp32},
         job.latency_budget_ms,
         rec.trial_number if rec and rec.tier == 1 else None,
-        out / "pareto.png",
+        files.pareto_png,
         title=f"{job.space} on {job.device}: {len(trials)} trials ({job.sampler}, {job.backend})",
         intervals={c.trial_number: c.accuracy_ci95 for c in fp32 if c.accuracy_ci95},
         int8=[(c.latency_ms, c.accuracy) for c in int8],
@@ -638,7 +639,7 @@ def _start_tracking(job: SearchJob, ctx: JobContext, table):
     if not ctx.tracking_uri:
         return None
 
-    marker = Path(ctx.output_dir) / "mlflow_run_id"
+    marker = job_files(ctx.output_dir).run_id
     tracking = JobTracker(
         MlflowTracker(ctx.tracking_uri), f"nasprune/{job.space}", marker=marker, drain_timeout_s=ctx.tracking_drain_s
     )
@@ -652,7 +653,7 @@ def _start_tracking(job: SearchJob, ctx: JobContext, table):
     return tracking
 
 
-def _finish_tracking(tracking, result: SearchResult, out: Path, extra: dict, dataset=None, trials=None) -> None:
+def _finish_tracking(tracking, result: SearchResult, files: JobFiles, extra: dict, dataset=None, trials=None) -> None:
     """The front, the summary, the description and the delivered model into MLflow (``JobTracker.finish``)."""
     tags = {}
     if extra.get("nodes"):
@@ -662,4 +663,4 @@ def _finish_tracking(tracking, result: SearchResult, out: Path, extra: dict, dat
     if dataset is not None:
         x, _ = dataset.tensors("test")
         example = x[:2].numpy()
-    tracking.finish(result, out, input_example=example, extra_tags=tags, trials=trials)
+    tracking.finish(result, files, input_example=example, extra_tags=tags, trials=trials)

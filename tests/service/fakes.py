@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 import time
 
+from nasprune.paths import job_files
 from nasprune.search.job import Candidate, JobContext, Progress, SearchJob, SearchResult
-from nasprune.service.api.service import model_path
 
 FAKE_ONNX = b"\x08\x07fake-onnx-bytes" * 64
 
@@ -35,7 +35,7 @@ def result_for(job: SearchJob, ctx: JobContext, n_trials: int) -> SearchResult:
     """A front of two candidates; the first (recommended) has an exported model, the second none."""
     best = candidate(1, 0.9, job.latency_budget_ms * 0.8, measured=job.latency_budget_ms * 0.9)
     other = candidate(2, 0.8, job.latency_budget_ms * 0.5)
-    path = model_path(ctx.output_dir, best.candidate_id)
+    path = job_files(ctx.output_dir).candidate(best.candidate_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(FAKE_ONNX)
     return SearchResult(job=job, n_trials=n_trials, pareto=[best, other], recommended=best)

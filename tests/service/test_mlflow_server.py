@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 
 from nasprune.mlflow_server import mlflow_server
-from nasprune.service.jobs.tracking import JOB_ID_TAG, RUN_ID_FILE, check_tracking, find_job_run
+from nasprune.paths import job_files
+from nasprune.service.jobs.tracking import JOB_ID_TAG, check_tracking, find_job_run
 from tests.service.fakes import instant_runner
 from tests.service.server import running, wait_for
 
@@ -22,7 +23,7 @@ def test_mlflow_server_runs_and_links_job_runs(tmp_path, settings):
         def runner(job, ctx):
             exp = client.create_experiment(f"nasprune/{ctx.job_id}")
             run = client.create_run(exp, tags={JOB_ID_TAG: ctx.job_id})
-            (ctx.output_dir / RUN_ID_FILE).write_text(run.info.run_id)
+            job_files(ctx.output_dir).run_id.write_text(run.info.run_id)
             return instant_runner(job, ctx)
 
         with running(settings.model_copy(update={"tracking_uri": srv.url}), runner) as (api, _):
@@ -56,7 +57,6 @@ def test_a_job_cancelled_while_requeued_after_a_crash_closes_the_run_its_attempt
     from nasprune.service.api.service import JobService
     from nasprune.service.jobs import JobStore
     from nasprune.service.jobs.status import JobStatus
-    from nasprune.service.jobs.tracking import RUN_ID_FILE
     from nasprune.settings import Settings
 
     with mlflow_server(tmp_path / "mlflow") as srv:
@@ -69,7 +69,7 @@ def test_a_job_cancelled_while_requeued_after_a_crash_closes_the_run_its_attempt
         client = MlflowClient(srv.url)
         run = client.create_run(client.create_experiment("nasprune/mlp_digits"))
         settings.job_dir(job.id).mkdir(parents=True, exist_ok=True)
-        (settings.job_dir(job.id) / RUN_ID_FILE).write_text(run.info.run_id)
+        job_files(settings.job_dir(job.id)).run_id.write_text(run.info.run_id)
         assert store.requeue(job.id)  # ... and its worker dies: re-queued, run left RUNNING
         service = JobService(settings, store, None, Catalog(settings))
         try:

@@ -11,15 +11,13 @@ instead of pruning again. :func:`best_of_tiers` picks what the job delivers.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
+from nasprune.paths import JobFiles
 from nasprune.registry import create_supernet
 from nasprune.search.job import Candidate, SearchJob
 from nasprune.search.tier0 import Tier0
 from nasprune.search.tier0.deliver import deliver
 from nasprune.train import load_checkpoint, supernet_path
-
-RECORD = "tier0.json"
 
 
 def candidate_id(subnet_key: str) -> str:
@@ -45,13 +43,12 @@ def source_of(job: SearchJob, space, data_dir) -> tuple[str | None, str | None]:
     return None, f"space '{space.name}' names no trained weights (tier 0 runs first on a model with weights)"
 
 
-def run(job: SearchJob, space, table, dataset, out: Path, data_dir, verify=None, on_progress=lambda _m: None):
-    """The job's tier-0 model (a :class:`Candidate`, ``tier=0``), pruned now or read back from ``tier0.json``."""
-    out = Path(out)
-    record = out / RECORD
+def run(job: SearchJob, space, table, dataset, files: JobFiles, data_dir, verify=None, on_progress=lambda _m: None):
+    """The job's tier-0 model (a :class:`Candidate`, ``tier=0``), pruned now or read back from ``files.tier0``."""
+    record = files.tier0
     if record.is_file():
         cand = Candidate.model_validate_json(record.read_text())
-        if (out / "models" / f"{cand.candidate_id}.onnx").is_file():
+        if files.candidate(cand.candidate_id).is_file():
             return cand
     source, why = source_of(job, space, data_dir)
     if source is None:
@@ -63,14 +60,14 @@ def run(job: SearchJob, space, table, dataset, out: Path, data_dir, verify=None,
         model = load_checkpoint(supernet_path(space, data_dir, job.train_epochs), space)
     # a trained supernet keeps its channel order (its subnets were trained on it); a user's model is sorted
     pruner = Tier0(model, space, table, dataset, reorder=source == "weights")
-    pending = out / "models" / "tier0-pending.onnx"  # renamed to its id once the subnet is known
+    pending = files.candidate("tier0-pending")  # renamed to its id once the subnet is known
     pending.parent.mkdir(parents=True, exist_ok=True)
     got = deliver(pruner, job.latency_budget_ms, pending, verify=verify,
-                  references_dir=out / "latency_references", on_progress=on_progress)  # fmt: skip
+                  references_dir=files.latency_references, on_progress=on_progress)  # fmt: skip
     r = got.result
     cfg = r.config
     cid = candidate_id(cfg.key())
-    path = out / "models" / f"{cid}.onnx"
+    path = files.candidate(cid)
     got.path.replace(path)
     cand = Candidate(
         candidate_id=cid,

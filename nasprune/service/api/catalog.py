@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 
 from nasprune.budgets import LatencyRange, budget_warnings, build_hint, latency_range
 from nasprune.errors import LatencyTableError, NasPruneError
+from nasprune.paths import uploaded_table_name, uploaded_table_space
 from nasprune.service.api.schemas import DEVICE_NAME_PATTERN, DevicePublic, LatencyRangePublic, SpacePublic
 from nasprune.service.jobs.errors import InvalidRequest, UnknownDevice, UnknownSpace
 from nasprune.settings import Settings
@@ -59,12 +59,6 @@ def validate_table(payload: Any) -> Any:
         raise LatencyTableError(
             f"not a valid latency table ({e.error_count()} problem(s)): {'; '.join(problems)}{more}"
         ) from None
-
-
-def _space_and_precision(path: Path) -> tuple[str, str]:
-    """``<space>.json`` holds an fp32 table, ``<space>__<precision>.json`` another precision's (save_device)."""
-    space, _, precision = path.stem.partition("__")
-    return space, precision or "fp32"
 
 
 class Catalog:
@@ -147,7 +141,7 @@ class Catalog:
             if name in hidden:
                 continue
             tables = self._tables(name)
-            held = [_space_and_precision(p) for p in tables]
+            held = [uploaded_table_space(p) for p in tables]
             ranges = [self.latency_range(space, name, precision) for space, precision in held]
             out.append(
                 DevicePublic(
@@ -185,17 +179,13 @@ class Catalog:
         if not isinstance(payload, dict):
             raise LatencyTableError(f"a latency table is a JSON object, not {type(payload).__name__}")
         table = validate_table(payload)
-        from nasprune.latency.store import precision_suffix  # the latency stack is imported on use
-
         # an int8 table sits beside the fp32 one of the same space, never over it
-        space = getattr(getattr(table, "space", None), "name", None) or "table"
-        space += precision_suffix(getattr(table, "precision", "fp32"))
+        file = uploaded_table_name(table.space.name, table.precision)
         folder = self.settings.devices_dir / name
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{space}.json.tmp"
-        data = table.model_dump_json() if hasattr(table, "model_dump_json") else json.dumps(payload)
-        tmp.write_text(data)
-        os.replace(tmp, folder / f"{space}.json")
+        tmp = folder / f".{file}.tmp"
+        tmp.write_text(table.model_dump_json())
+        os.replace(tmp, folder / file)
         self.forget(name)
         return next(d for d in self.devices() if d.name == name)
 

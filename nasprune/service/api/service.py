@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from nasprune.paths import job_files
 from nasprune.search.job import Candidate, SearchResult
 from nasprune.service.api.catalog import Catalog
 from nasprune.service.api.schemas import JobCreate, JobPublic, TrialPublic, finite_or_none
@@ -32,15 +33,9 @@ from nasprune.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR = "models"
 # Submissions run in at most this many threads: they serialise on the store's insert anyway, and a
 # burst of them in every request thread would hold the GIL against the event loop (status polls).
 SUBMIT_THREADS = 1
-
-
-def model_path(output_dir: Path, candidate_id: str) -> Path:
-    """Where the search writes the ONNX file of a Pareto candidate: ``<job dir>/models/<candidate_id>.onnx``."""
-    return output_dir / MODELS_DIR / f"{candidate_id}.onnx"
 
 
 @dataclass(frozen=True)
@@ -347,7 +342,7 @@ class JobService:
             record = self.store.get(job_id)
             early = record.progress.tier0 if record.progress is not None else None
             if early is not None and early.candidate_id == candidate_id:
-                path = model_path(self.settings.job_dir(job_id), candidate_id)
+                path = job_files(self.settings.job_dir(job_id)).candidate(candidate_id)
                 if path.is_file():
                     return ModelFile(path, f"nasprune-{record.spec.space}-tier0-{candidate_id}.onnx", self._etag(path))
         record, result = self.result(job_id)
@@ -366,8 +361,9 @@ class JobService:
                     f"(candidates: {', '.join(by_id) or 'none'})"
                 )
             cand = by_id[candidate_id]
-        path = model_path(self.settings.job_dir(job_id), cand.candidate_id)
-        delivered = self.settings.job_dir(job_id) / "model.onnx"
+        files = job_files(self.settings.job_dir(job_id))
+        path = files.candidate(cand.candidate_id)
+        delivered = files.model
         if result.recommended is not None and cand.candidate_id == result.recommended.candidate_id and (
             delivered.is_file()
         ):  # the recommended candidate's file is what the job delivered (its weights may be fine-tuned)

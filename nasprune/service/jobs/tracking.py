@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nasprune.paths import job_files
 from nasprune.tracking import UI_VIEW, public_uri, server_problem, terminate
 
 JOB_ID_TAG = "nasprune.job_id"
@@ -45,13 +46,10 @@ def run_link(tracking_uri: str | None, stored: str | None) -> str | None:
     return f"{public_uri(tracking_uri).rstrip('/')}/{place}?{UI_VIEW}"
 
 
-RUN_ID_FILE = "mlflow_run_id"
-
-
 def find_job_run(tracking_uri: str, job_id: str, output_dir: Path | None = None) -> tuple[str, str] | None:
     """``(run_id, run_path)`` of the job's parent run on an MLflow server, or None if there is none (yet).
 
-    The search writes the run id to ``<output_dir>/mlflow_run_id``; without that file, the run is
+    The search writes the run id to ``JobFiles.run_id`` (``<output_dir>/mlflow_run_id``); without that file, the run is
     looked up by its ``nasprune.job_id`` tag.
     """
     if not is_server(tracking_uri):
@@ -59,7 +57,7 @@ def find_job_run(tracking_uri: str, job_id: str, output_dir: Path | None = None)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    marker = output_dir / RUN_ID_FILE if output_dir is not None else None
+    marker = job_files(output_dir).run_id if output_dir is not None else None
     if marker is not None and marker.is_file():
         run = client.get_run(marker.read_text().strip())
         return run.info.run_id, run_path(run.info.experiment_id, run.info.run_id)
@@ -90,7 +88,7 @@ def check_tracking(tracking_uri: str, timeout_s: float = 2.0) -> str | None:
 
 def close_job_run(tracking_uri: str, output_dir: Path, status: str) -> None:
     """End the job's parent run (found by its marker file) with ``status``, if it is still running."""
-    marker = output_dir / RUN_ID_FILE
+    marker = job_files(output_dir).run_id
     if not is_server(tracking_uri) or not marker.is_file():
         return
     from mlflow.tracking import MlflowClient
