@@ -24,7 +24,7 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _norms(model: nn.Module) -> list[nn.Module]:
-    from nasprune.graph.elastic import ElasticBatchNorm
+    from nasprune.elastic.layers import ElasticBatchNorm
 
     kinds = nn.modules.batchnorm._BatchNorm | ElasticBatchNorm
     return [m for m in model.modules() if isinstance(m, kinds)]

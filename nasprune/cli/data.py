@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from nasprune.cli._common import human, table
+from nasprune.datasets.record import BUILTINS
 from nasprune.errors import DatasetError
 
 FORMAT_HELP = (
@@ -31,7 +32,7 @@ def register(sub) -> None:
         "data",
         help="add, list and inspect datasets",
         description=(
-            "Datasets by name: the built-ins (mnist5k, digits, mnist1d, fashion_mnist, rotten_tomatoes) and your own, "
+            f"Datasets by name: the built-ins ({', '.join(BUILTINS)}) and your own, "
             "added from files into the data dir (NASPRUNE_DATA_DIR, default ./.nasprune). A space names its dataset; a "
             "job may name another one that fits the model ('dataset')."
         ),
@@ -146,25 +147,17 @@ def _add(args) -> int:
     return 0
 
 
-BUILTIN_SAMPLES = {"mnist5k": 5_000, "digits": 1_797, "mnist1d": 10_000, "fashion_mnist": 70_000,
-                   "rotten_tomatoes": 12_808}  # fmt: skip
-"""Samples (train + val + test) of each built-in, listed without generating or reading it (a test checks them)."""
-BUILTIN_ITEM_BYTES = {"rotten_tomatoes": 8}
-"""Bytes per value in memory once loaded where not float32's 4 (token ids and masks are int64)."""
-
-
 def _list(args) -> int:
     if args.url:
         return _list_service(args)
     import math
 
-    from nasprune.data import BUILTIN_INPUTS
     from nasprune.datasets import DatasetStore
 
     rows = []
-    for n, (shape, k) in BUILTIN_INPUTS.items():
-        total = BUILTIN_SAMPLES[n]  # in memory once loaded, as a user dataset's size counts them
-        size = human(total * math.prod(shape) * BUILTIN_ITEM_BYTES.get(n, 4)) + "B"
+    for n, b in BUILTINS.items():
+        shape, k, total = b.input_shape, b.num_classes, b.samples
+        size = human(total * math.prod(shape) * b.item_bytes) + "B"  # in memory once loaded, as a user dataset's
         rows.append([n, "builtin", "x".join(map(str, shape)), k, f"{total:,}", size])
     for info in DatasetStore.at(args.data_dir).list():
         total = sum(info.sizes[s] for s in ("train", "val", "test"))
@@ -184,7 +177,7 @@ def _list_service(args) -> int:
             items = c.datasets()
         rows = [
             [d["name"], d["source"], "x".join(map(str, d["input_shape"])), d["num_classes"],
-             f"{d['samples']:,}" if d.get("samples") else f"{BUILTIN_SAMPLES.get(d['name'], 0):,}",
+             f"{d['samples']:,}" if d.get("samples") is not None else "",
              human(d["n_bytes"]) + "B" if d.get("n_bytes") else ""]
             for d in items
         ]  # fmt: skip

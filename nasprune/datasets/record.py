@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,15 +16,30 @@ Layout = Literal["features", "sequence", "image", "text"]
 LAYOUTS: dict[int, Layout] = {1: "features", 2: "sequence", 3: "image"}
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
-BUILTIN_INPUTS: dict[str, tuple[tuple[int, ...], int]] = {
-    "mnist5k": ((1, 28, 28), 10),
-    "digits": ((64,), 10),
-    "mnist1d": ((1, 40), 10),
-    "fashion_mnist": ((1, 28, 28), 10),
-    "rotten_tomatoes": ((2, 64), 2),
+class Builtin(NamedTuple):
+    """What is known of a built-in dataset without loading it."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    samples: int
+    """train + val + test (a test checks them against the loaded data)."""
+    item_bytes: int = 4
+    """Bytes per value once loaded: float32's 4, or 8 for int64 token ids and masks."""
+
+
+BUILTINS: dict[str, Builtin] = {
+    "mnist5k": Builtin((1, 28, 28), 10, 5_000),
+    "digits": Builtin((64,), 10, 1_797),
+    "mnist1d": Builtin((1, 40), 10, 10_000),
+    "fashion_mnist": Builtin((1, 28, 28), 10, 70_000),
+    "rotten_tomatoes": Builtin((2, 64), 2, 12_808, item_bytes=8),
 }
-"""The built-in datasets (``nasprune.data.DATASETS`` builds them): input shape and number of classes of
-each, known without loading it. The one list of built-in names (the store refuses them as user names)."""
+"""The built-in datasets (``nasprune.data.DATASETS`` builds them). The one list of built-in names (the
+store refuses them as user names, the CLI and the API list them from here)."""
+BUILTIN_INPUTS: dict[str, tuple[tuple[int, ...], int]] = {
+    n: (b.input_shape, b.num_classes) for n, b in BUILTINS.items()
+}
+"""Input shape and number of classes of each built-in."""
 
 
 def layout_of(input_shape: tuple[int, ...]) -> Layout:

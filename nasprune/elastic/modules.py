@@ -4,7 +4,7 @@ Each layer holds its active sizes (set by :meth:`Supernet.select`, never by ``fo
 kept importance-ordered (:meth:`GraphSupernet.reorder_channels`), so the leading slice is the most
 important one. ``export()`` returns a plain torch layer holding copies of the active slice: physically
 smaller tensors. The layers themselves, made from a model's own layers, are in
-:mod:`nasprune.graph.elastic`.
+:mod:`nasprune.elastic.layers`.
 """
 
 from __future__ import annotations

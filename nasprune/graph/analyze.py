@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from nasprune.elastic.attention import COMPOSED, supported
 from nasprune.errors import GraphError
-from nasprune.graph.attention import COMPOSED, supported
 from nasprune.graph.exported import export_graph
 
 # -- what the walk knows ------------------------------------------------------------------------------

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nasprune.elastic.attention import COMPOSED
+from nasprune.elastic.layers import ElasticConv, Sel, Skippable, count, elastic_of
 from nasprune.elastic.supernet import Supernet
 from nasprune.errors import GraphError
 from nasprune.graph.analyze import Analysis, Layout, analyze_model
-from nasprune.graph.attention import COMPOSED
-from nasprune.graph.elastic import ElasticConv, Sel, Skippable, count, elastic_of
 from nasprune.graph.inputs import example_inputs
 from nasprune.space import DepthSequence, GraphSpace, SubnetConfig, WidthGroup
 

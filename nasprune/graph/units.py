@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from nasprune.elastic.attention import ElasticMultiheadAttention
+from nasprune.elastic.layers import ElasticBatchNorm, ElasticConv, ElasticGroupNorm, ElasticLayerNorm, ElasticLinear
 from nasprune.errors import GraphError, LatencyTableError
 from nasprune.graph.analyze import (
     IDENTITY_MODULES,
@@ -46,8 +48,6 @@ from nasprune.graph.analyze import (
     _target_name,
     analyze_model,
 )
-from nasprune.graph.attention import ElasticMultiheadAttention
-from nasprune.graph.elastic import ElasticBatchNorm, ElasticConv, ElasticGroupNorm, ElasticLayerNorm, ElasticLinear
 from nasprune.graph.inputs import example_inputs
 from nasprune.graph.keys import OpKey, TorchOp, register_torch_op
 from nasprune.graph.models import build_model

@@ -58,12 +58,12 @@ def test_errors_are_one_line(tmp_path):
 
 
 def test_the_listed_sizes_of_the_built_ins_are_theirs():
-    from nasprune.cli.data import BUILTIN_SAMPLES
     from nasprune.data import BUILTIN_AVAILABLE, DATASETS, load_dataset
+    from nasprune.datasets.record import BUILTINS
     from nasprune.errors import DatasetError
 
-    assert set(BUILTIN_SAMPLES) == set(DATASETS)
-    for name, n in BUILTIN_SAMPLES.items():
+    assert set(BUILTINS) == set(DATASETS)
+    for name, n in ((name, b.samples) for name, b in BUILTINS.items()):
         if name in BUILTIN_AVAILABLE:
             try:
                 BUILTIN_AVAILABLE[name]()

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from nasprune.elastic.attention import Attention, ElasticMultiheadAttention
 from nasprune.elastic.modules import ElasticModule
 from nasprune.elastic.supernet import extract
 from nasprune.export import export_subnet, read_metadata
 from nasprune.graph import GraphSupernet, analyze_model, build_model, space_from_analysis
-from nasprune.graph.attention import Attention, ElasticMultiheadAttention
 from nasprune.space import parse_space
 
 

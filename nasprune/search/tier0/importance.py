@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nasprune.elastic.layers import Skippable
 from nasprune.elastic.supernet import extract
 from nasprune.evaluate import recalibrate_bn
-from nasprune.graph.elastic import Skippable
 from nasprune.search.tier0.knapsack import Values
 
 KINDS = ("fisher", "taylor", "l1")

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasprune.elastic.layers import count
 from nasprune.evaluate import recalibrate_bn
-from nasprune.graph.elastic import count
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from nasprune.data import BUILTIN_INPUTS, dataset_info
+from nasprune.data import dataset_info
 from nasprune.datasets import DatasetInfo, DatasetStore, ReadOptions, SplitPolicy
+from nasprune.datasets.record import BUILTINS
 from nasprune.errors import DatasetError
 from nasprune.service.api.errors import DatasetNotFound, PayloadTooLarge
 
@@ -27,7 +28,7 @@ class DatasetSummary(BaseModel):
     source: str
     input_shape: list[int]
     num_classes: int
-    samples: int | None = Field(None, description="train + val + test (built-ins: see GET /v1/datasets/{name})")
+    samples: int | None = Field(None, description="train + val + test")
     n_bytes: int | None = None
     content_hash: str | None = None
 
@@ -91,8 +92,9 @@ class DatasetUploads:
             shutil.rmtree(tmp.parent, ignore_errors=True)
 
     def list(self, hidden: set[str] = frozenset()) -> list[DatasetSummary]:
-        out = [DatasetSummary(name=n, builtin=True, source="builtin", input_shape=list(shape), num_classes=k)
-               for n, (shape, k) in BUILTIN_INPUTS.items()]  # fmt: skip
+        out = [DatasetSummary(name=n, builtin=True, source="builtin", input_shape=list(b.input_shape),
+                              num_classes=b.num_classes, samples=b.samples)
+               for n, b in BUILTINS.items()]  # fmt: skip
         for info in self.store.list():
             if info.name in hidden:
                 continue
@@ -111,6 +113,6 @@ class DatasetUploads:
         return out
 
     def get(self, name: str, hidden: set[str] = frozenset()) -> DatasetInfo:
-        if name in hidden or (name not in BUILTIN_INPUTS and name not in self.store.names()):
+        if name in hidden or (name not in BUILTINS and name not in self.store.names()):
             raise DatasetNotFound(name)
         return dataset_info(name, self.data_dir)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasprune.elastic.attention import ElasticMultiheadAttention
 from nasprune.elastic.modules import (
     ElasticModule,
     Sel,
@@ -22,7 +23,6 @@ from nasprune.elastic.modules import (
     sel_key,
     take,
 )
-from nasprune.graph.attention import ElasticMultiheadAttention
 
 
 class _Weighted(_ElasticWeighted):
