@@ -12,6 +12,7 @@ from nasprune.data import load_dataset
 from nasprune.evaluate import Evaluator
 from nasprune.export import read_metadata
 from nasprune.latency import ProfileSettings, build_table, table_path
+from nasprune.paths import job_files
 from nasprune.quantize import is_qdq, split_accuracy
 from nasprune.registry import load_space
 from nasprune.search import precision
@@ -68,7 +69,7 @@ def test_int8_candidate_is_scored_on_the_quantized_model_and_delivered_as_scored
     assert is_qdq(path) and meta["precision"] == "int8" and meta["calibration"] == "minmax"
     assert meta["subnet_key"] == cfg.key() and float(meta["accuracy"]) == acc
     assert split_accuracy(path, ds, "val") == acc
-    per = precision.per_example(ev, rec, tmp_path)
+    per = precision.per_example(ev, rec, tmp_path / "int8")
     assert per.accuracy == pytest.approx(acc) and per.loss.shape == per.correct.shape
 
 
@@ -227,8 +228,8 @@ def test_an_int8_recommendation_is_fine_tuned_then_quantized_again(prepared, tmp
         export_subnet(supernet, cfg, path, {"accuracy": acc}, model=ev.subnet(cfg))
         precision.deliver(path, rec, ds)
         (out / "model.onnx").write_bytes(path.read_bytes())
-        _finetune(rec, this, supernet, ev, out, steps=40)
-        assert _deliver([rec], out) is rec and rec.finetune_steps == 40
+        _finetune(rec, this, supernet, ev, job_files(out), steps=40)
+        assert _deliver([rec], job_files(out)) is rec and rec.finetune_steps == 40
         assert rec.inherited_accuracy == acc and rec.finetuned_accuracy is not None
         delivered = out / "model.onnx"
         meta = read_metadata(delivered)

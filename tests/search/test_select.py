@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nasprune.evaluate import PerExample
+from nasprune.paths import job_files
 from nasprune.search.select import mcnemar_worse, rank, wilson
 
 
@@ -126,8 +127,8 @@ def test_of_the_fine_tuned_candidates_the_slowest_tied_one_is_delivered(tmp_path
     best, slow_tied, slowest_worse = cand("a", base, 0.10), cand("b", tied, 0.12), cand("c", worse, 0.13)
     tuned = [best, slow_tied, slowest_worse]
     correct = {best.candidate_id: base, slow_tied.candidate_id: tied, slowest_worse.candidate_id: worse}
-    assert _deliver(tuned, tmp_path, "largest-tied", correct) is slow_tied
+    assert _deliver(tuned, job_files(tmp_path), "largest-tied", correct) is slow_tied
     assert read_metadata(tmp_path / "model.onnx")["finetuned_candidates"] == "3"
-    assert _deliver(tuned, tmp_path, "accuracy", correct) is best
+    assert _deliver(tuned, job_files(tmp_path), "accuracy", correct) is best
     no_images = {**correct, best.candidate_id: None}  # int8: no per-image results, the most accurate
-    assert _deliver(tuned, tmp_path, "largest-tied", no_images) is best
+    assert _deliver(tuned, job_files(tmp_path), "largest-tied", no_images) is best
