@@ -8,6 +8,8 @@
     devices/<device>/<space>[__int8].json   tables uploaded for another device
     datasets/<name>/                added datasets
     models/<id>.yaml, <id>.safetensors      uploaded models
+    spaces/<name>.yaml              spaces the CLI derived from a model
+    trials.journal                  the trials of local searches (Optuna journal)
     jobs/<job id>/                  a job's outputs (:class:`JobFiles`)
 """
 
@@ -20,6 +22,8 @@ from pathlib import Path
 FP32 = "fp32"
 DEVICES = "devices"
 JOBS = "jobs"
+TRIALS_JOURNAL = "trials.journal"
+"""The Optuna journal of a data dir's trials (SQLite deployments and the CLI's local searches)."""
 FINETUNED = ".finetuned.onnx"
 """The suffix of a fine-tuned candidate's file beside its inherited-weights ``<candidate id>.onnx``."""
 
@@ -47,6 +51,16 @@ def tables_dir(override: str | Path | None = None) -> Path:
 def models_dir(override: str | Path | None = None) -> Path:
     """Uploaded models: ``<id>.yaml`` (the derived space) and ``<id>.safetensors`` (its weights)."""
     return _sub("models", override)
+
+
+def model_space_file(model_id: str, override: str | Path | None = None) -> Path:
+    """An uploaded model's derived space (its weights lie beside it)."""
+    return models_dir(override) / f"{model_id}.yaml"
+
+
+def spaces_dir(override: str | Path | None = None) -> Path:
+    """Spaces the CLI derived from a user's model (``nasprune search --model``) or tied to weights."""
+    return _sub("spaces", override)
 
 
 def datasets_dir(override: str | Path | None = None) -> Path:

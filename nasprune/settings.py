@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nasprune.paths import DEVICES, JOBS
+from nasprune.paths import DEVICES, JOBS, TRIALS_JOURNAL
 
 SQLITE_TIMEOUT_S = 30.0
 
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
             return self.db_url
         from nasprune.search.study import journal_url
 
-        return journal_url(self.data_dir / "trials.journal")
+        return journal_url(self.data_dir / TRIALS_JOURNAL)
 
     @property
     def local_tracking_uri(self) -> str:

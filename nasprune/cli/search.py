@@ -7,6 +7,8 @@ import time
 import uuid
 from pathlib import Path
 
+from nasprune.paths import spaces_dir
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -148,8 +150,7 @@ def _derived_space(args, root: Path) -> str:
     if args.weights:  # the supernet starts from them, and the space's digest covers their content
         update.update(weights=str(Path(args.weights).resolve()), weights_sha256=file_sha256(args.weights))
     space = space.model_copy(update=update)
-    path = root / "spaces" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = spaces_dir(root) / f"{name}.yaml"
     space.save(path)
     print(f"derived space {name}: {len(space.groups)} channel groups, {len(space.sequences)} depth sequences "
           f"(written to {path})")  # fmt: skip
@@ -254,8 +255,7 @@ def _space_with_weights(space, weights: Path, root: Path) -> str:
     load_weights(build_model(space.model, space.model_kwargs), weights)  # names the first tensor that does not fit
     sha = file_sha256(weights)
     copy = space.model_copy(update={"weights": str(weights.resolve()), "weights_sha256": sha})
-    path = root / "spaces" / f"{space.name}-w{sha[:12]}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = spaces_dir(root) / f"{space.name}-w{sha[:12]}.yaml"
     copy.save(path)
     print(f"space {space.name} with the weights of {weights} (written to {path})")
     return str(path)
@@ -327,16 +327,16 @@ def _tracking(args, root: Path) -> str | None:
 def _search(job, args, root) -> int:
     from nasprune.budgets import budget_warnings, latency_range
     from nasprune.cli._common import front_table
-    from nasprune.paths import JOBS, job_files
+    from nasprune.paths import TRIALS_JOURNAL, job_files, jobs_dir
     from nasprune.progress import progress_bar
     from nasprune.search.job import JobContext
     from nasprune.search.runner import run_job
     from nasprune.search.study import journal_url
 
     job_id = args.job_id or uuid.uuid4().hex
-    out = args.output_dir or root / JOBS / job_id
+    out = args.output_dir or jobs_dir(root) / job_id
     files = job_files(out)
-    storage = args.storage or journal_url(root / "trials.journal")
+    storage = args.storage or journal_url(root / TRIALS_JOURNAL)
     tracking_uri = _tracking(args, root)
     bar = progress_bar(job.n_trials, "preparing supernet")
     t0 = time.perf_counter()

@@ -29,14 +29,14 @@ from nasprune.finetune import finetune_subnet
 from nasprune.latency.profile import check_runs_here
 from nasprune.latency.store import get_table
 from nasprune.latency.timing import feed_for, make_session, time_interleaved
-from nasprune.paths import FINETUNED, JobFiles, job_files, models_dir
+from nasprune.paths import FINETUNED, JobFiles, job_files
 from nasprune.quantize import DEFAULT_CALIBRATION, calibration_inputs, quantize_model, split_accuracy
-from nasprune.registry import load_space
 from nasprune.search import optuna_backend, precision, ray_backend, refine
 from nasprune.search.job import Candidate, JobContext, Progress, SearchJob, SearchResult, TrainingProgress
 from nasprune.search.objective import Objective
 from nasprune.search.plot import pareto_plot
 from nasprune.search.precision import deliver, per_example
+from nasprune.search.resolve import resolve
 from nasprune.search.select import mcnemar_worse, rank
 from nasprune.search.study import TrialRecord, open_study, pareto_trials, record_of, trial_records
 from nasprune.search.tier0 import job as tier0_job
@@ -75,16 +75,8 @@ def run_job(
     job: SearchJob, ctx: JobContext, progress_bar: bool = False, verify: VerifySettings | None = None
 ) -> SearchResult:
     """Run (or resume) the job ``ctx.job_id`` to the end and return its result (``verify``: how to time candidates)."""
-    files = job_files(ctx.output_dir)
-    files.root.mkdir(parents=True, exist_ok=True)
-    if job.model is not None:  # an uploaded model: its derived space lies beside its weights
-
-        space = load_space(models_dir(ctx.data_dir) / f"{job.model}.yaml")
-    else:
-        space = load_space(job.space)
-    table_space = space  # latency does not depend on the data: one table per space, whatever the dataset
-    if job.dataset is not None and job.dataset != space.dataset:
-        space = space.model_copy(update={"dataset": job.dataset})  # its own checkpoint (the digest covers it)
+    resolved = resolve(job, ctx)  # the space parsed once; the output folder laid out
+    space, table_space, files = resolved.space, resolved.spaces.table_space, resolved.files
     if job.tier0 == "only":  # refused before a table is measured for nothing
         source, why = tier0_job.source_of(job, space, ctx.data_dir)
         if source is None:

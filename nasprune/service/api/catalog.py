@@ -109,10 +109,10 @@ class Catalog:
             raise UnknownSpace("space", f"unknown search space '{name}'; available: {', '.join(names) or 'none'}")
 
     def check_model(self, model_id: str) -> None:
-        from nasprune.paths import models_dir
+        from nasprune.paths import model_space_file
         from nasprune.service.api.errors import ModelNotFound
 
-        if not (models_dir(self.settings.data_dir) / f"{model_id}.yaml").is_file():
+        if not model_space_file(model_id, self.settings.data_dir).is_file():
             raise ModelNotFound(model_id)
 
     # devices --------------------------------------------------------------------------------------

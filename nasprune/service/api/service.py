@@ -200,18 +200,16 @@ class JobService:
         """The job's dataset (its own ``dataset``, else its space's) exists, is intact, and fits the model."""
         from nasprune.data import check_dataset_fits
         from nasprune.errors import DatasetError
-        from nasprune.paths import models_dir
-        from nasprune.registry import load_space
+        from nasprune.search.resolve import job_spaces
 
-        ref = models_dir(self.settings.data_dir) / f"{body.model}.yaml" if body.model is not None else body.space
-        space = load_space(ref)
+        spaces = job_spaces(body, self.settings.data_dir)  # the worker's run_job resolves it the same way
         if body.tier0 == "only":  # it prunes trained weights: refuse now what the worker could not do
             from nasprune.search.tier0.job import source_of
 
-            job_space = space.model_copy(update={"dataset": body.dataset}) if body.dataset else space
-            source, why = source_of(body, job_space, self.settings.data_dir)
+            source, why = source_of(body, spaces.space, self.settings.data_dir)
             if source is None:
                 raise InvalidRequest("tier0", why)
+        space = spaces.table_space
         name = body.dataset or space.dataset
         if not name:  # refused now: the worker would build the latency table, then fail on the missing data
             what = f"model {body.model} was uploaded" if body.model is not None else f"space '{body.space}' is"
