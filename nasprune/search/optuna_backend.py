@@ -33,8 +33,15 @@ def mirror(durable: optuna.Study, job: SearchJob) -> optuna.Study:
 
 
 @quiet_optuna()
-def run(objective: Objective, job: SearchJob, ctx: JobContext, on_trial: Callable[[TrialRecord], None]) -> None:
-    """Run trials until the study holds ``job.n_trials`` complete ones (or stop/timeout)."""
+def run(
+    objective: Objective,
+    job: SearchJob,
+    ctx: JobContext,
+    on_trial: Callable[[TrialRecord], None],
+    checkpoint_id: str = "",
+) -> dict:
+    """Run trials until the study holds ``job.n_trials`` complete ones (or stop/timeout), in this process.
+    ``checkpoint_id`` is for backends that load the supernet elsewhere; nothing extra to report."""
     durable = open_study(job, ctx.job_id, ctx.storage_url)
     study = mirror(durable, job)
     for cfg in objective.seeds():  # skipped when a finished trial already has these parameters
@@ -48,6 +55,7 @@ def run(objective: Objective, job: SearchJob, ctx: JobContext, on_trial: Callabl
             break
         run_trial(study, durable, objective, n_durable, on_trial)
         n_durable, done = n_durable + 1, done + 1
+    return {}
 
 
 def run_trial(

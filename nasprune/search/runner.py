@@ -31,7 +31,8 @@ from nasprune.latency.store import get_table
 from nasprune.latency.timing import feed_for, make_session, time_interleaved
 from nasprune.paths import FINETUNED, JobFiles, job_files
 from nasprune.quantize import DEFAULT_CALIBRATION, calibration_inputs, quantize_model, split_accuracy
-from nasprune.search import optuna_backend, precision, ray_backend, refine
+from nasprune.search import precision, refine
+from nasprune.search.backends import BACKENDS
 from nasprune.search.job import Candidate, JobContext, Progress, SearchJob, SearchResult, TrainingProgress
 from nasprune.search.objective import Objective
 from nasprune.search.plot import pareto_plot
@@ -230,10 +231,7 @@ def _search(
 
     def sample(upto: SearchJob) -> None:
         nonlocal extra
-        if job.backend == "ray":
-            extra = ray_backend.run(objective, upto, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
-        else:
-            optuna_backend.run(objective, upto, ctx, on_trial)
+        extra = BACKENDS[job.backend](objective, upto, ctx, on_trial, checkpoint_id=checkpoint_id(ckpt))
 
     sample(job.model_copy(update={"n_trials": job.n_trials - job.n_refine()}))  # the rest: refine.run
     if job.n_refine() and not ctx.should_stop():

@@ -17,13 +17,14 @@ from nasprune.data import load_dataset
 from nasprune.errors import BudgetError
 from nasprune.export import read_metadata
 from nasprune.latency.timing import make_session
+from nasprune.search.backends import BACKENDS as REGISTERED
 from nasprune.search.job import JobContext, SearchJob
 from nasprune.search.pareto import dominates
 from nasprune.search.runner import run_job
 from nasprune.search.study import journal_url, load_trials, make_storage
 from tests.search.conftest import SPACE, assert_verified_or_too_busy
 
-BACKENDS = ["optuna", "ray"]
+BACKENDS = list(REGISTERED)  # every registered backend gets the conformance suite
 
 
 def _ctx(root, job_id, tmp_path, **kw):
