@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q -c constraints.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install fashion-mnist demo test lint bench clean
+.PHONY: install fashion-mnist chromium demo test lint bench clean
 
 # torch first and pinned (the CPU build on this machine); then the package with the same constraints.
 $(STAMP): pyproject.toml constraints.txt
@@ -38,10 +38,24 @@ fashion-mnist: $(STAMP)
 		|| echo "apt-get could not install dataset-fashion-mnist (see $(VENV)/apt-fashion-mnist.log); $(FMNIST_HINT)"; \
 	else echo "$(FMNIST_HINT)"; fi
 
+# The test of MLflow's UI (tests/search/test_mlflow_layout.py) renders pages in Debian's headless Chromium.
+# Installed by the test command (not by a test) when missing and we are root with apt-get; otherwise one
+# line says how. Never fails here: that test fails saying the same where Chromium is missing.
+CHROMIUM_HINT := the MLflow UI test needs headless Chromium: run 'apt-get update && apt-get install --no-install-recommends chromium' as root
+
+chromium: $(STAMP)
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing headless Chromium (Debian package chromium) with apt-get, for the MLflow UI test"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+			>$(VENV)/apt-chromium.log 2>&1 \
+		|| echo "apt-get could not install chromium (see $(VENV)/apt-chromium.log); $(CHROMIUM_HINT)"; \
+	else echo "$(CHROMIUM_HINT)"; fi
+
 demo: install
 	$(BIN)/python -m nasprune demo
 
-test: install
+test: install chromium
 	$(BIN)/ruff check nasprune tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
