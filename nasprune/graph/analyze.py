@@ -24,7 +24,7 @@ import hashlib
 import math
 import operator
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -99,6 +99,23 @@ class Segment:
 
 
 Layout = tuple[Segment, ...]
+
+
+def active_parts(layout: Layout, widths: Mapping[int, int | None]) -> list[tuple[int, int]]:
+    """``(offset, features)`` of each segment's active channels when the channel variables have
+    ``widths`` (a variable missing or None: full size). The one shape routine: the supernet's
+    selections, its parameter and MAC counts, and the latency units' keys are all read from it."""
+    parts, offset = [], 0
+    for seg in layout:
+        w = widths.get(seg.var)
+        parts.append((offset, seg.features if w is None else w * seg.repeat))
+        offset += seg.features
+    return parts
+
+
+def active_count(layout: Layout, widths: Mapping[int, int | None]) -> int:
+    """How many features of ``layout`` are active at ``widths`` (:func:`active_parts`, summed)."""
+    return sum(n for _, n in active_parts(layout, widths))
 
 
 class _Vars:

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from nasprune.elastic.attention import COMPOSED
-from nasprune.elastic.layers import ElasticConv, Sel, Skippable, count, elastic_of
+from nasprune.elastic.layers import ElasticConv, Sel, Skippable, elastic_of
 from nasprune.elastic.supernet import Supernet
 from nasprune.errors import GraphError
-from nasprune.graph.analyze import Analysis, Layout, analyze_model
+from nasprune.graph.analyze import Analysis, Layout, active_count, active_parts, analyze_model
 from nasprune.graph.inputs import example_inputs
 from nasprune.space import DepthSequence, GraphSpace, SubnetConfig, WidthGroup
 
@@ -211,14 +211,10 @@ class GraphSupernet(Supernet):
 
     # -- configs -------------------------------------------------------------------------------------
     def _sel(self, layout: Layout, widths: dict[int, int | None]) -> Sel:
-        offsets, parts, full = 0, [], True
-        for seg in layout:
-            w = widths[seg.var]
-            n = seg.features if w is None else w * seg.repeat
-            parts.append((offsets, n))
-            full = full and n == seg.features
-            offsets += seg.features
-        if full or len(parts) == 1:
+        """The active channels of ``layout`` as a selection: a count, or an index tensor where a segment
+        before the last is cut (:func:`~nasprune.graph.analyze.active_parts`)."""
+        parts = active_parts(layout, widths)
+        if len(parts) == 1 or all(n == seg.features for (_, n), seg in zip(parts, layout, strict=True)):
             return sum(n for _, n in parts) if len(parts) > 1 else parts[0][1]
         key = tuple(parts)
         idx = self._index_cache.get(key)
@@ -273,18 +269,18 @@ class GraphSupernet(Supernet):
             if self._inside(path, skipped):
                 continue
             m = self._module(path)
-            c_out = count(self._sel(use.out_layout, widths))
+            c_out = active_count(use.out_layout, widths)
             block = self._inside(path, set(b for bs in self.analysis.sequences.values() for b in bs)) or ""
             spatial = {"in_spatial": use.in_spatial, "out_spatial": use.out_spatial}
             if use.kind in ("conv1d", "conv2d", "linear"):
-                c_in = c_out if use.depthwise else count(self._sel(use.in_layout, widths))
+                c_in = c_out if use.depthwise else active_count(use.in_layout, widths)
                 kernel = tuple(m.weight.shape[2:]) if use.kind != "linear" else ()
                 groups = c_out if isinstance(m, ElasticConv) and m.depthwise else 1
                 out.append(
                     GraphLayer(path, use.kind, c_in, c_out, block, kernel, groups, bias=m.bias is not None, **spatial)
                 )
             elif use.kind == "attention":
-                c_in, inner = count(self._sel(use.in_layout, widths)), count(self._sel(use.inner_layout, widths))
+                c_in, inner = active_count(use.in_layout, widths), active_count(use.inner_layout, widths)
                 out.append(GraphLayer(path, use.kind, c_in, c_out, block, bias=m.in_proj_bias is not None,
                                       inner=inner, **spatial))  # fmt: skip
             else:

@@ -46,6 +46,7 @@ from nasprune.graph.analyze import (
     LayerUse,
     Layout,
     _target_name,
+    active_count,
     analyze_model,
 )
 from nasprune.graph.inputs import example_inputs
@@ -94,7 +95,7 @@ class TensorSpec:
         if self.layout is None:
             return self.shape
         k = self.axis
-        return (*self.shape[:k], UnitPlan._count(self.layout, widths), *self.shape[k + 1 :])
+        return (*self.shape[:k], active_count(self.layout, widths), *self.shape[k + 1 :])
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,11 @@ class InnerLayer:
     """A BatchNorm folded into the conv before it (no weights of its own when deployed)."""
 
     def sizes(self, widths: dict[int, int | None]) -> tuple[int, int]:
-        return UnitPlan._count(self.use.in_layout, widths), UnitPlan._count(self.use.out_layout, widths)
+        return active_count(self.use.in_layout, widths), active_count(self.use.out_layout, widths)
 
     def inner(self, widths: dict[int, int | None]) -> int:
         """For attention: the features of its kept heads."""
-        return UnitPlan._count(self.use.inner_layout, widths)
+        return active_count(self.use.inner_layout, widths)
 
 
 @dataclass(frozen=True)
@@ -568,7 +569,7 @@ class UnitPlan:
         shape = a.node_shapes[node.name]
         lay = a.node_layouts.get(node.name)
         axis = a.node_axes.get(node.name, 1)
-        if not lay or len(shape) <= axis or self._count(lay, {}) != shape[axis]:
+        if not lay or len(shape) <= axis or active_count(lay, {}) != shape[axis]:
             return TensorSpec(tuple(shape))
         return TensorSpec(tuple(shape), lay, axis)
 
@@ -687,18 +688,10 @@ class UnitPlan:
                      sizes=tuple(sizes), n_macs=macs, n_weights=weights + g.fixed_weights)  # fmt: skip
 
     # -- keys ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _count(layout: Layout, widths: dict[int, int | None]) -> int:
-        total = 0
-        for seg in layout:
-            w = widths.get(seg.var)
-            total += (seg.size if w is None else w) * seg.repeat
-        return total
-
     def key_at(self, u: UnitSpec, widths: dict[int, int | None]) -> OpKey:
         """``u``'s key when its channel variables have ``widths`` (None: full size)."""
         if u.generic is None:
-            return self.key(u, self._count(u.ins[0], widths), self._count(u.out, widths))
+            return self.key(u, active_count(u.ins[0], widths), active_count(u.out, widths))
         memo = (u.name, id(u), *(widths.get(seg.var) for lay in u.layouts() for seg in lay))
         key = self._memo.get(memo)
         if key is None:
