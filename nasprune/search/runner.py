@@ -23,22 +23,20 @@ import torch
 
 from nasprune.data import load_dataset, preprocessing_metadata
 from nasprune.errors import BudgetError, ConfigError, LatencyTableError
-from nasprune.evaluate import Evaluator, accuracy_of, per_example_of
-from nasprune.export import export_model, export_subnet, read_metadata, stamp_metadata
-from nasprune.finetune import finetune_subnet
+from nasprune.evaluate import Evaluator
+from nasprune.export import export_subnet, stamp_metadata
 from nasprune.latency.profile import check_runs_here
 from nasprune.latency.store import get_table
-from nasprune.latency.timing import feed_for, make_session, time_interleaved
-from nasprune.paths import FINETUNED, JobFiles, job_files
-from nasprune.quantize import DEFAULT_CALIBRATION, calibration_inputs, quantize_model, split_accuracy
+from nasprune.paths import JobFiles, job_files
 from nasprune.search import precision, refine
 from nasprune.search.backends import BACKENDS
 from nasprune.search.job import Candidate, JobContext, Progress, SearchJob, SearchResult, TrainingProgress
 from nasprune.search.objective import Objective
 from nasprune.search.plot import pareto_plot
 from nasprune.search.precision import deliver, per_example
+from nasprune.search.recover import finetune_candidate, pick_delivered, quantization_aware
 from nasprune.search.resolve import resolve
-from nasprune.search.select import mcnemar_worse, rank
+from nasprune.search.select import rank
 from nasprune.search.study import TrialRecord, open_study, pareto_trials, record_of, trial_records
 from nasprune.search.tier0 import job as tier0_job
 from nasprune.search.tier0.job import best_of_tiers
@@ -274,10 +272,10 @@ def _search(
         tuned = eligible[: job.finetune_top_k]
         correct: dict[str, torch.Tensor | None] = {}
         for i, rec in enumerate(tuned, 1):
-            how = "quantization-aware, " if _quantization_aware(rec, job) else ""
+            how = "quantization-aware, " if quantization_aware(rec, job) else ""
             report("verifying", f"fine-tuning candidate {i}/{len(tuned)} ({how}{steps} steps)")
-            correct[rec.candidate_id] = _finetune(rec, job, supernet, evaluator, files, steps)
-        recommended = _deliver(tuned, files, job.selection, correct)
+            correct[rec.candidate_id] = finetune_candidate(rec, job, supernet, evaluator, files, steps)
+        recommended = pick_delivered(tuned, files, job.selection, correct)
 
     delivered = best_of_tiers(recommended, tier0, job)
     if delivered is not None and delivered is tier0:  # tier 0 scored better: it is what the job hands out
@@ -476,120 +474,6 @@ def _verify(
         files.model.write_bytes(files.candidate(recommended.candidate_id).read_bytes())
     by_number = {c.trial_number: c for c in candidates}
     return candidates, recommended, [by_number[n] for n in eligible]
-
-
-def _quantization_aware(rec: Candidate, job: SearchJob) -> bool:
-    """Whether fine-tuning the recommended candidate simulates int8 (:class:`nasprune.finetune.Int8Simulation`):
-    only for an int8 candidate that lost more than ``qat_min_drop`` of validation accuracy to quantization.
-    Every other candidate, int8 included, is fine-tuned in float (an int8 one is then quantized again)."""
-    if rec.precision != "int8" or job.qat_min_drop is None or rec.fp32_accuracy is None:
-        return False
-    return rec.fp32_accuracy - rec.accuracy > job.qat_min_drop
-
-
-def _finetune(rec: Candidate, job: SearchJob, supernet, evaluator, files: JobFiles, steps: int) -> torch.Tensor | None:
-    """Fine-tune one verified candidate alone for ``steps`` optimiser steps (:mod:`nasprune.finetune`),
-    score it on the validation split the search used, and keep the fine-tuned file beside the inherited
-    one when it scores at least as well (``rec.delivered`` says which of the two :func:`_deliver` would
-    hand out; ``rec.accuracy`` and ``rec.test_accuracy`` are that file's). Its ONNX (exported, checked)
-    is timed against the verified inherited model in interleaved rounds (same architecture: the ratio of
-    the two is the check). An int8 candidate is quantized again after fine-tuning, as the search
-    quantized it (its ``calibration``), and scored as int8 with onnxruntime; it is fine-tuned
-    quantization-aware when quantizing had cost it more than ``qat_min_drop``. Returns the delivered
-    weights' per-image correctness on the validation split (None for int8), for :func:`_deliver`."""
-    int8, qat = rec.precision == "int8", _quantization_aware(rec, job)
-    space = supernet.space
-    cfg = space.parse_config(rec.config)
-
-    def kept_inherited() -> torch.Tensor | None:  # the inherited weights stay: their per-image results
-        return None if int8 else evaluator.per_example(cfg, "val").correct
-
-    recipe = default_recipe(space)
-    ds = evaluator.dataset
-    res = finetune_subnet(supernet, cfg, ds, steps=steps, seconds=job.finetune_seconds,
-                          batch_size=recipe.batch_size, max_shift=recipe.max_shift, seed=job.seed,
-                          fake_quant=qat)  # fmt: skip
-    inherited = files.candidate(rec.candidate_id)
-    meta = {k.removeprefix("nasprune."): v for k, v in read_metadata(inherited).items()}
-    meta.update(preprocessing_metadata(ds))
-    path = files.candidate(rec.candidate_id, FINETUNED)
-    if int8:
-        flt = path.with_name(f"{rec.candidate_id}.finetuned.fp32.onnx")
-        export_model(res.model, tuple(space.input_shape), flt, meta, input_kind=space.input_kind)
-        quantize_model(flt, path, calibration_inputs(ds), rec.calibration or DEFAULT_CALIBRATION)
-        flt.unlink()
-        rec.finetuned_accuracy = split_accuracy(path, ds, "val")
-        rec.finetuned_test_accuracy = split_accuracy(path, ds, "test")
-    else:
-        xv, yv = ds.tensors("val")
-        xt, yt = ds.tensors("test")
-        tuned_correct = per_example_of(res.model, xv, yv).correct
-        rec.finetuned_accuracy = float(tuned_correct.float().mean())
-        rec.finetuned_test_accuracy = accuracy_of(res.model, xt, yt)
-    rec.inherited_accuracy, rec.inherited_test_accuracy = rec.accuracy, rec.test_accuracy
-    rec.finetune_steps = res.steps
-    if rec.finetuned_accuracy < rec.accuracy:
-        rec.delivered = "inherited"
-        path.unlink(missing_ok=True)
-        stamp_metadata(inherited, {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy,
-                                   "finetune_steps": res.steps})  # fmt: skip
-        return kept_inherited()
-    finetuned = {
-        "delivered": "fine-tuned", "inherited_accuracy": rec.accuracy, "accuracy": rec.finetuned_accuracy,
-        "test_accuracy": rec.finetuned_test_accuracy, "finetune_steps": res.steps,
-        "finetune_epochs": round(res.epochs_done, 3), "finetune_seconds": round(res.seconds, 1),
-        "finetune_recipe": res.recipe,
-    }  # fmt: skip
-    if int8:
-        finetuned["finetune"] = ("quantization-aware (int8 weights per channel and uint8 inputs simulated), then "
-                                 "quantized" if qat else "in float, then quantized again")  # fmt: skip
-        stamp_metadata(path, finetuned)
-    else:
-        export_model(res.model, tuple(space.input_shape), path, {**meta, **finetuned}, input_kind=space.input_kind)
-    if rec.measured_latency_ms is not None:  # re-verify: the same architecture must time the same
-        sessions = [make_session(p) for p in (inherited, path)]
-        t_inh, t_ft = time_interleaved(sessions, [feed_for(x) for x in sessions], rounds=20, burst=5, warmup=10)
-        ratio = t_ft.median_ms / t_inh.median_ms
-        ms = rec.measured_latency_ms * ratio
-        if ms > job.latency_budget_ms:  # timing noise on a model at the budget's edge: keep the verified one
-            rec.delivered = "inherited"
-            stamp_metadata(inherited, {"delivered": "inherited", "finetuned_accuracy": rec.finetuned_accuracy,
-                                       "finetuned_over_budget_ms": ms})  # fmt: skip
-            return kept_inherited()
-        raw = float(meta["measured_raw_ms"]) * ratio if "measured_raw_ms" in meta else None
-        stamp_metadata(path, {"measured_latency_ms": ms, "verified": True,
-                              **({"measured_raw_ms": raw} if raw is not None else {})})  # fmt: skip
-        rec.measured_latency_ms = ms
-    rec.delivered = "fine-tuned"
-    rec.accuracy, rec.test_accuracy = rec.finetuned_accuracy, rec.finetuned_test_accuracy
-    return None if int8 else tuned_correct
-
-
-def _deliver(
-    tuned: list[Candidate],
-    files: JobFiles,
-    rule: str = "accuracy",
-    correct: dict[str, torch.Tensor | None] | None = None,
-) -> Candidate:
-    """Of the fine-tuned candidates, the one to hand out, copied to ``model.onnx`` (its metadata says how
-    the others scored). By default (``largest-tied``) the slowest of those that validation cannot show to
-    be worse than the most accurate (paired, McNemar's exact test at 5% on the validation images, as the
-    search ranks its candidates): the job uses its budget unless a smaller model is shown to be better.
-    Otherwise, or without per-image results (int8), the most accurate (the slower of equals)."""
-    def ms(c: Candidate) -> float:
-        return c.measured_latency_ms or c.latency_ms
-
-    best = max(tuned, key=lambda c: (c.accuracy, ms(c)))
-    per_image = correct or {}
-    if rule == "largest-tied" and all(per_image.get(c.candidate_id) is not None for c in tuned):
-        ref = per_image[best.candidate_id]
-        tied = [c for c in tuned if c is best or mcnemar_worse(per_image[c.candidate_id], ref) >= 0.05]
-        best = max(tied, key=lambda c: (ms(c), c.accuracy))
-    src = files.candidate(best.candidate_id, FINETUNED if best.delivered == "fine-tuned" else ".onnx")
-    files.model.write_bytes(src.read_bytes())
-    others = {c.candidate_id: c.accuracy for c in tuned if c is not best}
-    stamp_metadata(files.model, {"finetuned_candidates": len(tuned), "finetune_others_accuracy": others})
-    return best
 
 
 def _write_outputs(result: SearchResult, trials: list[TrialRecord], job: SearchJob, files: JobFiles) -> None:

@@ -204,7 +204,7 @@ def test_an_int8_recommendation_is_fine_tuned_then_quantized_again(prepared, tmp
     delivered only when it scores at least as well: the accuracy it states is the delivered file's."""
     from nasprune.export import export_subnet
     from nasprune.search.job import Candidate
-    from nasprune.search.runner import _deliver, _finetune, _quantization_aware
+    from nasprune.search.recover import finetune_candidate, pick_delivered, quantization_aware
 
     root, _ = prepared
     space = load_space(SPACE)
@@ -223,13 +223,13 @@ def test_an_int8_recommendation_is_fine_tuned_then_quantized_again(prepared, tmp
                         fp32_accuracy=acc + 0.01, config=cfg.model_dump(), accuracy=acc, latency_ms=0.01, params=1,
                         macs=1, feasible=True, test_accuracy=scorer.accuracy(cfg, "test"))  # fmt: skip
         this = job.model_copy(update={"qat_min_drop": min_drop})
-        assert _quantization_aware(rec, this) is qat
+        assert quantization_aware(rec, this) is qat
         path = out / "models" / f"{cid}.onnx"
         export_subnet(supernet, cfg, path, {"accuracy": acc}, model=ev.subnet(cfg))
         precision.deliver(path, rec, ds)
         (out / "model.onnx").write_bytes(path.read_bytes())
-        _finetune(rec, this, supernet, ev, job_files(out), steps=40)
-        assert _deliver([rec], job_files(out)) is rec and rec.finetune_steps == 40
+        finetune_candidate(rec, this, supernet, ev, job_files(out), steps=40)
+        assert pick_delivered([rec], job_files(out)) is rec and rec.finetune_steps == 40
         assert rec.inherited_accuracy == acc and rec.finetuned_accuracy is not None
         delivered = out / "model.onnx"
         meta = read_metadata(delivered)
@@ -244,5 +244,5 @@ def test_an_int8_recommendation_is_fine_tuned_then_quantized_again(prepared, tmp
             assert not (out / "models" / f"{cid}.finetuned.onnx").exists()
         assert not (out / "models" / f"{cid}.finetuned.fp32.onnx").exists()
     # only an int8 candidate that lost more than qat_min_drop is fine-tuned quantization-aware
-    assert not _quantization_aware(rec.model_copy(update={"fp32_accuracy": rec.inherited_accuracy + 0.004}), job)
-    assert not _quantization_aware(rec.model_copy(update={"precision": "fp32"}), job)
+    assert not quantization_aware(rec.model_copy(update={"fp32_accuracy": rec.inherited_accuracy + 0.004}), job)
+    assert not quantization_aware(rec.model_copy(update={"precision": "fp32"}), job)

@@ -104,7 +104,7 @@ def test_of_the_fine_tuned_candidates_the_slowest_tied_one_is_delivered(tmp_path
 
     from nasprune.export import read_metadata
     from nasprune.search.job import Candidate
-    from nasprune.search.runner import _deliver
+    from nasprune.search.recover import pick_delivered
 
     (tmp_path / "models").mkdir()
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
@@ -127,8 +127,8 @@ def test_of_the_fine_tuned_candidates_the_slowest_tied_one_is_delivered(tmp_path
     best, slow_tied, slowest_worse = cand("a", base, 0.10), cand("b", tied, 0.12), cand("c", worse, 0.13)
     tuned = [best, slow_tied, slowest_worse]
     correct = {best.candidate_id: base, slow_tied.candidate_id: tied, slowest_worse.candidate_id: worse}
-    assert _deliver(tuned, job_files(tmp_path), "largest-tied", correct) is slow_tied
+    assert pick_delivered(tuned, job_files(tmp_path), "largest-tied", correct) is slow_tied
     assert read_metadata(tmp_path / "model.onnx")["finetuned_candidates"] == "3"
-    assert _deliver(tuned, job_files(tmp_path), "accuracy", correct) is best
+    assert pick_delivered(tuned, job_files(tmp_path), "accuracy", correct) is best
     no_images = {**correct, best.candidate_id: None}  # int8: no per-image results, the most accurate
-    assert _deliver(tuned, job_files(tmp_path), "largest-tied", no_images) is best
+    assert pick_delivered(tuned, job_files(tmp_path), "largest-tied", no_images) is best
