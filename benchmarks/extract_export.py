@@ -20,8 +20,8 @@ import numpy as np
 from _util import write
 
 from nasprune.cli._common import table
-from nasprune.elastic.supernet import extract
 from nasprune.export import export_subnet
+from nasprune.graph.supernet import extract
 from nasprune.latency.timing import measure_model
 from nasprune.registry import create_supernet, list_spaces
 

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nasprune.elastic.supernet import extract
 from nasprune.export import export_subnet
 from nasprune.graph import GraphSupernet, analyze_model, build_model, fixed_groups, space_from_analysis
+from nasprune.graph.supernet import extract
 
 MODELS = {
     "resnet18": ("torchvision:resnet18", (3, 32, 32)),

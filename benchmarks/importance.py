@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nasprune.data import load_dataset
-from nasprune.elastic.supernet import extract
 from nasprune.evaluate import accuracy_of, recalibrate_bn
 from nasprune.graph import GraphSupernet
 from nasprune.graph.api import derive_space
+from nasprune.graph.supernet import extract
 from nasprune.models.cnn1d import cnn1d
 
 

@@ -47,11 +47,11 @@ from scipy.stats import spearmanr
 from vs_torch_pruning import TARGETS, binomial_se, onnx_ms, original_model, share_of, tp_prune
 
 from nasprune.data import load_dataset
-from nasprune.elastic.supernet import extract
 from nasprune.evaluate import accuracy_of, recalibrate_bn
 from nasprune.export import read_metadata
 from nasprune.graph import GraphSupernet
 from nasprune.graph.api import derive_space
+from nasprune.graph.supernet import extract
 from nasprune.latency.store import get_table
 from nasprune.registry import load_space
 from nasprune.search.tier0 import Tier0, uniform_under

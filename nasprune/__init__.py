@@ -27,7 +27,7 @@ _API = {
     "convert": "nasprune.graph.api",
     "analyze_model": "nasprune.graph.analyze",
     "GraphSupernet": "nasprune.graph.supernet",
-    "extract": "nasprune.elastic.supernet",
+    "extract": "nasprune.graph.supernet",
     "export_subnet": "nasprune.export",
     "load_space": "nasprune.registry",
     "create_supernet": "nasprune.registry",

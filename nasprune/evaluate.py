@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from nasprune.data import Dataset
+from nasprune.elastic.layers import ElasticBatchNorm
 from nasprune.elastic.modules import SliceCache
-from nasprune.elastic.supernet import Supernet, extract
+from nasprune.graph.supernet import GraphSupernet, extract
 from nasprune.space import SubnetConfig
 
 
@@ -24,8 +25,6 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _norms(model: nn.Module) -> list[nn.Module]:
-    from nasprune.elastic.layers import ElasticBatchNorm
-
     kinds = nn.modules.batchnorm._BatchNorm | ElasticBatchNorm
     return [m for m in model.modules() if isinstance(m, kinds)]
 
@@ -101,7 +100,9 @@ class Evaluator:
     never reuses stale scores.
     """
 
-    def __init__(self, supernet: Supernet, dataset: Dataset, checkpoint_id: str = "untrained", calib_batch: int = 250):
+    def __init__(
+        self, supernet: GraphSupernet, dataset: Dataset, checkpoint_id: str = "untrained", calib_batch: int = 250
+    ):
         self.supernet = supernet.eval()
         self.dataset = dataset
         self.checkpoint_id = checkpoint_id
@@ -140,6 +141,6 @@ class Evaluator:
         return self._examples[key]
 
 
-def accuracy(supernet: Supernet, cfg: SubnetConfig, dataset: Dataset, split: str = "val") -> float:
+def accuracy(supernet: GraphSupernet, cfg: SubnetConfig, dataset: Dataset, split: str = "val") -> float:
     """One-off accuracy of a subnet after BN recalibration (use :class:`Evaluator` to cache)."""
     return Evaluator(supernet, dataset).accuracy(cfg, split)

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from nasprune._quiet import quiet_export
-from nasprune.elastic.supernet import Supernet, extract
 from nasprune.errors import ExportError
 from nasprune.graph.inputs import PackedTokens, example_inputs, input_names, onnx_inputs
+from nasprune.graph.supernet import GraphSupernet, extract
 from nasprune.onnxrt import make_session
 from nasprune.space import SubnetConfig
 
@@ -181,7 +181,7 @@ def stamp_metadata(path: str | Path, metadata: dict[str, object]) -> None:
     onnx.save(proto, str(path))
 
 
-def subnet_metadata(supernet: Supernet, cfg: SubnetConfig) -> dict[str, object]:
+def subnet_metadata(supernet: GraphSupernet, cfg: SubnetConfig) -> dict[str, object]:
     return {
         "space": supernet.space.name,
         "space_digest": supernet.space.digest(),
@@ -193,7 +193,7 @@ def subnet_metadata(supernet: Supernet, cfg: SubnetConfig) -> dict[str, object]:
 
 
 def export_subnet(
-    supernet: Supernet,
+    supernet: GraphSupernet,
     cfg: SubnetConfig | dict,
     path: str | Path,
     extra_metadata: dict[str, object] | None = None,

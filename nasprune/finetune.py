@@ -25,8 +25,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from nasprune.data import Dataset, random_shift
-from nasprune.elastic.supernet import Supernet, extract
 from nasprune.evaluate import Evaluator, recalibrate_bn
+from nasprune.graph.supernet import GraphSupernet, extract
 from nasprune.registry import create_supernet
 from nasprune.space import SubnetConfig
 
@@ -126,7 +126,7 @@ class Int8Simulation:
         self.hooks, self.layers = [], []
 
 
-def teacher_of(supernet: Supernet, dataset: Dataset | None = None) -> nn.Module:
+def teacher_of(supernet: GraphSupernet, dataset: Dataset | None = None) -> nn.Module:
     """The distillation teacher: the user's original model when the space starts from trained weights
     (its function, rebuilt from the space's weights, with its own BatchNorm statistics), otherwise the
     supernet's largest subnet with its BatchNorm statistics recomputed on ``dataset``'s calibration
@@ -144,7 +144,7 @@ def teacher_of(supernet: Supernet, dataset: Dataset | None = None) -> nn.Module:
 
 
 def finetune_subnet(
-    supernet: Supernet,
+    supernet: GraphSupernet,
     cfg: SubnetConfig,
     dataset: Dataset,
     epochs: float = 3,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from nasprune.elastic.supernet import Supernet
 from nasprune.errors import SpaceError
+from nasprune.graph.supernet import GraphSupernet
 from nasprune.space import GraphSpace, parse_space
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "search_spaces"
@@ -67,7 +67,7 @@ def load_space(name_or_path: str | Path) -> GraphSpace:
     return load_space_file(files[s])
 
 
-def create_supernet(space: GraphSpace | str, weights: str | Path | None = None) -> Supernet:
+def create_supernet(space: GraphSpace | str, weights: str | Path | None = None) -> GraphSupernet:
     """The supernet of a space (given as a space or its name/path).
 
     Builds the model from the space's ``model`` reference, loads ``weights`` (a safetensors file; by

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nasprune.data import Dataset, data_key, load_dataset, random_shift
-from nasprune.elastic.supernet import Supernet, extract
 from nasprune.errors import CheckpointError
 from nasprune.evaluate import accuracy_of, recalibrate_bn
+from nasprune.graph.supernet import GraphSupernet, extract
 from nasprune.paths import checkpoints_dir
 from nasprune.registry import create_supernet, load_space
 from nasprune.space import SubnetConfig
@@ -97,7 +97,7 @@ def default_recipe(space) -> TrainConfig:
 
 @dataclass
 class TrainResult:
-    supernet: Supernet
+    supernet: GraphSupernet
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     checkpoint: Path | None = None
@@ -225,7 +225,7 @@ def standalone_accuracy(model: torch.nn.Module, ds: Dataset, split: str) -> floa
 # -- checkpoints -----------------------------------------------------------------------------------
 
 
-def save_checkpoint(supernet: Supernet, path: str | Path, meta: dict | None = None) -> Path:
+def save_checkpoint(supernet: GraphSupernet, path: str | Path, meta: dict | None = None) -> Path:
     """Write the supernet's weights with the space's name and digest (atomically: tmp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ def checkpoint_id(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def load_checkpoint(path: str | Path, space=None) -> Supernet:
+def load_checkpoint(path: str | Path, space=None) -> GraphSupernet:
     """Load a checkpoint into a new supernet; refuses a checkpoint of another space or a damaged file.
 
     ``space`` defaults to the one recorded in the file (looked up in the registry).
@@ -306,7 +306,7 @@ def get_supernet(
     workers: int = 1,
     ray_address: str | None = None,
     epochs: int | None = None,
-) -> tuple[Supernet, Path]:
+) -> tuple[GraphSupernet, Path]:
     """The trained supernet of ``space``: loaded from the data dir, or trained once with the default recipe
     (for ``epochs`` instead of the recipe's when given; such a supernet is cached apart).
 

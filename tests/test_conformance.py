@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from nasprune.elastic.modules import ElasticModule
-from nasprune.elastic.supernet import extract
 from nasprune.evaluate import recalibrate_bn
 from nasprune.export import export_subnet, read_metadata
+from nasprune.graph.supernet import extract
 from nasprune.registry import create_supernet, list_spaces, load_space
 from tests.conftest import randomize
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nasprune.elastic.supernet import extract
 from nasprune.errors import ExportError
 from nasprune.export import check_parity, export_subnet, read_metadata
+from nasprune.graph.supernet import extract
 from nasprune.registry import create_supernet
 
 

@@ -1,6 +1,6 @@
 """The elastic-layer contract: full-size weights, of which the *active* slice runs.
 
-Each layer holds its active sizes (set by :meth:`Supernet.select`, never by ``forward``). Channels are
+Each layer holds its active sizes (set by :meth:`GraphSupernet.select`, never by ``forward``). Channels are
 kept importance-ordered (:meth:`GraphSupernet.reorder_channels`), so the leading slice is the most
 important one. ``export()`` returns a plain torch layer holding copies of the active slice: physically
 smaller tensors. The layers themselves, made from a model's own layers, are in
@@ -50,7 +50,7 @@ def _copy(t: torch.Tensor, cache: SliceCache | None = None, key: tuple = ()) -> 
 
 
 class ElasticModule(nn.Module, ABC):
-    """A layer whose active size is set from outside (by ``Supernet.select``), never by ``forward``."""
+    """A layer whose active size is set from outside (by ``GraphSupernet.select``), never by ``forward``."""
 
     @abstractmethod
     def export(self, cache: SliceCache | None = None) -> nn.Module:

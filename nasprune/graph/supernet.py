@@ -22,7 +22,7 @@ from torch import nn
 
 from nasprune.elastic.attention import COMPOSED
 from nasprune.elastic.layers import ElasticConv, Sel, Skippable, elastic_of
-from nasprune.elastic.supernet import Supernet
+from nasprune.elastic.modules import ElasticModule, SliceCache, export_module
 from nasprune.errors import GraphError
 from nasprune.graph.analyze import Analysis, Layout, active_count, active_parts, analyze_model
 from nasprune.graph.inputs import example_inputs
@@ -150,9 +150,15 @@ class GraphLayer:
         return self.c_in // self.groups * self.c_out * math.prod(self.kernel) * math.prod(self.out_spatial)
 
 
-class GraphSupernet(Supernet):
+class GraphSupernet(nn.Module):
     """``model`` converted in place: its conv/linear/norm layers become elastic (same parameters), its
-    skippable blocks are wrapped. Without a config, it computes exactly what ``model`` computed."""
+    skippable blocks are wrapped. Without a config, it computes exactly what ``model`` computed.
+    ``with supernet.select(cfg): supernet(x)`` runs a subnet; :func:`extract` makes it a plain model.
+    The supernet the trainer, evaluator, exporter and search read, for a user's model and the built-in
+    ones alike."""
+
+    space: GraphSpace
+    body: nn.Module
 
     def __init__(
         self, space: GraphSpace, model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None
@@ -183,6 +189,22 @@ class GraphSupernet(Supernet):
         self._convert()
         self.train(model.training)
         self._index_cache: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """The body on its inputs: one tensor, or several (token ids and an attention mask)."""
+        return self.body(x, *inputs)
+
+    def _checked(self, cfg: SubnetConfig | dict) -> SubnetConfig:
+        return self.space.parse_config(cfg)
+
+    def _elastic(self) -> Iterator[tuple[str, ElasticModule]]:
+        for name, m in self.body.named_modules():
+            if isinstance(m, ElasticModule):
+                yield name, m
+
+    def macs(self, cfg: SubnetConfig) -> int:
+        """Multiply-accumulates of one forward pass at batch 1, from the config alone."""
+        return sum(layer.macs for layer in self.trace(cfg))
 
     # -- conversion ----------------------------------------------------------------------------------
     def _convert(self) -> None:
@@ -230,7 +252,7 @@ class GraphSupernet(Supernet):
         return next((b for b in blocks if path.startswith(b + ".")), None)
 
     @contextmanager
-    def select(self, cfg: SubnetConfig | dict) -> Iterator[Supernet]:
+    def select(self, cfg: SubnetConfig | dict) -> Iterator[GraphSupernet]:
         """Run the subnet ``cfg`` inside the block. Threads selecting on the same supernet take turns
         (the elastic state is the supernet's own); the previous state always comes back."""
         cfg = self._checked(cfg)
@@ -238,7 +260,7 @@ class GraphSupernet(Supernet):
             yield self
 
     @contextmanager
-    def _selected(self, cfg: SubnetConfig) -> Iterator[Supernet]:
+    def _selected(self, cfg: SubnetConfig) -> Iterator[GraphSupernet]:
         saved = {name: m.elastic_state() for name, m in self._elastic()}
         try:
             widths = self.analysis.widths(cfg.widths)
@@ -467,6 +489,21 @@ class GraphSupernet(Supernet):
                 off += seg.features
 
 
+def extract(supernet: GraphSupernet, cfg: SubnetConfig | dict, cache: SliceCache | None = None) -> nn.Module:
+    """A plain torch model of the subnet ``cfg``: physically smaller tensors, no elastic layers.
+
+    Its output equals ``supernet`` under ``select(cfg)`` to float tolerance; train/eval mode is kept.
+    Its BatchNorm statistics are the supernet's shared ones, which fit no single subnet: recalibrate
+    them before use (``nasprune.evaluate.recalibrate_bn``, or ``Evaluator.subnet(cfg)``, which
+    extracts and recalibrates as the search does), or a small subnet may predict one class for all.
+    ``cache`` shares weight copies between extractions of a supernet that no longer changes (the
+    models are then read-only; see :func:`~nasprune.elastic.modules.export_module`).
+    """
+    with supernet.select(cfg):
+        model = export_module(supernet.body, cache)
+    return model.train(supernet.training)
+
+
 def fixed_groups(analysis: Analysis, space: GraphSpace) -> dict[str, str]:
     """Channel groups the space leaves at full width and why (frozen by the analysis, or one choice)."""
     out = dict(analysis.frozen_groups)
@@ -477,4 +514,4 @@ def fixed_groups(analysis: Analysis, space: GraphSpace) -> dict[str, str]:
     return out
 
 
-__all__ = ["GraphLayer", "GraphSupernet", "fixed_groups", "space_from_analysis", "width_choices"]
+__all__ = ["GraphLayer", "GraphSupernet", "extract", "fixed_groups", "space_from_analysis", "width_choices"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from nasprune.elastic.supernet import Supernet
 from nasprune.evaluate import Evaluator
+from nasprune.graph.supernet import GraphSupernet
 from nasprune.search.job import SearchJob
 from nasprune.space import SubnetConfig
 
@@ -27,7 +27,7 @@ class Metrics(BaseModel):
 class Objective:
     """Scores configs for one job: ``suggest(trial) -> cfg``, ``evaluate(cfg) -> Metrics``."""
 
-    def __init__(self, supernet: Supernet, evaluator: Evaluator, table, job: SearchJob):
+    def __init__(self, supernet: GraphSupernet, evaluator: Evaluator, table, job: SearchJob):
         self.supernet, self.evaluator, self.table, self.job = supernet, evaluator, table, job
         self.space = supernet.space
         self._static_cache: dict[str, tuple[float, int, int]] = {}

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasprune.elastic.supernet import extract
 from nasprune.errors import GraphError
 from nasprune.graph import GraphSupernet, analyze_model, space_from_analysis
+from nasprune.graph.supernet import extract
 from tests.conftest import randomize
 
 

@@ -130,7 +130,7 @@ def test_the_largest_subnet_is_the_original(converted):
 
 def test_extract_matches_select_and_counts(converted):
     from nasprune.elastic.modules import ElasticModule
-    from nasprune.elastic.supernet import extract
+    from nasprune.graph.supernet import extract
 
     net, _, x, _, cfgs = converted
     worst, seconds = 0.0, 0.0

@@ -15,9 +15,9 @@ from torch import nn
 
 from nasprune.elastic.attention import Attention, ElasticMultiheadAttention
 from nasprune.elastic.modules import ElasticModule
-from nasprune.elastic.supernet import extract
 from nasprune.export import export_subnet, read_metadata
 from nasprune.graph import GraphSupernet, analyze_model, build_model, space_from_analysis
+from nasprune.graph.supernet import extract
 from nasprune.space import parse_space
 
 

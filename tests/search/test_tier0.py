@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from nasprune.cli import main
 from nasprune.data import load_dataset
-from nasprune.elastic.supernet import extract
 from nasprune.evaluate import recalibrate_bn
 from nasprune.export import read_metadata
+from nasprune.graph.supernet import extract
 from nasprune.latency import table_path
 from nasprune.registry import load_space
 from nasprune.search.tier0 import Knapsack, Tier0, Values, estimate, prune_to_budget, reconstruct

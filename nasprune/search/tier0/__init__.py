@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from nasprune.elastic.supernet import extract
 from nasprune.evaluate import recalibrate_bn
 from nasprune.graph import GraphSupernet
+from nasprune.graph.supernet import extract
 from nasprune.search.tier0.importance import KINDS, Importance, estimate, measure_choices
 from nasprune.search.tier0.knapsack import Choice, Knapsack, Values, uniform_under, values_of
 from nasprune.search.tier0.repair import LayerFit, reconstruct

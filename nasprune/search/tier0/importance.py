@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from nasprune.elastic.layers import Skippable
-from nasprune.elastic.supernet import extract
 from nasprune.evaluate import recalibrate_bn
+from nasprune.graph.supernet import extract
 from nasprune.search.tier0.knapsack import Values
 
 KINDS = ("fisher", "taylor", "l1")
