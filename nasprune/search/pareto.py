@@ -10,14 +10,14 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
 
 
-def pareto_indices(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated points, sorted by latency; ties keep the first seen."""
+def pareto_indices(points: Sequence[tuple[float, float]], keep_ties: bool = False) -> list[int]:
+    """Indices of the non-dominated points, sorted by latency; of equal points the first seen, or all of
+    them with ``keep_ties``."""
     order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0], i))
-    front, best_acc = [], float("-inf")
+    front: list[int] = []
     for i in order:
-        if points[i][0] > best_acc:
+        if not front or points[i][0] > points[front[-1]][0] or (keep_ties and points[i] == points[front[-1]]):
             front.append(i)
-            best_acc = points[i][0]
     return front
 
 
@@ -29,14 +29,8 @@ def is_dominated(point: tuple[float, float], points: Sequence[tuple[float, float
 def pareto_records(records: Sequence) -> list:
     """The records (``.accuracy``, ``.latency_ms``) that no other record dominates, by latency; records
     at the same point are all kept (two architectures can score and cost the same)."""
-    order = sorted(records, key=lambda r: (r.latency_ms, -r.accuracy))
-    front: list = []
-    for r in order:
-        if not front or r.accuracy > front[-1].accuracy or (r.accuracy, r.latency_ms) == (
-            front[-1].accuracy, front[-1].latency_ms
-        ):
-            front.append(r)
-    return front
+    points = [(r.accuracy, r.latency_ms) for r in records]
+    return [records[i] for i in pareto_indices(points, keep_ties=True)]
 
 
 def hypervolume(points: Sequence[tuple[float, float]], ref_latency: float, ref_accuracy: float = 0.0) -> float:

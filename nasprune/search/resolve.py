@@ -40,9 +40,8 @@ def job_spaces(job: SearchJob, data_dir: str | Path | None = None) -> JobSpaces:
 
 @dataclass(frozen=True)
 class ResolvedJob:
-    """What :func:`nasprune.search.runner.run_job` works on: the job, its spaces, where its files go."""
+    """What :func:`nasprune.search.runner.run_job` works on besides the job: its spaces, where its files go."""
 
-    job: SearchJob
     spaces: JobSpaces
     files: JobFiles
 
@@ -55,4 +54,4 @@ def resolve(job: SearchJob, ctx: JobContext) -> ResolvedJob:
     """The job's spaces parsed and its output folder laid out (created), once per run."""
     files = job_files(ctx.output_dir)
     files.root.mkdir(parents=True, exist_ok=True)
-    return ResolvedJob(job, job_spaces(job, ctx.data_dir), files)
+    return ResolvedJob(job_spaces(job, ctx.data_dir), files)

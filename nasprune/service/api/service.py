@@ -209,8 +209,7 @@ class JobService:
             source, why = source_of(body, spaces.space, self.settings.data_dir)
             if source is None:
                 raise InvalidRequest("tier0", why)
-        space = spaces.table_space
-        name = body.dataset or space.dataset
+        space, name = spaces.table_space, spaces.space.dataset
         if not name:  # refused now: the worker would build the latency table, then fail on the missing data
             what = f"model {body.model} was uploaded" if body.model is not None else f"space '{body.space}' is"
             raise InvalidRequest(
